@@ -1,0 +1,155 @@
+/* clexrt: the public C API of the native core.
+ *
+ * Everything between CDEF-BEGIN and CDEF-END is read by native/build.py as the cffi cdef, so it
+ * must stay plain C declarations (no preprocessor lines inside that region).
+ *
+ * Conventions:
+ *  - every function that can fail returns 0 on success and a negative CLEX_E* code otherwise;
+ *    clex_last_error() then holds a one-line message (per thread);
+ *  - sizes and offsets are 64-bit;
+ *  - weights are borrowed: the caller keeps the memory (normally a read-only file mapping) alive
+ *    for as long as the model exists. Nothing is copied or dequantized at load.
+ */
+#ifndef CLEXRT_H
+#define CLEXRT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CDEF-BEGIN */
+
+/* Bumped whenever this header changes in a way the Python side depends on; the Python
+ * wrapper compares it with its own expectation at import (a stale build is a clear error). */
+#define CLEX_ABI_VERSION 3
+
+enum {
+    CLEX_OK = 0,
+    CLEX_E_INVALID = -1,   /* bad argument: type, shape, token id, position ... */
+    CLEX_E_NOMEM = -2,     /* an allocation failed */
+    CLEX_E_UNSUPPORTED = -3, /* a tensor type or feature this build does not run */
+    CLEX_E_FULL = -4,      /* the KV cache cannot take the tokens */
+    CLEX_E_INTERNAL = -5
+};
+
+/* GGML type ids as stored in GGUF files. */
+enum {
+    CLEX_TYPE_F32 = 0,
+    CLEX_TYPE_F16 = 1,
+    CLEX_TYPE_Q4_0 = 2,
+    CLEX_TYPE_Q4_1 = 3,
+    CLEX_TYPE_Q8_0 = 8,
+    CLEX_TYPE_Q8_1 = 9,   /* activations only (paired with Q4_1 weights) */
+    CLEX_TYPE_BF16 = 30
+};
+
+enum {
+    CLEX_ISA_SCALAR = 0,
+    CLEX_ISA_AVX2 = 1,
+    CLEX_ISA_AVX512 = 2,
+    CLEX_ISA_NEON = 3
+};
+
+typedef struct clex_model clex_model;   /* weights + hyper-parameters (read-only once built) */
+typedef struct clex_ctx clex_ctx;       /* KV cache, scratch, thread pool, current rope table */
+
+/* A borrowed tensor: ne[0] is the row length (fastest-varying), as in GGUF. */
+typedef struct {
+    int32_t type;
+    int32_t n_dims;
+    int64_t ne[4];
+    const void *data;
+    uint64_t nbytes;
+    const char *name;     /* for error messages; may be NULL */
+} clex_tensor;
+
+typedef struct {
+    clex_tensor attn_norm;   /* [n_embd] f32 */
+    clex_tensor wq;          /* [n_embd, n_head*head_dim] */
+    clex_tensor wk;          /* [n_embd, n_head_kv*head_dim] */
+    clex_tensor wv;          /* [n_embd, n_head_kv*head_dim] */
+    clex_tensor wo;          /* [n_head*head_dim, n_embd] */
+    clex_tensor ffn_norm;    /* [n_embd] f32 */
+    clex_tensor w_gate;      /* [n_embd, n_ff] */
+    clex_tensor w_up;        /* [n_embd, n_ff] */
+    clex_tensor w_down;      /* [n_ff, n_embd] */
+} clex_layer;
+
+typedef struct {
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t n_rot;          /* rotated dimensions per head (<= head_dim, even) */
+    int32_t n_ff;
+    float rms_eps;
+} clex_hparams;
+
+/* ---- library ---- */
+int clex_abi_version(void);
+const char *clex_last_error(void);
+/* The instruction set the kernels run with. clex_set_isa() picks one (it must be supported by
+ * this CPU and build); the environment variable CLEXRT_ISA=scalar|avx2|avx512|neon does the
+ * same at start-up (CLEXRT_FORCE_SCALAR=1 is a synonym for scalar). */
+int clex_isa(void);
+int clex_isa_supported(int isa);
+int clex_set_isa(int isa);
+const char *clex_isa_name(int isa);
+int clex_physical_cores(void);
+
+/* ---- tensor types ---- */
+const char *clex_type_name(int32_t type);       /* NULL for an id this build does not know */
+int clex_type_supported(int32_t type);          /* 1 for the weight types the kernels run */
+int64_t clex_type_block_size(int32_t type);     /* elements per block; 0 if unknown */
+int64_t clex_type_block_bytes(int32_t type);    /* bytes per block; 0 if unknown */
+/* Reference (scalar) conversions, n a multiple of the block size. */
+int clex_quantize_row(int32_t type, const float *src, void *dst, int64_t n);
+int clex_dequantize_row(int32_t type, const void *src, float *dst, int64_t n);
+/* Dot product of n elements of a weight row of `type` with a row of activations already in the
+ * paired activation type (clex_type_vec_dot_type); uses the current ISA. */
+int32_t clex_type_vec_dot_type(int32_t type);
+int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float *out);
+/* Y[t, r] = sum_k W[r, k] * X[t, k] for t < n_tok, r < W.ne[1]: the matrix product the forward
+ * pass uses (activations quantized internally), with n_threads threads. */
+int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, int32_t n_threads);
+
+/* ---- model ---- */
+int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd,
+                      const clex_tensor *output_norm, const clex_tensor *output,
+                      const clex_layer *layers, clex_model **out);
+void clex_model_free(clex_model *m);
+uint64_t clex_model_n_params(const clex_model *m);
+
+/* ---- context ---- */
+/* n_ctx: KV cache capacity in tokens; n_batch: tokens per internal step (scratch size). */
+int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                    clex_ctx **out);
+void clex_ctx_free(clex_ctx *c);
+int32_t clex_ctx_n_ctx(const clex_ctx *c);
+int32_t clex_ctx_n_threads(const clex_ctx *c);
+uint64_t clex_ctx_kv_bytes(const clex_ctx *c);
+/* The rope table: n_rot/2 inverse frequencies; pair i of every head is rotated by
+ * pos * inv_freq[i] (adjacent-pair layout: elements 2i and 2i+1). Applies to tokens evaluated
+ * from now on; cached keys keep the table they were rotated with (see clex_ctx_rerotate). */
+int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n);
+/* Rotate the cached keys at positions [0, n_past) from table `old_inv` to the current table. */
+int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past);
+/* Context shift: drop cached positions [n_keep, n_keep + n_discard) of [0, n_past), move the
+ * later ones down and rotate their keys to the new positions (current table). */
+int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discard);
+/* Evaluate n_tok tokens at positions n_past .. n_past+n_tok-1 (appending to the KV cache).
+ * logits: [n_vocab] for the last token, or [n_tok, n_vocab] when all_logits != 0; may be NULL. */
+int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *logits,
+              int32_t all_logits);
+
+/* CDEF-END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif
