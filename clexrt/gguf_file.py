@@ -1,0 +1,712 @@
+"""A validating, memory-mapped GGUF reader.
+
+GGUF files come from strangers, so this parser trusts nothing it reads: every count and length is
+checked against the bytes that are actually left in the file *before* anything is allocated or
+looped over, nesting is bounded, type ids must be known, and tensor geometry (dims, 64-bit
+products, block multiples, alignment, bounds, overlap) is checked before a single pointer can
+reach the C core. Every failure is a one-line :class:`GGUFError` naming the file and the key or
+tensor; no other exception escapes on malformed input.
+
+Layout (little-endian, versions 2 and 3; v1 used 32-bit counts and is not supported)::
+
+    "GGUF" u32 version  u64 tensor_count  u64 kv_count
+    kv_count  x { str key, u32 value_type, value }
+    tensor_count x { str name, u32 n_dims, u64 ne[n_dims], u32 ggml_type, u64 offset }
+    padding to `general.alignment` (default 32)
+    data section: tensor bytes at data_offset + offset
+    str = u64 length + bytes;  array = u32 elem_type, u64 count, elements
+
+Only the standard library, numpy and the gguf package's type-size table are used.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .errors import GGUFError
+
+__all__ = ["GGUFFile", "TensorInfo", "ValueType", "LlamaHParams", "read_metadata",
+           "validate_llama", "SUPPORTED_ARCHS", "MAX_ALIGNMENT", "MAX_ARRAY_DEPTH"]
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+# Largest `general.alignment` we accept. Real files use 32 (ggml's default) or a page size;
+# 64 KiB covers every page size in use, and anything larger only wastes the file or hides junk.
+MAX_ALIGNMENT = 1 << 16
+# Arrays may hold arrays, but those may not hold arrays again: enough for every known writer,
+# and it keeps the parser free of unbounded recursion.
+MAX_ARRAY_DEPTH = 2
+MAX_DIMS = 4
+# Keys and tensor names longer than this are certainly hostile (ggml itself caps names at 64).
+MAX_NAME_LEN = 1 << 16
+_I64_LIMIT = 1 << 63
+
+SUPPORTED_ARCHS = ("llama",)
+
+
+class ValueType(enum.IntEnum):
+    """GGUF metadata value types (same ids as gguf.GGUFValueType)."""
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# Fixed-size value types: (struct format, numpy dtype).
+_SCALAR = {
+    ValueType.UINT8: ("<B", np.dtype("<u1")),
+    ValueType.INT8: ("<b", np.dtype("<i1")),
+    ValueType.UINT16: ("<H", np.dtype("<u2")),
+    ValueType.INT16: ("<h", np.dtype("<i2")),
+    ValueType.UINT32: ("<I", np.dtype("<u4")),
+    ValueType.INT32: ("<i", np.dtype("<i4")),
+    ValueType.FLOAT32: ("<f", np.dtype("<f4")),
+    ValueType.BOOL: ("<B", np.dtype("?")),
+    ValueType.UINT64: ("<Q", np.dtype("<u8")),
+    ValueType.INT64: ("<q", np.dtype("<i8")),
+    ValueType.FLOAT64: ("<d", np.dtype("<f8")),
+}
+_SCALAR_STRUCT = {t: struct.Struct(f) for t, (f, _) in _SCALAR.items()}
+_INT_TYPES = frozenset({ValueType.UINT8, ValueType.INT8, ValueType.UINT16, ValueType.INT16,
+                        ValueType.UINT32, ValueType.INT32, ValueType.UINT64, ValueType.INT64})
+_FLOAT_TYPES = frozenset({ValueType.FLOAT32, ValueType.FLOAT64})
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+# Smallest possible encodings, used to bound counts by the bytes left in the file.
+_MIN_KV_BYTES = 8 + 1 + 4 + 1          # key length, 1-byte key, value type, 1-byte value
+_MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8   # name length, 1-byte name, n_dims, ne0, type, offset
+_MIN_ARRAY_BYTES = 4 + 8               # element type + count (an empty array)
+_MIN_STRING_BYTES = 8                  # an empty string
+
+_HEADER_BYTES = 4 + 4 + 8 + 8
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's geometry. `shape` is in GGUF order (ne0, the row length, first);
+    `offset` is absolute in the file."""
+    name: str
+    ggml_type: int
+    type_name: str
+    shape: tuple[int, ...]
+    n_elements: int
+    offset: int
+    nbytes: int
+
+
+def _one_line(s: str) -> str:
+    return s.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _q(name: str, limit: int = 120) -> str:
+    """A name as it appears in messages: quoted, escaped, shortened."""
+    r = repr(name)
+    return r if len(r) <= limit else r[:limit - 4] + "...'"
+
+
+def _type_name(t: int) -> str:
+    try:
+        return GGMLQuantizationType(t).name
+    except ValueError:
+        return f"type{t}"
+
+
+def _value_type_name(t: int) -> str:
+    try:
+        return ValueType(t).name
+    except ValueError:
+        return f"type {t}"
+
+
+class _Parser:
+    """Reads the header, key/values and tensor infos of a GGUF held in a buffer.
+
+    Every read is bounds-checked against `size`; callers see only GGUFError."""
+
+    def __init__(self, buf, size: int, path: str):
+        self.buf = buf
+        self.size = size
+        self.path = path
+        self.pos = 0
+        self.what = "header"   # what is being read, for truncation messages
+
+    # -- primitives --------------------------------------------------------------------------
+    def err(self, msg: str) -> GGUFError:
+        return GGUFError(_one_line(f"{self.path}: {msg}"))
+
+    def need(self, n: int) -> None:
+        if n > self.size - self.pos:
+            raise self.err(f"truncated at byte {self.pos} (file is {self.size} bytes) while reading "
+                           f"{self.what}: {n} more bytes needed")
+
+    def u32(self) -> int:
+        self.need(4)
+        v = _U32.unpack_from(self.buf, self.pos)[0]
+        self.pos += 4
+        return v
+
+    def u64(self) -> int:
+        self.need(8)
+        v = _U64.unpack_from(self.buf, self.pos)[0]
+        self.pos += 8
+        return v
+
+    def string(self, max_len: int | None = None) -> str:
+        n = self.u64()
+        if max_len is not None and n > max_len:
+            raise self.err(f"{self.what}: string length {n} exceeds the limit of {max_len}")
+        self.need(n)
+        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", "surrogateescape")
+        self.pos += n
+        return s
+
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    # -- values ------------------------------------------------------------------------------
+    def value_type(self, where: str) -> ValueType:
+        t = self.u32()
+        try:
+            return ValueType(t)
+        except ValueError:
+            raise self.err(f"{where}: unknown value type id {t}") from None
+
+    def scalar(self, vt: ValueType, where: str):
+        if vt is ValueType.STRING:
+            return self.string()
+        st = _SCALAR_STRUCT[vt]
+        self.need(st.size)
+        v = st.unpack_from(self.buf, self.pos)[0]
+        self.pos += st.size
+        if vt is ValueType.BOOL:
+            if v > 1:
+                raise self.err(f"{where}: bool value {v} is neither 0 nor 1")
+            return bool(v)
+        return v
+
+    def array(self, where: str, depth: int):
+        """Returns (value, type tuple). `depth` is the nesting level of this array (1 = top)."""
+        et = self.value_type(where)
+        count = self.u64()
+        if et is ValueType.ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise self.err(f"{where}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels")
+            self._bound_count(count, _MIN_ARRAY_BYTES, where)
+            items, inner = [], set()
+            for _ in range(count):
+                v, t = self.array(where, depth + 1)
+                items.append(v)
+                inner.add(t[1])
+            types = (ValueType.ARRAY, ValueType.ARRAY) + ((inner.pop(),) if len(inner) == 1 else ())
+            return items, types
+        if et is ValueType.STRING:
+            self._bound_count(count, _MIN_STRING_BYTES, where)
+            return [self.string() for _ in range(count)], (ValueType.ARRAY, et)
+        dt = _SCALAR[et][1]
+        self._bound_count(count, dt.itemsize, where)
+        nbytes = count * dt.itemsize
+        # A copy, not a view: small, and it lets close() release the map while metadata lives on.
+        arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
+        if et is ValueType.BOOL and count and arr.view(np.uint8).max() > 1:
+            raise self.err(f"{where}: bool array holds a value that is neither 0 nor 1")
+        arr.setflags(write=False)
+        self.pos += nbytes
+        return arr, (ValueType.ARRAY, et)
+
+    def _bound_count(self, count: int, min_each: int, where: str) -> None:
+        if count * min_each > self.remaining():
+            raise self.err(f"{where}: array length {count} needs at least {count * min_each} bytes, "
+                           f"only {self.remaining()} left in the file")
+
+    # -- sections ----------------------------------------------------------------------------
+    def header(self) -> tuple[int, int, int]:
+        self.what = "the header"
+        if self.size < 4 or bytes(self.buf[0:4]) != GGUF_MAGIC:
+            head = bytes(self.buf[0:min(4, self.size)])
+            raise self.err(f"not a GGUF file (magic {head!r}, expected b'GGUF')")
+        self.pos = 4
+        version = self.u32()
+        if version not in SUPPORTED_VERSIONS:
+            if version == 1:
+                raise self.err("GGUF version 1 is not supported (only versions 2 and 3)")
+            if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
+                raise self.err("big-endian GGUF files are not supported")
+            raise self.err(f"unsupported GGUF version {version} (only versions 2 and 3)")
+        n_tensors = self.u64()
+        n_kv = self.u64()
+        left = self.remaining()
+        if n_kv * _MIN_KV_BYTES > left:
+            raise self.err(f"kv_count {n_kv} cannot fit in the {left} bytes after the header")
+        if n_tensors * _MIN_TENSOR_INFO_BYTES > left - n_kv * _MIN_KV_BYTES:
+            raise self.err(f"tensor_count {n_tensors} cannot fit in the {left} bytes after the header")
+        return version, n_tensors, n_kv
+
+    def metadata(self, n_kv: int) -> tuple[dict, dict]:
+        values, types = {}, {}
+        for i in range(n_kv):
+            self.what = f"key #{i}"
+            key = self.string(MAX_NAME_LEN)
+            if not key:
+                raise self.err(f"key #{i} is empty")
+            where = f"key {_q(key)}"
+            if key in values:
+                raise self.err(f"{where}: duplicate key")
+            self.what = f"the value of {where}"
+            vt = self.value_type(where)
+            if vt is ValueType.ARRAY:
+                v, t = self.array(where, 1)
+            else:
+                v, t = self.scalar(vt, where), (vt,)
+            values[key] = v
+            types[key] = t
+        return values, types
+
+    def tensor_infos(self, n_tensors: int) -> list[tuple[str, int, tuple[int, ...], int]]:
+        infos, seen = [], set()
+        for i in range(n_tensors):
+            self.what = f"tensor info #{i}"
+            name = self.string(MAX_NAME_LEN)
+            if not name:
+                raise self.err(f"tensor #{i} has an empty name")
+            where = f"tensor {_q(name)}"
+            if name in seen:
+                raise self.err(f"{where}: duplicate tensor name")
+            seen.add(name)
+            self.what = f"the info of {where}"
+            n_dims = self.u32()
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise self.err(f"{where}: n_dims {n_dims} not in 1..{MAX_DIMS}")
+            shape = tuple(self.u64() for _ in range(n_dims))
+            ggml_type = self.u32()
+            rel = self.u64()
+            infos.append((name, ggml_type, shape, rel))
+        return infos
+
+
+def _check_tensor(p: _Parser, name: str, ggml_type: int, shape: tuple[int, ...], rel: int,
+                  data_offset: int, alignment: int) -> TensorInfo:
+    where = f"tensor {_q(name)}"
+    if ggml_type not in GGML_QUANT_SIZES:
+        raise p.err(f"{where}: unknown ggml type id {ggml_type}")
+    type_name = _type_name(ggml_type)
+    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    n = 1
+    for i, d in enumerate(shape):
+        if d == 0:
+            raise p.err(f"{where}: dimension {i} is 0")
+        n *= d
+        if n >= _I64_LIMIT:
+            raise p.err(f"{where}: shape {list(shape)} overflows a 64-bit element count")
+    if shape[0] % block:
+        raise p.err(f"{where}: row length {shape[0]} is not a multiple of the {type_name} block "
+                    f"size {block}")
+    nbytes = n // block * type_size
+    if nbytes >= _I64_LIMIT:
+        raise p.err(f"{where}: byte size of shape {list(shape)} overflows 64 bits")
+    if rel % alignment:
+        raise p.err(f"{where}: data offset {rel} is not a multiple of the alignment {alignment}")
+    start = data_offset + rel
+    if start > p.size or nbytes > p.size - start:
+        raise p.err(f"{where}: data [{start}, {start + nbytes}) lies outside the file "
+                    f"(truncated at byte {p.size}?)")
+    return TensorInfo(name, ggml_type, type_name, shape, n, start, nbytes)
+
+
+def _check_alignment(p: _Parser, metadata: dict, types: dict) -> int:
+    if "general.alignment" not in metadata:
+        return DEFAULT_ALIGNMENT
+    t = types["general.alignment"]
+    a = metadata["general.alignment"]
+    if t != (ValueType.UINT32,):
+        raise p.err(f"key 'general.alignment': type {_value_type_name(t[0])}, expected UINT32")
+    if not 1 <= a <= MAX_ALIGNMENT or a & (a - 1):
+        raise p.err(f"key 'general.alignment': {a} is not a power of two in 1..{MAX_ALIGNMENT}")
+    return a
+
+
+def _parse(buf, size: int, path: str, with_tensors: bool = True):
+    """Parses everything but tensor data. Returns (version, metadata, types, alignment,
+    data_offset, tensors). Any failure is a GGUFError."""
+    p = _Parser(buf, size, path)
+    try:
+        version, n_tensors, n_kv = p.header()
+        metadata, types = p.metadata(n_kv)
+        alignment = _check_alignment(p, metadata, types)
+        tensors: dict[str, TensorInfo] = {}
+        data_offset = 0
+        if with_tensors:
+            raw = p.tensor_infos(n_tensors)
+            data_offset = -(-p.pos // alignment) * alignment
+            for name, ggml_type, shape, rel in raw:
+                tensors[name] = _check_tensor(p, name, ggml_type, shape, rel, data_offset, alignment)
+            _check_overlap(p, tensors)
+    except GGUFError:
+        raise
+    except (struct.error, UnicodeError, ValueError, OverflowError, MemoryError, IndexError,
+            TypeError, KeyError, RecursionError) as e:
+        # Nothing above should get here; if it does, it is still a malformed file, not a crash.
+        raise GGUFError(_one_line(f"{path}: malformed GGUF while reading {p.what} at byte {p.pos}: "
+                                  f"{type(e).__name__}: {e}")) from e
+    return version, metadata, types, alignment, data_offset, tensors
+
+
+def _check_overlap(p: _Parser, tensors: dict[str, TensorInfo]) -> None:
+    prev = None
+    for t in sorted(tensors.values(), key=lambda t: (t.offset, t.nbytes)):
+        if prev is not None and t.offset < prev.offset + prev.nbytes:
+            raise p.err(f"tensor {_q(t.name)}: data at byte {t.offset} overlaps tensor "
+                        f"{_q(prev.name)} [{prev.offset}, {prev.offset + prev.nbytes})")
+        prev = t
+
+
+def _open_map(path) -> tuple[str, mmap.mmap | None, int]:
+    spath = os.fspath(path)
+    if isinstance(spath, bytes):
+        spath = os.fsdecode(spath)
+    shown = _one_line(spath)
+    try:
+        with open(spath, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < _HEADER_BYTES:
+                raise GGUFError(f"{shown}: truncated at byte {size}: a GGUF header needs "
+                                f"{_HEADER_BYTES} bytes")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise GGUFError(_one_line(f"{shown}: cannot open: {e.strerror or e}")) from e
+    except (ValueError, OverflowError) as e:   # e.g. a file too large to map on this platform
+        raise GGUFError(_one_line(f"{shown}: cannot map: {e}")) from e
+    return shown, mm, size
+
+
+class GGUFFile:
+    """A GGUF file, validated and mapped read-only.
+
+    Attributes: path, version, alignment, data_offset, file_size, metadata (key -> value, in file
+    order), metadata_types (key -> tuple of ValueType, e.g. (ARRAY, STRING)), tensors (name ->
+    TensorInfo, in file order). Numeric metadata arrays are read-only numpy copies; string arrays
+    are lists of str. Tensor data stays in the map: tensor_bytes/tensor_array are zero-copy.
+    """
+
+    def __init__(self, path):
+        self.path, self._mm, self.file_size = _open_map(path)
+        try:
+            (self.version, self.metadata, self.metadata_types, self.alignment, self.data_offset,
+             self.tensors) = _parse(self._mm, self.file_size, self.path)
+        except BaseException:
+            self._mm.close()
+            self._mm = None
+            raise
+
+    # -- metadata ----------------------------------------------------------------------------
+    def get(self, key: str, default=None):
+        return self.metadata.get(key, default)
+
+    @property
+    def arch(self):
+        return self.metadata.get("general.architecture")
+
+    # -- tensor data -------------------------------------------------------------------------
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The read-only map of the whole file (for cffi's ffi.from_buffer)."""
+        if self._mm is None:
+            raise GGUFError(f"{self.path}: file is closed")
+        return self._mm
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor {_q(name)}") from None
+
+    def tensor_bytes(self, name: str) -> memoryview:
+        """The tensor's bytes as a read-only memoryview into the map (no copy)."""
+        t = self.tensor_info(name)
+        return memoryview(self.buffer)[t.offset:t.offset + t.nbytes]
+
+    def tensor_array(self, name: str) -> np.ndarray:
+        """A read-only numpy view: F32/F16 as float32/float16 in numpy order (shape reversed,
+        e.g. (ne1, ne0)); any other type as its raw bytes (uint8, 1-D)."""
+        t = self.tensor_info(name)
+        if t.ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            dt = np.dtype("<f4") if t.ggml_type == GGMLQuantizationType.F32 else np.dtype("<f2")
+            a = np.frombuffer(self.buffer, dtype=dt, count=t.n_elements, offset=t.offset)
+            return a.reshape(t.shape[::-1])
+        return np.frombuffer(self.buffer, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+
+    # -- model-level checks ------------------------------------------------------------------
+    def validate_llama(self) -> "LlamaHParams":
+        return validate_llama(self)
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Releases the map. Views handed out earlier (tensor_array, tensor_bytes, cffi
+        pointers) keep it alive until they are gone: then it is unmapped by the GC."""
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"GGUFFile({self.path!r}, version={self.version}, arch={self.arch!r}, "
+                f"{len(self.metadata)} keys, {len(self.tensors)} tensors)")
+
+
+def read_metadata(path) -> dict[str, object]:
+    """Reads and validates only the header and the key/values (no tensor infos or data): what
+    a vocabulary-only GGUF holds. Same value conventions as GGUFFile.metadata."""
+    shown, mm, size = _open_map(path)
+    try:
+        return _parse(mm, size, shown, with_tensors=False)[1]
+    finally:
+        mm.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Model-level validation
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LlamaHParams:
+    """What validate_llama established about a LLaMA GGUF."""
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    head_dim: int
+    n_rot: int
+    n_ctx_train: int | None
+    rope_freq_base: float | None
+    rms_norm_eps: float | None
+    rope_scaling_type: str | None
+    rope_scaling_factor: float | None
+    tied_embeddings: bool        # no output.weight: logits come from token_embd.weight
+
+
+_LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+_TOKENIZER_ARRAYS = {
+    "tokenizer.ggml.tokens": ValueType.STRING,
+    "tokenizer.ggml.scores": ValueType.FLOAT32,
+    "tokenizer.ggml.token_type": ValueType.INT32,
+    "tokenizer.ggml.merges": ValueType.STRING,
+}
+
+
+class _ModelChecker:
+    def __init__(self, g: GGUFFile):
+        self.g = g
+        self.md = g.metadata
+        self.types = g.metadata_types
+
+    def err(self, msg: str) -> GGUFError:
+        return GGUFError(_one_line(f"{self.g.path}: {msg}"))
+
+    def int_key(self, key: str, required: bool, minimum: int = 1):
+        if key not in self.md:
+            if required:
+                raise self.err(f"key {_q(key)}: missing (required for llama)")
+            return None
+        t = self.types[key]
+        if len(t) != 1 or t[0] not in _INT_TYPES:
+            raise self.err(f"key {_q(key)}: type {_type_tuple_name(t)}, expected an integer")
+        v = int(self.md[key])
+        if v < minimum:
+            raise self.err(f"key {_q(key)}: {v} is below {minimum}")
+        return v
+
+    def float_key(self, key: str, positive: bool = True):
+        if key not in self.md:
+            return None
+        t = self.types[key]
+        if len(t) != 1 or t[0] not in _FLOAT_TYPES:
+            raise self.err(f"key {_q(key)}: type {_type_tuple_name(t)}, expected a float")
+        v = float(self.md[key])
+        if not math.isfinite(v) or (positive and v <= 0):
+            raise self.err(f"key {_q(key)}: {v} is not a finite positive number")
+        return v
+
+    def str_key(self, key: str):
+        if key not in self.md:
+            return None
+        if self.types[key] != (ValueType.STRING,):
+            raise self.err(f"key {_q(key)}: type {_type_tuple_name(self.types[key])}, expected STRING")
+        return self.md[key]
+
+    def tensor(self, name: str, shape: tuple[int, ...], required: bool = True, f32: bool = False):
+        t = self.g.tensors.get(name)
+        if t is None:
+            if required:
+                raise self.err(f"tensor {_q(name)}: missing (required for llama)")
+            return None
+        if t.shape != shape:
+            raise self.err(f"tensor {_q(name)}: shape {list(t.shape)}, expected {list(shape)}")
+        if f32 and t.ggml_type != GGMLQuantizationType.F32:
+            raise self.err(f"tensor {_q(name)}: type {t.type_name}, expected F32")
+        return t
+
+    def run(self) -> LlamaHParams:
+        arch = self.str_key("general.architecture")
+        if arch is None:
+            raise self.err("key 'general.architecture': missing")
+        if arch not in SUPPORTED_ARCHS:
+            raise self.err(f"key 'general.architecture': {_q(arch)} is not supported "
+                           f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+        a = arch
+        n_layer = self.int_key(f"{a}.block_count", True)
+        n_embd = self.int_key(f"{a}.embedding_length", True)
+        n_ff = self.int_key(f"{a}.feed_forward_length", True)
+        n_head = self.int_key(f"{a}.attention.head_count", True)
+        n_head_kv = self.int_key(f"{a}.attention.head_count_kv", False)
+        n_head_kv = n_head if n_head_kv is None else n_head_kv
+        if n_embd % n_head:
+            raise self.err(f"key '{a}.attention.head_count': {n_head} does not divide "
+                           f"{a}.embedding_length {n_embd}")
+        if n_head % n_head_kv:
+            raise self.err(f"key '{a}.attention.head_count_kv': {n_head_kv} does not divide "
+                           f"{a}.attention.head_count {n_head}")
+        head_dim = n_embd // n_head
+        if head_dim % 2:
+            raise self.err(f"key '{a}.attention.head_count': head dimension {head_dim} is odd")
+        n_rot = self.int_key(f"{a}.rope.dimension_count", False)
+        n_rot = head_dim if n_rot is None else n_rot
+        if n_rot % 2 or n_rot > head_dim:
+            raise self.err(f"key '{a}.rope.dimension_count': {n_rot} must be even and at most "
+                           f"the head dimension {head_dim}")
+        n_ctx = self.int_key(f"{a}.context_length", False)
+        freq_base = self.float_key(f"{a}.rope.freq_base")
+        eps = self.float_key(f"{a}.attention.layer_norm_rms_epsilon")
+        scaling_type = self.str_key(f"{a}.rope.scaling.type")
+        scaling_factor = self.float_key(f"{a}.rope.scaling.factor")
+
+        # Tensors. Count first so a huge block_count cannot make us loop for long.
+        if len(self.g.tensors) < 2 + len(_LAYER_TENSORS) * n_layer:
+            raise self.err(f"key '{a}.block_count': {n_layer} layers need at least "
+                           f"{2 + len(_LAYER_TENSORS) * n_layer} tensors, the file has "
+                           f"{len(self.g.tensors)}")
+        emb = self.g.tensors.get("token_embd.weight")
+        if emb is None:
+            raise self.err("tensor 'token_embd.weight': missing (required for llama)")
+        if len(emb.shape) != 2 or emb.shape[0] != n_embd:
+            raise self.err(f"tensor 'token_embd.weight': shape {list(emb.shape)}, expected "
+                           f"[{n_embd}, n_vocab]")
+        n_vocab = emb.shape[1]
+        self.tensor("output_norm.weight", (n_embd,), f32=True)
+        out = self.tensor("output.weight", (n_embd, n_vocab), required=False)
+        q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+        for i in range(n_layer):
+            p = f"blk.{i}."
+            self.tensor(p + "attn_norm.weight", (n_embd,), f32=True)
+            self.tensor(p + "attn_q.weight", (n_embd, q_dim))
+            self.tensor(p + "attn_k.weight", (n_embd, kv_dim))
+            self.tensor(p + "attn_v.weight", (n_embd, kv_dim))
+            self.tensor(p + "attn_output.weight", (q_dim, n_embd))
+            self.tensor(p + "ffn_norm.weight", (n_embd,), f32=True)
+            self.tensor(p + "ffn_gate.weight", (n_embd, n_ff))
+            self.tensor(p + "ffn_up.weight", (n_embd, n_ff))
+            self.tensor(p + "ffn_down.weight", (n_ff, n_embd))
+        self.tensor("rope_freqs.weight", (n_rot // 2,), required=False, f32=True)
+
+        vocab_key = self.int_key(f"{a}.vocab_size", False)
+        if vocab_key is not None and vocab_key != n_vocab:
+            raise self.err(f"key '{a}.vocab_size': {vocab_key} differs from the {n_vocab} rows of "
+                           f"'token_embd.weight'")
+        self.tokenizer(n_vocab)
+        _validate_clex(self.md, self.types, self.err)
+        return LlamaHParams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                            n_head_kv=n_head_kv, n_ff=n_ff, head_dim=head_dim, n_rot=n_rot,
+                            n_ctx_train=n_ctx, rope_freq_base=freq_base, rms_norm_eps=eps,
+                            rope_scaling_type=scaling_type, rope_scaling_factor=scaling_factor,
+                            tied_embeddings=out is None)
+
+    def tokenizer(self, n_vocab: int) -> None:
+        for key, et in _TOKENIZER_ARRAYS.items():
+            if key in self.md and self.types[key] != (ValueType.ARRAY, et):
+                raise self.err(f"key {_q(key)}: type {_type_tuple_name(self.types[key])}, "
+                               f"expected ARRAY of {et.name}")
+        self.str_key("tokenizer.ggml.model")
+        tokens = self.md.get("tokenizer.ggml.tokens")
+        if tokens is not None and len(tokens) != n_vocab:
+            raise self.err(f"key 'tokenizer.ggml.tokens': {len(tokens)} tokens, but "
+                           f"'token_embd.weight' has {n_vocab} rows")
+        for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+            if key in self.md and len(self.md[key]) != n_vocab:
+                raise self.err(f"key {_q(key)}: length {len(self.md[key])}, expected {n_vocab} "
+                               f"(the vocabulary size)")
+        # Special token ids (bos, eos, unknown, padding, eot, fim_* ...) must index the vocabulary.
+        for key in [k for k in self.md if k.startswith("tokenizer.ggml.") and k.endswith("_token_id")]:
+            v = self.int_key(key, False, minimum=0)
+            if v >= n_vocab:
+                raise self.err(f"key {_q(key)}: token id {v} is outside the vocabulary "
+                               f"(size {n_vocab})")
+
+
+def _type_tuple_name(t: tuple) -> str:
+    return " of ".join(_value_type_name(x) for x in t)
+
+
+def _validate_clex(metadata: dict, types: dict, err=None) -> None:
+    """Checks every float value under `clex.` (scalar, array or array of arrays) is finite.
+
+    TODO(clex schema): once convert/gguf_out.py fixes the clex.* key set, check the table shapes
+    here too (e.g. inv_freq [d/2], ode_up_proj [d/2 * P*d], baked tables [n_t * d/2]) against
+    the llama hyper-parameters.
+    """
+    if err is None:
+        def err(msg):
+            return GGUFError(_one_line(msg))
+
+    def finite(v) -> bool:
+        if isinstance(v, np.ndarray):
+            return v.dtype.kind != "f" or bool(np.isfinite(v).all())
+        if isinstance(v, float):
+            return math.isfinite(v)
+        if isinstance(v, list):
+            return all(finite(x) for x in v)
+        return True
+
+    for key, v in metadata.items():
+        if key.startswith("clex.") and not finite(v):
+            raise err(f"key {_q(key)}: holds a NaN or infinite value")
+
+
+def validate_llama(g: GGUFFile) -> LlamaHParams:
+    """Model-level checks of a LLaMA GGUF: hyper-parameter keys and types, their consistency,
+    every required tensor with the shape they imply, F32 norms, the vocabulary size across
+    embeddings / llama.vocab_size / tokenizer arrays, tokenizer array types and lengths, special
+    token ids in range, finite clex.* floats. Returns the hyper-parameters; raises GGUFError."""
+    return _ModelChecker(g).run()
