@@ -235,7 +235,8 @@ class _Parser:
     def _bound_count(self, count: int, min_each: int, where: str) -> None:
         if count * min_each > self.remaining():
             raise self.err(f"{where}: array length {count} needs at least {count * min_each} bytes, "
-                           f"only {self.remaining()} left in the file")
+                           f"only {self.remaining()} left (truncated at byte {self.size}, or a "
+                           f"corrupt length)")
 
     # -- sections ----------------------------------------------------------------------------
     def header(self) -> tuple[int, int, int]:
@@ -254,10 +255,12 @@ class _Parser:
         n_tensors = self.u64()
         n_kv = self.u64()
         left = self.remaining()
-        if n_kv * _MIN_KV_BYTES > left:
-            raise self.err(f"kv_count {n_kv} cannot fit in the {left} bytes after the header")
-        if n_tensors * _MIN_TENSOR_INFO_BYTES > left - n_kv * _MIN_KV_BYTES:
-            raise self.err(f"tensor_count {n_tensors} cannot fit in the {left} bytes after the header")
+        for name, need in (("kv_count", n_kv * _MIN_KV_BYTES),
+                           ("tensor_count", n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES)):
+            if need > left:
+                count = n_kv if name == "kv_count" else n_tensors
+                raise self.err(f"{name} {count} needs at least {need} bytes after the header, only "
+                               f"{left} follow (truncated at byte {self.size}, or a corrupt count)")
         return version, n_tensors, n_kv
 
     def metadata(self, n_kv: int) -> tuple[dict, dict]:
@@ -595,10 +598,10 @@ class _ModelChecker:
         n_head_kv = n_head if n_head_kv is None else n_head_kv
         if n_embd % n_head:
             raise self.err(f"key '{a}.attention.head_count': {n_head} does not divide "
-                           f"{a}.embedding_length {n_embd}")
+                           f"'{a}.embedding_length' {n_embd}")
         if n_head % n_head_kv:
             raise self.err(f"key '{a}.attention.head_count_kv': {n_head_kv} does not divide "
-                           f"{a}.attention.head_count {n_head}")
+                           f"'{a}.attention.head_count' {n_head}")
         head_dim = n_embd // n_head
         if head_dim % 2:
             raise self.err(f"key '{a}.attention.head_count': head dimension {head_dim} is odd")
