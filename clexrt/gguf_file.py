@@ -410,14 +410,30 @@ class GGUFFile:
     """
 
     def __init__(self, path):
-        self.path, self._mm, self.file_size = _open_map(path)
+        shown, mm, size = _open_map(path)
         try:
-            (self.version, self.metadata, self.metadata_types, self.alignment, self.data_offset,
-             self.tensors) = _parse(self._mm, self.file_size, self.path)
+            self._load(shown, mm, size)
         except BaseException:
-            self._mm.close()
+            mm.close()
             self._mm = None
             raise
+
+    @classmethod
+    def from_bytes(cls, data, name: str = "<memory>") -> "GGUFFile":
+        """Parses a GGUF held in memory (bytes or any contiguous buffer), with the same checks;
+        `buffer` is then a read-only memoryview of it. For fuzzing and for in-memory files."""
+        self = cls.__new__(cls)
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.format != "B":
+            mv = mv.cast("B")
+        mv = mv.toreadonly()
+        self._load(_one_line(str(name)), mv, mv.nbytes)
+        return self
+
+    def _load(self, shown: str, buf, size: int) -> None:
+        self.path, self._mm, self.file_size = shown, buf, size
+        (self.version, self.metadata, self.metadata_types, self.alignment, self.data_offset,
+         self.tensors) = _parse(buf, size, shown)
 
     # -- metadata ----------------------------------------------------------------------------
     def get(self, key: str, default=None):
@@ -430,7 +446,8 @@ class GGUFFile:
     # -- tensor data -------------------------------------------------------------------------
     @property
     def buffer(self) -> mmap.mmap:
-        """The read-only map of the whole file (for cffi's ffi.from_buffer)."""
+        """The read-only map of the whole file (for cffi's ffi.from_buffer); a read-only
+        memoryview for from_bytes."""
         if self._mm is None:
             raise GGUFError(f"{self.path}: file is closed")
         return self._mm
@@ -465,7 +482,7 @@ class GGUFFile:
         """Releases the map. Views handed out earlier (tensor_array, tensor_bytes, cffi
         pointers) keep it alive until they are gone: then it is unmapped by the GC."""
         mm, self._mm = self._mm, None
-        if mm is not None:
+        if isinstance(mm, mmap.mmap):
             try:
                 mm.close()
             except BufferError:

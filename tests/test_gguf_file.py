@@ -691,3 +691,19 @@ def test_validate_clex_hook_directly():
     md["clex.bad"] = np.array([np.inf], np.float32)
     with pytest.raises(GGUFError, match="'clex.bad'"):
         _validate_clex(md, {})
+
+
+def test_from_bytes_matches_file(tiny):
+    path, content = tiny
+    data = path.read_bytes()
+    with GGUFFile(path) as f:
+        for buf in (data, bytearray(data), np.frombuffer(data, np.uint8)):
+            g = GGUFFile.from_bytes(buf, "mem")
+            assert g.path == "mem" and g.file_size == len(data)
+            assert list(g.tensors.values()) == list(f.tensors.values())
+            assert list(g.metadata) == list(f.metadata)
+            a = g.tensor_array("blk.0.attn_q.weight")
+            np.testing.assert_array_equal(a, content.tensors["blk.0.attn_q.weight"])
+            assert not a.flags.writeable
+    with pytest.raises(GGUFError, match="^mem: truncated"):
+        GGUFFile.from_bytes(data[:100], "mem")
