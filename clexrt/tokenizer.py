@@ -185,21 +185,19 @@ def _merge(symbols: list[str], priority) -> list[str]:
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
-    heap = []
 
-    def push(left: int, right: int) -> None:
-        key = priority(symbols[left], symbols[right])
-        if key is not None:
-            heap.append((key, left, right, symbols[left], symbols[right]))
+    def candidate(left: int, right: int):
+        a, b = symbols[left], symbols[right]
+        key = priority(a, b)
+        return None if key is None else (key, left, right, a, b)
 
-    for i in range(n - 1):
-        push(i, i + 1)
+    heap = [c for c in map(candidate, range(n - 1), range(1, n)) if c is not None]
     heapq.heapify(heap)
 
-    def push_heap(left: int, right: int) -> None:
-        key = priority(symbols[left], symbols[right])
-        if key is not None:
-            heapq.heappush(heap, (key, left, right, symbols[left], symbols[right]))
+    def push(left: int, right: int) -> None:
+        c = candidate(left, right)
+        if c is not None:
+            heapq.heappush(heap, c)
 
     while heap:
         _, left, right, a, b = heapq.heappop(heap)
@@ -211,10 +209,10 @@ def _merge(symbols: list[str], priority) -> list[str]:
         nxt[left] = after
         if after >= 0:
             prv[after] = left
-            push_heap(left, after)
+            push(left, after)
         before = prv[left]
         if before >= 0:
-            push_heap(before, left)
+            push(before, left)
     out, i = [], 0
     while i >= 0:
         out.append(symbols[i])
@@ -238,8 +236,9 @@ class Tokenizer:
 
     Attributes: ``model`` ("llama" or "gpt2"), ``pre`` (pre-tokenizer name, gpt2 only),
     ``n_vocab``, ``bos_id``, ``eos_id``, ``eot_id``, ``eom_id``, ``unk_id``, ``pad_id`` (None
-    when absent), ``eog_ids`` (frozenset of ids that end generation), ``add_bos``, ``add_eos``,
-    ``add_space_prefix``.
+    when absent), ``fim_ids`` (role -> id or None), ``eog_ids`` (frozenset of ids that end
+    generation: EOS, EOT, EOM, FIM pad/repo/sep and the end-of-turn tokens llama.cpp knows by
+    text), ``add_bos``, ``add_eos``, ``add_space_prefix``.
     """
 
     _CACHE_LIMIT = 1 << 16  # BPE words remembered
@@ -275,7 +274,7 @@ class Tokenizer:
         else:
             if len(types) < n:
                 raise GGUFError(f"{_KEY}token_type has {len(types)} entries for {n} tokens")
-            self._types = [int(t) for t in types[:n]]
+            self._types = np.asarray(types[:n]).astype(int).tolist()
         scores = md.get(_KEY + "scores")
         if scores is None:
             self._scores = [0.0] * n
