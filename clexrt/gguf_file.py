@@ -155,8 +155,8 @@ class _Parser:
 
     def need(self, n: int) -> None:
         if n > self.size - self.pos:
-            raise self.err(f"truncated at byte {self.pos} (file is {self.size} bytes) while reading "
-                           f"{self.what}: {n} more bytes needed")
+            raise self.err(f"truncated at byte {self.size} while reading {self.what}: {n} bytes "
+                           f"needed at byte {self.pos}, {self.size - self.pos} left")
 
     def u32(self) -> int:
         self.need(4)

@@ -1,5 +1,6 @@
 """clexrt.gguf_file: round trips against what was written, agreement with gguf.GGUFReader, and
 one mutated file per validation rule (each a one-line GGUFError naming the key or tensor)."""
+import dataclasses
 import importlib.util
 import math
 import mmap
@@ -119,13 +120,8 @@ def test_tensor_round_trip(tiny):
             del a, mv
         with pytest.raises(KeyError):
             g.tensor_bytes("missing.weight")
-        with pytest.raises(dataclasses_frozen_error()):
+        with pytest.raises(dataclasses.FrozenInstanceError):
             g.tensors["output_norm.weight"].nbytes = 1
-
-
-def dataclasses_frozen_error():
-    import dataclasses
-    return dataclasses.FrozenInstanceError
 
 
 def test_validate_llama_hparams(tiny):
