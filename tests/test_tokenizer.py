@@ -161,7 +161,8 @@ def test_tiny_bpe_merges_and_specials():
     plain = tok.encode(chat)
     assert start not in plain and end not in plain and tok.decode(plain) == chat
     assert tool in tok.encode("a<tool>b")
-    assert tok.decode([start, end]) == "" and tok.decode([start, end], special=True) == chat[:12] + chat[-10:]
+    assert tok.decode([start, end]) == ""
+    assert tok.decode([start, end], special=True) == "<|im_start|><|im_end|>"
 
 
 def test_unknown_pre_tokenizer_is_a_clear_error():
@@ -208,7 +209,7 @@ def test_pre_tokenizer_words(pre, text, words):
 
 # -- SentencePiece: a model trained here, compared with the sentencepiece library ----------------
 
-CORPUS = """The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a step.
+CORPUS = """The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins.
 To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer
 the slings and arrows of outrageous fortune, or to take arms against a sea of troubles.
 In the beginning was the word, and numbers like 12, 345 and 6789 were counted too.
@@ -270,6 +271,18 @@ def test_spm_ids_equal_sentencepiece(trained_spm):
         assert tok.encode(text, add_bos=True) == [sp.bos_id()] + sp.encode(text)
         assert tok.decode(tok.encode(text)) == text
         assert tok.decode(sp.encode(text)) == sp.decode(sp.encode(text))
+
+
+def test_spm_flags(trained_spm):
+    sp, model = trained_spm
+    md = spm_metadata_from_model(model)
+    no_prefix = Tokenizer.from_metadata({**md, "tokenizer.ggml.add_space_prefix": False})
+    ids = no_prefix.encode("Hello world")
+    assert not no_prefix.token_text(ids[0]).startswith("\u2581")
+    assert no_prefix.decode(ids) == "Hello world"
+    with_eos = Tokenizer.from_metadata({**md, "tokenizer.ggml.add_eos_token": True})
+    assert with_eos.encode("Hi", add_bos=True) == [sp.bos_id()] + sp.encode("Hi") + [sp.eos_id()]
+    assert with_eos.encode("Hi") == sp.encode("Hi")
 
 
 def test_spm_model_errors():
