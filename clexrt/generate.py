@@ -139,10 +139,11 @@ class _Utf8StreamDecoder:
 
     def __init__(self, tokenizer):
         self._bytes = tokenizer.token_to_bytes
+        self._control = getattr(tokenizer, "is_control", lambda t: False)
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, token: int) -> str:
-        return self._dec.decode(self._bytes(token))
+        return "" if self._control(token) else self._dec.decode(self._bytes(token))
 
     def flush(self) -> str:
         return self._dec.decode(b"", final=True)

@@ -38,8 +38,8 @@ class FakeTokenizer:
     def is_control(self, i):
         return i in CONTROL
 
-    def token_to_bytes(self, i):
-        return self.vocab[i]
+    def token_to_bytes(self, i, special=True):
+        return self.vocab[i] if special or i not in CONTROL else b""
 
     def encode(self, text, add_bos=False, special=False):
         data = text.encode("utf-8")
@@ -99,7 +99,7 @@ class FakeModel:
         return self._logits_for(self.cache)
 
     def logits(self, ids):
-        self.cache = []
+        self.cache = list(ids)
         return np.stack([self._logits_for(ids[:i + 1]) for i in range(len(ids))])
 
     def truncate(self, n):
