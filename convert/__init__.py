@@ -1,0 +1,1 @@
+"""Hugging Face checkpoints to GGUF, CLEX tables included (installed as clexrt.convert)."""
