@@ -110,6 +110,9 @@ int64_t clex_type_block_bytes(int32_t type);    /* bytes per block; 0 if unknown
 /* Reference (scalar) conversions, n a multiple of the block size. */
 int clex_quantize_row(int32_t type, const float *src, void *dst, int64_t n);
 int clex_dequantize_row(int32_t type, const void *src, float *dst, int64_t n);
+/* The conversion the forward pass applies to activations (current ISA); same bytes as
+ * clex_quantize_row. */
+int clex_quantize_act(int32_t type, const float *src, void *dst, int64_t n);
 /* Dot product of n elements of a weight row of `type` with a row of activations already in the
  * paired activation type (clex_type_vec_dot_type); uses the current ISA. */
 int32_t clex_type_vec_dot_type(int32_t type);

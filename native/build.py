@@ -1,0 +1,58 @@
+"""cffi builder for clexrt._native (out-of-line API mode).
+
+The cdef is the CDEF-BEGIN..CDEF-END region of include/clexrt.h, so the C compiler and cffi
+read the same declarations. Kernels for each instruction set are compiled into one module and
+chosen at run time from the CPU's features, so the build runs on any x86-64 (or ARM64) CPU.
+"""
+import os
+import re
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _rel(p: Path) -> str:
+    # setuptools wants source paths relative to the project root
+    return os.path.relpath(p, ROOT)
+
+
+def _cdef() -> str:
+    text = (HERE / "include" / "clexrt.h").read_text()
+    m = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
+    if not m:
+        raise RuntimeError("clexrt.h has no CDEF-BEGIN/CDEF-END region")
+    body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+    return body
+
+
+SOURCES = sorted(
+    [p for p in (HERE / "src").rglob("*.c")],
+    key=lambda p: str(p),
+)
+
+CFLAGS = ["-std=c11", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter",
+          "-D_GNU_SOURCE", "-pthread"]
+if os.environ.get("CLEXRT_SANITIZE"):
+    # make asan: AddressSanitizer + UBSan build of the same sources
+    CFLAGS += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+               "-fno-sanitize-recover=undefined"]
+LDFLAGS = ["-pthread"] + (["-fsanitize=address,undefined"] if os.environ.get("CLEXRT_SANITIZE") else [])
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "clexrt._native",
+    '#include "clexrt.h"\n',
+    sources=[_rel(p) for p in SOURCES],
+    include_dirs=[_rel(HERE / "include")],
+    extra_compile_args=CFLAGS,
+    extra_link_args=LDFLAGS,
+    libraries=["m"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

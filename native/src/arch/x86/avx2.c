@@ -1,0 +1,260 @@
+/* AVX2 + FMA + F16C kernels. Compiled for that target regardless of the build's baseline and
+ * only called after the CPU was checked (quants.c: clex_isa_supported). Each function matches
+ * its *_generic twin in quants.c up to float summation order; the quantizers are bit-exact. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#include <immintrin.h>
+
+#include "../../internal.h"
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
+
+/* 32 signed x 32 signed bytes -> 8 int32 partial sums, as floats */
+static inline __m256 dot_i8(__m256i x, __m256i y) {
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    const __m256i sy = _mm256_sign_epi8(y, x);
+    const __m256i p16 = _mm256_maddubs_epi16(ax, sy);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* 32 unsigned (< 128) x 32 signed bytes -> 8 int32 partial sums, as floats */
+static inline __m256 dot_u8i8(__m256i ux, __m256i y) {
+    const __m256i p16 = _mm256_maddubs_epi16(ux, y);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* 16 bytes of nibbles -> 32 bytes: values 0..15 then 16..31 (the GGUF block order) */
+static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(q, m);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+    return _mm256_set_m128i(hi, lo);
+}
+
+static void vec_dot_q8_0(int64_t n, float *s, const void *vw, const void *vx) {
+    const block_q8_0 *w = vw, *x = vx;
+    const int64_t nb = n / QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
+        const __m256 d1 = _mm256_set1_ps(h2f(w[i + 1].d) * h2f(x[i + 1].d));
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w[i].qs);
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[i].qs);
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)w[i + 1].qs);
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[i + 1].qs);
+        acc0 = _mm256_fmadd_ps(d0, dot_i8(w0, x0), acc0);
+        acc1 = _mm256_fmadd_ps(d1, dot_i8(w1, x1), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
+        acc0 = _mm256_fmadd_ps(d0, dot_i8(_mm256_loadu_si256((const __m256i *)w[i].qs),
+                                          _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static void vec_dot_q4_0(int64_t n, float *s, const void *vw, const void *vx) {
+    const block_q4_0 *w = vw;
+    const block_q8_0 *x = vx;
+    const int64_t nb = n / QK;
+    const __m256i off = _mm256_set1_epi8(8);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
+        const __m256 d1 = _mm256_set1_ps(h2f(w[i + 1].d) * h2f(x[i + 1].d));
+        const __m256i w0 = _mm256_sub_epi8(unpack_nibbles(w[i].qs), off);
+        const __m256i w1 = _mm256_sub_epi8(unpack_nibbles(w[i + 1].qs), off);
+        acc0 = _mm256_fmadd_ps(d0, dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
+        acc1 = _mm256_fmadd_ps(d1, dot_i8(w1, _mm256_loadu_si256((const __m256i *)x[i + 1].qs)), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
+        const __m256i w0 = _mm256_sub_epi8(unpack_nibbles(w[i].qs), off);
+        acc0 = _mm256_fmadd_ps(d0, dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static void vec_dot_q4_1(int64_t n, float *s, const void *vw, const void *vx) {
+    const block_q4_1 *w = vw;
+    const block_q8_1 *x = vx;
+    const int64_t nb = n / QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float summs = 0.0f;
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * x[i].d);
+        const __m256 d1 = _mm256_set1_ps(h2f(w[i + 1].d) * x[i + 1].d);
+        summs += h2f(w[i].m) * x[i].s + h2f(w[i + 1].m) * x[i + 1].s;
+        acc0 = _mm256_fmadd_ps(d0, dot_u8i8(unpack_nibbles(w[i].qs),
+                                            _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
+        acc1 = _mm256_fmadd_ps(d1, dot_u8i8(unpack_nibbles(w[i + 1].qs),
+                                            _mm256_loadu_si256((const __m256i *)x[i + 1].qs)), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * x[i].d);
+        summs += h2f(w[i].m) * x[i].s;
+        acc0 = _mm256_fmadd_ps(d0, dot_u8i8(unpack_nibbles(w[i].qs),
+                                            _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+}
+
+static float dot_f32(int64_t n, const float *a, const float *b) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+static void vec_dot_f32(int64_t n, float *s, const void *w, const void *x) { *s = dot_f32(n, w, x); }
+
+static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
+    const clex_fp16 *w = vw;
+    const float *x = vx;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
+        const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8)));
+        s0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), s0);
+        s1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), s1);
+    }
+    float sum = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) sum += h2f(w[i]) * x[i];
+    *s = sum;
+}
+
+static inline __m256 load_bf16(const clex_bf16 *p) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static void vec_dot_bf16(int64_t n, float *s, const void *vw, const void *vx) {
+    const clex_bf16 *w = vw;
+    const float *x = vx;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(load_bf16(w + i), _mm256_loadu_ps(x + i), s0);
+        s1 = _mm256_fmadd_ps(load_bf16(w + i + 8), _mm256_loadu_ps(x + i + 8), s1);
+    }
+    float sum = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) sum += clex_bf16_to_fp32(w[i]) * x[i];
+    *s = sum;
+}
+
+static void axpy_f32(int64_t n, float a, const float *x, float *y) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* roundf() semantics (half away from zero), exactly: truncate, then add the sign where the
+ * dropped fraction is at least one half. */
+static inline __m256i round_away(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 frac = _mm256_and_ps(_mm256_sub_ps(v, t), absmask);
+    const __m256 ge = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_andnot_ps(absmask, v));
+    return _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(ge, one)));
+}
+
+/* one block of 32 floats -> 32 int8 with the same arithmetic as clex_quantize_q8_0_ref */
+static inline float quant_block(const float *x, int8_t *qs, int *sum) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        m = _mm256_max_ps(m, _mm256_and_ps(v[k], absmask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float d = amax / 127.0f;
+    const float id = d ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) q[k] = round_away(_mm256_mul_ps(v[k], vid));
+    if (sum) {
+        __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        t4 = _mm_hadd_epi32(t4, t4);
+        t4 = _mm_hadd_epi32(t4, t4);
+        *sum = _mm_cvtsi128_si32(t4);
+    }
+    /* pack 32 int32 -> 32 int8 in order (packs interleave 128-bit lanes; permute undoes it) */
+    const __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, p);
+    return d;
+}
+
+static void quant_q8_0(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t i = 0; i < n / QK; i++) y[i].d = clex_fp32_to_fp16(quant_block(x + i * QK, y[i].qs, NULL));
+}
+
+static void quant_q8_1(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
+    for (int64_t i = 0; i < n / QK; i++) {
+        int sum;
+        const float d = quant_block(x + i * QK, y[i].qs, &sum);
+        y[i].d = d;
+        y[i].s = d * (float)sum;
+    }
+}
+
+void clex_kernels_avx2(clex_kernel_set *k) {
+    k->q8_0 = vec_dot_q8_0;
+    k->q4_0 = vec_dot_q4_0;
+    k->q4_1 = vec_dot_q4_1;
+    k->f32 = vec_dot_f32;
+    k->f16 = vec_dot_f16;
+    k->bf16 = vec_dot_bf16;
+    k->quant_q8_0 = quant_q8_0;
+    k->quant_q8_1 = quant_q8_1;
+    k->dot_f32 = dot_f32;
+    k->axpy_f32 = axpy_f32;
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif

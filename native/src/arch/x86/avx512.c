@@ -1,0 +1,170 @@
+/* AVX-512 (F, BW, VL, DQ) kernels: two quantized blocks per 512-bit register, with the VNNI
+ * dot-product instruction where the CPU has it. Installed over the AVX2 set, so anything not
+ * defined here keeps its AVX2 version. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#endif
+
+#include <immintrin.h>
+
+#include "../../internal.h"
+
+static inline float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
+
+static inline __m512i load2(const void *a, const void *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+static inline __m512i nibbles2(const uint8_t *a, const uint8_t *b) {
+    const __m256i q = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)b),
+                                       _mm_loadu_si128((const __m128i *)a));
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(q, m);                          /* a.lo | b.lo */
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m);   /* a.hi | b.hi */
+    /* per block: 16 low nibbles then 16 high ones */
+    const __m256i blk_a = _mm256_permute2x128_si256(lo, hi, 0x20);
+    const __m256i blk_b = _mm256_permute2x128_si256(lo, hi, 0x31);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(blk_a), blk_b, 1);
+}
+
+static inline __m512 scales2(float a, float b) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+/* unsigned x signed bytes, summed in groups of four into 16 int32 lanes */
+static inline __m512i dpbusd_vnni(__m512i u, __m512i s) {
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+}
+static inline __m512i dpbusd_plain(__m512i u, __m512i s) {
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+}
+
+/* signed x signed: move the sign of x onto y */
+#define SIGNED_DOT(DP, x, y) \
+    DP(_mm512_abs_epi8(x), _mm512_mask_sub_epi8((y), _mm512_movepi8_mask(x), _mm512_setzero_si512(), (y)))
+
+#define DEFINE_KERNELS(SUF, DP)                                                                 \
+static void vec_dot_q8_0_##SUF(int64_t n, float *s, const void *vw, const void *vx) {          \
+    const block_q8_0 *w = vw, *x = vx;                                                          \
+    const int64_t nb = n / QK;                                                                  \
+    __m512 acc = _mm512_setzero_ps();                                                           \
+    int64_t i = 0;                                                                              \
+    for (; i + 1 < nb; i += 2) {                                                                \
+        const __m512 d = scales2(h2f(w[i].d) * h2f(x[i].d), h2f(w[i + 1].d) * h2f(x[i + 1].d)); \
+        const __m512i wq = load2(w[i].qs, w[i + 1].qs), xq = load2(x[i].qs, x[i + 1].qs);       \
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(SIGNED_DOT(DP, wq, xq)), acc);              \
+    }                                                                                           \
+    float sum = _mm512_reduce_add_ps(acc);                                                      \
+    if (i < nb) {                                                                               \
+        float t;                                                                                \
+        clex_vec_dot_q8_0_q8_0_generic(QK, &t, w + i, x + i);                                   \
+        sum += t;                                                                               \
+    }                                                                                           \
+    *s = sum;                                                                                   \
+}                                                                                               \
+static void vec_dot_q4_0_##SUF(int64_t n, float *s, const void *vw, const void *vx) {          \
+    const block_q4_0 *w = vw;                                                                   \
+    const block_q8_0 *x = vx;                                                                   \
+    const int64_t nb = n / QK;                                                                  \
+    const __m512i off = _mm512_set1_epi8(8);                                                    \
+    __m512 acc = _mm512_setzero_ps();                                                           \
+    int64_t i = 0;                                                                              \
+    for (; i + 1 < nb; i += 2) {                                                                \
+        const __m512 d = scales2(h2f(w[i].d) * h2f(x[i].d), h2f(w[i + 1].d) * h2f(x[i + 1].d)); \
+        const __m512i wq = _mm512_sub_epi8(nibbles2(w[i].qs, w[i + 1].qs), off);                \
+        const __m512i xq = load2(x[i].qs, x[i + 1].qs);                                         \
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(SIGNED_DOT(DP, wq, xq)), acc);              \
+    }                                                                                           \
+    float sum = _mm512_reduce_add_ps(acc);                                                      \
+    if (i < nb) {                                                                               \
+        float t;                                                                                \
+        clex_vec_dot_q4_0_q8_0_generic(QK, &t, w + i, x + i);                                   \
+        sum += t;                                                                               \
+    }                                                                                           \
+    *s = sum;                                                                                   \
+}                                                                                               \
+static void vec_dot_q4_1_##SUF(int64_t n, float *s, const void *vw, const void *vx) {          \
+    const block_q4_1 *w = vw;                                                                   \
+    const block_q8_1 *x = vx;                                                                   \
+    const int64_t nb = n / QK;                                                                  \
+    __m512 acc = _mm512_setzero_ps();                                                           \
+    float summs = 0.0f;                                                                         \
+    int64_t i = 0;                                                                              \
+    for (; i + 1 < nb; i += 2) {                                                                \
+        const __m512 d = scales2(h2f(w[i].d) * x[i].d, h2f(w[i + 1].d) * x[i + 1].d);           \
+        summs += h2f(w[i].m) * x[i].s + h2f(w[i + 1].m) * x[i + 1].s;                           \
+        const __m512i wq = nibbles2(w[i].qs, w[i + 1].qs);                                      \
+        const __m512i xq = load2(x[i].qs, x[i + 1].qs);                                         \
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(DP(wq, xq)), acc);                          \
+    }                                                                                           \
+    float sum = _mm512_reduce_add_ps(acc) + summs;                                              \
+    if (i < nb) {                                                                               \
+        float t;                                                                                \
+        clex_vec_dot_q4_1_q8_1_generic(QK, &t, w + i, x + i);                                   \
+        sum += t;                                                                               \
+    }                                                                                           \
+    *s = sum;                                                                                   \
+}
+
+DEFINE_KERNELS(vnni, dpbusd_vnni)
+DEFINE_KERNELS(bw, dpbusd_plain)
+
+static float dot_f32(int64_t n, const float *a, const float *b) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    if (i + 16 <= n) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        i += 16;
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void vec_dot_f32(int64_t n, float *s, const void *w, const void *x) { *s = dot_f32(n, w, x); }
+
+static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
+    const clex_fp16 *w = vw;
+    const float *x = vx;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i))),
+                             _mm512_loadu_ps(x + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + 16))),
+                             _mm512_loadu_ps(x + i + 16), s1);
+    }
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; i < n; i++) sum += h2f(w[i]) * x[i];
+    *s = sum;
+}
+
+void clex_kernels_avx512(clex_kernel_set *k) {
+    const int vnni = __builtin_cpu_supports("avx512vnni");
+    k->q8_0 = vnni ? vec_dot_q8_0_vnni : vec_dot_q8_0_bw;
+    k->q4_0 = vnni ? vec_dot_q4_0_vnni : vec_dot_q4_0_bw;
+    k->q4_1 = vnni ? vec_dot_q4_1_vnni : vec_dot_q4_1_bw;
+    k->f32 = vec_dot_f32;
+    k->f16 = vec_dot_f16;
+    k->dot_f32 = dot_f32;
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif

@@ -1,0 +1,229 @@
+"""The whole forward pass against an independent numpy implementation (gguf-py reads and
+dequantizes the file; textbook float64 math), on tiny generated models of every weight type and
+on SmolLM2-135M-Instruct; prefill equals token-by-token decoding; bad input is a ClexError."""
+import numpy as np
+import pytest
+
+import tinymodel as tm
+from clexrt import ClexError, ContextFullError, Model, ModelError
+from clexrt import _lib
+
+# max |clexrt - reference| over all logits (|logits| ~ 3): float weights run in float32; quantized
+# weights against the reference that rounds activations to the same 8-bit blocks.
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for wt in tm.WTYPES:
+        p = d / f"tiny-{wt}.gguf"
+        cfg = tm.write_tiny(p, wt, seed=0)
+        out[wt] = (str(p), cfg)
+    return out
+
+
+@pytest.mark.parametrize("isa", _lib.supported_isas())
+@pytest.mark.parametrize("wtype", list(tm.WTYPES))
+def test_logits_match_reference(tiny_files, wtype, isa):
+    path, cfg = tiny_files[wtype]
+    ids = np.random.default_rng(1).integers(0, cfg.n_vocab, 40)
+    ref = tm.reference_forward(tm.read_weights(path), cfg, ids, act=tm.ACT_OF[wtype])
+    before = _lib.isa()
+    _lib.set_isa(isa)
+    try:
+        with Model(path, n_threads=2) as m:
+            got = m.logits(ids)
+    finally:
+        _lib.set_isa(before)
+    assert got.shape == (len(ids), cfg.n_vocab) and got.dtype == np.float32
+    assert np.abs(got - ref).max() < TOL
+
+
+def test_float_reference_is_close_for_quantized(tiny_files):
+    """Against the pure float reference, activation rounding costs little: same argmax."""
+    path, cfg = tiny_files["q8_0"]
+    ids = np.arange(30) % cfg.n_vocab
+    ref = tm.reference_forward(tm.read_weights(path), cfg, ids)
+    with Model(path) as m:
+        got = m.logits(ids)
+    assert np.abs(got - ref).max() < 0.1
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("wtype", ["f32", "q4_1"])
+def test_prefill_equals_decoding(tiny_files, wtype):
+    path, cfg = tiny_files[wtype]
+    ids = list(np.random.default_rng(2).integers(0, cfg.n_vocab, 33))
+    with Model(path, n_batch=8) as m:      # several internal batches
+        full = m.logits(ids)
+        m.reset()
+        steps = np.stack([m.eval([t]) for t in ids])
+        assert m.n_past == len(ids)
+        m.reset()
+        mixed = np.concatenate([m.eval_all(ids[:10]), m.eval_all(ids[10:11]), m.eval_all(ids[11:])])
+    assert np.abs(full - steps).max() < 1e-4
+    assert np.abs(full - mixed).max() < 1e-4
+
+
+def test_tied_embeddings_and_threads(tmp_path):
+    cfg = tm.TinyConfig(tied=True, n_head_kv=4)
+    p = tmp_path / "tied.gguf"
+    tm.write_tiny(p, "f16", cfg)
+    ids = [1, 5, 9, 3, 7]
+    ref = tm.reference_forward(tm.read_weights(p), cfg, ids)
+    for nt in (1, 2, 3):
+        with Model(p, n_threads=nt) as m:
+            assert np.abs(m.logits(ids) - ref).max() < TOL
+
+
+def test_rope_freqs_and_linear_scaling(tmp_path):
+    """rope_freqs.weight divides each frequency and rope.scaling.type=linear divides by the
+    factor, as llama.cpp reads them."""
+    cfg = tm.TinyConfig()
+    factors = np.linspace(1.0, 4.0, cfg.head_dim // 2).astype(np.float32)
+
+    def extra(w):
+        w.add_rope_scaling_type(__import__("gguf").RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.0)
+        w.add_tensor("rope_freqs.weight", factors)
+
+    p = tmp_path / "ropefreqs.gguf"
+    tm.write_tiny(p, "f32", cfg, extra=extra)
+    inv = tm.rope_table(cfg.rope_base, cfg.head_dim).astype(np.float64) / factors / 2.0
+    ids = list(range(20))
+    w = tm.read_weights(p)
+    ref = tm.reference_forward(w, cfg, ids, inv_freq=inv.astype(np.float32))
+    with Model(p) as m:
+        got = m.logits(ids)
+    assert np.abs(got - ref).max() < TOL
+    plain = tm.reference_forward(w, cfg, ids)
+    assert np.abs(got - plain).max() > 10 * TOL     # the scaling really changed something
+
+
+@pytest.fixture(scope="module")
+def smollm2_ref(smollm2, tmp_path_factory):
+    """SmolLM2's weights dequantized by gguf-py, the tokens of a real text, and an F32 copy of
+    the model (same architecture: 30 layers, 9 heads over 3 kv heads, tied embeddings)."""
+    import gguf
+    from clexrt.tokenizer import Tokenizer
+    ids = Tokenizer.from_gguf(smollm2).encode("The capital of France is Paris, and the capital of Italy is")[:12]
+    r = gguf.GGUFReader(smollm2)
+
+    def num(key):
+        f = r.fields[key]
+        return f.parts[f.data[0]][0].item()
+
+    cfg = tm.TinyConfig(n_vocab=49152, n_embd=num("llama.embedding_length"), n_layer=num("llama.block_count"),
+                        n_head=num("llama.attention.head_count"), n_head_kv=num("llama.attention.head_count_kv"),
+                        n_ff=num("llama.feed_forward_length"), rope_base=num("llama.rope.freq_base"),
+                        eps=num("llama.attention.layer_norm_rms_epsilon"), tied=True,
+                        n_ctx=num("llama.context_length"))
+    w = tm.read_weights(smollm2)
+    f32 = tmp_path_factory.mktemp("smol") / "smollm2-f32.gguf"
+    wr = gguf.GGUFWriter(str(f32), "llama")
+    for key in ("context_length", "embedding_length", "block_count", "feed_forward_length",
+                "attention.head_count", "attention.head_count_kv", "rope.dimension_count"):
+        wr.add_uint32(f"llama.{key}", num(f"llama.{key}"))
+    wr.add_float32("llama.rope.freq_base", cfg.rope_base)
+    wr.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.eps)
+    for name, arr in w.items():
+        wr.add_tensor(name, arr.astype(np.float32))
+    wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file(); wr.close()
+    ref = tm.reference_forward(w, cfg, ids)
+    return ids, ref, str(f32)
+
+
+def test_smollm2_f32_copy_against_numpy(smollm2_ref):
+    """The real architecture in float: clexrt on the dequantized F32 copy equals numpy."""
+    ids, ref, f32 = smollm2_ref
+    with Model(f32, n_ctx=64) as m:
+        got = m.logits(ids)
+    assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_smollm2_q4_1_against_numpy(smollm2, smollm2_ref):
+    """The Q4_1 file itself: the integer products round activations to 8 bits, which over 30
+    layers moves logits (|logits| ~ 15) by up to ~1; the numpy reference that rounds the same
+    way differs from float math by as much. The predictions agree."""
+    ids, ref, _ = smollm2_ref
+    with Model(smollm2, n_ctx=64) as m:
+        got = m.logits(ids)
+    assert np.abs(got - ref).max() < 2.0
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_unsupported_type_is_named(tmp_path):
+    p = tmp_path / "q5.gguf"
+    tm.write_tiny(p, "f32", override_types={"blk.1.ffn_up.weight": "Q5_0"})
+    with pytest.raises(ModelError, match=r"blk\.1\.ffn_up\.weight.*Q5_0"):
+        Model(p)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    p = tmp_path / "missing.gguf"
+    tm.write_tiny(p, "f32", drop=("blk.0.attn_v.weight",))
+    with pytest.raises(ClexError, match=r"blk\.0\.attn_v\.weight"):
+        Model(p)
+
+
+def test_shape_disagreeing_with_hparams(tmp_path):
+    p = tmp_path / "shape.gguf"
+    tm.write_tiny(p, "f32", extra=lambda w: None, cfg=tm.TinyConfig())
+    # rewrite with a wrong head count: q rows no longer match
+    p2 = tmp_path / "shape2.gguf"
+    cfg = tm.TinyConfig()
+    import gguf
+    r = gguf.GGUFReader(str(p))
+    wr = gguf.GGUFWriter(str(p2), "llama")
+    for k, v in (("block_count", 2), ("context_length", 256), ("embedding_length", 64),
+                 ("feed_forward_length", 256), ("attention.head_count", 4), ("attention.head_count_kv", 2)):
+        wr.add_uint32(f"llama.{k}", v)
+    for t in r.tensors:
+        wr.add_tensor(t.name, np.array(t.data).reshape(tuple(reversed([int(x) for x in t.shape]))))
+    wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file(); wr.close()
+    with pytest.raises(ClexError, match=r"ffn_(gate|up|down)"):
+        Model(p2)
+
+
+def test_token_out_of_vocab_and_context_full(tiny_files):
+    path, cfg = tiny_files["f32"]
+    with Model(path, n_ctx=16) as m:
+        with pytest.raises(ModelError, match="outside the vocabulary"):
+            m.eval([cfg.n_vocab])
+        with pytest.raises(ModelError, match="outside the vocabulary"):
+            m.eval([-1])
+        assert m.n_past == 0
+        m.eval(list(range(10)))
+        with pytest.raises(ContextFullError):
+            m.eval(list(range(7)))
+        assert m.n_past == 10                    # nothing was lost
+        m.eval(list(range(6)))
+        assert m.n_past == 16
+
+
+def test_n_ctx_too_big_for_memory(tiny_files):
+    path, _ = tiny_files["f32"]
+    with pytest.raises(ModelError, match="KV cache"):
+        Model(path, n_ctx=(1 << 24) + 1)
+    with pytest.raises(ModelError):
+        Model(path, n_ctx=-5)
+
+
+def test_native_rejects_bad_positions_directly(tiny_files):
+    """The C core checks what it is given, whatever Python passes."""
+    from clexrt._lib import ffi, lib
+    path, cfg = tiny_files["f32"]
+    with Model(path, n_ctx=8) as m:
+        toks = np.array([1, 2, 3], np.int32)
+        p = ffi.cast("int32_t *", toks.ctypes.data)
+        assert lib.clex_eval(m._ctx, p, 3, 6, ffi.NULL, 0) == lib.CLEX_E_FULL
+        assert lib.clex_eval(m._ctx, p, 3, -1, ffi.NULL, 0) == lib.CLEX_E_INVALID
+        assert lib.clex_eval(m._ctx, p, 0, 0, ffi.NULL, 0) == lib.CLEX_E_INVALID
+        bad = np.array([1, 99999], np.int32)
+        assert lib.clex_eval(m._ctx, ffi.cast("int32_t *", bad.ctypes.data), 2, 0, ffi.NULL, 0) == lib.CLEX_E_INVALID
+        assert lib.clex_ctx_set_rope(m._ctx, ffi.new("float[]", 3), 3) == lib.CLEX_E_INVALID

@@ -1,0 +1,178 @@
+"""Every kernel against its scalar reference, for every type and every instruction set this CPU
+runs, and the reference quantizers against gguf-py's independent implementation of the formats.
+
+Tolerances: quantizers and fp16/bf16 conversions are bit-exact; dot products of the same inputs
+may differ only by float summation order: |simd - scalar| <= 1e-5 * sum|w_i * x_i| + 1e-6."""
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf import quants
+
+from clexrt import _lib
+from clexrt._lib import ffi, lib
+
+TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3}
+ISAS = [i for i in _lib.supported_isas()]
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    before = _lib.isa()
+    yield
+    _lib.set_isa(before)
+
+
+def ptr(a, t="void *"):
+    return ffi.cast(t, a.ctypes.data)
+
+
+def quantize(x: np.ndarray, type_id: int) -> np.ndarray:
+    n = x.size
+    nbytes = n // lib.clex_type_block_size(type_id) * lib.clex_type_block_bytes(type_id)
+    out = np.zeros(nbytes, np.uint8)
+    _lib.check(lib.clex_quantize_row(type_id, ptr(np.ascontiguousarray(x, np.float32), "float *"), ptr(out), n))
+    return out
+
+
+def dequantize(q: np.ndarray, type_id: int, n: int) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    _lib.check(lib.clex_dequantize_row(type_id, ptr(q), ptr(out, "float *"), n))
+    return out
+
+
+def test_block_sizes_match_gguf():
+    from gguf.constants import GGML_QUANT_SIZES
+    for name, t in TYPES.items():
+        assert (lib.clex_type_block_size(t), lib.clex_type_block_bytes(t)) == GGML_QUANT_SIZES[QT(t)], name
+        assert lib.clex_type_supported(t)
+    assert not lib.clex_type_supported(6)        # Q5_0: known to GGUF, not run here
+    assert lib.clex_type_name(12) == ffi.NULL    # Q4_K: unknown to this build
+
+
+def test_fp16_conversion_exhaustive():
+    halves = np.arange(65536, dtype=np.uint16)
+    want = halves.view(np.float16).astype(np.float32)
+    got = dequantize(halves.view(np.uint8), TYPES["f16"], 65536)
+    ok = np.isnan(want) | (got.view(np.uint32) == want.view(np.uint32))
+    assert ok.all() and np.isnan(got[np.isnan(want)]).all()
+    # float -> half: random floats across the whole range, subnormals, ties and overflow
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.standard_normal(20000).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 20000),
+        (halves.view(np.float16).astype(np.float32)[:31744] * np.float32(1.0 + 2 ** -11)),  # exact ties
+        np.array([65504, 65519.99, 65520, 1e9, -1e9, 2 ** -25, 2 ** -24, 3e-8, 0.0, -0.0], np.float32),
+    ]).astype(np.float32)
+    got = quantize(x, TYPES["f16"]).view(np.uint16)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    assert (got == want).all()
+
+
+def test_bf16_conversion():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(10000) * 1e3).astype(np.float32)
+    got = quantize(x, TYPES["bf16"])
+    want = quants.quantize(x, QT.BF16).reshape(-1)
+    assert (got == want).all()
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_0", "q4_1"])
+def test_reference_quantizers_match_gguf_py(name):
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(32 * 512) * 3, np.zeros(64), np.full(32, 7.0),
+                        rng.uniform(-1, 1, 32 * 64) * 1e-3]).astype(np.float32)
+    got = quantize(x, TYPES[name])
+    want = quants.quantize(x.reshape(-1, 32), QT[name.upper()]).reshape(-1)
+    assert (got == want).all(), f"{(got != want).sum()} bytes differ"
+    # and the dequantizer against gguf-py's
+    assert np.array_equal(dequantize(got, TYPES[name], x.size),
+                          quants.dequantize(want.reshape(-1, got.size // (x.size // 32)), QT[name.upper()]).reshape(-1))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", [8, 9])   # Q8_0, Q8_1 activations
+def test_activation_quantizers_bit_exact(isa, act):
+    """The forward pass quantizes activations with the ISA's from_float; it must give the same
+    bytes as the reference, including exact .5 ties (roundf rounds half away from zero)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(32 * 300).astype(np.float32)
+    x[:32] = np.arange(-16, 16) * 0.5      # ties after scaling
+    x[32:64] = 0.0
+    a = quantize(x, act)                     # the reference quantizer
+    _lib.set_isa(isa)
+    b = np.zeros_like(a)
+    _lib.check(lib.clex_quantize_act(act, ptr(x, "float *"), ptr(b), x.size))
+    assert (a == b).all()
+
+
+def _dot_case(name, rng, n):
+    t = TYPES[name]
+    w = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal(n).astype(np.float32)
+    wq = quantize(w, t)
+    at = lib.clex_type_vec_dot_type(t)
+    xq = quantize(x, at) if at != 0 else x
+    return t, wq, xq
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(TYPES))
+def test_vec_dot_matches_scalar(isa, name):
+    rng = np.random.default_rng(4)
+    for n in (32, 64, 96, 576, 4096 + 32 * 3):
+        t, wq, xq = _dot_case(name, rng, n)
+        out = ffi.new("float *")
+        _lib.set_isa("scalar")
+        _lib.check(lib.clex_vec_dot(t, n, ptr(wq), ptr(xq), out))
+        ref = out[0]
+        _lib.set_isa(isa)
+        _lib.check(lib.clex_vec_dot(t, n, ptr(wq), ptr(xq), out))
+        w = dequantize(wq, t, n).astype(np.float64)
+        at = lib.clex_type_vec_dot_type(t)
+        x = (dequantize(xq, at, n) if at != 0 else xq).astype(np.float64)
+        scale = np.abs(w * x).sum()
+        assert abs(out[0] - ref) <= 1e-5 * scale + 1e-6, (isa, name, n, out[0], ref)
+        # and the scalar reference is the textbook sum of the dequantized values
+        assert abs(ref - (w * x).sum()) <= 1e-5 * scale + 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(TYPES))
+def test_matmul_threads_and_isa(isa, name):
+    """The row-blocked multi-threaded product equals row-by-row scalar dot products."""
+    rng = np.random.default_rng(5)
+    K, N, T = 128, 37, 5
+    t = TYPES[name]
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    Wq = np.concatenate([quantize(W[r], t) for r in range(N)])
+    X = rng.standard_normal((T, K)).astype(np.float32)
+    ct = ffi.new("clex_tensor *", dict(type=t, n_dims=2, data=ptr(Wq), nbytes=Wq.nbytes))
+    ct.ne[0], ct.ne[1] = K, N
+    _lib.set_isa(isa)
+    Y = np.zeros((T, N), np.float32)
+    _lib.check(lib.clex_matmul(ct, ptr(X, "float *"), T, ptr(Y, "float *"), 3))
+    Wd = np.stack([dequantize(quantize(W[r], t), t, K) for r in range(N)]).astype(np.float64)
+    at = lib.clex_type_vec_dot_type(t)
+    Xd = np.stack([dequantize(quantize(X[i], at), at, K) if at else X[i] for i in range(T)]).astype(np.float64)
+    ref = Xd @ Wd.T
+    assert np.abs(Y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_bad_arguments_are_errors():
+    x = np.zeros(33, np.float32)
+    out = np.zeros(64, np.uint8)
+    assert lib.clex_quantize_row(8, ptr(x, "float *"), ptr(out), 33) == lib.CLEX_E_INVALID
+    assert "block" in _lib.last_error()
+    assert lib.clex_quantize_row(12345, ptr(x, "float *"), ptr(out), 32) == lib.CLEX_E_UNSUPPORTED
+    assert lib.clex_set_isa(99) == lib.CLEX_E_UNSUPPORTED
+
+
+def test_isa_selection_env(tmp_path):
+    import subprocess
+    import sys
+    code = "from clexrt import _lib; print(_lib.isa())"
+    for env, want in (({"CLEXRT_FORCE_SCALAR": "1"}, "scalar"), ({"CLEXRT_ISA": "scalar"}, "scalar")):
+        import os
+        e = dict(os.environ, **env)
+        out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want

@@ -1,0 +1,193 @@
+"""Tiny LLaMA GGUFs generated with fixed seeds, and an independent numpy forward pass.
+
+The files are written with gguf-py's GGUFWriter and quantized with gguf-py's numpy quantizers;
+the reference reads them back with gguf-py's GGUFReader and dequantizer and runs textbook math
+in float64. None of it goes through clexrt's own reader or C code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+WTYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0,
+          "q4_1": QT.Q4_1}
+
+
+@dataclass
+class TinyConfig:
+    n_vocab: int = 96
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    n_ctx: int = 256
+    rope_base: float = 10000.0
+    eps: float = 1e-5
+    tied: bool = False
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+def _weights(cfg: TinyConfig, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    E, F, V = cfg.n_embd, cfg.n_ff, cfg.n_vocab
+    qd, kvd = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+
+    def mat(rows, cols, scale=None):
+        scale = scale if scale is not None else 1.0 / np.sqrt(cols)
+        return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+
+    w = {"token_embd.weight": mat(V, E, 1.0)}
+    for i in range(cfg.n_layer):
+        p = f"blk.{i}."
+        w[p + "attn_norm.weight"] = (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32)
+        w[p + "attn_q.weight"] = mat(qd, E)
+        w[p + "attn_k.weight"] = mat(kvd, E)
+        w[p + "attn_v.weight"] = mat(kvd, E)
+        w[p + "attn_output.weight"] = mat(E, qd)
+        w[p + "ffn_norm.weight"] = (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32)
+        w[p + "ffn_gate.weight"] = mat(F, E)
+        w[p + "ffn_up.weight"] = mat(F, E)
+        w[p + "ffn_down.weight"] = mat(E, F)
+    w["output_norm.weight"] = (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32)
+    if not cfg.tied:
+        w["output.weight"] = mat(V, E)
+    return w
+
+
+def write_tiny(path, wtype: str = "f32", cfg: TinyConfig | None = None, seed: int = 0,
+               extra=None, override_types: dict | None = None, drop: tuple = ()) -> TinyConfig:
+    """Write a tiny LLaMA GGUF: 2-D weights in `wtype`, norms in F32. `extra(writer)` may add
+    keys; `override_types` maps tensor name -> gguf type name for one-off types; `drop` omits
+    tensors (for error tests)."""
+    cfg = cfg or TinyConfig()
+    wr = gguf.GGUFWriter(str(path), "llama")
+    wr.add_context_length(cfg.n_ctx)
+    wr.add_embedding_length(cfg.n_embd)
+    wr.add_block_count(cfg.n_layer)
+    wr.add_feed_forward_length(cfg.n_ff)
+    wr.add_head_count(cfg.n_head)
+    wr.add_head_count_kv(cfg.n_head_kv)
+    wr.add_rope_dimension_count(cfg.head_dim)
+    wr.add_rope_freq_base(cfg.rope_base)
+    wr.add_layer_norm_rms_eps(cfg.eps)
+    if extra:
+        extra(wr)
+    for name, arr in _weights(cfg, seed).items():
+        if name in drop:
+            continue
+        t = WTYPES[wtype] if arr.ndim == 2 else QT.F32
+        if override_types and name in override_types:
+            t = QT[override_types[name]]
+        if t == QT.F32:
+            wr.add_tensor(name, arr)
+        elif t == QT.F16:
+            wr.add_tensor(name, arr.astype(np.float16))
+        else:
+            wr.add_tensor(name, gguf.quants.quantize(arr, t), raw_dtype=t)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    return cfg
+
+
+def read_weights(path) -> dict[str, np.ndarray]:
+    """Every tensor of a GGUF, dequantized by gguf-py, in numpy order ([ne1, ne0])."""
+    r = gguf.GGUFReader(str(path))
+    out = {}
+    for t in r.tensors:
+        shape = tuple(int(x) for x in reversed(t.shape))
+        if t.tensor_type in (QT.F32, QT.F16):
+            a = np.array(t.data, dtype=np.float32)
+        else:
+            a = gguf.quants.dequantize(np.array(t.data), t.tensor_type)
+        out[t.name] = a.reshape(shape).astype(np.float64)
+    return out
+
+
+def rope_table(base: float, n_rot: int) -> np.ndarray:
+    return (base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)).astype(np.float32)
+
+
+def _round_away(x):
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_activations(x: np.ndarray, act: str | None) -> np.ndarray:
+    """What the llama.cpp-style integer product does to its float input: 8-bit blocks of 32 with
+    scale amax/127, the scale kept as fp16 (q8_0, paired with Q8_0/Q4_0 weights) or float32
+    (q8_1, paired with Q4_1). Computed from the format's definition, in float32."""
+    if act is None:
+        return x
+    shape = x.shape
+    b = x.astype(np.float32).reshape(-1, 32)
+    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = _round_away((b * inv).astype(np.float32))
+    if act == "q8_0":
+        d = d.astype(np.float16).astype(np.float32)
+    return (q * d).astype(np.float64).reshape(shape)
+
+
+ACT_OF = {"f32": None, "f16": None, "bf16": None, "q8_0": "q8_0", "q4_0": "q8_0", "q4_1": "q8_1"}
+
+
+def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
+                      act: str | None = None) -> np.ndarray:
+    """Textbook LLaMA forward in float64: [len(ids), n_vocab] logits. Rotary pairs are adjacent
+    (GGUF layout) and position p turns pair i by p * inv_freq[i] (angles from float32 products,
+    as the runtime forms them). `act` ("q8_0"/"q8_1", or a dict tensor name -> that) rounds a
+    matrix product's input to 8-bit blocks first, as integer products of quantized weights do."""
+    E, H, HKV, D = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
+    n_rot = n_rot or D
+    inv = rope_table(cfg.rope_base, n_rot) if inv_freq is None else np.asarray(inv_freq, np.float32)
+    ids = np.asarray(ids)
+    T = len(ids)
+    pos = np.arange(T, dtype=np.float32)
+    ang = (pos[:, None] * inv[None, :]).astype(np.float64)          # [T, n_rot/2]
+    cos, sin = np.cos(ang), np.sin(ang)
+
+    def rms(x, g):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.eps) * g
+
+    def mm(x, wname):
+        a = act.get(wname) if isinstance(act, dict) else act
+        return quantize_activations(x, a) @ w[wname].T
+
+    def rope(x):  # x [T, heads, D]
+        x = x.copy()
+        a, b = x[..., 0:n_rot:2].copy(), x[..., 1:n_rot:2].copy()
+        x[..., 0:n_rot:2] = a * cos[:, None, :] - b * sin[:, None, :]
+        x[..., 1:n_rot:2] = a * sin[:, None, :] + b * cos[:, None, :]
+        return x
+
+    x = w["token_embd.weight"][ids]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(cfg.n_layer):
+        p = f"blk.{i}."
+        h = rms(x, w[p + "attn_norm.weight"])
+        q = rope(mm(h, p + "attn_q.weight").reshape(T, H, D))
+        k = rope(mm(h, p + "attn_k.weight").reshape(T, HKV, D))
+        v = mm(h, p + "attn_v.weight").reshape(T, HKV, D)
+        rep = H // HKV
+        k = np.repeat(k, rep, axis=1)
+        v = np.repeat(v, rep, axis=1)
+        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(D) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        o = np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
+        x = x + mm(o, p + "attn_output.weight")
+        h = rms(x, w[p + "ffn_norm.weight"])
+        g = mm(h, p + "ffn_gate.weight")
+        u = mm(h, p + "ffn_up.weight")
+        x = x + mm(g / (1 + np.exp(-g)) * u, p + "ffn_down.weight")
+    out = "output.weight" if "output.weight" in w else "token_embd.weight"
+    return mm(rms(x, w["output_norm.weight"]), out)
