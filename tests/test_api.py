@@ -365,3 +365,28 @@ def test_smollm2_completion_and_chat(smol):
     assert "<|im_end|>" not in c["choices"][0]["message"]["content"]
     with pytest.raises(ContextFullError):
         smol("hello " * 600, max_tokens=1)
+
+
+@needs_model
+def test_smollm2_interrupted_prompt_leaves_the_model_usable(smol, monkeypatch):
+    prompt = "The quick brown fox jumps over the lazy dog. " * 8      # > 64 tokens: 2 chunks
+    smol.reset()
+    want = smol(prompt, max_tokens=3, temperature=0)["choices"][0]["text"]
+    smol.reset()
+    model = smol._model
+    real = model.eval
+    calls = []
+
+    def interrupted(tokens):
+        calls.append(len(tokens))
+        out = real(tokens)
+        if len(calls) == 2:
+            raise KeyboardInterrupt               # Ctrl-C as the second chunk returns
+        return out
+
+    monkeypatch.setattr(model, "eval", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        smol(prompt, max_tokens=3, temperature=0)
+    monkeypatch.undo()
+    assert calls[0] == 64 and smol.n_tokens == model.n_past == 64
+    assert smol(prompt, max_tokens=3, temperature=0)["choices"][0]["text"] == want
