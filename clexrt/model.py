@@ -108,10 +108,11 @@ class Model:
         for i in range(hp.n_layer):
             for short, field in zip(_LAYER, _FIELDS):
                 setattr(layers[i], field, tensor(f"blk.{i}.{short}.weight")[0])
-        out_name = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
+        # tied embeddings: no output.weight, the C core projects with token_embd.weight
+        out = tensor("output.weight") if "output.weight" in g.tensors else ffi.NULL
         pm = ffi.new("clex_model **")
         check(lib.clex_model_create(chp, tensor("token_embd.weight"), tensor("output_norm.weight"),
-                                    tensor(out_name), layers, pm), where=self.path)
+                                    out, layers, pm), where=self.path)
         self._model = ffi.gc(pm[0], lib.clex_model_free)
         self.n_params = int(lib.clex_model_n_params(self._model))
 

@@ -61,6 +61,9 @@ struct clex_ctx {
     void *q8_1;            /* [B, max_k/32] */
     float *cs;             /* [B, n_pairs, 2] cos, sin of each token's angles */
     float *scores;         /* [n_threads, n_ctx] */
+    /* row chunks of matrix products are handed out dynamically, so a thread that the OS
+     * delays does not hold the others at the next barrier; step k uses counter k % 2 */
+    _Atomic int64_t chunk[2];
 };
 
 /* ------------------------------------------------------------------ validation */
@@ -307,6 +310,32 @@ static void split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi) {
     *hi = n * (ith + 1) / nth;
 }
 
+/* Dynamic row scheduling for one step of the forward pass. Every thread calls sched_begin with
+ * the same step number; thread 0 clears the counter the *next* step will use (nobody touches it
+ * until after the barrier that ends this step). */
+typedef struct {
+    _Atomic int64_t *ctr;
+    int64_t rows, chunk;
+} sched;
+
+static sched sched_begin(clex_ctx *c, int *step, int ith, int nth, int64_t rows) {
+    sched sc = {&c->chunk[*step & 1], rows, 0};
+    if (ith == 0) atomic_store_explicit(&c->chunk[(*step + 1) & 1], 0, memory_order_relaxed);
+    int64_t ch = rows / ((int64_t)nth * 8);
+    ch = (ch + 15) / 16 * 16;
+    sc.chunk = ch < 16 ? 16 : ch;
+    (*step)++;
+    return sc;
+}
+
+static int sched_next(sched *sc, int64_t *lo, int64_t *hi) {
+    const int64_t j = atomic_fetch_add_explicit(sc->ctr, 1, memory_order_relaxed);
+    *lo = j * sc->chunk;
+    if (*lo >= sc->rows) return 0;
+    *hi = *lo + sc->chunk < sc->rows ? *lo + sc->chunk : sc->rows;
+    return 1;
+}
+
 /* ------------------------------------------------------------------ matrix products */
 
 /* Convert rows [t0, t1) of x [T, k] into every activation type the consumers want. */
@@ -406,6 +435,7 @@ static void forward_job(void *varg, int ith, int nth) {
     clex_pool *pool = c->pool;
     acts a;
     int64_t lo, hi;
+    int step = 0;
 
     /* embeddings and the rotation angles of each token */
     {
@@ -436,12 +466,14 @@ static void forward_job(void *varg, int ith, int nth) {
         const clex_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
         norm_and_quantize(c, &a, L->attn_norm.data, qkv, 3, 0, T, ith, nth);
         clex_pool_barrier(pool);
-        split(qd + 2 * kvd, ith, nth, &lo, &hi);
         {
             const int64_t b1 = qd, b2 = qd + kvd, b3 = qd + 2 * kvd;
-            if (lo < b1) matmul_rows(&L->wq, &a, T, c->q, qd, 0, lo, hi < b1 ? hi : b1);
-            if (hi > b1 && lo < b2) matmul_rows(&L->wk, &a, T, c->k, kvd, 0, (lo > b1 ? lo : b1) - b1, (hi < b2 ? hi : b2) - b1);
-            if (hi > b2) matmul_rows(&L->wv, &a, T, c->v, kvd, 0, (lo > b2 ? lo : b2) - b2, (hi < b3 ? hi : b3) - b2);
+            sched sc = sched_begin(c, &step, ith, nth, b3);
+            while (sched_next(&sc, &lo, &hi)) {
+                if (lo < b1) matmul_rows(&L->wq, &a, T, c->q, qd, 0, lo, hi < b1 ? hi : b1);
+                if (hi > b1 && lo < b2) matmul_rows(&L->wk, &a, T, c->k, kvd, 0, (lo > b1 ? lo : b1) - b1, (hi < b2 ? hi : b2) - b1);
+                if (hi > b2) matmul_rows(&L->wv, &a, T, c->v, kvd, 0, (lo > b2 ? lo : b2) - b2, (hi < b3 ? hi : b3) - b2);
+            }
         }
         clex_pool_barrier(pool);
 
@@ -486,27 +518,35 @@ static void forward_job(void *varg, int ith, int nth) {
         /* output projection, added to the residual stream */
         quantize_rows(c, &a, c->att, qd, &L->wo, T, ith, nth);
         clex_pool_barrier(pool);
-        split(E, ith, nth, &lo, &hi);
-        matmul_rows(&L->wo, &a, T, c->x, E, 1, lo, hi);
+        {
+            sched sc = sched_begin(c, &step, ith, nth, E);
+            while (sched_next(&sc, &lo, &hi)) matmul_rows(&L->wo, &a, T, c->x, E, 1, lo, hi);
+        }
         clex_pool_barrier(pool);
 
         /* feed-forward: silu(gate) * up, then down, added to the residual stream */
         const clex_tensor *gu[2] = {&L->w_gate, &L->w_up};
         norm_and_quantize(c, &a, L->ffn_norm.data, gu, 2, 0, T, ith, nth);
         clex_pool_barrier(pool);
-        split(F, ith, nth, &lo, &hi);
-        matmul_rows(&L->w_gate, &a, T, c->gate, F, 0, lo, hi);
-        matmul_rows(&L->w_up, &a, T, c->up, F, 0, lo, hi);
-        for (int64_t t = 0; t < T; t++) {
-            float *g = c->gate + t * F;
-            const float *u = c->up + t * F;
-            for (int64_t r = lo; r < hi; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+        {
+            sched sc = sched_begin(c, &step, ith, nth, F);
+            while (sched_next(&sc, &lo, &hi)) {
+                matmul_rows(&L->w_gate, &a, T, c->gate, F, 0, lo, hi);
+                matmul_rows(&L->w_up, &a, T, c->up, F, 0, lo, hi);
+                for (int64_t t = 0; t < T; t++) {
+                    float *g = c->gate + t * F;
+                    const float *u = c->up + t * F;
+                    for (int64_t r = lo; r < hi; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+                }
+            }
         }
         clex_pool_barrier(pool);
         quantize_rows(c, &a, c->gate, F, &L->w_down, T, ith, nth);
         clex_pool_barrier(pool);
-        split(E, ith, nth, &lo, &hi);
-        matmul_rows(&L->w_down, &a, T, c->x, E, 1, lo, hi);
+        {
+            sched sc = sched_begin(c, &step, ith, nth, E);
+            while (sched_next(&sc, &lo, &hi)) matmul_rows(&L->w_down, &a, T, c->x, E, 1, lo, hi);
+        }
         clex_pool_barrier(pool);
     }
 
@@ -520,8 +560,8 @@ static void forward_job(void *varg, int ith, int nth) {
     ao.f32 = a.f32 + t0 * E;
     ao.q8_0 = (block_q8_0 *)a.q8_0 + t0 * (E / QK);
     ao.q8_1 = (block_q8_1 *)a.q8_1 + t0 * (E / QK);
-    split(hp->n_vocab, ith, nth, &lo, &hi);
-    matmul_rows(&m->output, &ao, T - t0, fa->logits, hp->n_vocab, 0, lo, hi);
+    sched sc = sched_begin(c, &step, ith, nth, hp->n_vocab);
+    while (sched_next(&sc, &lo, &hi)) matmul_rows(&m->output, &ao, T - t0, fa->logits, hp->n_vocab, 0, lo, hi);
 }
 
 int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *logits, int32_t all_logits) {
@@ -540,6 +580,8 @@ int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past,
         const int32_t nb = n_tok - done < c->n_batch ? n_tok - done : c->n_batch;
         const int last = done + nb == n_tok;
         fwd_args fa = {c, tokens + done, nb, n_past + done, NULL, all_logits};
+        atomic_store(&c->chunk[0], 0);
+        atomic_store(&c->chunk[1], 0);
         if (logits && all_logits) fa.logits = logits + (int64_t)done * V;
         else if (logits && last) fa.logits = logits;
         clex_pool_run(c->pool, forward_job, &fa);

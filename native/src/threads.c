@@ -18,7 +18,8 @@ static inline void cpu_relax(void) {}
 #endif
 
 #define SPIN_BEFORE_SLEEP 200000   /* pause iterations a worker spins before sleeping */
-#define SPIN_BEFORE_YIELD 20000    /* in a barrier: spins before yielding the CPU */
+#define SPIN_BEFORE_YIELD 1000     /* in a barrier: spins (~0.1 ms) before yielding the CPU to
+                                     * a thread that may be descheduled on a busy machine */
 
 struct clex_pool {
     int n;                          /* threads, including the caller (thread 0) */
