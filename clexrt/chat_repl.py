@@ -1,0 +1,660 @@
+"""The chat behind `clexrt chat`: a :class:`Conversation` (messages and the ids in the KV cache)
+and the terminal :class:`Repl` around it (commands, line editing, Ctrl-C, the status line).
+
+Why the conversation keeps its own ids. Re-rendering the whole conversation through the chat
+template each turn would let the KV cache reuse only the prefix that re-tokenizes identically,
+and the model's own reply does not always re-tokenize into the ids it generated (BPE has many
+spellings of a text; templates may trim or rewrite replies). So ``Conversation.ids`` is exactly
+what the model was given plus what it generated, and a new turn appends only the template's
+rendering of what follows the last reply (its closing, e.g. ``<|im_end|>\\n``, the new user turn
+and the generation prompt). The cache then holds a prefix of the new prompt and a turn evaluates
+only its new tokens. Whenever that cannot be done exactly (the template renders earlier turns
+differently once a new one follows, a reply was cut inside a character, the system prompt or the
+history changed) the whole conversation is rendered again and the cache keeps whatever prefix
+still matches: slower, never wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Mapping, Sequence
+
+from .errors import ClexError, ContextFullError
+from .generate import Generation, Session
+from .sampler import Sampler, SamplingParams
+
+__all__ = ["ChatParams", "Conversation", "TurnStats", "Repl", "parse_param", "rope_label"]
+
+
+# -- sampling parameters ------------------------------------------------------------------------
+
+@dataclass
+class ChatParams:
+    """What /set changes. seed -1: a random one; max_tokens -1: until the model ends its turn
+    (or the context is full)."""
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int = -1
+    max_tokens: int = -1
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+                              seed=None if self.seed < 0 else self.seed)
+
+
+# name -> (type, test, what the test wants)
+_RULES: dict[str, tuple[type, Callable, str]] = {
+    "temperature": (float, lambda v: v >= 0, ">= 0 (0 is greedy)"),
+    "top_k": (int, lambda v: v >= 0, "an integer >= 0 (0: off)"),
+    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1] (1: off)"),
+    "min_p": (float, lambda v: 0 <= v <= 1, "in [0, 1] (0: off)"),
+    "repeat_penalty": (float, lambda v: v > 0, "> 0 (1: off)"),
+    "seed": (int, lambda v: v >= -1, "an integer >= 0, or -1 for a random seed"),
+    "max_tokens": (int, lambda v: v == -1 or v > 0, "an integer > 0, or -1 for no limit"),
+}
+_ALIASES = {"temp": "temperature", "n": "max_tokens", "n_predict": "max_tokens",
+            "topk": "top_k", "topp": "top_p", "minp": "min_p", "repeat-penalty": "repeat_penalty",
+            "max-tokens": "max_tokens", "top-k": "top_k", "top-p": "top_p", "min-p": "min_p"}
+
+
+def parse_param(name: str, value) -> tuple[str, float | int]:
+    """(canonical name, checked value); ValueError with a one-line message otherwise."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _RULES:
+        raise ValueError(f"unknown parameter {name!r} (one of: {', '.join(_RULES)})")
+    kind, ok, want = _RULES[key]
+    try:
+        v = kind(value) if kind is float else int(str(value), 10)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be {want}, got {value!r}") from None
+    if kind is float and v != v:                       # NaN
+        raise ValueError(f"{key} must be {want}, got {value!r}")
+    if not ok(v):
+        raise ValueError(f"{key} must be {want}, got {value!r}")
+    return key, v
+
+
+def rope_label(model) -> str:
+    """"rope METHOD t=FACTOR" from the model's rope_state, or "rope none t=1" without one."""
+    st = getattr(model, "rope_state", None)
+    if not st:
+        return "rope none t=1"
+    if not isinstance(st, Mapping):
+        return f"rope {st}"
+    method = st.get("method") or st.get("rope") or "none"
+    t = next((st[k] for k in ("t", "factor", "scale") if st.get(k) is not None), 1)
+    try:
+        t = f"{float(t):g}"
+    except (TypeError, ValueError):
+        pass
+    return f"rope {method} t={t}"
+
+
+# -- the conversation ---------------------------------------------------------------------------
+
+@dataclass
+class TurnStats:
+    """One reply. finish: "stop" (the model ended its turn), "length" (max_tokens), "full" (the
+    context is full), "interrupted" (Ctrl-C)."""
+    n_prompt: int              # prompt tokens evaluated (the rest was already in the cache)
+    t_prompt: float            # seconds
+    n_gen: int
+    t_gen: float
+    n_ctx_used: int
+    n_ctx: int
+    finish: str
+    rope: str = "rope none t=1"
+
+    def line(self) -> str:
+        def rate(n, t):
+            return f"{n / t:.1f} t/s" if n and t > 0 else "- t/s"
+        return (f"prompt {self.n_prompt} tok {rate(self.n_prompt, self.t_prompt)} | "
+                f"gen {self.n_gen} tok {rate(self.n_gen, self.t_gen)} | "
+                f"ctx {self.n_ctx_used}/{self.n_ctx} | {self.rope}")
+
+
+class Conversation:
+    """Messages, the ids the model has seen for them, and the sampler; no terminal I/O.
+
+    ``say(text, emit)`` answers a user message, ``regen(emit)`` answers the last one again; both
+    stream the reply through ``emit(str)`` and return :class:`TurnStats`. A KeyboardInterrupt
+    while replying ends the reply: what was shown is kept (in the messages and in the cache).
+    """
+
+    def __init__(self, model, tokenizer, template, params: ChatParams | None = None,
+                 system: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.session = Session(model)
+        self.params = params or ChatParams()
+        self.sampler = Sampler(self.params.sampling())
+        self.system = system or None
+        self.messages: list[dict] = []          # user/assistant turns; the system is apart
+        self.ids: list[int] | None = None       # prompt + reply ids of the last turn; None: unknown
+        self._exact = False                     # the last reply's ids decode to its shown text
+        self._last_prompt: list[int] | None = None
+        self._special_re = None
+        self._special_of = None
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self.session.n_ctx
+
+    @property
+    def n_used(self) -> int:
+        """Tokens the conversation takes in the context so far."""
+        if self.ids is not None:
+            return len(self.ids)
+        if not self.messages:
+            return 0
+        return len(self.template.tokenize(self.tokenizer, self.full_messages(),
+                                          add_generation_prompt=False))
+
+    def full_messages(self, messages: Sequence[Mapping] | None = None) -> list[dict]:
+        msgs = self.messages if messages is None else messages
+        head = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return head + [dict(m) for m in msgs]
+
+    def _forget_ids(self) -> None:
+        self.ids = None
+        self._last_prompt = None
+        self._exact = False
+
+    def clear(self) -> None:
+        """A new conversation; the cache keeps what the next one shares (the system prompt)."""
+        self.messages = []
+        self._forget_ids()
+        if self.params.seed >= 0:
+            self.sampler.reseed(self.params.seed)
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+        self._forget_ids()
+
+    def set_param(self, name: str, value) -> tuple[str, float | int]:
+        key, v = parse_param(name, value)
+        setattr(self.params, key, v)
+        if key == "seed":
+            self.sampler.reseed(None if v < 0 else v)
+        elif key != "max_tokens":
+            rng = self.sampler.rng                  # the random stream goes on
+            self.sampler = Sampler(self.params.sampling())
+            self.sampler.rng = rng
+        return key, v
+
+    # -- saving ---------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"format": "clexrt-chat", "version": 1,
+                "model": os.path.basename(str(getattr(self.model, "path", "")) or ""),
+                "system": self.system, "params": asdict(self.params),
+                "messages": [{"role": m["role"], "content": m["content"]} for m in self.messages]}
+
+    def load_json(self, data) -> None:
+        """From to_json's object, or a plain list of {"role", "content"} messages (a leading
+        system message becomes the system prompt). ValueError (one line) if it is neither."""
+        if isinstance(data, list):
+            data = {"messages": data}
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            raise ValueError("not a conversation: expected an object with a \"messages\" list")
+        system = data.get("system")
+        msgs = []
+        for i, m in enumerate(data["messages"]):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) \
+                    or m.get("role") not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i + 1} is not a {{\"role\": \"user\"|\"assistant\"|"
+                                 f"\"system\", \"content\": string}} object")
+            if m["role"] == "system":
+                if i:
+                    raise ValueError(f"message {i + 1}: a system message may only come first")
+                system = m["content"]
+                continue
+            msgs.append({"role": m["role"], "content": m["content"]})
+        if system is not None and not isinstance(system, str):
+            raise ValueError("\"system\" must be a string or null")
+        params = ChatParams(**asdict(self.params))
+        for k, v in (data.get("params") or {}).items() if isinstance(data.get("params"), dict) else ():
+            key, val = parse_param(k, v)
+            setattr(params, key, val)
+        # Check that the template accepts it before anything changes.
+        self.template.render(([{"role": "system", "content": system}] if system else []) + msgs,
+                             add_generation_prompt=True)
+        self.system = system or None
+        self.messages = msgs
+        self.params = params
+        self.sampler = Sampler(params.sampling())
+        self._forget_ids()
+
+    # -- prompts --------------------------------------------------------------------------------
+    def _special(self):
+        """Regex over the control-token texts the template may produce (ChatTemplate.special is
+        filled from the tokenizer by its first tokenize call)."""
+        special = getattr(self.template, "special", None) or {}
+        if self._special_of is not special:
+            names = sorted(special, key=len, reverse=True)
+            self._special_re = re.compile("|".join(map(re.escape, names))) if names else None
+            self._special_of = special
+        return self._special_re, special
+
+    def _encode_parts(self, parts: Sequence[tuple[str, bool]]) -> list[int]:
+        """Ids of rendered (text, from_template) pieces by ChatTemplate.tokenize's rule: control
+        tokens only in template text, every run between two of them encoded as plain text."""
+        rx, special = self._special()
+        ids: list[int] = []
+        run: list[str] = []
+
+        def flush():
+            text = "".join(run)
+            run.clear()
+            if text:
+                ids.extend(self.tokenizer.encode(text, add_bos=False, special=False))
+
+        for text, from_template in parts:
+            pos = 0
+            if from_template and rx is not None:
+                for m in rx.finditer(text):
+                    run.append(text[pos:m.start()])
+                    flush()
+                    ids.append(int(special[m.group(0)]))
+                    pos = m.end()
+            run.append(text[pos:])
+        flush()
+        return ids
+
+    def _continuation(self, msgs: list[dict]) -> list[int] | None:
+        """self.ids + the template's text after the last reply, for msgs (the history with its
+        system message, then the new user message); None when that would not be exact."""
+        if self.ids is None or not self._exact or len(msgs) < 3 \
+                or msgs[-2]["role"] != "assistant":
+            return None
+        head = (self.template.render(msgs[:-2], add_generation_prompt=True)
+                + msgs[-2]["content"])
+        parts = self.template.render_parts(msgs, add_generation_prompt=True)
+        if not "".join(p for p, _ in parts).startswith(head):
+            return None
+        skip, tail = len(head), []
+        for text, from_template in parts:
+            if skip >= len(text):
+                skip -= len(text)
+                continue
+            tail.append((text[skip:], from_template))
+            skip = 0
+        return self.ids + self._encode_parts(tail)
+
+    def prompt_for(self, text: str) -> list[int]:
+        """The ids the model should hold before answering `text` as the next user message."""
+        msgs = self.full_messages() + [{"role": "user", "content": text}]
+        ids = self._continuation(msgs)
+        if ids is None:
+            ids = self.template.tokenize(self.tokenizer, msgs, add_generation_prompt=True)
+        return ids
+
+    def _check_room(self, prompt: Sequence[int]) -> None:
+        if len(prompt) + 1 > self.n_ctx:
+            raise ContextFullError(
+                f"the context is full: this turn needs {len(prompt)} tokens and the context "
+                f"holds {self.n_ctx}; /clear starts a new conversation (or run with a larger -c)")
+
+    # -- replies --------------------------------------------------------------------------------
+    def say(self, text: str, emit: Callable[[str], None]) -> TurnStats:
+        prompt = self.prompt_for(text)
+        self._check_room(prompt)
+        return self._reply(self.messages + [{"role": "user", "content": text}], prompt, emit)
+
+    def regen(self, emit: Callable[[str], None]) -> TurnStats:
+        """Drops the last reply and answers the last user message again."""
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            raise ClexError("there is no reply to regenerate yet")
+        msgs = self.messages[:-1]
+        prompt = self._last_prompt
+        if prompt is None:
+            prompt = self.template.tokenize(self.tokenizer, self.full_messages(msgs),
+                                            add_generation_prompt=True)
+        self._check_room(prompt)
+        return self._reply(msgs, prompt, emit)
+
+    def _reply(self, msgs: list[dict], prompt: list[int], emit) -> TurnStats:
+        max_tokens = self.params.max_tokens if self.params.max_tokens > 0 else None
+        gen = Generation(self.session, self.tokenizer, prompt, self.sampler,
+                         max_tokens=max_tokens, stop=list(getattr(self.template, "stop", [])))
+        shown: list[str] = []
+        interrupted = False
+        try:
+            for piece in gen:
+                if piece.text:
+                    shown.append(piece.text)
+                    emit(piece.text)
+        except KeyboardInterrupt:
+            interrupted = True
+        reply = "".join(shown)
+        tokens = list(gen.tokens)
+        stats = TurnStats(n_prompt=gen.n_prompt_eval, t_prompt=gen.t_prompt, n_gen=len(tokens),
+                          t_gen=gen.t_gen, n_ctx_used=0, n_ctx=self.n_ctx,
+                          finish="interrupted" if interrupted else (gen.finish_reason or "stop"),
+                          rope=rope_label(self.model))
+        if interrupted and not tokens:
+            # Stopped before the reply began: as if the message had not been sent.
+            stats.n_ctx_used = self.n_used
+            return stats
+        ids = list(prompt) + tokens
+        if not interrupted and gen.finish_reason == "length" and len(ids) >= self.n_ctx:
+            stats.finish = "full"
+        self.messages = msgs + [{"role": "assistant", "content": reply}]
+        self.ids = ids
+        self._last_prompt = list(prompt)
+        # A reply cut by a stop string or inside a character does not decode to what was shown:
+        # the next turn then renders the conversation again instead of appending to these ids.
+        self._exact = self.tokenizer.decode(tokens) == reply
+        stats.n_ctx_used = min(len(ids), self.n_ctx)
+        return stats
+
+
+# -- the terminal -------------------------------------------------------------------------------
+
+HELP = [
+    ("/help", "this list"),
+    ("/exit", "quit (also /bye and Ctrl-D; Ctrl-C twice at an empty prompt)"),
+    ("/clear", "start a new conversation (the system prompt stays)"),
+    ("/regen", "answer the last message again"),
+    ("/system TEXT", "set the system prompt (/system alone shows it; /system none removes it)"),
+    ("/set PARAM VALUE", "temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens"),
+    ("/show info|params|template", "the model, the settings, the chat template"),
+    ("/stats on|off", "the status line after each reply"),
+    ("/save FILE", "write the conversation as JSON"),
+    ("/load FILE", "read a conversation written by /save (or a JSON list of messages)"),
+    ('"""', "begin and end a multi-line message"),
+]
+
+DEFAULT_HISTORY = "~/.clexrt_history"
+PROMPT, MORE = ">>> ", "... "
+
+
+class Repl:
+    """Reads lines, runs commands, streams replies. `info` is the model's description for
+    /show info and the banner: a list of (label, value)."""
+
+    def __init__(self, conv: Conversation, *, info: Sequence[tuple[str, str]] = (),
+                 out=None, stats: bool | None = None, history_file: str | None = DEFAULT_HISTORY,
+                 color: bool | None = None, banner: str = ""):
+        self.conv = conv
+        self.info = list(info)
+        self.out = out or sys.stdout
+        tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.stats = tty if stats is None else stats
+        if color is None:
+            color = tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        self.color = color
+        self.history_file = os.path.expanduser(history_file) if history_file else None
+        self.banner = banner
+        self._readline = None
+        self._ctrl_c = 0
+
+    # -- output ---------------------------------------------------------------------------------
+    def write(self, s: str) -> None:
+        self.out.write(s)
+        self.out.flush()
+
+    def say(self, s: str, style: str = "") -> None:
+        """One line of our own (not the model's), dimmed (style "dim") or yellow ("warn")."""
+        codes = {"dim": "\033[2m", "warn": "\033[33m", "bold": "\033[1m"}
+        if self.color and style in codes:
+            s = f"{codes[style]}{s}\033[0m"
+        self.write(s + "\n")
+
+    def error(self, msg: str) -> None:
+        self.say(f"error: {msg}", "warn")
+
+    # -- input ----------------------------------------------------------------------------------
+    def _setup_readline(self) -> None:
+        try:
+            import readline
+        except ImportError:                       # no line editing: input() still works
+            return
+        self._readline = readline
+        readline.set_history_length(1000)
+        if self.history_file:
+            try:
+                if os.path.exists(self.history_file):
+                    readline.read_history_file(self.history_file)
+                else:
+                    open(self.history_file, "a").close()
+            except OSError as e:
+                self.error(f"history file {self.history_file}: {e.strerror}; history is not saved")
+                self.history_file = None
+
+    def _remember(self) -> None:
+        rl = self._readline
+        if rl is None or not self.history_file or not hasattr(rl, "append_history_file"):
+            return
+        try:
+            rl.append_history_file(1, self.history_file)
+        except OSError:
+            pass
+
+    def _save_history(self) -> None:
+        if self._readline is not None and self.history_file:
+            try:
+                self._readline.write_history_file(self.history_file)
+            except OSError:
+                pass
+
+    def _line_buffer(self) -> str:
+        try:
+            return self._readline.get_line_buffer() if self._readline else ""
+        except Exception:
+            return ""
+
+    def read(self) -> str:
+        """One message or command; a line starting with \"\"\" reads on to the closing \"\"\".
+        Raises EOFError (Ctrl-D) and KeyboardInterrupt (Ctrl-C)."""
+        line = input(PROMPT)
+        if line.strip():
+            self._remember()
+        if not line.lstrip().startswith('"""'):
+            return line
+        text = line.lstrip()[3:]
+        if text.rstrip().endswith('"""'):
+            return text.rstrip()[:-3]
+        lines = [text] if text else []
+        while True:
+            line = input(MORE)
+            self._remember()
+            if line.rstrip().endswith('"""'):
+                lines.append(line.rstrip()[:-3])
+                return "\n".join(lines).strip("\n")
+            lines.append(line)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._setup_readline()
+        if self.banner:
+            self.say(self.banner, "dim")
+        try:
+            while True:
+                try:
+                    line = self.read()
+                except EOFError:
+                    self.write("\n")
+                    return 0
+                except KeyboardInterrupt:
+                    if self._line_buffer():
+                        self._ctrl_c = 0
+                        self.write("\n")
+                        continue
+                    self._ctrl_c += 1
+                    if self._ctrl_c >= 2:
+                        self.write("\n")
+                        return 0
+                    self.write("\n")
+                    self.say("(Ctrl-C again to quit, or /exit)", "dim")
+                    continue
+                if line.strip():
+                    self._ctrl_c = 0
+                try:
+                    if not self.handle(line):
+                        return 0
+                except KeyboardInterrupt:
+                    self.write("\n")
+                    self.say("(interrupted)", "dim")
+        finally:
+            self._save_history()
+
+    def handle(self, line: str) -> bool:
+        """Runs one input; False when it asks to quit."""
+        if not line.strip():
+            return True
+        stripped = line.strip()
+        if re.match(r"/[A-Za-z]", stripped):
+            name, _, arg = stripped.partition(" ")
+            return self.command(name.lower(), arg.strip())
+        self.reply(lambda emit: self.conv.say(line, emit))
+        return True
+
+    def reply(self, run) -> None:
+        tail = [""]
+
+        def emit(s: str) -> None:
+            tail[0] = s
+            self.write(s)
+
+        try:
+            st = run(emit)
+        except ContextFullError as e:
+            self.say(str(e), "warn")
+            return
+        if tail[0] and not tail[0].endswith("\n"):
+            self.write("\n")
+        if st.finish == "interrupted" and not st.n_gen:
+            self.say("(interrupted: the message was not sent)", "dim")
+            return
+        if st.finish == "interrupted":
+            self.say("(stopped)", "dim")
+        if self.stats:
+            self.say(st.line(), "dim")
+        used, n = st.n_ctx_used, st.n_ctx
+        if st.finish == "full":
+            self.say(f"the context is full ({used}/{n} tokens): the reply stops here. "
+                     f"/clear starts a new conversation (or run with a larger -c)", "warn")
+        elif used >= 0.9 * n:
+            self.say(f"warning: the context is {100 * used // n}% full ({used}/{n} tokens); "
+                     f"/clear starts a new conversation", "warn")
+
+    # -- commands -------------------------------------------------------------------------------
+    def command(self, name: str, arg: str) -> bool:
+        if name in ("/exit", "/bye", "/quit"):
+            return False
+        fn = {"/help": self.cmd_help, "/?": self.cmd_help, "/clear": self.cmd_clear,
+              "/regen": self.cmd_regen, "/system": self.cmd_system, "/set": self.cmd_set,
+              "/show": self.cmd_show, "/stats": self.cmd_stats, "/save": self.cmd_save,
+              "/load": self.cmd_load}.get(name)
+        if fn is None:
+            self.error(f"unknown command {name}; /help lists them")
+            return True
+        try:
+            fn(arg)
+        except (ClexError, ValueError, OSError) as e:
+            self.error(_one_line(e))
+        return True
+
+    def cmd_help(self, arg: str) -> None:
+        w = max(len(c) for c, _ in HELP)
+        for c, text in HELP:
+            self.write(f"  {c.ljust(w)}  {text}\n")
+
+    def cmd_clear(self, arg: str) -> None:
+        self.conv.clear()
+        self.say("(new conversation)", "dim")
+
+    def cmd_regen(self, arg: str) -> None:
+        self.reply(self.conv.regen)
+
+    def cmd_system(self, arg: str) -> None:
+        if not arg:
+            sys_text = self.conv.system
+            self.say(f"system: {sys_text}" if sys_text is not None
+                     else "system: (none: the chat template's default)", "dim")
+            return
+        self.conv.set_system(None if arg.lower() == "none" else arg)
+        self.say("(system prompt set; it applies from the next reply)" if self.conv.system
+                 else "(system prompt removed)", "dim")
+
+    def cmd_set(self, arg: str) -> None:
+        parts = arg.split()
+        if len(parts) != 2:
+            raise ValueError("usage: /set PARAM VALUE (PARAM: " + ", ".join(_RULES) + ")")
+        key, v = self.conv.set_param(parts[0], parts[1])
+        self.say(f"{key} = {v}", "dim")
+
+    def cmd_show(self, arg: str) -> None:
+        what = arg.lower()
+        if what == "info":
+            w = max((len(k) for k, _ in self.info), default=0)
+            for k, v in self.info + [("context used", f"{self.conv.n_used}/{self.conv.n_ctx} "
+                                                       f"tokens"),
+                                     ("rope", rope_label(self.conv.model)[5:])]:
+                self.write(f"  {k.ljust(max(w, 12))}  {v}\n")
+        elif what == "params":
+            for f in fields(self.conv.params):
+                self.write(f"  {f.name.ljust(14)}  {getattr(self.conv.params, f.name)}\n")
+            sys_text = self.conv.system
+            self.write(f"  {'system'.ljust(14)}  "
+                       f"{sys_text if sys_text is not None else '(template default)'}\n")
+        elif what == "template":
+            t = self.conv.template
+            if getattr(t, "is_fallback", False):
+                self.say("(the model has no chat template: ChatML is used)", "dim")
+            self.write(t.source.rstrip("\n") + "\n")
+        else:
+            raise ValueError("usage: /show info|params|template")
+
+    def cmd_stats(self, arg: str) -> None:
+        if arg.lower() not in ("on", "off"):
+            raise ValueError("usage: /stats on|off")
+        self.stats = arg.lower() == "on"
+
+    def cmd_save(self, arg: str) -> None:
+        if not arg:
+            raise ValueError("usage: /save FILE")
+        path = os.path.expanduser(arg)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.conv.to_json(), f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        self.say(f"(saved {len(self.conv.messages)} messages to {path})", "dim")
+
+    def cmd_load(self, arg: str) -> None:
+        if not arg:
+            raise ValueError("usage: /load FILE")
+        path = os.path.expanduser(arg)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
+        try:
+            self.conv.load_json(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {_one_line(e)}") from None
+        self.say(f"(loaded {len(self.conv.messages)} messages from {path})", "dim")
+        for m in self.conv.messages[-2:]:
+            self.say(f"{m['role']}: {_preview(m['content'])}", "dim")
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _preview(s: str, n: int = 70) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[:n - 3] + "..."

