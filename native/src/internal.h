@@ -34,6 +34,9 @@ clex_bf16 clex_fp32_to_bf16(float f);
  * The *_generic versions in quants.c are the specification; SIMD versions must match them
  * within float rounding (tests hold them to it). */
 typedef void (*clex_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
+/* One weight row against four activation rows (x, x + xstride, ... bytes apart): s[0..3].
+ * Prefill uses it so a weight block is unpacked once for four tokens. Optional per type. */
+typedef void (*clex_vec_dot4_fn)(int64_t n, float *s, const void *w, const void *x, size_t xstride);
 typedef void (*clex_from_float_fn)(const float *x, void *y, int64_t n);
 typedef void (*clex_to_float_fn)(const void *x, float *y, int64_t n);
 
@@ -47,6 +50,7 @@ typedef struct {
     clex_from_float_fn from_float_ref;   /* reference quantizer (the file format's definition) */
     clex_from_float_fn from_float;       /* used for activations; may be faster, same result */
     clex_vec_dot_fn vec_dot;             /* selected for the current ISA */
+    clex_vec_dot4_fn vec_dot4;           /* may be NULL: then four vec_dot calls */
 } clex_type_traits;
 
 const clex_type_traits *clex_traits(int32_t type);   /* NULL for unknown ids */
@@ -77,6 +81,7 @@ void clex_axpy_f32_generic(int64_t n, float a, const float *x, float *y);
 /* Per-ISA kernel sets; each arch file fills the slots it implements. */
 typedef struct {
     clex_vec_dot_fn q8_0, q4_0, q4_1, f32, f16, bf16;
+    clex_vec_dot4_fn q4_1_x4;
     clex_from_float_fn quant_q8_0, quant_q8_1;
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     void (*axpy_f32)(int64_t n, float a, const float *x, float *y);

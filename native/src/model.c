@@ -371,9 +371,25 @@ static void matmul_rows(const clex_tensor *w, const acts *a, int64_t n_tok, floa
     const uint64_t rb = row_bytes(tr, k);
     const uint8_t *base = w->data;
     const clex_vec_dot_fn dot = tr->vec_dot;
+    const clex_vec_dot4_fn dot4 = tr->vec_dot4;
+    const size_t xstride = (const uint8_t *)act_row(a, tr->vec_dot_type, 1) - (const uint8_t *)act_row(a, tr->vec_dot_type, 0);
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
-        for (int64_t t = 0; t < n_tok; t++) {
+        int64_t t = 0;
+        if (dot4) {
+            for (; t + 4 <= n_tok; t += 4) {
+                const void *xr = act_row(a, tr->vec_dot_type, t);
+                for (int64_t r = rs; r < re; r++) {
+                    float s4[4];
+                    dot4(k, s4, base + (uint64_t)r * rb, xr, xstride);
+                    for (int j = 0; j < 4; j++) {
+                        float *yr = y + (t + j) * ystride + r;
+                        *yr = accumulate ? *yr + s4[j] : s4[j];
+                    }
+                }
+            }
+        }
+        for (; t < n_tok; t++) {
             const void *xr = act_row(a, tr->vec_dot_type, t);
             float *yr = y + t * ystride;
             for (int64_t r = rs; r < re; r++) {

@@ -295,19 +295,19 @@ static pthread_mutex_t g_isa_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void set_traits(void) {
     g_traits[CLEX_TYPE_F32] = (clex_type_traits){"F32", 1, 4, CLEX_TYPE_F32, 1, dequant_f32,
-        copy_f32, copy_f32, clex_vec_dot_f32_generic};
+        copy_f32, copy_f32, clex_vec_dot_f32_generic, NULL};
     g_traits[CLEX_TYPE_F16] = (clex_type_traits){"F16", 1, 2, CLEX_TYPE_F32, 1, dequant_f16,
-        quantize_f16, quantize_f16, clex_vec_dot_f16_f32_generic};
+        quantize_f16, quantize_f16, clex_vec_dot_f16_f32_generic, NULL};
     g_traits[CLEX_TYPE_BF16] = (clex_type_traits){"BF16", 1, 2, CLEX_TYPE_F32, 1, dequant_bf16,
-        quantize_bf16, quantize_bf16, clex_vec_dot_bf16_f32_generic};
+        quantize_bf16, quantize_bf16, clex_vec_dot_bf16_f32_generic, NULL};
     g_traits[CLEX_TYPE_Q8_0] = (clex_type_traits){"Q8_0", QK, sizeof(block_q8_0), CLEX_TYPE_Q8_0, 1,
-        dequant_q8_0, clex_quantize_q8_0_ref, clex_quantize_q8_0_ref, clex_vec_dot_q8_0_q8_0_generic};
+        dequant_q8_0, clex_quantize_q8_0_ref, clex_quantize_q8_0_ref, clex_vec_dot_q8_0_q8_0_generic, NULL};
     g_traits[CLEX_TYPE_Q8_1] = (clex_type_traits){"Q8_1", QK, sizeof(block_q8_1), CLEX_TYPE_Q8_1, 0,
-        dequant_q8_1, clex_quantize_q8_1_ref, clex_quantize_q8_1_ref, NULL};
+        dequant_q8_1, clex_quantize_q8_1_ref, clex_quantize_q8_1_ref, NULL, NULL};
     g_traits[CLEX_TYPE_Q4_0] = (clex_type_traits){"Q4_0", QK, sizeof(block_q4_0), CLEX_TYPE_Q8_0, 1,
-        dequant_q4_0, clex_quantize_q4_0_ref, clex_quantize_q4_0_ref, clex_vec_dot_q4_0_q8_0_generic};
+        dequant_q4_0, clex_quantize_q4_0_ref, clex_quantize_q4_0_ref, clex_vec_dot_q4_0_q8_0_generic, NULL};
     g_traits[CLEX_TYPE_Q4_1] = (clex_type_traits){"Q4_1", QK, sizeof(block_q4_1), CLEX_TYPE_Q8_1, 1,
-        dequant_q4_1, clex_quantize_q4_1_ref, clex_quantize_q4_1_ref, clex_vec_dot_q4_1_q8_1_generic};
+        dequant_q4_1, clex_quantize_q4_1_ref, clex_quantize_q4_1_ref, clex_vec_dot_q4_1_q8_1_generic, NULL};
 }
 
 static void apply_isa(int isa) {
@@ -315,6 +315,7 @@ static void apply_isa(int isa) {
         clex_vec_dot_q8_0_q8_0_generic, clex_vec_dot_q4_0_q8_0_generic,
         clex_vec_dot_q4_1_q8_1_generic, clex_vec_dot_f32_generic,
         clex_vec_dot_f16_f32_generic, clex_vec_dot_bf16_f32_generic,
+        NULL,
         clex_quantize_q8_0_ref, clex_quantize_q8_1_ref,
         clex_dot_f32_generic, clex_axpy_f32_generic,
     };
@@ -328,6 +329,7 @@ static void apply_isa(int isa) {
     g_traits[CLEX_TYPE_Q8_0].vec_dot = k.q8_0;
     g_traits[CLEX_TYPE_Q4_0].vec_dot = k.q4_0;
     g_traits[CLEX_TYPE_Q4_1].vec_dot = k.q4_1;
+    g_traits[CLEX_TYPE_Q4_1].vec_dot4 = k.q4_1_x4;
     g_traits[CLEX_TYPE_F32].vec_dot = k.f32;
     g_traits[CLEX_TYPE_F16].vec_dot = k.f16;
     g_traits[CLEX_TYPE_BF16].vec_dot = k.bf16;

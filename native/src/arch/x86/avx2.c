@@ -92,54 +92,14 @@ static void vec_dot_q4_0(int64_t n, float *s, const void *vw, const void *vx) {
     *s = hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-/* The Q4 kernels work on 128-bit halves: the 16 low nibbles meet activations 0..15 and the 16
- * high nibbles meet 16..31, so no cross-lane shuffle is needed to unpack a block. Block scales are
- * converted two at a time ([d, m] as one 32-bit load) and multiplied with the activation's
- * [d, s] pair in one instruction. */
-static inline __m128i dot_u4_i8(const uint8_t *qs, const int8_t *xs) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    const __m128i m = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(q, m);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
     const __m128i one = _mm_set1_epi16(1);
     const __m128i a = _mm_madd_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xs)), one);
     const __m128i b = _mm_madd_epi16(_mm_maddubs_epi16(hi, _mm_loadu_si128((const __m128i *)(xs + 16))), one);
     return _mm_add_epi32(a, b);
 }
 
-static inline __m128 load_dm(const void *p) {   /* two fp16 at p -> [d, m, d, m] */
-    uint32_t u;
-    memcpy(&u, p, 4);
-    return _mm_cvtph_ps(_mm_set1_epi32((int)u));
-}
-
-static void vec_dot_q4_1(int64_t n, float *s, const void *vw, const void *vx) {
-    const block_q4_1 *w = vw;
-    const block_q8_1 *x = vx;
-    const int64_t nb = n / QK;
-    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps(), accm = _mm_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        /* [d*xd, m*xs, ...] for both blocks */
-        const __m128 s0 = _mm_mul_ps(load_dm(&w[i].d), _mm_castpd_ps(_mm_loaddup_pd((const double *)&x[i].d)));
-        const __m128 s1 = _mm_mul_ps(load_dm(&w[i + 1].d), _mm_castpd_ps(_mm_loaddup_pd((const double *)&x[i + 1].d)));
-        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
-        const __m128 f0 = _mm_cvtepi32_ps(dot_u4_i8(w[i].qs, x[i].qs));
-        const __m128 f1 = _mm_cvtepi32_ps(dot_u4_i8(w[i + 1].qs, x[i + 1].qs));
-        acc0 = _mm_fmadd_ps(_mm_shuffle_ps(s0, s0, 0), f0, acc0);
-        acc1 = _mm_fmadd_ps(_mm_shuffle_ps(s1, s1, 0), f1, acc1);
-    }
-    for (; i < nb; i++) {
-        const __m128 s0 = _mm_mul_ps(load_dm(&w[i].d), _mm_castpd_ps(_mm_loaddup_pd((const double *)&x[i].d)));
-        accm = _mm_add_ps(accm, s0);
-        acc0 = _mm_fmadd_ps(_mm_shuffle_ps(s0, s0, 0), _mm_cvtepi32_ps(dot_u4_i8(w[i].qs, x[i].qs)), acc0);
-    }
-    __m128 t = _mm_add_ps(acc0, acc1);
-    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    t = _mm_add_ss(t, _mm_movehdup_ps(t));
-    /* accm lanes: [d*xd, m*xs, d*xd, m*xs] summed over blocks, each block counted once per half */
-    *s = _mm_cvtss_f32(t) + _mm_cvtss_f32(_mm_shuffle_ps(accm, accm, 1));
-}
+#include "q4_1_body.h"
 
 static float dot_f32(int64_t n, const float *a, const float *b) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -266,6 +226,7 @@ void clex_kernels_avx2(clex_kernel_set *k) {
     k->q8_0 = vec_dot_q8_0;
     k->q4_0 = vec_dot_q4_0;
     k->q4_1 = vec_dot_q4_1;
+    k->q4_1_x4 = vec_dot_q4_1_x4;
     k->f32 = vec_dot_f32;
     k->f16 = vec_dot_f16;
     k->bf16 = vec_dot_bf16;

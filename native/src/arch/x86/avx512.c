@@ -88,28 +88,6 @@ static void vec_dot_q4_0_##SUF(int64_t n, float *s, const void *vw, const void *
         sum += t;                                                                               \
     }                                                                                           \
     *s = sum;                                                                                   \
-}                                                                                               \
-static void vec_dot_q4_1_##SUF(int64_t n, float *s, const void *vw, const void *vx) {          \
-    const block_q4_1 *w = vw;                                                                   \
-    const block_q8_1 *x = vx;                                                                   \
-    const int64_t nb = n / QK;                                                                  \
-    __m512 acc = _mm512_setzero_ps();                                                           \
-    float summs = 0.0f;                                                                         \
-    int64_t i = 0;                                                                              \
-    for (; i + 1 < nb; i += 2) {                                                                \
-        const __m512 d = scales2(h2f(w[i].d) * x[i].d, h2f(w[i + 1].d) * x[i + 1].d);           \
-        summs += h2f(w[i].m) * x[i].s + h2f(w[i + 1].m) * x[i + 1].s;                           \
-        const __m512i wq = nibbles2(w[i].qs, w[i + 1].qs);                                      \
-        const __m512i xq = load2(x[i].qs, x[i + 1].qs);                                         \
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(DP(wq, xq)), acc);                          \
-    }                                                                                           \
-    float sum = _mm512_reduce_add_ps(acc) + summs;                                              \
-    if (i < nb) {                                                                               \
-        float t;                                                                                \
-        clex_vec_dot_q4_1_q8_1_generic(QK, &t, w + i, x + i);                                   \
-        sum += t;                                                                               \
-    }                                                                                           \
-    *s = sum;                                                                                   \
 }
 
 DEFINE_KERNELS(vnni, dpbusd_vnni)
@@ -151,50 +129,22 @@ static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
     *s = sum;
 }
 
-/* Q4_1 on 128-bit halves with VNNI: low nibbles meet activations 0..15, high nibbles 16..31,
- * both accumulated by dpbusd into one int32x4; no cross-lane shuffles (see avx2.c). */
-static inline __m128 load_dm(const void *p) {
-    uint32_t u;
-    memcpy(&u, p, 4);
-    return _mm_cvtph_ps(_mm_set1_epi32((int)u));
+/* VNNI on 128-bit halves for Q4_1 (see q4_1_body.h) */
+static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
+    const __m128i acc = _mm_dpbusd_epi32(_mm_setzero_si128(), lo, _mm_loadu_si128((const __m128i *)xs));
+    return _mm_dpbusd_epi32(acc, hi, _mm_loadu_si128((const __m128i *)(xs + 16)));
 }
 
-static inline __m128i dot_u4_i8_vnni(const uint8_t *qs, const int8_t *xs) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    const __m128i m = _mm_set1_epi8(0x0F);
-    __m128i acc = _mm_dpbusd_epi32(_mm_setzero_si128(), _mm_and_si128(q, m), _mm_loadu_si128((const __m128i *)xs));
-    return _mm_dpbusd_epi32(acc, _mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_loadu_si128((const __m128i *)(xs + 16)));
-}
-
-static void vec_dot_q4_1_vnni128(int64_t n, float *s, const void *vw, const void *vx) {
-    const block_q4_1 *w = vw;
-    const block_q8_1 *x = vx;
-    const int64_t nb = n / QK;
-    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps(), accm = _mm_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        const __m128 s0 = _mm_mul_ps(load_dm(&w[i].d), _mm_castpd_ps(_mm_loaddup_pd((const double *)&x[i].d)));
-        const __m128 s1 = _mm_mul_ps(load_dm(&w[i + 1].d), _mm_castpd_ps(_mm_loaddup_pd((const double *)&x[i + 1].d)));
-        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
-        acc0 = _mm_fmadd_ps(_mm_shuffle_ps(s0, s0, 0), _mm_cvtepi32_ps(dot_u4_i8_vnni(w[i].qs, x[i].qs)), acc0);
-        acc1 = _mm_fmadd_ps(_mm_shuffle_ps(s1, s1, 0), _mm_cvtepi32_ps(dot_u4_i8_vnni(w[i + 1].qs, x[i + 1].qs)), acc1);
-    }
-    for (; i < nb; i++) {
-        const __m128 s0 = _mm_mul_ps(load_dm(&w[i].d), _mm_castpd_ps(_mm_loaddup_pd((const double *)&x[i].d)));
-        accm = _mm_add_ps(accm, s0);
-        acc0 = _mm_fmadd_ps(_mm_shuffle_ps(s0, s0, 0), _mm_cvtepi32_ps(dot_u4_i8_vnni(w[i].qs, x[i].qs)), acc0);
-    }
-    __m128 t = _mm_add_ps(acc0, acc1);
-    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-    t = _mm_add_ss(t, _mm_movehdup_ps(t));
-    *s = _mm_cvtss_f32(t) + _mm_cvtss_f32(_mm_shuffle_ps(accm, accm, 1));
-}
+#include "q4_1_body.h"
 
 void clex_kernels_avx512(clex_kernel_set *k) {
     const int vnni = __builtin_cpu_supports("avx512vnni");
     k->q8_0 = vnni ? vec_dot_q8_0_vnni : vec_dot_q8_0_bw;
     k->q4_0 = vnni ? vec_dot_q4_0_vnni : vec_dot_q4_0_bw;
-    if (vnni) k->q4_1 = vec_dot_q4_1_vnni128;   /* else keep the AVX2 version: faster than bw */
+    if (vnni) {   /* else keep the AVX2 versions: faster than the 512-bit maddubs one */
+        k->q4_1 = vec_dot_q4_1;
+        k->q4_1_x4 = vec_dot_q4_1_x4;
+    }
     k->f32 = vec_dot_f32;
     k->f16 = vec_dot_f16;
     k->dot_f32 = dot_f32;

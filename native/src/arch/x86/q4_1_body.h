@@ -1,0 +1,79 @@
+/* Q4_1 kernels shared by the AVX2 and AVX-512 files: each includes this after defining
+ *     static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs);
+ * (16 unsigned low nibbles . xs[0..15] + 16 high nibbles . xs[16..31], as int32x4), with its
+ * own instruction set (maddubs or VNNI). Blocks are unpacked in 128-bit halves, so no
+ * cross-lane shuffle is needed; both block scales [d, m] convert with one instruction and meet
+ * the activation's [d, s] pair in one multiply. */
+
+static inline __m128 load_dm(const void *p) {   /* two fp16 at p -> [d, m, d, m] */
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return _mm_cvtph_ps(_mm_set1_epi32((int)u));
+}
+
+static inline __m128 load_ds(const block_q8_1 *x) {   /* [d, s, d, s] */
+    return _mm_castpd_ps(_mm_loaddup_pd((const double *)&x->d));
+}
+
+static inline void unpack_q4(const uint8_t *qs, __m128i *lo, __m128i *hi) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i m = _mm_set1_epi8(0x0F);
+    *lo = _mm_and_si128(q, m);
+    *hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+}
+
+static inline float hsum128(__m128 t) {
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    return _mm_cvtss_f32(t);
+}
+
+/* accm lanes hold [d*xd, m*xs, ...] summed over blocks: lane 1 is the minimum's term */
+static inline float finish(__m128 acc, __m128 accm) {
+    return hsum128(acc) + _mm_cvtss_f32(_mm_shuffle_ps(accm, accm, 1));
+}
+
+static void vec_dot_q4_1(int64_t n, float *s, const void *vw, const void *vx) {
+    const block_q4_1 *w = vw;
+    const block_q8_1 *x = vx;
+    const int64_t nb = n / QK;
+    __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps(), accm = _mm_setzero_ps();
+    int64_t i = 0;
+    __m128i lo, hi;
+    for (; i + 1 < nb; i += 2) {
+        const __m128 s0 = _mm_mul_ps(load_dm(&w[i].d), load_ds(&x[i]));
+        const __m128 s1 = _mm_mul_ps(load_dm(&w[i + 1].d), load_ds(&x[i + 1]));
+        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
+        unpack_q4(w[i].qs, &lo, &hi);
+        acc0 = _mm_fmadd_ps(_mm_shuffle_ps(s0, s0, 0), _mm_cvtepi32_ps(dot_u4_halves(lo, hi, x[i].qs)), acc0);
+        unpack_q4(w[i + 1].qs, &lo, &hi);
+        acc1 = _mm_fmadd_ps(_mm_shuffle_ps(s1, s1, 0), _mm_cvtepi32_ps(dot_u4_halves(lo, hi, x[i + 1].qs)), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m128 s0 = _mm_mul_ps(load_dm(&w[i].d), load_ds(&x[i]));
+        accm = _mm_add_ps(accm, s0);
+        unpack_q4(w[i].qs, &lo, &hi);
+        acc0 = _mm_fmadd_ps(_mm_shuffle_ps(s0, s0, 0), _mm_cvtepi32_ps(dot_u4_halves(lo, hi, x[i].qs)), acc0);
+    }
+    *s = finish(_mm_add_ps(acc0, acc1), accm);
+}
+
+static void vec_dot_q4_1_x4(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {
+    const block_q4_1 *w = vw;
+    const block_q8_1 *x[4];
+    for (int j = 0; j < 4; j++) x[j] = (const block_q8_1 *)((const uint8_t *)vx + j * xstride);
+    const int64_t nb = n / QK;
+    __m128 acc[4], accm[4];
+    for (int j = 0; j < 4; j++) acc[j] = accm[j] = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m128i lo, hi;
+        unpack_q4(w[i].qs, &lo, &hi);
+        const __m128 dm = load_dm(&w[i].d);
+        for (int j = 0; j < 4; j++) {
+            const __m128 sj = _mm_mul_ps(dm, load_ds(&x[j][i]));
+            accm[j] = _mm_add_ps(accm[j], sj);
+            acc[j] = _mm_fmadd_ps(_mm_shuffle_ps(sj, sj, 0), _mm_cvtepi32_ps(dot_u4_halves(lo, hi, x[j][i].qs)), acc[j]);
+        }
+    }
+    for (int j = 0; j < 4; j++) s[j] = finish(acc[j], accm[j]);
+}
