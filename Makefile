@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 NATIVE  := $(wildcard native/src/*.c native/src/arch/*/*.c native/include/*.h native/build.py)
 
-.PHONY: install dev test test-fast chat bench bench-llamacpp asan fuzz clean model
+.PHONY: install test test-fast chat bench asan fuzz kbench clean
 
 install: $(STAMP)
 
@@ -35,8 +35,29 @@ test-fast: $(STAMP)
 chat: $(STAMP)
 	$(VENV)/bin/clexrt chat
 
+# Side by side with llama.cpp's llama-bench (LLAMA_BENCH=/path/to/llama-bench); docs/performance.md.
 bench: $(STAMP)
-	$(VPY) benchmarks/bench_vs_llamacpp.py
+	$(VPY) benchmarks/bench_vs_llamacpp.py $(BENCH_ARGS)
+
+# Kernels in isolation: GB/s of weights streamed per type and instruction set.
+kbench:
+	@mkdir -p build
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE -pthread -Inative/include tools/kbench.c native/src/*.c native/src/arch/x86/*.c native/src/arch/arm/*.c -lm -o build/kbench
+	build/kbench 0.5 && build/kbench 64
+
+# The C core under AddressSanitizer + UBSan, with the tests that drive it (CI runs this).
+ASAN_TESTS ?= tests/test_kernels.py tests/test_forward.py tests/test_gguf_fuzz.py
+asan: $(STAMP)
+	$(VPY) tools/asan_build.py
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	PYTHONPATH=build/asan $(VPY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not smollm2"
+
+# Coverage-guided fuzzing of the GGUF reader (atheris); FUZZ_SECONDS=600 by default.
+fuzz: $(STAMP)
+	$(VPY) -m pip install -q atheris
+	mkdir -p build/fuzz/gguf_corpus
+	$(VPY) tools/fuzz_gguf_atheris.py -max_total_time=$${FUZZ_SECONDS:-600} -timeout=2 -rss_limit_mb=2048 build/fuzz/gguf_corpus
 
 clean:
 	rm -rf build *.egg-info clexrt/_native*.so clexrt/_native.c

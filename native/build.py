@@ -42,17 +42,24 @@ if os.environ.get("CLEXRT_SANITIZE"):
                "-fno-sanitize-recover=undefined"]
 LDFLAGS = ["-pthread"] + (["-fsanitize=address,undefined"] if os.environ.get("CLEXRT_SANITIZE") else [])
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
-ffibuilder.set_source(
-    "clexrt._native",
-    '#include "clexrt.h"\n',
-    sources=[_rel(p) for p in SOURCES],
-    include_dirs=[_rel(HERE / "include")],
-    extra_compile_args=CFLAGS,
-    extra_link_args=LDFLAGS,
-    libraries=["m"],
-)
+def make_builder(absolute: bool = False) -> FFI:
+    """The cffi builder; absolute=True for compiling outside the project root (tools/asan_build.py)."""
+    path = (lambda p: str(p)) if absolute else _rel
+    b = FFI()
+    b.cdef(_cdef())
+    b.set_source(
+        "clexrt._native",
+        '#include "clexrt.h"\n',
+        sources=[path(p) for p in SOURCES],
+        include_dirs=[path(HERE / "include")],
+        extra_compile_args=CFLAGS,
+        extra_link_args=LDFLAGS,
+        libraries=["m"],
+    )
+    return b
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
