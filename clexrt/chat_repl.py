@@ -153,7 +153,7 @@ class Conversation:
     def n_used(self) -> int:
         """Tokens the conversation takes in the context so far."""
         if self.ids is not None:
-            return len(self.ids)
+            return min(len(self.ids), self.n_ctx)   # a reply cut by a full context has one more
         if not self.messages:
             return 0
         return len(self.template.tokenize(self.tokenizer, self.full_messages(),
@@ -424,25 +424,35 @@ class Repl:
             try:
                 if os.path.exists(self.history_file):
                     readline.read_history_file(self.history_file)
+                    if readline.get_current_history_length() > readline.get_history_length():
+                        readline.write_history_file(self.history_file)      # trims it
                 else:
                     open(self.history_file, "a").close()
             except OSError as e:
                 self.error(f"history file {self.history_file}: {e.strerror}; history is not saved")
                 self.history_file = None
 
-    def _remember(self) -> None:
+    def _input(self, prompt: str) -> str:
+        """input() with line editing; each line that enters the history is appended to the
+        history file at once (so a crash loses nothing and parallel sessions do not overwrite
+        each other's lines)."""
         rl = self._readline
-        if rl is None or not self.history_file or not hasattr(rl, "append_history_file"):
-            return
-        try:
-            rl.append_history_file(1, self.history_file)
-        except OSError:
-            pass
+        n = rl.get_current_history_length() if rl is not None else 0
+        line = input(prompt)
+        if rl is not None and self.history_file and hasattr(rl, "append_history_file") \
+                and rl.get_current_history_length() > n:
+            try:
+                rl.append_history_file(1, self.history_file)
+            except OSError:
+                pass
+        return line
 
     def _save_history(self) -> None:
-        if self._readline is not None and self.history_file:
+        """Where readline cannot append (libedit), the history is written once at the end."""
+        rl = self._readline
+        if rl is not None and self.history_file and not hasattr(rl, "append_history_file"):
             try:
-                self._readline.write_history_file(self.history_file)
+                rl.write_history_file(self.history_file)
             except OSError:
                 pass
 
@@ -455,9 +465,7 @@ class Repl:
     def read(self) -> str:
         """One message or command; a line starting with \"\"\" reads on to the closing \"\"\".
         Raises EOFError (Ctrl-D) and KeyboardInterrupt (Ctrl-C)."""
-        line = input(PROMPT)
-        if line.strip():
-            self._remember()
+        line = self._input(PROMPT)
         if not line.lstrip().startswith('"""'):
             return line
         text = line.lstrip()[3:]
@@ -465,8 +473,7 @@ class Repl:
             return text.rstrip()[:-3]
         lines = [text] if text else []
         while True:
-            line = input(MORE)
-            self._remember()
+            line = self._input(MORE)
             if line.rstrip().endswith('"""'):
                 lines.append(line.rstrip()[:-3])
                 return "\n".join(lines).strip("\n")

@@ -113,7 +113,7 @@ def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, se
             _answer_once(conv, piped_text)
             return
         info = _model_info(model, path, template)
-        banner = (f"clexrt chat: {dict(info)['name']}, context {model.n_ctx} tokens, "
+        banner = (f"clexrt chat: {os.path.basename(path)}, context {model.n_ctx} tokens, "
                   f"{rope_label(model)}\n"
                   f"/help lists the commands; \"\"\" starts multi-line input; "
                   f"Ctrl-C stops a reply; Ctrl-D or /exit quits.")

@@ -134,15 +134,25 @@ def test_regen_clear_and_system(conv):
 
 
 def test_full_context_is_reported_never_truncated(smollm2):
-    model, tok, template = _parts(smollm2, 40)
+    model, tok, template = _parts(smollm2, 48)
     try:
         c = Conversation(model, tok, template, ChatParams(temperature=0))
-        reply, st = _collect(c, COLORS)                    # the prompt is 34 tokens
-        assert st.finish == "full" and st.n_ctx_used == 40
-        assert c.messages[-1]["content"] == reply
+        repl, out = _repl(c)
+        repl.handle(COLORS)                                # 34 + 11 of 48 tokens: a warning
+        assert re.search(r"warning: the context is 9\d% full \(4\d/48 tokens\); /clear",
+                         out.getvalue())
+        n = len(out.getvalue())
+        repl.handle("And three animals?")                  # does not fit: said, not truncated
+        assert "the context is full" in out.getvalue()[n:] and "/clear" in out.getvalue()[n:]
+        assert len(c.messages) == 2
         with pytest.raises(ContextFullError, match="/clear"):
             c.say("More?", print)
-        assert len(c.messages) == 2
+        repl.handle("/clear")
+        n = len(out.getvalue())
+        repl.handle("Write a long story about a dragon.")  # the reply runs into the end
+        assert re.search(r"the context is full \(48/48 tokens\): the reply stops here\. "
+                         r"/clear starts", out.getvalue()[n:])
+        assert c.messages[-1]["content"] and c.n_used == 48
     finally:
         model.close()
 
@@ -320,9 +330,13 @@ def test_repl_in_a_terminal(smollm2, tmp_path):
     assert COLORS in hist and "/clear" in hist
 
 
-def test_ctrl_c_twice_at_an_empty_prompt_exits(smollm2, tmp_path):
+def test_history_and_ctrl_c_twice_at_an_empty_prompt(smollm2, tmp_path):
+    (tmp_path / "hist").write_text("/show params\n")      # an earlier session's history
     c, pexpect = _spawn(smollm2, tmp_path)
     try:
+        c.send("\x1b[A\r")                                  # up arrow, Enter
+        c.expect("temperature +0.0")
+        c.expect(">>> ")
         c.send("typed but not sent")
         c.expect("sent")
         c.sendintr()                                         # not an empty prompt: no count
