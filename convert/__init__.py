@@ -32,7 +32,7 @@ def clexify(src, out=None, max_factor: int = 8, train_length: int | None = None,
 
     from clexrt.errors import ConvertError
 
-    from .clexify import clexify_plan, open_gguf
+    from .gguf_clexify import clexify_plan, open_gguf
     from .gguf_out import write_plan
 
     if out is not None and os.path.exists(out) and os.path.samefile(src, out):

@@ -203,12 +203,13 @@ class ClexODE:
 
 def default_grid(max_factor: int) -> np.ndarray:
     """The scaling factors tables are baked at: every integer 1..M, step 1/64 on [1, 2] (where
-    log n(t) and the learned residual bend most), 1/32 on [2, 4], 1/16 beyond. All are exact in
-    float32, so a runtime can find integer t by equality."""
+    log n(t) and the learned residual bend most) and 1/32 beyond (the phase error of interpolating
+    grows with the position t*L). All are exact in float32, so a runtime finds integer t by
+    equality. docs/convert.md has the measured interpolation error."""
     m = int(max_factor)
     if m < 1:
         raise ValueError(f"max_factor must be >= 1, got {max_factor}")
-    parts = [np.arange(64 * 1, 64 * min(m, 2)) / 64, np.arange(32 * 2, 32 * min(m, 4)) / 32,
-             np.arange(16 * 4, 16 * m) / 16, [float(m)]]
-    grid = np.unique(np.concatenate([np.asarray(p, np.float64) for p in parts]))
+    fine = np.arange(64, 64 * min(m, 2)) / 64
+    coarse = np.arange(32 * 2, 32 * m) / 32 if m > 2 else np.zeros(0)
+    grid = np.unique(np.concatenate([fine, coarse, [float(m)]]))
     return grid[grid >= 1].astype(F32)

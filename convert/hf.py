@@ -299,10 +299,10 @@ class HFCheckpoint:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise ConvertError(f"missing tensor {missing[0]!r}{more}")
         for n, shape in want.items():
-            if have[n].shape != shape:
-                raise ConvertError(f"tensor {n!r} has shape {list(have[n].shape)}, config.json implies {list(shape)}")
             if have[n].dtype not in ("F32", "F16", "BF16"):
                 raise ConvertError(f"tensor {n!r} has dtype {have[n].dtype}; supported: F32, F16, BF16")
+            if have[n].shape != shape:
+                raise ConvertError(f"tensor {n!r} has shape {list(have[n].shape)}, config.json implies {list(shape)}")
         ignored = []
         for n in have:
             if n in want:

@@ -119,7 +119,7 @@ def test_grid_contains_integers_and_is_fine_near_one():
     assert all(k in g for k in range(1, 9))
     assert np.all(np.diff(g) > 0)
     assert np.diff(g[g <= 2]).max() == pytest.approx(1 / 64)
-    assert np.diff(g[g >= 4]).max() == pytest.approx(1 / 16)
+    assert np.diff(g[g >= 2]).max() == pytest.approx(1 / 32)
     assert list(default_grid(1)) == [1.0]
 
 

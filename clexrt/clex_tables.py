@@ -1,0 +1,208 @@
+"""The CLEX tables of a GGUF (`clex.*` keys, schema in docs/convert.md), read and checked.
+
+    c = read_clex(metadata)          # None when the file has no clex.* keys
+    c.table_at(3)                    # inverse frequencies baked for t = 3 (what the official
+                                     #   inference uses for L*2 < N <= L*3)
+    c.interp(2.4)                    # between grid points: the learned residual interpolated
+    c.solve(2.4)                     # the ODE solved again from the stored weights
+
+Tables are log inverse frequencies y(t) on `grid` (every integer 1..max_factor and finer steps).
+y(t) bends with log(2t-1) near t = 1, so `interp` interpolates the residual
+r(t) = y(t) + 2j/(d-2) * log(2t-1) (smooth: the part the network learned) and adds the NTK part
+back exactly. Tables hold the full inverse frequencies (rope_freqs factors included): a runtime
+uses them instead of freq_base, never on top of it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import GGUFError
+
+PREFIX = "clex."
+ACTS = ("tanh", "silu")
+INITS = ("ode", "ntk")
+
+
+def _err(msg: str) -> GGUFError:
+    return GGUFError(f"clex metadata: {msg}")
+
+
+def _int(md, key, lo=1, hi=1 << 31):
+    v = md.get(PREFIX + key)
+    if v is None:
+        raise _err(f"missing {PREFIX}{key}")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+        raise _err(f"{PREFIX}{key} must be an integer in {lo}..{hi}, got {v!r}")
+    return int(v)
+
+
+def _float_array(md, key, size=None, required=True):
+    v = md.get(PREFIX + key)
+    if v is None:
+        if required:
+            raise _err(f"missing {PREFIX}{key}")
+        return None
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _err(f"{PREFIX}{key} is not a numeric array") from None
+    if a.ndim != 1 or a.size == 0:
+        raise _err(f"{PREFIX}{key} must be a non-empty flat array")
+    if size is not None and a.size != size:
+        raise _err(f"{PREFIX}{key} has {a.size} values, expected {size}")
+    if not np.isfinite(a).all():
+        raise _err(f"{PREFIX}{key} has NaN/Inf values")
+    return a.astype(np.float32)
+
+
+def _shape(md, key):
+    v = md.get(PREFIX + key)
+    if v is None:
+        raise _err(f"missing {PREFIX}{key}")
+    a = np.asarray(v)
+    if a.shape != (2,) or not np.issubdtype(a.dtype, np.integer) or np.any(a <= 0):
+        raise _err(f"{PREFIX}{key} must be two positive integers, got {v!r}")
+    return int(a[0]), int(a[1])
+
+
+@dataclass(frozen=True, eq=False)
+class ClexTables:
+    train_length: int           # L: t = 1 stands for contexts up to L
+    max_factor: int             # M: tables exist for t in [1, M]
+    param_factor: int           # P: the ODE network's width is P*d (0 for init "ntk")
+    act: str                    # tanh | silu
+    time_dt: float              # the official solver's step
+    log_scale: bool             # the official flash-attention path's q *= log(n)/log(L) (stored only)
+    init: str                   # "ode": solved from the checkpoint's network; "ntk": zero network
+    inv_freq: np.ndarray        # [d/2] f32, the stored start (t = 1)
+    grid: np.ndarray            # [n_grid] f32, increasing, 1 .. M, every integer included
+    tables: np.ndarray          # [n_grid, d/2] f32 log inverse frequencies
+    ode_up: np.ndarray | None   # [d/2, P*d] f32 (None for "ntk")
+    ode_down: np.ndarray | None  # [P*d, d/2] f32
+
+    @property
+    def dim(self) -> int:
+        """d, the rotary dimension."""
+        return 2 * self.inv_freq.size
+
+    @property
+    def max_context(self) -> int:
+        return self.train_length * self.max_factor
+
+    def _check_t(self, t) -> float:
+        t = float(t)
+        if not (1.0 <= t <= self.max_factor):
+            raise ValueError(f"CLEX scaling factor t = {t:g} is outside 1..{self.max_factor}")
+        return t
+
+    def _index(self, t: float) -> int | None:
+        hit = np.flatnonzero(self.grid == np.float32(t))
+        return int(hit[0]) if hit.size else None
+
+    # -- tables --------------------------------------------------------------------------------
+    def table_at(self, t: int) -> np.ndarray:
+        """The baked inverse frequencies for integer t (the official inference's table); t = 1
+        is the stored inv_freq itself, as the official code uses it."""
+        if int(t) != t:
+            raise ValueError(f"table_at takes an integer t, got {t}; use interp() or solve()")
+        t = int(self._check_t(t))
+        if t == 1:
+            return self.inv_freq.copy()
+        return np.exp(self.tables[self._index(t)].astype(np.float64)).astype(np.float32)
+
+    def _ntk_part(self, t) -> np.ndarray:
+        d = self.dim
+        idx = np.arange(0, d, 2, dtype=np.float64)
+        return -np.log(2.0 * np.asarray(t, np.float64) - 1.0)[..., None] * (idx / (d - 2))
+
+    def log_interp(self, t: float) -> np.ndarray:
+        """log inverse frequencies at any t in [1, M]: exact on a grid point; between grid points
+        the residual y(t) - ntk(t) interpolated linearly, plus the exact ntk(t)."""
+        t = self._check_t(t)
+        i = self._index(t)
+        if i is not None:
+            return self.tables[i].astype(np.float64)
+        k = int(np.searchsorted(self.grid, np.float32(t))) - 1
+        t0, t1 = float(self.grid[k]), float(self.grid[k + 1])
+        r0 = self.tables[k] - self._ntk_part(t0)
+        r1 = self.tables[k + 1] - self._ntk_part(t1)
+        w = (t - t0) / (t1 - t0)
+        return (1 - w) * r0 + w * r1 + self._ntk_part(t)
+
+    def interp(self, t: float) -> np.ndarray:
+        """Inverse frequencies at any t in [1, M] from the baked grid (see log_interp)."""
+        return np.exp(self.log_interp(t)).astype(np.float32)
+
+    def ode(self):
+        from clexrt.convert.clex_ode import ClexODE
+
+        return ClexODE(self.inv_freq, act=self.act, time_dt=self.time_dt, up=self.ode_up, down=self.ode_down)
+
+    def solve(self, t: float) -> np.ndarray:
+        """Inverse frequencies at t solved again from the stored weights: the official solver on
+        [1, t] (float32 3/8-rule RK4), or the closed form for a zero network."""
+        t = self._check_t(t)
+        if t == 1:
+            return self.inv_freq.copy()
+        ode = self.ode()
+        y = ode.solve_at(t) if self.ode_up is not None else ode.ntk_closed_form([t])[0]
+        return np.exp(y.astype(np.float64)).astype(np.float32)
+
+    def to_json(self) -> dict:
+        """A JSON-ready summary (what `clexrt info --json` shows)."""
+        return {"train_length": self.train_length, "max_factor": self.max_factor,
+                "max_context": self.max_context, "param_factor": self.param_factor, "act": self.act,
+                "time_dt": self.time_dt, "log_scale": self.log_scale, "init": self.init, "dim": self.dim,
+                "grid": [float(x) for x in self.grid], "n_grid": int(self.grid.size)}
+
+
+def read_clex(md, n_rot: int | None = None) -> ClexTables | None:
+    """The CLEX tables of a metadata dict (GGUF key -> value), or None when there are no clex.*
+    keys. Any inconsistency is a GGUFError. n_rot, when given, must equal the tables' d."""
+    if not any(isinstance(k, str) and k.startswith(PREFIX) for k in md):
+        return None
+    init = md.get(PREFIX + "init")
+    if init not in INITS:
+        raise _err(f"{PREFIX}init must be one of {', '.join(INITS)}, got {init!r}")
+    act = md.get(PREFIX + "act")
+    if act not in ACTS:
+        raise _err(f"{PREFIX}act must be one of {', '.join(ACTS)}, got {act!r}")
+    L = _int(md, "train_length")
+    M = _int(md, "max_factor", 1, 1024)
+    P = _int(md, "param_factor", 0, 1 << 16)
+    dt = md.get(PREFIX + "time_dt")
+    if isinstance(dt, bool) or not isinstance(dt, (int, float, np.floating)) or not (math.isfinite(dt) and dt > 0):
+        raise _err(f"{PREFIX}time_dt must be a positive number, got {dt!r}")
+    log_scale = md.get(PREFIX + "log_scale", True)
+    if not isinstance(log_scale, (bool, np.bool_)):
+        raise _err(f"{PREFIX}log_scale must be a bool, got {log_scale!r}")
+    inv = _float_array(md, "inv_freq")
+    h = inv.size
+    if h < 2 or np.any(inv <= 0):
+        raise _err(f"{PREFIX}inv_freq must hold at least 2 positive values")
+    if n_rot is not None and 2 * h != n_rot:
+        raise _err(f"{PREFIX}inv_freq has {h} values; the rope dimension {n_rot} needs {n_rot // 2}")
+    grid = _float_array(md, "grid")
+    if grid[0] != 1 or grid[-1] != M or np.any(np.diff(grid) <= 0):
+        raise _err(f"{PREFIX}grid must increase from 1 to max_factor {M}")
+    missing = [k for k in range(1, M + 1) if not np.any(grid == k)]
+    if missing:
+        raise _err(f"{PREFIX}grid lacks the integer scaling factor {missing[0]}")
+    tables = _float_array(md, "log_inv_freq", grid.size * h).reshape(grid.size, h)
+    up = down = None
+    if init == "ode":
+        us, ds = _shape(md, "ode_up_shape"), _shape(md, "ode_down_shape")
+        if us[0] != h or ds != (us[1], h) or (P and us[1] != P * 2 * h):
+            raise _err(f"ODE weight shapes {list(us)} and {list(ds)} do not fit d = {2 * h}, P = {P}")
+        up = _float_array(md, "ode_up", us[0] * us[1]).reshape(us)
+        down = _float_array(md, "ode_down", ds[0] * ds[1]).reshape(ds)
+    for a in (inv, grid, tables) + ((up, down) if up is not None else ()):
+        a.setflags(write=False)
+    # stored as float32: 0.01 comes back as 0.009999999776; keep the decimal the writer meant
+    dt = float(str(np.float32(dt)))
+    return ClexTables(train_length=L, max_factor=M, param_factor=P, act=act, time_dt=dt,
+                      log_scale=bool(log_scale), init=init, inv_freq=inv, grid=grid, tables=tables,
+                      ode_up=up, ode_down=down)

@@ -1,0 +1,440 @@
+"""The HF -> GGUF converter and clexify: metadata, layouts, types, CLEX keys, safe output, bad input."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hfgen
+from clexrt.clex_tables import read_clex
+from clexrt.convert import clexify, convert_hf
+from clexrt.convert import quantize as Q
+from clexrt.convert.clex_ode import ClexODE, default_grid
+from clexrt.convert.gguf_out import permute_qk, unpermute_qk
+from clexrt.errors import ConvertError
+from clexrt.gguf_file import GGUFFile
+
+F32 = np.float32
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for spec in (hfgen.PLAIN, hfgen.CLEX):
+        folder = root / spec.kind
+        w = hfgen.make_checkpoint(folder, spec)
+        gguf = root / f"{spec.kind}-f32.gguf"
+        convert_hf(folder, gguf, outtype="f32", progress=False)
+        out[spec.kind] = (folder, w, gguf, spec)
+    return out
+
+
+def gguf_of(path):
+    return GGUFFile(str(path))
+
+
+def test_plain_metadata_and_tensors(ckpts):
+    folder, w, path, spec = ckpts["plain"]
+    with gguf_of(path) as g:
+        md = g.metadata
+        assert md["general.architecture"] == "llama" and md["general.file_type"] == 0
+        n_vocab = w["model.embed_tokens.weight"].shape[0]
+        assert md["llama.vocab_size"] == n_vocab
+        assert (md["llama.context_length"], md["llama.embedding_length"], md["llama.block_count"],
+                md["llama.feed_forward_length"], md["llama.rope.dimension_count"],
+                md["llama.attention.head_count"], md["llama.attention.head_count_kv"]) == (64, 64, 2, 96, 16, 4, 2)
+        assert md["llama.rope.freq_base"] == 10000.0
+        assert md["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+        toks = md["tokenizer.ggml.tokens"]
+        assert md["tokenizer.ggml.model"] == "llama" and len(toks) == n_vocab
+        assert toks[-1] == f"[PAD{n_vocab - 1}]" and md["tokenizer.ggml.token_type"][-1] == 5
+        assert md["tokenizer.ggml.bos_token_id"] == 1 and md["tokenizer.ggml.eos_token_id"] == 2
+        assert md["tokenizer.ggml.add_bos_token"] is True
+        assert md["tokenizer.chat_template"] == hfgen.CHAT_TEMPLATE
+        assert not any(k.startswith("clex.") for k in md)
+        assert "output.weight" not in g.tensors            # tied embeddings
+        assert len(g.tensors) == 2 + 9 * spec.n_layer
+        g.validate_llama()
+        # bf16 checkpoint -> f32 exactly; q/k permuted, the rest as stored
+        emb = np.asarray(g.tensor_array("token_embd.weight"))
+        assert np.array_equal(emb, w["model.embed_tokens.weight"])
+        q = np.asarray(g.tensor_array("blk.1.attn_q.weight"))
+        k = np.asarray(g.tensor_array("blk.1.attn_k.weight"))
+        assert np.array_equal(q, permute_qk(w["model.layers.1.self_attn.q_proj.weight"], spec.n_head))
+        assert np.array_equal(k, permute_qk(w["model.layers.1.self_attn.k_proj.weight"], spec.n_head_kv))
+        assert np.array_equal(np.asarray(g.tensor_array("blk.0.ffn_down.weight")),
+                              w["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_permutation_turns_rotate_half_into_adjacent_pairs():
+    """Rotating rotate_half-layout rows equals rotating the permuted rows in adjacent pairs."""
+    rng = np.random.default_rng(0)
+    n_head, d, n_in = 3, 8, 5
+    w = rng.standard_normal((n_head * d, n_in))
+    x = rng.standard_normal(n_in)
+    theta = rng.uniform(0, 6, d // 2)
+    c, s = np.cos(theta), np.sin(theta)
+    q_hf = (w @ x).reshape(n_head, d)
+    a, b = q_hf[:, : d // 2], q_hf[:, d // 2:]
+    rot_hf = np.concatenate([a * c - b * s, a * s + b * c], axis=1)
+    q_gg = (permute_qk(w, n_head) @ x).reshape(n_head, d)
+    e, o = q_gg[:, 0::2], q_gg[:, 1::2]
+    rot_gg = np.empty_like(q_gg)
+    rot_gg[:, 0::2], rot_gg[:, 1::2] = e * c - o * s, e * s + o * c
+    # same vectors, same dot products: the adjacent layout is a fixed permutation of rotate_half's
+    assert np.allclose(rot_gg[:, 0::2], rot_hf[:, : d // 2]) and np.allclose(rot_gg[:, 1::2], rot_hf[:, d // 2:])
+    assert np.array_equal(unpermute_qk(permute_qk(w, n_head), n_head), w)
+
+
+def test_clex_metadata(ckpts):
+    folder, w, path, spec = ckpts["clex"]
+    with gguf_of(path) as g:
+        md = g.metadata
+        assert md["llama.context_length"] == spec.n_ctx                     # stays L
+        assert "llama.rope.scaling.type" not in md                          # llama.cpp would refuse "clex"
+        assert not any(n.startswith("clex") or "rope_freqs" in n for n in g.tensors)   # no extra tensors
+        assert "output.weight" in g.tensors
+        c = read_clex(md, n_rot=md["llama.rope.dimension_count"])
+    assert (c.train_length, c.max_factor, c.param_factor, c.act, c.init) == (64, 4, 1, "silu", "ode")
+    assert c.time_dt == pytest.approx(0.01) and c.log_scale is True
+    assert np.array_equal(c.inv_freq, w["model.clex_layer.inv_freq"])
+    assert np.array_equal(c.ode_up, w["model.clex_layer.proj_func.ode_up_proj"])
+    assert np.array_equal(c.ode_down, w["model.clex_layer.proj_func.ode_down_proj"])
+    assert np.array_equal(c.grid, default_grid(4))
+    ode = ClexODE(w["model.clex_layer.inv_freq"], act="silu", time_dt=0.01,
+                  up=w["model.clex_layer.proj_func.ode_up_proj"], down=w["model.clex_layer.proj_func.ode_down_proj"])
+    official = ode.solve(np.arange(1, 5, dtype=F32))      # the official inference's integer tables
+    for t in (2, 3, 4):
+        assert np.array_equal(np.log(c.table_at(t).astype(np.float64)).astype(F32), official[t - 1]) or \
+            np.abs(np.log(c.table_at(t).astype(np.float64)) - official[t - 1]).max() < 2e-7
+    assert np.array_equal(c.table_at(1), w["model.clex_layer.inv_freq"])
+    # the network is far from zero: tables differ from NTK scaling
+    assert np.abs(c.tables - ClexODE(c.inv_freq).tables(c.grid)).max() > 0.05
+    js = c.to_json()
+    assert js["train_length"] == 64 and js["max_factor"] == 4 and js["act"] == "silu" and js["n_grid"] == c.grid.size
+    json.dumps(js)
+
+
+def test_every_outtype_writes_a_valid_file(ckpts, tmp_path):
+    for kind in ("plain", "clex"):
+        folder, w, _, spec = ckpts[kind]
+        for outtype in ("f16", "bf16", "q8_0", "q4_0", "q4_1"):
+            out = tmp_path / f"{kind}-{outtype}.gguf"
+            plan = convert_hf(folder, out, outtype=outtype, progress=False)
+            with gguf_of(out) as g:
+                g.validate_llama()
+                assert g.metadata["general.file_type"] == {"f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3}[outtype]
+                tid = Q.TYPE_IDS[outtype]
+                for name, t in g.tensors.items():
+                    if name.endswith("norm.weight"):
+                        assert t.ggml_type == Q.F32_ID
+                    elif name.endswith("ffn_down.weight") and spec.n_ff % 32 and tid in Q.BLOCK_TYPES:
+                        assert t.ggml_type == Q.F16_ID       # row of 80: f16 fallback, said in the plan
+                        assert any(name in n and "F16" in n for n in plan.notes)
+                    else:
+                        assert t.ggml_type == tid, name
+                src = w["model.layers.0.self_attn.q_proj.weight"]
+                want = Q.quantize(permute_qk(src, spec.n_head), tid)
+                assert bytes(g.tensor_bytes("blk.0.attn_q.weight")) == np.ascontiguousarray(want).tobytes()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(ckpts, tmp_path):
+    from clexrt.cmd_convert import convert as cmd
+
+    folder = ckpts["clex"][0]
+    before = sorted(os.listdir(folder))
+    out = tmp_path / "x.gguf"
+    r = CliRunner().invoke(cmd, [str(folder), "-o", str(out), "--outtype", "q8_0", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "blk.1.ffn_down.weight" in r.output and "Q8_0" in r.output and "F16" in r.output
+    assert "clex.log_inv_freq" in r.output and "llama.context_length" in r.output
+    assert not out.exists() and sorted(os.listdir(folder)) == before and not os.listdir(tmp_path)
+
+
+def test_vocab_only(ckpts, tmp_path):
+    folder = ckpts["plain"][0]
+    out = tmp_path / "vocab.gguf"
+    convert_hf(folder, out, vocab_only=True, progress=False)
+    with gguf_of(out) as g:
+        assert not g.tensors and "general.file_type" not in g.metadata
+        assert len(g.metadata["tokenizer.ggml.tokens"]) == g.metadata["llama.vocab_size"]
+    import sentencepiece as spm
+
+    from clexrt.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(str(out))
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    text = "The quick brown fox, 12345 café 東京"
+    assert tok.encode(text) == sp.encode(text)
+
+
+def test_interrupted_write_leaves_nothing(ckpts, tmp_path, monkeypatch):
+    from clexrt.convert import gguf_out
+
+    folder = ckpts["plain"][0]
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"previous file")
+    calls = {"n": 0}
+    real = gguf_out.TensorPlan.data
+
+    def data(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(gguf_out.TensorPlan, "data", data)
+    with pytest.raises(KeyboardInterrupt):
+        convert_hf(folder, out, outtype="q8_0", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["m.gguf"] and out.read_bytes() == b"previous file"
+
+
+def test_ntk_init_for_a_plain_checkpoint(ckpts, tmp_path):
+    folder, w, _, spec = ckpts["plain"]
+    with pytest.raises(ConvertError, match="clex-max-factor"):
+        convert_hf(folder, tmp_path / "a.gguf", clex_init="ntk", dry_run=True)
+    with pytest.raises(ConvertError, match="CLEX checkpoint"):
+        convert_hf(folder, tmp_path / "a.gguf", clex_init="ode", dry_run=True)
+    out = tmp_path / "ntk.gguf"
+    convert_hf(folder, out, clex_init="ntk", clex_max_factor=8, progress=False)
+    with gguf_of(out) as g:
+        c = read_clex(g.metadata)
+    assert c.init == "ntk" and c.ode_up is None and c.max_factor == 8 and c.train_length == spec.n_ctx
+    d = spec.head_dim
+    for t in (2, 5, 8):
+        base = spec.rope_theta * (2 * t - 1) ** (d / (d - 2))
+        want = 1.0 / base ** (np.arange(0, d, 2) / d)
+        assert np.allclose(c.table_at(t), want, rtol=2e-6)
+    for t in (1.3, 2.7, 7.9):   # zero network: the residual is constant, interpolation is exact
+        assert np.allclose(c.solve(t), c.interp(t), rtol=2e-6)
+
+
+def test_clexify_copies_tensors_and_adds_tables(ckpts, tmp_path):
+    folder, w, _, spec = ckpts["plain"]
+    src = tmp_path / "q.gguf"
+    convert_hf(folder, src, outtype="q4_1", progress=False)
+    out = tmp_path / "q-clex.gguf"
+    plan = clexify(src, out, max_factor=4, train_length=32, progress=False)
+    assert plan.tensors
+    with gguf_of(src) as a, gguf_of(out) as b:
+        assert list(a.tensors) == list(b.tensors)
+        for n in a.tensors:
+            assert a.tensors[n].ggml_type == b.tensors[n].ggml_type and a.tensors[n].shape == b.tensors[n].shape
+            assert bytes(a.tensor_bytes(n)) == bytes(b.tensor_bytes(n))
+        for k, v in a.metadata.items():
+            assert a.metadata_types[k] == b.metadata_types[k]
+            assert (np.array_equal(v, b.metadata[k]) if isinstance(v, np.ndarray) else v == b.metadata[k]), k
+        c = read_clex(b.metadata, n_rot=16)
+        b.validate_llama()
+    assert c.init == "ntk" and c.train_length == 32 and c.max_factor == 4
+    assert np.array_equal(c.inv_freq, (1 / 10000 ** (np.arange(0, 16, 2) / 16)).astype(F32)) or \
+        np.allclose(c.inv_freq, 1 / 10000 ** (np.arange(0, 16, 2) / 16), rtol=1e-7)
+    with pytest.raises(ConvertError, match="overwrite"):
+        clexify(out, out, max_factor=2)
+    with pytest.raises(ConvertError, match="(?i)no such file"):
+        clexify(tmp_path / "nope.gguf", tmp_path / "o.gguf", max_factor=2)
+
+
+def test_clexify_honours_rope_freqs(tmp_path):
+    from ggufgen import make_tiny_llama_gguf
+
+    src = tmp_path / "rf.gguf"
+    content = make_tiny_llama_gguf(src, rope_freqs=True)
+    out = tmp_path / "rf-clex.gguf"
+    clexify(src, out, max_factor=2, progress=False)
+    with gguf_of(src) as a, gguf_of(out) as b:
+        ff = np.asarray(a.tensor_array("rope_freqs.weight")).reshape(-1)
+        d = int(a.metadata.get("llama.rope.dimension_count"))
+        base = float(a.metadata.get("llama.rope.freq_base", 10000.0))
+        c = read_clex(b.metadata)
+    want = 1 / base ** (np.arange(0, d, 2) / d) / ff
+    assert np.allclose(c.inv_freq, want, rtol=1e-6)
+    assert content is not None
+
+
+def test_clexify_smollm2(smollm2, tmp_path):
+    out = tmp_path / "smol-clex.gguf"
+    clexify(smollm2, out, max_factor=8, progress=False)
+    with gguf_of(smollm2) as a, gguf_of(out) as b:
+        assert set(a.tensors) == set(b.tensors)
+        n = "blk.3.attn_q.weight"
+        assert bytes(a.tensor_bytes(n)) == bytes(b.tensor_bytes(n))
+        c = read_clex(b.metadata, n_rot=int(a.metadata["llama.rope.dimension_count"]))
+        assert c.train_length == a.metadata["llama.context_length"] and c.max_factor == 8
+
+
+def test_cli_convert_and_clexify(ckpts, tmp_path):
+    from clexrt.cli import main
+
+    folder = ckpts["plain"][0]
+    out = tmp_path / "cli.gguf"
+
+    def run(args):
+        try:
+            main(args)
+        except SystemExit as e:
+            assert e.code in (0, None)
+
+    run(["convert", str(folder), "-o", str(out), "--outtype", "q8_0", "--no-progress"])
+    assert out.exists()
+    out2 = tmp_path / "cli-clex.gguf"
+    run(["clexify", str(out), "-o", str(out2), "--max-factor", "3"])
+    assert out2.exists()
+
+
+def test_cli_error_is_one_line(tmp_path, capsys):
+    from clexrt.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(tmp_path), "-o", str(tmp_path / "o.gguf")])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+# -----------------------------------------------------------------------------------------------
+# Bad input: one line, a ConvertError, and no output file
+def _break(kind):
+    def edit_config(f):
+        def go(folder):
+            p = folder / "config.json"
+            cfg = json.loads(p.read_text())
+            f(cfg)
+            p.write_text(json.dumps(cfg))
+        return go
+
+    def edit_st(f):
+        def go(folder):
+            p = folder / "model.safetensors"
+            f(p)
+        return go
+
+    def header_len(p):
+        b = bytearray(p.read_bytes())
+        b[:8] = (len(b) * 2).to_bytes(8, "little")
+        p.write_bytes(bytes(b))
+
+    def not_json(p):
+        b = bytearray(p.read_bytes())
+        b[8:12] = b"\xff{[x"
+        p.write_bytes(bytes(b))
+
+    def rewrite_header(change):
+        def go(p):
+            b = p.read_bytes()
+            n = int.from_bytes(b[:8], "little")
+            h = json.loads(b[8:8 + n])
+            change(h)
+            raw = json.dumps(h).encode()
+            raw += b" " * (n - len(raw)) if len(raw) <= n else b""
+            p.write_bytes(len(raw).to_bytes(8, "little") + raw + b[8 + n:])
+        return go
+
+    def offsets_out(h):
+        h["model.norm.weight"]["data_offsets"][1] += 10 ** 9
+
+    def size_mismatch(h):
+        h["model.norm.weight"]["shape"] = [3, 3]
+
+    def dtype_i64(h):
+        e = h["model.norm.weight"]
+        e["dtype"] = "I64"
+        e["shape"] = [e["shape"][0] // 2]
+
+    def nan_weight(folder):
+        from clexrt.convert.safetensors import SafetensorsFile
+        p = folder / "model.safetensors"
+        e = SafetensorsFile(str(p)).entries["model.layers.1.mlp.up_proj.weight"]
+        b = bytearray(p.read_bytes())
+        b[e.begin + 40:e.begin + 44] = np.array([np.nan], F32).tobytes()
+        p.write_bytes(bytes(b))
+
+    def inf_weight(folder):
+        from clexrt.convert.safetensors import SafetensorsFile
+        p = folder / "model.safetensors"
+        e = SafetensorsFile(str(p)).entries["model.clex_layer.proj_func.ode_down_proj"]
+        b = bytearray(p.read_bytes())
+        b[e.begin:e.begin + 4] = np.array([np.inf], F32).tobytes()
+        p.write_bytes(bytes(b))
+
+    cases = {
+        "missing config": (lambda f: (f / "config.json").unlink(), "config.json"),
+        "missing weights": (lambda f: (f / "model.safetensors").unlink(), "no weights"),
+        "missing tokenizer": (lambda f: (f / "tokenizer.model").unlink(), "tokenizer"),
+        "header length": (edit_st(header_len), "header length"),
+        "header not json": (edit_st(not_json), "not JSON"),
+        "offsets outside": (edit_st(rewrite_header(offsets_out)), "outside"),
+        "size mismatch": (edit_st(rewrite_header(size_mismatch)), "bytes of data"),
+        "dtype": (edit_st(rewrite_header(dtype_i64)), "I64"),
+        "shape vs config": (edit_config(lambda c: c.update(intermediate_size=96)), "config.json implies"),
+        "architecture": (edit_config(lambda c: c.update(architectures=["MistralForCausalLM"])), "LlamaForCausalLM"),
+        "clex keys": (edit_config(lambda c: c["rope_scaling"].pop("param_factor")), "param_factor"),
+        "clex act": (edit_config(lambda c: c["rope_scaling"].update(act="relu")), "relu"),
+        "rope type": (edit_config(lambda c: c.update(rope_scaling={"type": "yarn", "factor": 2})), "yarn"),
+        "bad json": (lambda f: (f / "config.json").write_text("{nope"), "JSON"),
+        "nan": (nan_weight, "NaN/Inf"),
+        "inf in ode": (inf_weight, "NaN/Inf"),
+        "bin without torch": (lambda f: ((f / "model.safetensors").rename(f / "pytorch_model.bin")), "safetensors"),
+    }
+    return cases[kind]
+
+
+BAD = ["missing config", "missing weights", "missing tokenizer", "header length", "header not json",
+       "offsets outside", "size mismatch", "dtype", "shape vs config", "architecture", "clex keys",
+       "clex act", "rope type", "bad json", "nan", "inf in ode", "bin without torch"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_is_one_line_and_leaves_nothing(ckpts, tmp_path, kind):
+    if kind == "bin without torch":
+        try:
+            import torch  # noqa: F401
+            pytest.skip("torch is installed: pytorch_model.bin is readable here")
+        except ImportError:
+            pass
+    src = ckpts["clex"][0]
+    folder = tmp_path / "ck"
+    shutil.copytree(src, folder)
+    breaker, words = _break(kind)
+    breaker(folder)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    with pytest.raises(ConvertError) as e:
+        convert_hf(folder, outdir / "m.gguf", outtype="q8_0", progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and words in msg, msg
+    assert os.listdir(outdir) == []
+
+
+def test_sharded_index_problems(ckpts, tmp_path):
+    folder = tmp_path / "ck"
+    shutil.copytree(ckpts["plain"][0], folder)
+    idx = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = sorted(set(idx["weight_map"].values()))[1]
+    (folder / shard).rename(folder / "elsewhere")
+    with pytest.raises(ConvertError, match="missing"):
+        convert_hf(folder, dry_run=True)
+    (folder / "elsewhere").rename(folder / shard)
+    idx["weight_map"]["model.norm.weight"] = "../escape.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(idx))
+    with pytest.raises(ConvertError, match="invalid file name"):
+        convert_hf(folder, dry_run=True)
+
+
+def test_pytorch_bin_with_torch(ckpts, tmp_path):
+    torch = pytest.importorskip("torch")
+    src, w, ref_path, spec = ckpts["clex"]
+    folder = tmp_path / "bin"
+    shutil.copytree(src, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in w.items()}, folder / "pytorch_model.bin")
+    out = tmp_path / "bin.gguf"
+    convert_hf(folder, out, outtype="f32", progress=False)
+    with gguf_of(out) as a, gguf_of(ref_path) as b:
+        for n in b.tensors:
+            assert bytes(a.tensor_bytes(n)) == bytes(b.tensor_bytes(n))
