@@ -48,10 +48,10 @@ kbench:
 # The C core under AddressSanitizer + UBSan, with the tests that drive it (CI runs this).
 ASAN_TESTS ?= tests/test_kernels.py tests/test_forward.py tests/test_gguf_fuzz.py
 asan: $(STAMP)
-	$(VPY) tools/asan_build.py
-	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	$(VPY) tools/asan_build.py > build/asan.path
+	CLEXRT_NATIVE_LIB=$$(tail -1 build/asan.path) LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	PYTHONPATH=build/asan $(VPY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not smollm2"
+	$(VPY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not smollm2"
 
 # Coverage-guided fuzzing of the GGUF reader (atheris); FUZZ_SECONDS=600 by default.
 fuzz: $(STAMP)

@@ -2,9 +2,24 @@
 and a stale or missing build is one clear error instead of a crash."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 from .errors import ClexError, ContextFullError, ModelError, NativeError
 
 EXPECTED_ABI = 3
+
+# CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
+# run the tests against the sanitized build).
+_override = os.environ.get("CLEXRT_NATIVE_LIB")
+if _override and "clexrt._native" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("clexrt._native", _override)
+    if _spec is None or _spec.loader is None:
+        raise ClexError(f"CLEXRT_NATIVE_LIB={_override!r} is not a loadable module")
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    sys.modules["clexrt._native"] = _mod
 
 try:
     from ._native import ffi, lib  # noqa: F401

@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
-"""Build the C core with AddressSanitizer + UBSan into build/asan/, next to a copy of the Python
-package, so the test suite can run against it:
+"""Build the C core with AddressSanitizer + UBSan into build/asan/ and print the module's path;
+the tests then load it through CLEXRT_NATIVE_LIB:
 
-    python tools/asan_build.py && \
+    CLEXRT_NATIVE_LIB=$(python tools/asan_build.py) \
     LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
-    ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=build/asan python -m pytest tests/...
+    ASAN_OPTIONS=detect_leaks=0 python -m pytest tests/...
 
-(`make asan` does both.) The copy is needed because the editable install points at clexrt/,
-whose _native module is the normal build."""
+(`make asan` does both.)"""
 import os
 import shutil
 import sys
@@ -25,13 +24,8 @@ def main():
 
     if OUT.exists():
         shutil.rmtree(OUT)
-    pkg = OUT / "clexrt"
-    shutil.copytree(ROOT / "clexrt", pkg, ignore=shutil.ignore_patterns("_native*", "__pycache__"))
-    shutil.copytree(ROOT / "convert", pkg / "convert", ignore=shutil.ignore_patterns("__pycache__"))
-    tmp = OUT / "tmp"
-    so = native_build.make_builder(absolute=True).compile(tmpdir=str(tmp), verbose=False)
-    shutil.copy(so, pkg / Path(so).name)
-    print(pkg / Path(so).name)
+    so = native_build.make_builder(absolute=True).compile(tmpdir=str(OUT), verbose=False)
+    print(so)
 
 
 if __name__ == "__main__":
