@@ -462,21 +462,22 @@ class Repl:
         except Exception:
             return ""
 
-    def read(self) -> str:
-        """One message or command; a line starting with \"\"\" reads on to the closing \"\"\".
-        Raises EOFError (Ctrl-D) and KeyboardInterrupt (Ctrl-C)."""
+    def read(self) -> tuple[str, bool]:
+        """(text, literal): one message or command, or with literal True a block from a line
+        starting with \"\"\" to the closing \"\"\" (always a message, even if it starts with
+        "/"). Raises EOFError (Ctrl-D) and KeyboardInterrupt (Ctrl-C)."""
         line = self._input(PROMPT)
         if not line.lstrip().startswith('"""'):
-            return line
+            return line, False
         text = line.lstrip()[3:]
         if text.rstrip().endswith('"""'):
-            return text.rstrip()[:-3]
+            return text.rstrip()[:-3], True
         lines = [text] if text else []
         while True:
             line = self._input(MORE)
             if line.rstrip().endswith('"""'):
                 lines.append(line.rstrip()[:-3])
-                return "\n".join(lines).strip("\n")
+                return "\n".join(lines).strip("\n"), True
             lines.append(line)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -487,7 +488,7 @@ class Repl:
         try:
             while True:
                 try:
-                    line = self.read()
+                    line, literal = self.read()
                 except EOFError:
                     self.write("\n")
                     return 0
@@ -503,10 +504,9 @@ class Repl:
                     self.write("\n")
                     self.say("(Ctrl-C again to quit, or /exit)", "dim")
                     continue
-                if line.strip():
-                    self._ctrl_c = 0
+                self._ctrl_c = 0
                 try:
-                    if not self.handle(line):
+                    if not self.handle(line, literal):
                         return 0
                 except KeyboardInterrupt:
                     self.write("\n")
@@ -514,12 +514,13 @@ class Repl:
         finally:
             self._save_history()
 
-    def handle(self, line: str) -> bool:
-        """Runs one input; False when it asks to quit."""
+    def handle(self, line: str, literal: bool = False) -> bool:
+        """Runs one input (with `literal`, a message even if it looks like a command); False
+        when it asks to quit."""
         if not line.strip():
             return True
         stripped = line.strip()
-        if re.match(r"/[A-Za-z]", stripped):
+        if not literal and re.match(r"/[A-Za-z]", stripped):
             name, _, arg = stripped.partition(" ")
             return self.command(name.lower(), arg.strip())
         self.reply(lambda emit: self.conv.say(line, emit))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from clexrt.chat_repl import ChatParams, Conversation, Repl, parse_param, rope_label
+from clexrt.chat_repl import ChatParams, Conversation, Repl, TurnStats, parse_param, rope_label
 from clexrt.errors import ContextFullError
 
 THREADS = "2"
@@ -242,6 +242,17 @@ def test_commands_save_load_and_errors(conv, tmp_path):
     assert got and not any(l.startswith("prompt ") for l in got)
     assert lines_after("/system Be brief.")[0].startswith("(system prompt set")
     assert lines_after("/system") == ["system: Be brief."]
+    said = []
+
+    def fake_say(text, emit):
+        said.append(text)
+        emit("ok")
+        return TurnStats(0, 0.0, 1, 0.0, 10, 512, "stop")
+
+    conv.say = fake_say
+    n = len(out.getvalue())
+    repl.handle("/clear is text in a block", literal=True)      # what a """ block gives
+    assert said == ["/clear is text in a block"] and out.getvalue()[n:] == "ok\n"
     assert repl.handle("/exit") is False and repl.handle("/bye") is False
 
 
