@@ -192,6 +192,7 @@ def make_checkpoint(folder, spec: HFSpec = PLAIN) -> dict[str, np.ndarray]:
 def torch_forward(w: dict[str, np.ndarray], spec: HFSpec, ids, inv_freq=None) -> np.ndarray:
     import torch
 
+    torch.set_num_threads(1)
     t = {k: torch.from_numpy(np.asarray(v, F32)).double() for k, v in w.items()}
     hd = spec.head_dim
     n = len(ids)

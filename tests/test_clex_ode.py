@@ -29,6 +29,7 @@ def make_ode(d=32, p=2, act="tanh", seed=0, scale=1.0, bf16_start=True):
 def torch_official_solve(ode: ClexODE, times):
     torch = pytest.importorskip("torch")
     torchdiffeq = pytest.importorskip("torchdiffeq")
+    torch.set_num_threads(1)      # tiny matmuls: threads only fight over the 2 shared cores
     d = ode.dim
     up = torch.from_numpy(ode.up) if ode.up is not None else None
     down = torch.from_numpy(ode.down) if ode.down is not None else None
@@ -139,3 +140,99 @@ def test_bad_ode_parameters():
         ClexODE(inv, up=np.zeros((4, 8), F32), down=np.zeros((8, 3), F32))
     with pytest.raises(ValueError, match="both"):
         ClexODE(inv, up=np.zeros((4, 8), F32))
+
+
+# ---------------------------------------------------------------------------------------------
+# clexrt.clex_tables: reading the clex.* keys back
+from clexrt.clex_tables import read_clex  # noqa: E402
+from clexrt.convert.gguf_out import clex_metadata  # noqa: E402
+from clexrt.errors import GGUFError  # noqa: E402
+
+
+def phase_error(c, ode, L, fractions=(0.25, 0.5, 0.75)):
+    """max over j and over points between grid nodes of |interp - solve| * inv_freq * t * L (rad).
+    The reference is the official solver run once through all the points (Hermite inside a step:
+    what a direct solve to each point gives, test_fractional_direct_solve_...)."""
+    g = c.grid.astype(np.float64)
+    ts = np.unique(np.concatenate([g[:-1] + (g[1:] - g[:-1]) * f for f in fractions]).astype(F32))
+    ts = ts[~np.isin(ts, c.grid)]
+    ref = ode.solve(np.concatenate([[F32(1)], ts]), hermite=True)[1:].astype(np.float64)
+    worst = 0.0
+    for t, r in zip(ts, ref):
+        err = np.abs(c.log_interp(float(t)) - r) * np.exp(r) * float(t) * L
+        worst = max(worst, float(err.max()))
+    return worst
+
+
+def test_interpolated_tables_phase_error_below_0_01_rad():
+    # d = 128 and L = 4096 as in CLEX-LLaMA-2; a network moving log-frequencies by ~0.8
+    ode = make_ode(128, 1, "tanh", seed=0)
+    c = read_clex(clex_metadata(ode, 4096, 8, "ode", param_factor=1))
+    assert np.abs(c.tables - ClexODE(ode.inv_freq).tables(c.grid)).max() > 0.3
+    assert phase_error(c, ode, 4096) < 0.01
+    # plain linear interpolation of the log-frequency on integer tables: far off (CLEX.md)
+    ints = np.arange(1, 9, dtype=F32)
+    c_int = read_clex(clex_metadata(ode, 4096, 8, "ode", param_factor=1, grid=ints))
+    t = 1.5
+    naive = 0.5 * (c_int.tables[0] + c_int.tables[1])
+    assert (np.abs(naive - ode.solve_at(t)) * ode.inv_freq * t * 4096).max() > 10
+
+
+def test_read_clex_round_trip_and_solve():
+    ode = make_ode(32, 2, "silu", seed=4)
+    md = clex_metadata(ode, 128, 4, "ode", param_factor=2, log_scale=False)
+    c = read_clex(md, n_rot=32)
+    assert (c.train_length, c.max_factor, c.param_factor, c.act, c.init, c.log_scale) == (128, 4, 2, "silu", "ode", False)
+    assert c.time_dt == 0.01 and c.dim == 32 and c.max_context == 512
+    assert np.array_equal(c.table_at(1), ode.inv_freq)
+    off = ode.solve(np.arange(1, 5, dtype=F32))
+    for t in (2, 3, 4):
+        assert np.abs(np.log(c.table_at(t).astype(np.float64)) - off[t - 1]).max() < 2e-7
+        assert np.allclose(c.solve(t), c.table_at(t), rtol=1e-6)
+    assert np.allclose(c.solve(2.3), c.interp(2.3), rtol=1e-5)
+    with pytest.raises(ValueError):
+        c.table_at(2.5)
+    with pytest.raises(ValueError):
+        c.interp(4.5)
+    assert read_clex({"llama.context_length": 4}) is None
+
+
+def _bad(md, **change):
+    md = dict(md)
+    for k, v in change.items():
+        key = "clex." + k
+        if v is None:
+            md.pop(key)
+        else:
+            md[key] = v
+    return md
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"init": "magic"}, "init"),
+    ({"act": "relu"}, "act"),
+    ({"train_length": None}, "train_length"),
+    ({"max_factor": 0}, "max_factor"),
+    ({"time_dt": -1.0}, "time_dt"),
+    ({"inv_freq": np.array([1.0], F32)}, "inv_freq"),
+    ({"grid": np.array([1, 1.5, 2, 4], F32)}, "integer scaling factor 3"),
+    ({"grid": np.array([1, 3, 2, 4], F32)}, "increase"),
+    ({"log_inv_freq": np.zeros(5, F32)}, "log_inv_freq"),
+    ({"ode_up_shape": np.array([8, 3], np.uint32)}, "shapes"),
+    ({"ode_down": None}, "ode_down"),
+    ({"log_scale": 3}, "log_scale"),
+])
+def test_read_clex_rejects_inconsistent_metadata(change, words):
+    md = clex_metadata(make_ode(16, 1, "tanh"), 64, 4, "ode", param_factor=1)
+    with pytest.raises(GGUFError, match=words):
+        read_clex(_bad(md, **change))
+
+
+def test_read_clex_rejects_nan_and_wrong_rope_dim():
+    md = clex_metadata(make_ode(16, 1, "tanh"), 64, 4, "ode", param_factor=1)
+    t = md["clex.log_inv_freq"].copy()
+    t[7] = np.nan
+    with pytest.raises(GGUFError, match="NaN"):
+        read_clex(_bad(md, log_inv_freq=t))
+    with pytest.raises(GGUFError, match="rope dimension"):
+        read_clex(md, n_rot=32)
