@@ -220,8 +220,11 @@ class Conversation:
             msgs.append({"role": m["role"], "content": m["content"]})
         if system is not None and not isinstance(system, str):
             raise ValueError("\"system\" must be a string or null")
+        given = data.get("params") or {}
+        if not isinstance(given, dict):
+            raise ValueError("\"params\" must be an object")
         params = ChatParams(**asdict(self.params))
-        for k, v in (data.get("params") or {}).items() if isinstance(data.get("params"), dict) else ():
+        for k, v in given.items():
             key, val = parse_param(k, v)
             setattr(params, key, val)
         # Check that the template accepts it before anything changes.

@@ -23,7 +23,8 @@ def _parts(smollm2, n_ctx):
     from clexrt.tokenizer import Tokenizer
 
     model = Model(smollm2, n_ctx=n_ctx, n_threads=int(THREADS))
-    return model, Tokenizer.from_metadata(model.metadata), ChatTemplate.from_metadata(model.metadata)
+    md = model.metadata
+    return model, Tokenizer.from_metadata(md), ChatTemplate.from_metadata(md)
 
 
 @pytest.fixture(scope="module")
