@@ -6,6 +6,13 @@
 
 Weights stay in the file mapping: the C core gets pointers into it and neither copies nor
 dequantizes them.
+
+RoPE scaling (docs/clex.md): before tokens that take the sequence to N tokens are evaluated, the
+schedule (clexrt.rope.RopeSchedule) picks the table for N. When it differs from the table the
+cached keys carry, the kv_policy brings the cache to the new table: "rerotate" turns every cached
+key in C (what the official CLEX code effectively does: values and the hidden states of earlier
+tokens keep the old table), "recompute" evaluates the cached tokens again (exactly a full forward
+at the new table).
 """
 from __future__ import annotations
 
@@ -18,8 +25,17 @@ import numpy as np
 
 from . import rope as rope_mod
 from ._lib import check, ffi, lib, physical_cores
+from .clex_tables import read_clex
 from .errors import ClexError, ContextFullError, ModelError
 from .gguf_file import GGUFFile
+
+ROPES = ("auto",) + rope_mod.METHODS
+KV_POLICIES = ("rerotate", "recompute")
+# Defaults, chosen by measurement (docs/clex.md): the schedule mode of CLEX models and of the
+# classic methods, and the KV policy.
+DEFAULT_CLEX_MODE = "ceil"
+DEFAULT_MODE = "continuous"
+DEFAULT_KV_POLICY = "rerotate"
 
 _LAYER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate",
           "ffn_up", "ffn_down")
@@ -54,22 +70,33 @@ def _mem_available() -> int | None:
 
 class Model:
     """A GGUF model with one KV cache. Not re-entrant: calls from several threads are serialized
-    by an internal lock."""
+    by an internal lock.
+
+    rope: auto | none | linear | ntk | yarn | clex (auto: clex for a GGUF with clex.* tables,
+    otherwise the table the GGUF asks for). clex_mode: ceil | continuous (None: the default for
+    the method). kv_policy: rerotate | recompute (None: rerotate). n_ctx = 0: L * max_factor
+    for a CLEX GGUF, the training length otherwise. context_shift: past the context (or past
+    L * max_factor for CLEX), drop the older half of the tokens after the first n_keep instead
+    of raising ContextFullError. rope_steps: continuous mode moves t in steps of 1/rope_steps
+    (0: t = N/L exactly, a new table every token)."""
 
     def __init__(self, path, n_ctx: int = 0, n_threads: int | None = None, rope: str = "auto",
-                 clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int = 512):
+                 clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int = 512,
+                 context_shift: bool = False, n_keep: int = 1, rope_steps: int = rope_mod.DEFAULT_STEPS):
         self.path = os.fspath(path)
         self._lock = threading.RLock()
         self._ctx = self._model = None
         self.gguf = GGUFFile(self.path)
         try:
-            self._build(n_ctx, n_threads, n_batch)
+            self._build(n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps)
         except BaseException:
             self.close()
             raise
+        self.context_shift = bool(context_shift)
+        self.n_keep = max(0, int(n_keep))
 
     # ------------------------------------------------------------------ loading
-    def _build(self, n_ctx, n_threads, n_batch):
+    def _build(self, n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps):
         g = self.gguf
         v = g.validate_llama()
         md = g.metadata
@@ -123,12 +150,19 @@ class Model:
         self.base_inv_freq = rope_mod.gguf_inv_freq(base, hp.n_rot, freq_factors=factors,
                                                     scaling_type=v.rope_scaling_type,
                                                     scaling_factor=v.rope_scaling_factor)
+        self.clex = read_clex(md, hp.n_rot)
+        self.schedule = self._schedule(rope, clex_mode, rope_steps)
+        if kv_policy is None:
+            kv_policy = DEFAULT_KV_POLICY
+        if kv_policy not in KV_POLICIES:
+            raise ModelError(f"unknown kv_policy {kv_policy!r} (choose from {', '.join(KV_POLICIES)})")
+        self.kv_policy = kv_policy
 
         n_ctx = int(n_ctx or 0)
         if n_ctx < 0:
             raise ModelError(f"n_ctx must be >= 0 (0 = the model's context length), got {n_ctx}")
         if n_ctx == 0:
-            n_ctx = hp.n_ctx_train
+            n_ctx = self.clex.max_context if self.clex is not None else hp.n_ctx_train
         if n_threads is None or n_threads <= 0:
             n_threads = physical_cores()
         kv_bytes = 2 * 4 * hp.n_layer * hp.n_head_kv * hp.head_dim * n_ctx
@@ -144,7 +178,32 @@ class Model:
         self.n_threads = int(lib.clex_ctx_n_threads(self._ctx))
         self.n_vocab = hp.n_vocab
         self.n_past = 0
-        self._set_table(self.base_inv_freq)
+        self._hist = np.zeros(n_ctx, dtype=np.int32)     # the cached token ids (for recompute)
+        self.table_changes = 0
+        self._attn_factor = 1.0
+        self._choice = self.schedule(0)
+        self._synced = True
+        self._set_table(self._choice.table)
+        self._set_attn_factor(self._choice.attn_factor)
+
+    def _schedule(self, rope, clex_mode, steps) -> rope_mod.RopeSchedule:
+        if rope not in ROPES:
+            raise ModelError(f"unknown rope method {rope!r} (choose from {', '.join(ROPES)})")
+        c = self.clex
+        if rope == "auto":
+            rope = "clex" if c is not None else "none"
+        if clex_mode is None:
+            clex_mode = DEFAULT_CLEX_MODE if rope == "clex" else DEFAULT_MODE
+        if c is not None:
+            # a CLEX model's own frequencies and length, whichever method runs it
+            base, L, M = c.inv_freq, c.train_length, c.max_factor
+        else:
+            base, L, M = self.base_inv_freq, self.hparams.n_ctx_train, None
+        if base.size != self.hparams.n_rot // 2:
+            raise ModelError(f"the rope table has {base.size} entries, the model rotates "
+                             f"{self.hparams.n_rot // 2} pairs")
+        return rope_mod.RopeSchedule(rope, base, L, mode=clex_mode, steps=steps,
+                                     max_factor=M if rope == "clex" else None, clex=c)
 
     # ------------------------------------------------------------------ rope table
     def _set_table(self, inv: np.ndarray) -> None:
@@ -152,10 +211,94 @@ class Model:
         check(lib.clex_ctx_set_rope(self._ctx, ffi.cast("float *", inv.ctypes.data), inv.size))
         self._table = inv
 
+    def _set_attn_factor(self, f: float) -> None:
+        """YaRN's temperature: q.k scaled by f^2, through the C core's attention scale where it
+        has one (clex_ctx_set_attn_scale); rope_state says whether it is applied."""
+        fn = getattr(lib, "clex_ctx_set_attn_scale", None)
+        if fn is not None:
+            check(fn(self._ctx, float(f) * float(f)))
+        self._attn_factor = float(f)
+        self._attn_applied = fn is not None or f == 1.0
+
     @property
     def rope_table(self) -> np.ndarray:
         """The inverse frequencies new tokens are rotated with (a copy)."""
         return self._table.copy()
+
+    @property
+    def rope_state(self) -> dict:
+        """The RoPE scaling in force: method, factor t, schedule mode, KV policy, how many times
+        the table changed, and the length at which it changes next (None: never)."""
+        s, c = self.schedule, self._choice
+        st = {"method": s.method, "t": c.t, "mode": s.mode, "kv_policy": self.kv_policy,
+              "table_changes": self.table_changes, "train_length": s.train_length,
+              "max_factor": s.max_factor, "n_past": self.n_past,
+              "next_change": s.next_change(max(self.n_past, 1)) if s.method != "none" else None}
+        if s.mode == "continuous" and s.method != "none":
+            st["steps"] = s.steps
+        if c.attn_factor != 1.0:
+            st["attn_factor"] = c.attn_factor
+            st["attn_factor_applied"] = self._attn_applied
+        return st
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The token ids in the KV cache (a copy)."""
+        return self._hist[:self.n_past].copy()
+
+    def _prepare(self, n_new: int) -> None:
+        """Make room for n_new tokens and bring the cache to the table of the new length."""
+        N = self.n_past + n_new
+        limit = self.n_ctx
+        ml = self.schedule.max_length
+        if ml is not None and ml < limit:
+            limit = ml
+        if N > limit:
+            if not self.context_shift:
+                what = (f"the CLEX range L x max_factor = {ml} tokens" if ml is not None and ml <= self.n_ctx
+                        else f"the context of {self.n_ctx} tokens")
+                raise ContextFullError(f"{n_new} tokens after {self.n_past} cached ones exceed {what}"
+                                       f"{'' if ml is None else ' (context_shift=True drops older tokens instead)'}")
+            self._shift(N - limit)
+            N = self.n_past + n_new
+        choice = self.schedule(N)
+        if choice is self._choice and self._synced:
+            return
+        old = self._choice
+        try:
+            self._set_table(choice.table)
+            if choice.attn_factor != old.attn_factor:
+                self._set_attn_factor(choice.attn_factor)
+            if self.n_past:
+                if self.kv_policy == "rerotate":
+                    check(lib.clex_ctx_rerotate(self._ctx, ffi.cast("float *", old.table.ctypes.data),
+                                                self.n_past), "rerotate")
+                else:
+                    hist = np.ascontiguousarray(self._hist[:self.n_past])
+                    check(lib.clex_eval(self._ctx, ffi.cast("int32_t *", hist.ctypes.data), self.n_past, 0,
+                                        ffi.NULL, 0), "recompute")
+                self.table_changes += 1
+            self._choice = choice
+        except BaseException:
+            # the cache may be half-way between tables: forget it rather than keep it wrong, and
+            # set the table again on the next call
+            self.n_past = 0
+            self._synced = False
+            raise
+        self._synced = True
+
+    def _shift(self, need: int) -> None:
+        """Context shift: drop max(need, half of the tokens after the first n_keep) and move the
+        rest down (keys rotated to their new positions, current table)."""
+        keep = min(self.n_keep, self.n_past)
+        discard = max(need, (self.n_past - keep) // 2)
+        if discard > self.n_past - keep:
+            raise ContextFullError(f"context shift cannot make room for the tokens: {self.n_past} cached, "
+                                   f"{keep} kept, {need} more needed")
+        check(lib.clex_ctx_shift(self._ctx, self.n_past, keep, discard), "context shift")
+        h = self._hist
+        h[keep:self.n_past - discard] = h[keep + discard:self.n_past].copy()
+        self.n_past -= discard
 
     # ------------------------------------------------------------------ evaluation
     def _tokens(self, tokens: Sequence[int]) -> np.ndarray:
@@ -171,13 +314,14 @@ class Model:
 
     def _run(self, toks: np.ndarray, all_logits: bool) -> np.ndarray:
         n = toks.size
-        if self.n_past + n > self.n_ctx:
-            raise ContextFullError(f"{n} tokens after {self.n_past} cached ones exceed the context of "
-                                   f"{self.n_ctx} tokens")
+        if n > self.n_ctx:
+            raise ContextFullError(f"{n} tokens exceed the context of {self.n_ctx} tokens")
+        self._prepare(n)
         out = np.empty((n, self.n_vocab) if all_logits else (self.n_vocab,), dtype=np.float32)
         rc = lib.clex_eval(self._ctx, ffi.cast("int32_t *", toks.ctypes.data), n, self.n_past,
                            ffi.cast("float *", out.ctypes.data), 1 if all_logits else 0)
         check(rc, "eval")
+        self._hist[self.n_past:self.n_past + n] = toks
         self.n_past += n
         return out
 
@@ -200,7 +344,8 @@ class Model:
             return self._run(toks, all_logits=True)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """One full-sequence forward from an empty cache: float32 [len(ids), n_vocab]. The cache
+        """One full-sequence forward from an empty cache: float32 [len(ids), n_vocab], every
+        position rotated with the table for N = len(ids) (the official full forward). The cache
         then holds ids (n_past == len(ids))."""
         toks = self._tokens(ids)
         if toks.size == 0:
