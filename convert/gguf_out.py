@@ -51,7 +51,15 @@ class TensorPlan:
             return np.ascontiguousarray(a).view(np.uint8).reshape(-1)
         if a.shape != self.shape:
             raise ConvertError(f"tensor {self.name}: data has shape {list(a.shape)}, planned {list(self.shape)}")
-        out = Q.quantize(a, self.type_id)
+        if self.type_id == Q.F32_ID:
+            return np.ascontiguousarray(a, np.float32)
+        # quantize in slabs of rows: the temporaries stay small next to the tensor itself
+        rows = a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(1, -1)
+        out = np.empty((rows.shape[0], Q.row_bytes(self.type_id, rows.shape[1])), np.uint8)
+        step = max(1, (1 << 20) // max(1, rows.shape[1]))
+        for i in range(0, rows.shape[0], step):
+            out[i:i + step] = np.ascontiguousarray(Q.quantize(rows[i:i + step], self.type_id)).view(np.uint8).reshape(
+                -1, out.shape[1])
         return out
 
 
@@ -238,6 +246,9 @@ def write_plan(plan: Plan, out_path, progress: bool = True) -> None:
     except OSError as e:
         raise ConvertError(f"cannot write in {folder}: {e.strerror or e}") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)      # mkstemp's 0600 is for the temporary name, not the result
     writer = None
     try:
         writer = GGUFWriter(tmp, ARCH)

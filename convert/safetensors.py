@@ -108,7 +108,9 @@ def read_entry(e: Entry) -> np.ndarray:
             with mmap.mmap(f.fileno(), e.end - start, access=mmap.ACCESS_READ, offset=start) as mm:
                 a = np.frombuffer(mm, dtype=dt, count=count, offset=e.begin - start)
                 if e.dtype == "BF16":
-                    out = (a.astype(np.uint32) << 16).view(np.float32)
+                    out = a.astype(np.uint32)
+                    out <<= 16
+                    out = out.view(np.float32)
                 else:
                     out = a.astype(np.float32)       # a copy in every case
                 del a
