@@ -435,3 +435,44 @@ def test_pytorch_bin_with_torch(ckpts, tmp_path):
     with gguf_of(out) as a, gguf_of(ref_path) as b:
         for n in b.tensors:
             assert bytes(a.tensor_bytes(n)) == bytes(b.tensor_bytes(n))
+
+
+def test_bpe_tokenizer_json_round_trip(smollm2, ckpts, tmp_path):
+    """SmolLM2's vocabulary written out as a tokenizer.json and converted back: the same tokens,
+    types, merges, pre-tokenizer and special ids as the GGUF llama.cpp's converter wrote."""
+    from clexrt.tokenizer import Tokenizer
+
+    with gguf_of(smollm2) as g:
+        md = dict(g.metadata)
+    k = "tokenizer.ggml."
+    toks, types, merges = md[k + "tokens"], np.asarray(md[k + "token_type"]), md[k + "merges"]
+    tok_json = {
+        "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(toks) if types[i] == 1},
+                  "merges": [m.split(" ") for m in merges[:50]] + merges[50:]},
+        "added_tokens": [{"id": i, "content": t, "special": bool(types[i] == 3)}
+                         for i, t in enumerate(toks) if types[i] != 1],
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]},
+    }
+    folder = tmp_path / "bpe"
+    shutil.copytree(ckpts["plain"][0], folder)
+    (folder / "tokenizer.model").unlink()
+    (folder / "tokenizer.json").write_text(json.dumps(tok_json))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vocab_size"] = len(toks)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    bos, eos = toks[md[k + "bos_token_id"]], toks[md[k + "eos_token_id"]]
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": bos, "eos_token": eos,
+                                                               "chat_template": md["tokenizer.chat_template"]}))
+    out = tmp_path / "bpe.gguf"
+    convert_hf(folder, out, vocab_only=True, progress=False)
+    with gguf_of(out) as g:
+        m2 = g.metadata
+    assert m2[k + "model"] == "gpt2" and m2[k + "pre"] == md[k + "pre"] == "smollm"
+    assert m2[k + "tokens"] == toks and list(m2[k + "merges"]) == list(merges)
+    assert np.array_equal(m2[k + "token_type"], types)
+    assert m2[k + "bos_token_id"] == md[k + "bos_token_id"] and m2[k + "eos_token_id"] == md[k + "eos_token_id"]
+    assert m2["tokenizer.chat_template"] == md["tokenizer.chat_template"]
+    text = "Hello world, 2024 is here: café!"
+    assert Tokenizer.from_gguf(str(out)).encode(text) == Tokenizer.from_gguf(smollm2).encode(text)
