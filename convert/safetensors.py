@@ -9,6 +9,7 @@ each tensor's byte size equals prod(shape) * itemsize.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class SafetensorsFile:
         itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else _OTHER_SIZES.get(dtype)
         if itemsize is None:
             raise ConvertError(f"{bad} has unknown dtype {dtype!r}")
-        want = int(np.prod(shape, dtype=np.int64)) * itemsize if shape else itemsize
+        want = math.prod(shape) * itemsize          # Python ints: a hostile shape cannot overflow
         if end - begin != want:
             raise ConvertError(f"{bad}: {end - begin} bytes of data for shape {shape} of {dtype} "
                                f"({want} bytes)")

@@ -476,3 +476,28 @@ def test_bpe_tokenizer_json_round_trip(smollm2, ckpts, tmp_path):
     assert m2["tokenizer.chat_template"] == md["tokenizer.chat_template"]
     text = "Hello world, 2024 is here: café!"
     assert Tokenizer.from_gguf(str(out)).encode(text) == Tokenizer.from_gguf(smollm2).encode(text)
+
+
+@pytest.mark.parametrize("header,words", [
+    (b"", "shorter than 8"),
+    ((0).to_bytes(8, "little"), "header length"),
+    ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
+    (None, "outside"),
+    (None, "invalid shape"),
+    (None, "unknown dtype"),
+    (None, "invalid data_offsets"),
+])
+def test_safetensors_header_validation(tmp_path, header, words):
+    from clexrt.convert.safetensors import SafetensorsFile
+
+    p = tmp_path / "x.safetensors"
+    if header is None:
+        entry = {"outside": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]},
+                 "invalid shape": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]},
+                 "unknown dtype": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]},
+                 "invalid data_offsets": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}[words]
+        raw = json.dumps({"w": entry}).encode()
+        header = len(raw).to_bytes(8, "little") + raw + bytes(8)
+    p.write_bytes(header)
+    with pytest.raises(ConvertError, match=words):
+        SafetensorsFile(str(p))
