@@ -259,7 +259,7 @@ class RopeSchedule:
             return None
         u = self.steps if self.mode == "continuous" else 1
         if u == 0:
-            return int(n) + 1
+            return max(int(n), self.train_length) + 1
         # factor(m) = ceil(m*u/L)/u stays t while m*u <= t*u*L
         return max(int(n), (round(t * u) * self.train_length) // u) + 1
 
