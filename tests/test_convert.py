@@ -501,3 +501,20 @@ def test_safetensors_header_validation(tmp_path, header, words):
     p.write_bytes(header)
     with pytest.raises(ConvertError, match=words):
         SafetensorsFile(str(p))
+
+
+def test_clexify_keeps_a_custom_alignment(tmp_path):
+    from ggufgen import build_gguf, tiny_llama_content
+    from gguf import GGUFValueType as VT
+
+    content = tiny_llama_content()
+    kvs = dict(content.kvs)
+    kvs["general.alignment"] = (VT.UINT32, 64)
+    src = tmp_path / "a64.gguf"
+    src.write_bytes(bytes(build_gguf(kvs, content.tensors, alignment=64).data))
+    out = tmp_path / "a64-clex.gguf"
+    clexify(src, out, max_factor=2, progress=False)
+    with gguf_of(src) as a, gguf_of(out) as b:
+        assert b.alignment == 64 and all(t.offset % 64 == 0 for t in b.tensors.values())
+        for n in a.tensors:
+            assert bytes(a.tensor_bytes(n)) == bytes(b.tensor_bytes(n))
