@@ -317,9 +317,17 @@ class Model:
         if n > self.n_ctx:
             raise ContextFullError(f"{n} tokens exceed the context of {self.n_ctx} tokens")
         self._prepare(n)
-        out = np.empty((n, self.n_vocab) if all_logits else (self.n_vocab,), dtype=np.float32)
+        return self._eval_raw(toks, all_logits)
+
+    def _eval_raw(self, toks: np.ndarray, all_logits: bool | None) -> np.ndarray | None:
+        """Evaluate at n_past with the table in force (None: no logits)."""
+        n = toks.size
+        out = None
+        if all_logits is not None:
+            out = np.empty((n, self.n_vocab) if all_logits else (self.n_vocab,), dtype=np.float32)
         rc = lib.clex_eval(self._ctx, ffi.cast("int32_t *", toks.ctypes.data), n, self.n_past,
-                           ffi.cast("float *", out.ctypes.data), 1 if all_logits else 0)
+                           ffi.NULL if out is None else ffi.cast("float *", out.ctypes.data),
+                           1 if all_logits else 0)
         check(rc, "eval")
         self._hist[self.n_past:self.n_past + n] = toks
         self.n_past += n
@@ -354,6 +362,32 @@ class Model:
             self._check_open()
             self.n_past = 0
             return self._run(toks, all_logits=True)
+
+    def logits_blocks(self, ids: Sequence[int], start: int = 0, block: int = 512):
+        """The rows [start, len(ids)) of logits(ids), `block` rows at a time: yields
+        (position of the first row, float32 [rows, n_vocab]). The whole sequence uses the table
+        for N = len(ids), as in logits(); the tokens before `start` are evaluated without logits,
+        so a long context needs memory for one block of logits only (perplexity)."""
+        toks = self._tokens(ids)
+        n = toks.size
+        if not 0 <= start < n:
+            raise ModelError(f"start {start} must be inside the {n} tokens")
+        with self._lock:
+            self._check_open()
+            self.n_past = 0
+            if n > self.n_ctx:
+                raise ContextFullError(f"{n} tokens exceed the context of {self.n_ctx} tokens")
+            self._prepare(n)
+            if start:
+                self._eval_raw(toks[:start], None)
+            want = self._choice
+        for pos in range(start, n, max(1, int(block))):
+            with self._lock:
+                self._check_open()
+                if self.n_past != pos or self._choice is not want:
+                    raise ModelError("the model was used by someone else during logits_blocks")
+                rows = self._eval_raw(toks[pos:pos + block], True)
+            yield pos, rows
 
     def reset(self) -> None:
         """Forget the cached tokens."""
