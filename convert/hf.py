@@ -256,7 +256,10 @@ class HFCheckpoint:
         out = {}
         for fn in files:
             try:
-                sd = torch.load(self._p(fn), map_location="cpu", weights_only=True, mmap=True)
+                try:        # mmap keeps the file out of memory; the legacy (pre-zip) format cannot
+                    sd = torch.load(self._p(fn), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:
+                    sd = torch.load(self._p(fn), map_location="cpu", weights_only=True)
             except Exception as e:      # torch raises many kinds for a bad file
                 raise ConvertError(f"{fn}: cannot load: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}") from None
             for n, t in sd.items():
@@ -278,10 +281,9 @@ class HFCheckpoint:
         """The tensor as float32, checked finite."""
         e = self.entries[name]
         if self._torch_state is not None:
-            import torch
             if e.dtype not in ("F32", "F16", "BF16"):
                 raise ConvertError(f"tensor {name!r} has dtype {e.dtype}; supported: F32, F16, BF16")
-            a = self._torch_state[name].to(torch.float32).numpy().copy()
+            a = self._torch_state[name].float().numpy().copy()
         else:
             a = read_entry(e)
         if not np.isfinite(a).all():
