@@ -130,7 +130,7 @@ def weights(spec: HFSpec, n_vocab: int) -> dict[str, np.ndarray]:
         w["model.clex_layer.inv_freq"] = inv
         w["model.clex_layer.proj_func.ode_up_proj"] = rng.uniform(-bound, bound, (h, spec.param_factor * hd)).astype(F32)
         # non-zero, and strong enough that the tables differ visibly from NTK scaling
-        w["model.clex_layer.proj_func.ode_down_proj"] = (rng.standard_normal((spec.param_factor * hd, h)) * 0.05).astype(F32)
+        w["model.clex_layer.proj_func.ode_down_proj"] = (rng.standard_normal((spec.param_factor * hd, h)) * 0.015).astype(F32)
     return w
 
 

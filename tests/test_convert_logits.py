@@ -60,3 +60,27 @@ def test_every_outtype_runs(models, tmp_path, outtype):
         if kind == "plain" and outtype in ("f16", "bf16"):
             assert np.abs(got - ref).max() < 1e-3
         assert corr > {"f16": 0.9999, "bf16": 0.999, "q8_0": 0.99, "q4_0": 0.8, "q4_1": 0.8}[outtype], (kind, corr)
+
+
+@pytest.mark.torch
+def test_clex_tables_drive_the_official_forward_past_L(models, tmp_path):
+    """Past L the official inference rotates with exp(y(t)), t = ceil(N/L): the baked tables, run by
+    clexrt's ceil mode, give the official full forward (our tables' end-to-end check)."""
+    from clexrt.convert.clex_ode import ClexODE
+
+    folder, w, spec = models["clex"]
+    out = tmp_path / "c.gguf"
+    convert_hf(folder, out, outtype="f32", progress=False)
+    try:
+        m = Model(str(out), n_threads=1, clex_mode="ceil")
+    except TypeError:
+        pytest.skip("this Model has no CLEX schedule yet")
+    ode = ClexODE(w["model.clex_layer.inv_freq"], act=spec.act, time_dt=0.01,
+                  up=w["model.clex_layer.proj_func.ode_up_proj"], down=w["model.clex_layer.proj_func.ode_down_proj"])
+    official = ode.solve(np.arange(1, spec.max_factor + 1, dtype=np.float32)).astype(np.float64)
+    L = spec.n_ctx
+    for n in (L + 1, 2 * L + 5, 4 * L):
+        t = -(-n // L)
+        ids = ids_for(spec, n, seed=n)
+        ref = hfgen.torch_forward(w, spec, ids, inv_freq=np.exp(official[t - 1]))
+        assert np.abs(m.logits(ids) - ref).max() < 1e-3, n
