@@ -12,6 +12,7 @@
  *             has it (__ARM_FEATURE_DOTPROD); otherwise, with GCC >= 10 on Linux, compiled for
  *             "arch=armv8.2-a+dotprod" in a pragma region and installed only when the kernel reports
  *             HWCAP_ASIMDDP (getauxval), so one binary serves both kinds of CPU.
+ * Both variants cover q8_0, q4_0, q4_1 and q4_1_x4 (one Q4_1 row against four activation rows).
  * clex_kernels_neon() picks the best variant the CPU runs; clex_kernels_neon_variant() installs
  * a chosen one (the check harness compares both against the scalar reference).
  *
@@ -46,7 +47,7 @@ static inline float h2f(clex_fp16 h) {
 }
 
 static inline clex_fp16 f2h(float x) {
-    const __fp16 f = (__fp16)x;   /* FCVT, round to nearest even: the same bits as clex_fp32_to_fp16 */
+    const __fp16 f = (__fp16)x;   /* FCVT, nearest even: clex_fp32_to_fp16's bits (finite, inf) */
     clex_fp16 h;
     memcpy(&h, &f, sizeof h);
     return h;
@@ -88,7 +89,8 @@ static inline int32x4_t dot_q4_widen(int8x16_t lo, int8x16_t hi, const int8_t *x
 /* ------------------------------------------------------------------ quantized dot products
  * One definition, instantiated per integer-dot variant SFX (dot_q8_SFX / dot_q4_SFX). Two
  * blocks per iteration into two float accumulators; each block's int32 partials are scaled by
- * that block's d_w * d_x, as the reference does with the block total. */
+ * that block's d_w * d_x, as the reference does with the block total (a block's total is at
+ * most 32 * 128 * 128 = 2^19 in magnitude, so the int32 -> float conversion is exact). */
 
 #define CLEX_NEON_QUANT_DOTS(SFX)                                                                     \
     static void vec_dot_q8_0_##SFX(int64_t n, float *s, const void *vw, const void *vx) {            \
@@ -152,6 +154,31 @@ static inline int32x4_t dot_q4_widen(int8x16_t lo, int8x16_t hi, const int8_t *x
             summs += h2f(w[i].m) * x[i].s;                                                            \
         }                                                                                             \
         *s = vaddvq_f32(vaddq_f32(acc0, acc1)) + summs;                                               \
+    }                                                                                                 \
+                                                                                                      \
+    /* one Q4_1 row against four activation rows xstride bytes apart (prefill): each weight block    \
+     * is unpacked once; s[j] is what vec_dot_q4_1 gives for row j, up to float rounding */          \
+    static void vec_dot_q4_1_x4_##SFX(int64_t n, float *s, const void *vw, const void *vx,           \
+                                      size_t xstride) {                                               \
+        const block_q4_1 *w = vw;                                                                     \
+        const block_q8_1 *x[4];                                                                       \
+        for (int j = 0; j < 4; j++) x[j] = (const block_q8_1 *)((const uint8_t *)vx + j * xstride);   \
+        const int64_t nb = n / QK;                                                                    \
+        float32x4_t acc[4];                                                                           \
+        float summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                    \
+        for (int j = 0; j < 4; j++) acc[j] = vdupq_n_f32(0.0f);                                       \
+        for (int64_t i = 0; i < nb; i++) {                                                            \
+            const int8x16_t lo = nib_lo(w[i].qs), hi = nib_hi(w[i].qs);                               \
+            const float dw = h2f(w[i].d), mw = h2f(w[i].m);                                           \
+            for (int j = 0; j < 4; j++) {                                                             \
+                const int32x4_t p = dot_q4_##SFX(lo, hi, x[j][i].qs);                                 \
+                acc[j] = vfmaq_n_f32(acc[j], vcvtq_f32_s32(p), dw * x[j][i].d);                       \
+                summs[j] += mw * x[j][i].s;                                                           \
+            }                                                                                         \
+        }                                                                                             \
+        /* lane j = the sum of acc[j]'s lanes */                                                      \
+        const float32x4_t t = vpaddq_f32(vpaddq_f32(acc[0], acc[1]), vpaddq_f32(acc[2], acc[3]));     \
+        vst1q_f32(s, vaddq_f32(t, vld1q_f32(summs)));                                                 \
     }
 
 CLEX_NEON_QUANT_DOTS(widen)
@@ -315,12 +342,14 @@ int clex_kernels_neon_variant(clex_kernel_set *k, int dotprod) {
     k->q8_0 = vec_dot_q8_0_widen;
     k->q4_0 = vec_dot_q4_0_widen;
     k->q4_1 = vec_dot_q4_1_widen;
+    k->q4_1_x4 = vec_dot_q4_1_x4_widen;
     int got = 0;
 #if defined(CLEX_NEON_HAVE_SDOT)
     if (dotprod) {
         k->q8_0 = vec_dot_q8_0_sdot;
         k->q4_0 = vec_dot_q4_0_sdot;
         k->q4_1 = vec_dot_q4_1_sdot;
+        k->q4_1_x4 = vec_dot_q4_1_x4_sdot;
         got = 1;
     }
 #else
