@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 NATIVE  := $(wildcard native/src/*.c native/src/arch/*/*.c native/include/*.h native/build.py)
 
-.PHONY: install test test-fast chat bench asan fuzz kbench clean
+.PHONY: install test test-fast chat bench asan fuzz kbench neon-check clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ asan: $(STAMP)
 	CLEXRT_NATIVE_LIB=$$(tail -1 build/asan.path) LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	$(VPY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not smollm2"
+
+# ARM NEON kernels against the scalar reference, cross-compiled and run under qemu-aarch64
+# (needs: apt-get install -y gcc-aarch64-linux-gnu qemu-user); docs/neon.md.
+neon-check:
+	tools/neon_check/run.sh
 
 # Coverage-guided fuzzing of the GGUF reader (atheris); FUZZ_SECONDS=600 by default.
 fuzz: $(STAMP)
