@@ -13,6 +13,7 @@ from collections import Counter
 import click
 import numpy as np
 
+from .errors import ClexError
 from .registry import resolve_model
 
 __all__ = ["cmd", "describe"]
@@ -26,7 +27,7 @@ FILE_TYPES = {
 
 
 def _plain(v):
-    """JSON-ready: numpy scalars to Python, arrays summarised by shape."""
+    """JSON-ready: numpy scalars to Python, large arrays summarised by shape."""
     if isinstance(v, np.ndarray):
         return {"shape": list(v.shape), "dtype": str(v.dtype)} if v.size > 16 else v.tolist()
     if isinstance(v, np.generic):
@@ -34,8 +35,6 @@ def _plain(v):
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        if len(v) > 16:
-            return {"length": len(v)}
         return [_plain(x) for x in v]
     return v
 
@@ -50,17 +49,21 @@ def _clex(md: dict):
     except ImportError:
         read_clex = None
     if read_clex is not None:
-        c = read_clex(md)
+        try:
+            c = read_clex(md)
+        except ClexError as e:           # show what is wrong; the rest of the file is still info
+            return {"error": str(e)}
         if c is None:
             return None
+        if hasattr(c, "to_json"):
+            return _plain(c.to_json())
         if hasattr(c, "__dataclass_fields__"):
             import dataclasses
             c = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
         elif not isinstance(c, dict):
             c = dict(vars(c))
         return _plain(c)
-    return {k[len("clex."):]: _plain(np.asarray(v) if isinstance(v, (list, tuple)) and v and
-                                     isinstance(v[0], (int, float)) else v)
+    return {k[len("clex."):]: _plain(np.asarray(v) if isinstance(v, (list, tuple)) else v)
             for k, v in md.items() if k.startswith("clex.")}
 
 
@@ -171,6 +174,8 @@ def _print(d: dict) -> None:
     if c:
         echo("clex:")
         for k, v in c.items():
+            if k == "grid" and isinstance(v, list) and len(v) > 8:
+                v = f"{len(v)} points, {v[0]:g} .. {v[-1]:g}"
             echo(f"    {k}: {json.dumps(v) if not isinstance(v, str) else v}")
     else:
         echo("clex:            none")

@@ -212,3 +212,41 @@ def test_teacher_forced_argmax_equals_llamacpp_where_it_is_clear():
                 (best, v1), (_, v2) = top5[0], top5[1]
                 if v1 - v2 > 0.5:
                     assert int(np.argmax(rows[step])) == best, (case["prompt"], step)
+
+
+def test_info_shows_clex_tables(tmp_path):
+    np = pytest.importorskip("numpy")
+    tm = pytest.importorskip("tinymodel")
+    try:
+        from clexrt.convert.clex_ode import ClexODE
+        from clexrt.convert.gguf_out import clex_metadata
+    except ImportError:
+        pytest.skip("the converter is not importable")
+    cfg = tm.TinyConfig()
+    inv = 1.0 / (cfg.rope_base ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
+    md = clex_metadata(ClexODE(inv.astype(np.float32)), train_length=cfg.n_ctx, max_factor=4,
+                       init="ntk")
+
+    def extra(wr):
+        for k, v in md.items():
+            if isinstance(v, (bool, np.bool_)):
+                wr.add_bool(k, bool(v))
+            elif isinstance(v, str):
+                wr.add_string(k, v)
+            elif isinstance(v, (int, np.integer)):
+                wr.add_uint32(k, int(v))
+            elif isinstance(v, (float, np.floating)):
+                wr.add_float32(k, float(v))
+            else:
+                wr.add_array(k, np.asarray(v).reshape(-1).tolist())
+
+    path = tmp_path / "tiny-clex.gguf"
+    tm.write_tiny(path, "f32", extra=extra)
+    r = run("info", str(path), "--json")
+    assert r.exit_code == 0, r.output
+    c = json.loads(r.stdout)["clex"]
+    assert c["train_length"] == cfg.n_ctx and c["max_factor"] == 4 and c["act"] == "tanh"
+    assert c["grid"][0] == 1.0 and c["grid"][-1] == 4.0
+    r = run("info", str(path))
+    assert r.exit_code == 0, r.output
+    assert "clex:" in r.stdout and "train_length: " in r.stdout and "grid: " in r.stdout
