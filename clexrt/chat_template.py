@@ -23,7 +23,7 @@ import json
 import re
 import secrets
 from datetime import datetime
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .errors import ClexError
 

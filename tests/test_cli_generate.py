@@ -1,9 +1,7 @@
 """`clexrt generate` and `clexrt info`, the model-name resolver, and greedy output against
 llama.cpp's (tests/data/llamacpp_greedy.json records the prompts, llama.cpp's text and the
 command that produced it)."""
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
