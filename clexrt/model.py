@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -183,6 +184,7 @@ class Model:
         self._attn_factor = 1.0
         self._choice = self.schedule(0)
         self._synced = True
+        self._target = 0
         self._set_table(self._choice.table)
         self._set_attn_factor(self._choice.attn_factor)
 
@@ -246,6 +248,14 @@ class Model:
         """The token ids in the KV cache (a copy)."""
         return self._hist[:self.n_past].copy()
 
+    def reserve(self, n_total: int) -> None:
+        """Say that the coming evals take the sequence to n_total tokens: they all use the table
+        for n_total (until reset, truncate or logits). A prompt fed in chunks then gets exactly
+        the one-forward prompt of the official code instead of a table change between chunks.
+        Lengths past the model's limit count as the limit."""
+        with self._lock:
+            self._target = max(0, int(n_total))
+
     def _prepare(self, n_new: int) -> None:
         """Make room for n_new tokens and bring the cache to the table of the new length."""
         N = self.n_past + n_new
@@ -261,13 +271,17 @@ class Model:
                                        f"{'' if ml is None else ' (context_shift=True drops older tokens instead)'}")
             self._shift(N - limit)
             N = self.n_past + n_new
-        choice = self.schedule(N)
+        choice = self.schedule(max(N, min(self._target, limit)))
         if choice is self._choice and self._synced:
             return
+        self._switch(choice)
+
+    def _switch(self, choice: rope_mod.RopeChoice) -> None:
+        """Make `choice` the table in force and bring the cached keys to it (kv_policy)."""
         old = self._choice
         try:
             self._set_table(choice.table)
-            if choice.attn_factor != old.attn_factor:
+            if choice.attn_factor != old.attn_factor or not self._synced:
                 self._set_attn_factor(choice.attn_factor)
             if self.n_past:
                 if self.kv_policy == "rerotate":
@@ -286,6 +300,31 @@ class Model:
             self._synced = False
             raise
         self._synced = True
+
+    def measure_table_change(self, reps: int = 3) -> dict | None:
+        """The one-off cost of a table change with the cache as it is: the cached keys are brought
+        to the schedule's next table (the one the length next_change uses) under kv_policy and
+        back again, `reps` times; the cache ends as it started. Returns {"policy", "n_past",
+        "from_t", "to_t", "seconds": [one per change]}, or None when the table never changes."""
+        with self._lock:
+            self._check_open()
+            s, here = self.schedule, self._choice
+            nxt = s.next_change(max(self.n_past, 1))
+            if nxt is None or not self._synced:
+                return None
+            there = s(nxt)
+            changes = self.table_changes
+            secs = []
+            try:
+                for _ in range(max(1, int(reps))):
+                    for target in (there, here):
+                        t0 = time.perf_counter()
+                        self._switch(target)
+                        secs.append(time.perf_counter() - t0)
+            finally:
+                self.table_changes = changes
+            return {"policy": self.kv_policy, "n_past": self.n_past, "from_t": here.t, "to_t": there.t,
+                    "seconds": secs}
 
     def _shift(self, need: int) -> None:
         """Context shift: drop max(need, half of the tokens after the first n_keep) and move the
@@ -361,6 +400,7 @@ class Model:
         with self._lock:
             self._check_open()
             self.n_past = 0
+            self._target = 0
             return self._run(toks, all_logits=True)
 
     def logits_blocks(self, ids: Sequence[int], start: int = 0, block: int = 512):
@@ -375,6 +415,7 @@ class Model:
         with self._lock:
             self._check_open()
             self.n_past = 0
+            self._target = 0
             if n > self.n_ctx:
                 raise ContextFullError(f"{n} tokens exceed the context of {self.n_ctx} tokens")
             self._prepare(n)
@@ -390,16 +431,18 @@ class Model:
             yield pos, rows
 
     def reset(self) -> None:
-        """Forget the cached tokens."""
+        """Forget the cached tokens (and a reserve())."""
         with self._lock:
             self.n_past = 0
+            self._target = 0
 
     def truncate(self, n: int) -> None:
-        """Keep only the first n cached tokens."""
+        """Keep only the first n cached tokens (and forget a reserve(): call it after this)."""
         with self._lock:
             if not 0 <= n <= self.n_past:
                 raise ModelError(f"cannot truncate the cache to {n} tokens (it holds {self.n_past})")
             self.n_past = int(n)
+            self._target = 0
 
     # ------------------------------------------------------------------ lifetime
     def _check_open(self):

@@ -286,3 +286,20 @@ class RopeSchedule:
             return RopeChoice(m, t, yarn_inv_freq(base, t, self.train_length, fast, slow),
                               attn_factor=yarn_attn_factor(t))
         return RopeChoice(m, t, self.clex.table(t))
+
+
+def describe_state(st: dict | None) -> str:
+    """One line for a Model.rope_state: "clex (ceil) t=2, 1 table change (rerotate), next at 8193"."""
+    if not st:
+        return "none t=1"
+    m = st.get("method", "none")
+    if m == "none":
+        return "none t=1"
+    n = st.get("table_changes", 0)
+    parts = [f"{m} ({st.get('mode')}) t={float(st.get('t', 1)):g}",
+             f"{n} table change{'' if n == 1 else 's'} ({st.get('kv_policy')})"]
+    if st.get("next_change") is not None:
+        parts.append(f"next at {st['next_change']} tokens")
+    if st.get("attn_factor") is not None and not st.get("attn_factor_applied", True):
+        parts.append("attention temperature not applied")
+    return ", ".join(parts)
