@@ -65,7 +65,11 @@ def run_bench(model, n_prompt: int, n_gen: int, depth: int, reps: int, seed: int
               help="Tokens already in the KV cache before each test.")
 @click.option("-b", "--batch", default=512, show_default=True, type=click.IntRange(1, 1 << 16))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json):
+@click.option("--rope", default="auto", show_default=True,
+              help="RoPE scaling: auto, none, linear, ntk, yarn, clex.")
+@click.option("--clex-mode", default=None, help="Schedule mode: ceil | continuous (default: the method's).")
+@click.option("--kv-policy", default=None, help="rerotate | recompute: what a table change does to the cache.")
+def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
     from . import _lib
     from .model import Model
@@ -76,8 +80,17 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json):
     except ImportError:
         pass
     n_ctx = depth + max(n_prompt, n_gen) + 1
-    model = Model(model_path, n_ctx=n_ctx, n_threads=threads, n_batch=batch)
+    model = Model(model_path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, rope=rope,
+                  clex_mode=clex_mode, kv_policy=kv_policy)
     res = run_bench(model, n_prompt, n_gen, depth, reps)
+    change = None
+    if depth and model.schedule.method != "none":
+        # the one-off cost of a table change with `depth` tokens cached (re-rotating, or
+        # re-evaluating, the whole cache), measured apart from the pp/tg figures
+        model.reset()
+        rng = np.random.default_rng(4321)
+        model.eval(rng.integers(0, model.n_vocab, depth))
+        change = model.measure_table_change(reps=1 if model.kv_policy == "recompute" else reps)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     row = {
         "model": os.path.basename(model_path),
@@ -92,7 +105,12 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json):
         "reps": reps,
         "kv_bytes": int(_lib.lib.clex_ctx_kv_bytes(model._ctx)),
         "peak_rss_bytes": rss,
+        "rope": model.rope_state,
     }
+    if change:
+        row["table_change_ms"] = 1e3 * _stats(change["seconds"])[0]
+        row["table_change_ms_std"] = 1e3 * _stats(change["seconds"])[1]
+        row["table_change"] = change
     for k in ("pp", "tg"):
         if k in res:
             mean, sd = _stats(res[k])
@@ -109,4 +127,13 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json):
         if f"{k}_tps" in row:
             name = f"{k}{n}" + (f" @ d{depth}" if depth else "")
             click.echo(f"{name:>12} | {row[k + '_tps']:>11.2f} ± {row[k + '_tps_std']:>6.2f}")
+    st = row["rope"]
+    if st["method"] != "none":
+        sched = model.schedule
+        ts = sorted({sched.factor(depth + 1), sched.factor(depth + max(n_prompt, n_gen))})
+        click.echo(f"rope: {st['method']} ({st['mode']}), t = {' .. '.join(f'{t:g}' for t in ts)} in the tests, "
+                   f"kv policy {st['kv_policy']}")
+    if change:
+        click.echo(f"table change at depth {depth} (t {change['from_t']:g} <-> {change['to_t']:g}, "
+                   f"{change['policy']}): {row['table_change_ms']:.2f} ± {row['table_change_ms_std']:.2f} ms")
     click.echo(f"peak RSS: {rss / 2**20:.1f} MiB", err=True)
