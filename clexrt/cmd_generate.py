@@ -75,9 +75,7 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
         if verbose:
             print(f"clexrt: loaded {path} in {time.perf_counter() - t0:.2f} s: n_ctx={model.n_ctx}, "
                   f"threads={getattr(model, 'n_threads', '?')}, vocab={tok.n_vocab}", file=err)
-            state = getattr(model, "rope_state", None)
-            if state:
-                print(f"clexrt: rope {state}", file=err)
+            print(f"clexrt: rope {_rope_line(model)}", file=err)
         ids = tok.encode(prompt, add_bos=True, special=True)
         if not ids:
             if tok.bos_id is None:
@@ -95,11 +93,15 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
         last = ""
         try:
             if n_predict != 0:
+                t_seen = _rope_t(model)
                 for piece in gen:
                     if piece.text:
                         out.write(piece.text)
                         out.flush()
                         last = piece.text
+                    if verbose and _rope_t(model) != t_seen:
+                        t_seen = _rope_t(model)
+                        print(f"\nclexrt: rope t={t_seen:g} from {model.n_past} tokens", file=err)
         except KeyboardInterrupt:
             out.write("\n")
             out.flush()
@@ -111,8 +113,20 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
         _timings(gen, err)
         if verbose:
             print(f"clexrt: finish reason {gen.finish_reason}", file=err)
+            print(f"clexrt: rope {_rope_line(model)} after {model.n_past} tokens", file=err)
     finally:
         model.close()
+
+
+def _rope_t(model) -> float:
+    st = getattr(model, "rope_state", None)
+    return float(st.get("t", 1.0)) if st else 1.0
+
+
+def _rope_line(model) -> str:
+    """The RoPE scaling in force (method, t, table changes), from model.rope_state."""
+    from .rope import describe_state
+    return describe_state(getattr(model, "rope_state", None))
 
 
 def _timings(gen, err) -> None:
