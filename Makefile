@@ -51,6 +51,7 @@ kbench:
 # The C core under AddressSanitizer + UBSan, with the tests that drive it (CI runs this).
 ASAN_TESTS ?= tests/test_kernels.py tests/test_forward.py tests/test_gguf_fuzz.py
 asan: $(STAMP)
+	@mkdir -p build
 	$(VPY) tools/asan_build.py > build/asan.path
 	CLEXRT_NATIVE_LIB=$$(tail -1 build/asan.path) LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
