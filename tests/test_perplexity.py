@@ -120,3 +120,32 @@ def test_cli_too_long_context_is_a_row_error(clex_gguf):
     r = CliRunner().invoke(cmd, ["-m", model, "-f", text, "--ctx", "64,160", "--chunks", "1", "--json"])
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert "ppl" in rows[0] and "L x max_factor" in rows[1]["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the rope options of the other commands
+def test_bench_reports_the_cost_of_a_table_change(clex_gguf):
+    from clexrt.cmd_bench import cmd as bench
+    model, _ = clex_gguf
+    r = CliRunner().invoke(bench, ["-m", model, "-p", "0", "-n", "4", "-d", "40", "-r", "2", "--rope", "clex",
+                                   "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)
+    ch = row["table_change"]
+    assert (ch["from_t"], ch["to_t"], ch["policy"], ch["n_past"]) == (2.0, 3.0, "rerotate", 40)
+    assert len(ch["seconds"]) == 4 and row["table_change_ms"] > 0
+    assert row["rope"]["method"] == "clex"
+    r = CliRunner().invoke(bench, ["-m", model, "-p", "8", "-n", "0", "-d", "40", "-r", "1", "--rope", "none"])
+    assert r.exit_code == 0 and "table change" not in r.stdout
+
+
+def test_generate_verbose_shows_t(clex_gguf):
+    from clexrt.cmd_generate import cmd as generate
+    model, _ = clex_gguf
+    prompt = " ".join(hfgen.CORPUS)[:150]
+    r = CliRunner().invoke(generate, ["-m", model, "-p", prompt, "-n", "12", "--temp", "0", "--verbose",
+                                      "--clex-mode", "continuous"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    err = r.stderr
+    assert "rope clex (continuous) t=1, 0 table changes (rerotate), next at 33 tokens" in err
+    assert "clexrt: rope t=" in err and " after " in err
