@@ -14,8 +14,12 @@ Methods, for a context of N tokens and a scaling factor s = t (the schedule belo
 The factor t depends on N alone (L = training length, M = max factor):
 
     ceil        t = min(ceil(N / L), M)            exactly the official CLEX inference
-    continuous  t = clamp(ceil(N * S / L) / S, 1, M)   N/L rounded up to a step of 1/S (S = 16 by
-                default: the table changes every L/16 tokens); S = 0 follows N/L exactly
+    continuous  t = clamp(ceil(N * S / L) / S, 1, M)   N/L rounded up to a step of 1/S; S = 0
+                follows N/L exactly
+
+S = None (the default) is default_steps(L) = clamp(L // 256, 1, 16): the table changes every L/16
+tokens, but not more often than every 256 tokens, so that re-rotating the cache stays a small part
+of decoding for models with a short L (docs/clex.md).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from .errors import ModelError
 METHODS = ("none", "linear", "ntk", "yarn", "clex")
 MODES = ("ceil", "continuous")
 DEFAULT_STEPS = 16
+MIN_STEP_TOKENS = 256
 # The official CLEX time embedding hard-codes this base, whatever rope_theta is.
 CLEX_NTK_BASE = 10000.0
 
@@ -179,6 +184,11 @@ def phase_error(table: np.ndarray, reference: np.ndarray, position: float) -> fl
                                                  - np.asarray(reference, np.float64)))))
 
 
+def default_steps(train_length: int) -> int:
+    """Steps per unit of t for the continuous mode: 16, fewer where L/16 < 256 tokens."""
+    return max(1, min(DEFAULT_STEPS, int(train_length) // MIN_STEP_TOKENS))
+
+
 # ------------------------------------------------------------------------------------------
 # The schedule: length N -> (method, t, table)
 # ------------------------------------------------------------------------------------------
@@ -203,7 +213,7 @@ class RopeSchedule:
     GGUF's M; the others: None, no cap). Tables are cached by t."""
 
     def __init__(self, method: str, base: np.ndarray, train_length: int, *, mode: str = "ceil",
-                 steps: int = DEFAULT_STEPS, max_factor: float | None = None,
+                 steps: int | None = None, max_factor: float | None = None,
                  clex=None, yarn_beta: tuple[float, float] = (32.0, 1.0)):
         if method not in METHODS:
             raise ModelError(f"unknown rope method {method!r} (choose from {', '.join(METHODS)})")
@@ -218,6 +228,8 @@ class RopeSchedule:
             max_factor = clex.max_factor if max_factor is None else min(max_factor, clex.max_factor)
         if int(train_length) < 1:
             raise ModelError(f"training length must be positive, got {train_length}")
+        if steps is None:
+            steps = default_steps(train_length)
         if int(steps) < 0:
             raise ModelError(f"steps per training length must be >= 0, got {steps}")
         self.method = method

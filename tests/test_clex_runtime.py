@@ -237,12 +237,12 @@ def test_continuous_recompute_equals_full_forward_at_the_new_table(ckpt):
 def test_past_the_clex_range(ckpt):
     path, _, ref = ckpt
     ids = ids_for(L * M + 8, seed=5, vocab=ref.w["lm_head.weight"].shape[0])
-    with Model(path) as m:
+    with Model(path, clex_mode="ceil") as m:
         m.eval(ids[:L * M])
         with pytest.raises(ContextFullError, match="L x max_factor"):
             m.eval(ids[L * M:L * M + 1])
         assert m.n_past == L * M                     # the cache is untouched
-    with Model(path, context_shift=True, n_keep=4) as m:
+    with Model(path, clex_mode="ceil", context_shift=True, n_keep=4) as m:
         m.eval(ids[:L * M])
         before = m.tokens
         last = m.eval(ids[L * M:L * M + 1])
@@ -260,7 +260,7 @@ def test_reserve_makes_a_chunked_prompt_the_one_forward_prompt(ckpt):
     path, _, ref = ckpt
     ids = ids_for(3 * L + 9, seed=11, vocab=ref.w["lm_head.weight"].shape[0])
     n0 = 2 * L + 20
-    with Model(path, kv_policy="rerotate") as m:
+    with Model(path, clex_mode="ceil", kv_policy="rerotate") as m:
         m.reserve(n0)
         for i in range(0, n0, 16):                # a prompt fed 16 tokens at a time
             last = m.eval(ids[i:min(i + 16, n0)])

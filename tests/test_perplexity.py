@@ -87,7 +87,7 @@ def test_cli_sweep_and_json(clex_gguf):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [(x["ctx"], x["method"]) for x in rows] == [(32, "none"), (64, "none"), (32, "clex"), (64, "clex")]
     assert all(x["ppl"] > 1 and x["chunks"] == 2 for x in rows)
-    assert rows[3]["t"] == 2.0 and rows[3]["mode"] == "ceil"
+    assert rows[3]["t"] == 2.0 and rows[3]["mode"] == "continuous"      # the default mode
     # at ctx <= L the CLEX model runs its stored frequencies: the same numbers as none
     assert math.isclose(rows[0]["ppl"], rows[2]["ppl"], rel_tol=1e-6)
 
@@ -128,7 +128,7 @@ def test_bench_reports_the_cost_of_a_table_change(clex_gguf):
     from clexrt.cmd_bench import cmd as bench
     model, _ = clex_gguf
     r = CliRunner().invoke(bench, ["-m", model, "-p", "0", "-n", "4", "-d", "40", "-r", "2", "--rope", "clex",
-                                   "--json"], catch_exceptions=False)
+                                   "--clex-mode", "ceil", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     row = json.loads(r.stdout)
     ch = row["table_change"]

@@ -217,3 +217,15 @@ def test_model_rope_choices(tiny):
         Model(tiny, rope="dynamic")
     with pytest.raises(ModelError, match="mode"):
         Model(tiny, rope="ntk", clex_mode="floor")
+
+
+def test_default_steps_keep_table_changes_at_least_256_tokens_apart():
+    assert [rope.default_steps(L) for L in (32, 512, 1024, 2048, 4096, 8192, 32768)] == [1, 2, 4, 8, 16, 16, 16]
+    inv = rope.base_inv_freq(10000.0, 16)
+    for L_ in (512, 2048, 4096, 8192):
+        s = rope.RopeSchedule("ntk", inv, L_, mode="continuous")
+        n, gaps = L_, []
+        while (nxt := s.next_change(n)) is not None and nxt < 6 * L_:
+            gaps.append(nxt - n)
+            n = nxt
+        assert min(gaps[1:]) == max(256, L_ // 16)
