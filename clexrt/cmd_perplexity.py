@@ -182,6 +182,7 @@ def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, chunks, threads,
     train_length = None
     tokens = tok = None
     failed = 0
+    done = set()
     for method in methods:
         for mode in modes:
             try:
@@ -193,6 +194,12 @@ def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, chunks, threads,
                 failed += 1
                 print(f"perplexity: rope {method}{'' if mode is None else f' ({mode})'}: {e}", file=err)
                 continue
+            st = model.schedule
+            key = (st.method, None if st.method == "none" else st.mode)
+            if key in done:          # e.g. none under several modes: one row is enough
+                model.close()
+                continue
+            done.add(key)
             try:
                 if tokens is None:
                     tok = Tokenizer.from_metadata(model.metadata)
