@@ -9,7 +9,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 
 import click

@@ -168,11 +168,10 @@ def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, chunks, threads,
     methods = _split(rope, "rope method")
     modes = _split(clex_mode, "mode") if clex_mode else [None]
     if plot_path:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
             raise ClexError("--plot needs matplotlib, which is not installed: pip install 'clexrt[plot]' "
-                            "(or pip install matplotlib)") from None
+                            "(or pip install matplotlib)")
     path = resolve_model(model_name)
     with open(text_file, encoding="utf-8", errors="replace") as fh:
         text = fh.read()
