@@ -131,6 +131,11 @@ class Session:
         if keep < len(self.tokens):
             self.truncate(keep)
         self.n_prefill_eval = len(prompt) - keep
+        # the whole prompt is one forward at one rope table (the official semantics), even
+        # though it is evaluated a chunk at a time so Ctrl-C lands quickly
+        reserve = getattr(self.model, "reserve", None)
+        if reserve is not None:
+            reserve(len(prompt))
         return self.eval(prompt[keep:])
 
 

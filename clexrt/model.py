@@ -215,13 +215,10 @@ class Model:
         self._table = inv
 
     def _set_attn_factor(self, f: float) -> None:
-        """YaRN's temperature: q.k scaled by f^2, through the C core's attention scale where it
-        has one (clex_ctx_set_attn_scale); rope_state says whether it is applied."""
-        fn = getattr(lib, "clex_ctx_set_attn_scale", None)
-        if fn is not None:
-            check(fn(self._ctx, float(f) * float(f)))
+        """YaRN's temperature: q and k each scaled by f, so q.k by f^2 (the C core's attention scale)."""
+        check(lib.clex_ctx_set_attn_scale(self._ctx, float(f) * float(f)))
         self._attn_factor = float(f)
-        self._attn_applied = fn is not None or f == 1.0
+        self._attn_applied = True
 
     @property
     def rope_table(self) -> np.ndarray:

@@ -276,3 +276,16 @@ def test_reserve_makes_a_chunked_prompt_the_one_forward_prompt(ckpt):
         m.truncate(10)
         m.eval(ids[10:12])
         assert m.rope_state["t"] == 1                  # truncate forgets the reservation
+
+
+def test_session_prefill_is_one_forward_across_chunks(ckpt):
+    """Generation's chunked prefill (16 tokens per eval here) crossing 2L gives the official
+    one-forward prompt: no table change between chunks."""
+    from clexrt.generate import Session
+    path, _, ref = ckpt
+    ids = ids_for(2 * L + 20, seed=12, vocab=ref.w["lm_head.weight"].shape[0])
+    with Model(path, clex_mode="ceil", kv_policy="rerotate") as m:
+        s = Session(m, chunk=16)
+        last = s.prefill(ids)
+        assert m.rope_state["table_changes"] == 0 and m.rope_state["t"] == 3
+        np.testing.assert_allclose(last, ref.full(ids)[-1], atol=TOL)

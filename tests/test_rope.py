@@ -195,14 +195,39 @@ def test_recompute_decoding_equals_the_full_forward(tiny, method):
             if n % 7 == 0 or n == len(ids):
                 want = full.logits(ids[:n])[-1]
                 assert full.rope_state["t"] == m.rope_state["t"] == max(math.ceil(n * 8 / 32) / 8, 1)
-                # YaRN's temperature (q.k scaled) needs the C core's attention scale: both sides
-                # run without it alike where the core lacks it (rope_state says so)
                 np.testing.assert_allclose(last, want, atol=2e-4)
         st = m.rope_state
         assert st["method"] == method and st["table_changes"] == 11     # at n = 33, 37, ..., 73
         assert st["kv_policy"] == "recompute" and st["next_change"] == 77
         if method == "yarn":
-            assert st["attn_factor"] > 1 and "attn_factor_applied" in st
+            assert st["attn_factor"] > 1 and st["attn_factor_applied"] is True
+
+
+def test_yarn_temperature_scales_attention_logits(tiny):
+    """YaRN at N = 3L: the YaRN table and q.k scaled by attn_factor^2, against the numpy reference."""
+    from clexrt import Model
+    from tinymodel import TinyConfig, read_weights, reference_forward
+    ids = np.random.default_rng(2).integers(0, 96, 96)
+    with Model(tiny, n_ctx=96, rope="yarn") as m:
+        got = m.logits(ids)
+        st, table = m.rope_state, m.rope_table
+    assert st["t"] == 3.0 and st["attn_factor"] == pytest.approx(rope.yarn_attn_factor(3.0))
+    assert st["attn_factor"] > 1.1 and st["attn_factor_applied"] is True
+    w = read_weights(tiny)
+    want = reference_forward(w, TinyConfig(n_ctx=32), ids, inv_freq=table, kq_scale=st["attn_factor"] ** 2)
+    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+    # without the temperature the logits are measurably different: the scale is really applied
+    plain = reference_forward(w, TinyConfig(n_ctx=32), ids, inv_freq=table)
+    assert np.abs(got - plain).max() > 1e-2
+
+
+def test_attention_scale_is_checked(tiny):
+    from clexrt import Model
+    from clexrt._lib import lib
+    with Model(tiny) as m:
+        for bad in (0.0, -1.0, float("nan"), float("inf")):
+            assert lib.clex_ctx_set_attn_scale(m._ctx, bad) != 0
+        assert lib.clex_ctx_set_attn_scale(m._ctx, 1.0) == 0
 
 
 def test_model_rope_choices(tiny):

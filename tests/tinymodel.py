@@ -141,11 +141,12 @@ ACT_OF = {"f32": None, "f16": None, "bf16": None, "q8_0": "q8_0", "q4_0": "q8_0"
 
 
 def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
-                      act: str | None = None) -> np.ndarray:
+                      act: str | None = None, kq_scale: float = 1.0) -> np.ndarray:
     """Textbook LLaMA forward in float64: [len(ids), n_vocab] logits. Rotary pairs are adjacent
     (GGUF layout) and position p turns pair i by p * inv_freq[i] (angles from float32 products,
     as the runtime forms them). `act` ("q8_0"/"q8_1", or a dict tensor name -> that) rounds a
-    matrix product's input to 8-bit blocks first, as integer products of quantized weights do."""
+    matrix product's input to 8-bit blocks first, as integer products of quantized weights do.
+    kq_scale multiplies every attention logit q.k/sqrt(d) (YaRN's temperature: mscale^2)."""
     E, H, HKV, D = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
     n_rot = n_rot or D
     inv = rope_table(cfg.rope_base, n_rot) if inv_freq is None else np.asarray(inv_freq, np.float32)
@@ -180,7 +181,7 @@ def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
         rep = H // HKV
         k = np.repeat(k, rep, axis=1)
         v = np.repeat(v, rep, axis=1)
-        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(D) + mask
+        s = np.einsum("thd,shd->hts", q, k) * (kq_scale / np.sqrt(D)) + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         o = np.einsum("hts,shd->thd", s, v).reshape(T, H * D)

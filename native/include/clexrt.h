@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 3
+#define CLEX_ABI_VERSION 4
 
 enum {
     CLEX_OK = 0,
@@ -140,6 +140,9 @@ uint64_t clex_ctx_kv_bytes(const clex_ctx *c);
  * pos * inv_freq[i] (adjacent-pair layout: elements 2i and 2i+1). Applies to tokens evaluated
  * from now on; cached keys keep the table they were rotated with (see clex_ctx_rerotate). */
 int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n);
+/* Attention logits are q.k * kq_scale / sqrt(head_dim); kq_scale defaults to 1 (YaRN's
+ * temperature sets it to mscale^2). Must be finite and positive; applies from the next eval. */
+int clex_ctx_set_attn_scale(clex_ctx *c, float kq_scale);
 /* Rotate the cached keys at positions [0, n_past) from table `old_inv` to the current table. */
 int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past);
 /* Context shift: drop cached positions [n_keep, n_keep + n_discard) of [0, n_past), move the

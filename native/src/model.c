@@ -45,6 +45,7 @@ struct clex_ctx {
     clex_pool *pool;
     int32_t n_pairs;       /* n_rot / 2 */
     float *inv_freq;       /* [n_pairs] the table new tokens are rotated with */
+    float kq_scale;        /* extra factor on q.k/sqrt(head_dim) (YaRN temperature); 1 by default */
     float *k_cache;        /* [n_layer][n_head_kv][n_ctx][head_dim] */
     float *v_cache;        /* same */
     uint64_t kv_bytes;
@@ -239,6 +240,7 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
     c->n_pairs = hp->n_rot / 2;
+    c->kq_scale = 1.0f;
     int rc = clex_pool_create(n_threads, &c->pool);
     if (rc) { free(c); return rc; }
     const size_t B = (size_t)n_batch, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
@@ -283,6 +285,14 @@ int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n) {
     for (int32_t i = 0; i < n; i++)
         if (!isfinite(inv_freq[i])) return clex_fail(CLEX_E_INVALID, "rope table entry %d is not finite", i);
     memcpy(c->inv_freq, inv_freq, (size_t)n * sizeof(float));
+    return CLEX_OK;
+}
+
+int clex_ctx_set_attn_scale(clex_ctx *c, float kq_scale) {
+    if (!c) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (!isfinite(kq_scale) || !(kq_scale > 0.0f))
+        return clex_fail(CLEX_E_INVALID, "attention scale must be finite and positive, got %g", (double)kq_scale);
+    c->kq_scale = kq_scale;
     return CLEX_OK;
 }
 
@@ -470,7 +480,7 @@ static void forward_job(void *varg, int ith, int nth) {
     }
     clex_pool_barrier(pool);
 
-    const float scale = 1.0f / sqrtf((float)D);
+    const float scale = c->kq_scale / sqrtf((float)D);
     float *scores = c->scores + (int64_t)ith * n_ctx;
 
     for (int l = 0; l < hp->n_layer; l++) {
@@ -612,11 +622,13 @@ typedef struct {
     const float *old_inv;   /* table the cached keys carry */
     int32_t n;              /* positions to process */
     int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
+    float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
 } rot_args;
 
 /* For each (layer, kv head): keys at src0+j, rotated with old_inv at that position, become keys
- * at dst0+j rotated with the current table. The rotation angle difference is formed in double
- * from the two float angles the forward pass would use, so the result matches a fresh rotation. */
+ * at dst0+j rotated with the current table. The change of angle is formed in double from the two
+ * float angles the forward pass would use, so the result matches a fresh rotation; its cos and
+ * sin are computed once per (position, pair) and shared by every layer and head. */
 static void rotate_job(void *varg, int ith, int nth) {
     rot_args *ra = varg;
     clex_ctx *c = ra->c;
@@ -624,19 +636,33 @@ static void rotate_job(void *varg, int ith, int nth) {
     const int64_t D = hp->head_dim, n_ctx = c->n_ctx, P = c->n_pairs;
     const int64_t units = (int64_t)hp->n_layer * hp->n_head_kv;
     int64_t lo, hi;
+
+    split(ra->n, ith, nth, &lo, &hi);
+    for (int64_t j = lo; j < hi; j++) {
+        const float ps = (float)(ra->src0 + j), pd = (float)(ra->dst0 + j);
+        float *cs = ra->cs + j * P * 2;
+        for (int64_t i = 0; i < P; i++) {
+            const double delta = (double)(pd * c->inv_freq[i]) - (double)(ps * ra->old_inv[i]);
+            cs[2 * i] = (float)cos(delta);
+            cs[2 * i + 1] = (float)sin(delta);
+        }
+    }
+    clex_pool_barrier(c->pool);
+
+    /* positions in increasing order within each (layer, head): a shift moves keys down, so a
+     * position is always read before anything is written over it */
     split(units, ith, nth, &lo, &hi);
     for (int64_t u = lo; u < hi; u++) {
         float *kb = c->k_cache + u * n_ctx * D;
         float *vb = c->v_cache + u * n_ctx * D;
-        for (int32_t j = 0; j < ra->n; j++) {
+        for (int64_t j = 0; j < ra->n; j++) {
             const int64_t ps = ra->src0 + j, pd = ra->dst0 + j;
-            float *ks = kb + ps * D, *kd = kb + pd * D;
+            const float *ks = kb + ps * D, *cs = ra->cs + j * P * 2;
+            float *kd = kb + pd * D;
             for (int64_t i = 0; i < P; i++) {
-                const double delta = (double)((float)pd * c->inv_freq[i]) - (double)((float)ps * ra->old_inv[i]);
-                const double cs = cos(delta), sn = sin(delta);
-                const double a = ks[2 * i], b = ks[2 * i + 1];
-                kd[2 * i] = (float)(a * cs - b * sn);
-                kd[2 * i + 1] = (float)(a * sn + b * cs);
+                const float a = ks[2 * i], b = ks[2 * i + 1], co = cs[2 * i], sn = cs[2 * i + 1];
+                kd[2 * i] = a * co - b * sn;
+                kd[2 * i + 1] = a * sn + b * co;
             }
             if (pd != ps) {
                 memmove(kd + 2 * P, ks + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
@@ -646,13 +672,21 @@ static void rotate_job(void *varg, int ith, int nth) {
     }
 }
 
+static int rotate_run(clex_ctx *c, const float *old_inv, int32_t n, int32_t src0, int32_t dst0) {
+    if (n <= 0) return CLEX_OK;
+    float *cs = malloc((size_t)n * (size_t)c->n_pairs * 2 * sizeof(float));
+    if (!cs) return clex_fail(CLEX_E_NOMEM, "out of memory rotating %d cached positions", n);
+    rot_args ra = {c, old_inv, n, src0, dst0, cs};
+    clex_pool_run(c->pool, rotate_job, &ra);
+    free(cs);
+    return CLEX_OK;
+}
+
 int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past) {
     if (!c || !old_inv) return clex_fail(CLEX_E_INVALID, "NULL argument");
     if (n_past < 0 || n_past > c->n_ctx)
         return clex_fail(CLEX_E_INVALID, "n_past %d outside the context of %d", n_past, c->n_ctx);
-    rot_args ra = {c, old_inv, n_past, 0, 0};
-    clex_pool_run(c->pool, rotate_job, &ra);
-    return CLEX_OK;
+    return rotate_run(c, old_inv, n_past, 0, 0);
 }
 
 int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discard) {
@@ -660,10 +694,7 @@ int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discar
     if (n_past < 0 || n_past > c->n_ctx || n_keep < 0 || n_discard <= 0 || (int64_t)n_keep + n_discard > n_past)
         return clex_fail(CLEX_E_INVALID, "bad context shift: n_past %d, keep %d, discard %d (context %d)", n_past,
                          n_keep, n_discard, c->n_ctx);
-    /* moving down in increasing order never overwrites a position still to be read */
-    rot_args ra = {c, c->inv_freq, n_past - n_keep - n_discard, n_keep + n_discard, n_keep};
-    clex_pool_run(c->pool, rotate_job, &ra);
-    return CLEX_OK;
+    return rotate_run(c, c->inv_freq, n_past - n_keep - n_discard, n_keep + n_discard, n_keep);
 }
 
 /* ------------------------------------------------------------------ standalone product (tests, tools) */
