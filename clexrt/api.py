@@ -71,13 +71,16 @@ class Llama:
     >>> llm("The capital of France is", max_tokens=8, temperature=0)["choices"][0]["text"]
 
     clexrt-specific arguments: `rope` (the scaling method: "auto" reads the GGUF), `clex_mode`
-    and `kv_policy` (see the model docs); they are passed to :class:`clexrt.model.Model`.
+    and `kv_policy` (see the model docs), `context_shift` and `n_keep` (past the context, drop the
+    older half of the tokens after the first n_keep instead of stopping); they are passed to
+    :class:`clexrt.model.Model`.
     """
 
     def __init__(self, model_path: str, *, n_ctx: int = 0, n_threads: int | None = None,
                  n_batch: int = 512, seed: int = LLAMA_DEFAULT_SEED, verbose: bool = False,
                  vocab_only: bool = False, last_n_tokens_size: int = 64, rope: str = "auto",
-                 clex_mode: str | None = None, kv_policy: str | None = None, **kwargs):
+                 clex_mode: str | None = None, kv_policy: str | None = None,
+                 context_shift: bool = False, n_keep: int = 1, **kwargs):
         unknown = set(kwargs) - _IGNORED_INIT
         if unknown:
             raise TypeError(f"Llama() got unexpected arguments: {', '.join(sorted(unknown))}")
@@ -94,7 +97,8 @@ class Llama:
             from .model import Model
 
             model = Model(self.model_path, n_ctx=n_ctx, n_threads=n_threads, rope=rope,
-                          clex_mode=clex_mode, kv_policy=kv_policy, n_batch=n_batch)
+                          clex_mode=clex_mode, kv_policy=kv_policy, n_batch=n_batch,
+                          context_shift=context_shift, n_keep=n_keep)
             md = model.metadata
         tokenizer = Tokenizer.from_metadata(md)
         self._setup(model, tokenizer, md, seed=seed, verbose=verbose, n_ctx=n_ctx,
@@ -386,6 +390,9 @@ class Llama:
                     text = echo
                 base = len(text)
                 yield "piece", (text, lp)
+            if (max_tokens is None or max_tokens <= 0) and session.shifts:
+                # "until the context is full" never comes with context shift: one context's worth
+                max_tokens = max(1, self.n_ctx() - len(prompt_tokens))
             gen = Generation(session, self._tokenizer, prompt_tokens, sampler,
                              max_tokens=max_tokens, stop=stops, logprobs=n_logprobs)
             for piece in gen:

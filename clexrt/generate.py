@@ -63,6 +63,12 @@ class Session:
     def n_past(self) -> int:
         return len(self.tokens)
 
+    @property
+    def shifts(self) -> bool:
+        """Whether the model makes room itself when the context is full (Model(context_shift=True)):
+        then evals never fail for length, and the cache drops older tokens after the first n_keep."""
+        return bool(getattr(self.model, "context_shift", False))
+
     def reset(self) -> None:
         self.tokens.clear()
         self.model.reset()
@@ -99,7 +105,7 @@ class Session:
         if not tokens:
             raise ValueError("eval needs at least one token")
         self._sync()
-        if len(self.tokens) + len(tokens) > self.n_ctx:
+        if not self.shifts and len(self.tokens) + len(tokens) > self.n_ctx:
             raise ContextFullError(
                 f"{len(self.tokens)} cached + {len(tokens)} new tokens exceed the context "
                 f"of {self.n_ctx} tokens")
@@ -109,7 +115,10 @@ class Session:
             before = len(self.tokens)
             try:
                 logits = self.model.eval(part)
-                self.tokens.extend(part)
+                if self.shifts and int(self.model.n_past) != before + len(part):
+                    self.tokens[:] = [int(t) for t in self.model.tokens]     # it shifted
+                else:
+                    self.tokens.extend(part)
             except BaseException:
                 self._recover(before)
                 raise
@@ -309,7 +318,7 @@ class Generation:
                 if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
                     self.finish_reason = "length"
                     break
-                if session.n_past >= session.n_ctx:
+                if session.n_past >= session.n_ctx and not session.shifts:
                     self.finish_reason = "length"
                     break
                 logits = session.eval([tok])

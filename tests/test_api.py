@@ -390,3 +390,25 @@ def test_smollm2_interrupted_prompt_leaves_the_model_usable(smol, monkeypatch):
     monkeypatch.undo()
     assert calls[0] == 64 and smol.n_tokens == model.n_past == 64
     assert smol(prompt, max_tokens=3, temperature=0)["choices"][0]["text"] == want
+
+
+@needs_model
+def test_context_shift_generates_past_the_context():
+    """Llama(context_shift=True) goes on past n_ctx (the older half dropped after the first token),
+    with the generation's and the model's token lists in step; without it, the context ends it."""
+    prompt = "Once upon a time"
+    with Llama(SMOL, n_ctx=48, seed=1, context_shift=True) as llm:
+        out = llm(prompt, max_tokens=80, temperature=0)
+        n_prompt = out["usage"]["prompt_tokens"]
+        assert out["usage"]["completion_tokens"] == 80 and n_prompt + 80 > 48
+        assert out["choices"][0]["finish_reason"] == "length"
+        model, session = llm._model, llm._session
+        assert model.n_past <= 48 and session.tokens == [int(t) for t in model.tokens]
+        assert session.tokens[0] == llm.tokenize(prompt.encode())[0]     # the first token is kept
+        again = llm("Once upon a time", max_tokens=8, temperature=0)      # still usable
+        assert again["usage"]["completion_tokens"] == 8
+    with Llama(SMOL, n_ctx=48, seed=1) as llm:
+        out = llm(prompt, max_tokens=80, temperature=0)
+        # the cache fills (48), and one more token comes from the last position's logits
+        assert out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"] == 49
+        assert out["choices"][0]["finish_reason"] == "length"
