@@ -16,7 +16,8 @@ Layout (little-endian, versions 2 and 3; v1 used 32-bit counts and is not suppor
     data section: tensor bytes at data_offset + offset
     str = u64 length + bytes;  array = u32 elem_type, u64 count, elements
 
-Only the standard library, numpy and the gguf package's type-size table are used.
+Only the standard library and numpy are used (not the gguf package: importing it costs ~5 MiB of
+resident memory, and its reader checks none of the above).
 """
 from __future__ import annotations
 
@@ -28,9 +29,24 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import GGUFError
+
+# ggml tensor types: id -> (name, elements per block, bytes per block). These are file-format
+# facts; tests/test_gguf_file.py checks them against the gguf package's table.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
+    27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
+}
+TYPE_F32, TYPE_F16 = 0, 1
 
 __all__ = ["GGUFFile", "TensorInfo", "ValueType", "LlamaHParams", "read_metadata",
            "validate_llama", "SUPPORTED_ARCHS", "MAX_ALIGNMENT", "MAX_ARRAY_DEPTH"]
@@ -124,10 +140,7 @@ def _q(name: str, limit: int = 120) -> str:
 
 
 def _type_name(t: int) -> str:
-    try:
-        return GGMLQuantizationType(t).name
-    except ValueError:
-        return f"type{t}"
+    return GGML_TYPES[t][0] if t in GGML_TYPES else f"type{t}"
 
 
 def _value_type_name(t: int) -> str:
@@ -308,10 +321,10 @@ class _Parser:
 def _check_tensor(p: _Parser, name: str, ggml_type: int, shape: tuple[int, ...], rel: int,
                   data_offset: int, alignment: int) -> TensorInfo:
     where = f"tensor {_q(name)}"
-    if ggml_type not in GGML_QUANT_SIZES:
+    if ggml_type not in GGML_TYPES:
         raise p.err(f"{where}: unknown ggml type id {ggml_type}")
     type_name = _type_name(ggml_type)
-    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    _, block, type_size = GGML_TYPES[ggml_type]
     n = 1
     for i, d in enumerate(shape):
         if d == 0:
@@ -467,8 +480,8 @@ class GGUFFile:
         """A read-only numpy view: F32/F16 as float32/float16 in numpy order (shape reversed,
         e.g. (ne1, ne0)); any other type as its raw bytes (uint8, 1-D)."""
         t = self.tensor_info(name)
-        if t.ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            dt = np.dtype("<f4") if t.ggml_type == GGMLQuantizationType.F32 else np.dtype("<f2")
+        if t.ggml_type in (TYPE_F32, TYPE_F16):
+            dt = np.dtype("<f4") if t.ggml_type == TYPE_F32 else np.dtype("<f2")
             a = np.frombuffer(self.buffer, dtype=dt, count=t.n_elements, offset=t.offset)
             return a.reshape(t.shape[::-1])
         return np.frombuffer(self.buffer, dtype=np.uint8, count=t.nbytes, offset=t.offset)
@@ -595,7 +608,7 @@ class _ModelChecker:
             return None
         if t.shape != shape:
             raise self.err(f"tensor {_q(name)}: shape {list(t.shape)}, expected {list(shape)}")
-        if f32 and t.ggml_type != GGMLQuantizationType.F32:
+        if f32 and t.ggml_type != TYPE_F32:
             raise self.err(f"tensor {_q(name)}: type {t.type_name}, expected F32")
         return t
 

@@ -703,3 +703,21 @@ def test_from_bytes_matches_file(tiny):
             assert not a.flags.writeable
     with pytest.raises(GGUFError, match="^mem: .*truncated at byte 100"):
         GGUFFile.from_bytes(data[:100], "mem")
+
+
+def test_type_table_matches_the_gguf_package():
+    """Our ggml type table (names, block sizes, bytes per block) is the gguf package's, for every
+    type both know; the loader does not import gguf (it costs resident memory)."""
+    from gguf.constants import GGML_QUANT_SIZES
+    from clexrt.gguf_file import GGML_TYPES
+    for t, (block, size) in GGML_QUANT_SIZES.items():
+        if int(t) in GGML_TYPES:
+            assert GGML_TYPES[int(t)] == (t.name, block, size)
+    assert {int(t) for t in GGML_QUANT_SIZES} >= set(GGML_TYPES)
+    assert {0, 1, 2, 3, 8, 30} <= set(GGML_TYPES)
+    import subprocess
+    import sys
+    code = ("import sys, clexrt.model, clexrt.tokenizer, clexrt.api; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gguf'))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
