@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 NATIVE  := $(wildcard native/src/*.c native/src/arch/*/*.c native/include/*.h native/build.py)
 
-.PHONY: install test test-fast chat bench asan fuzz kbench neon-check clean
+.PHONY: install test test-fast chat bench asan fuzz kbench neon-check train-clex clean
 
 install: $(STAMP)
 
@@ -67,6 +67,13 @@ fuzz: $(STAMP)
 	$(VPY) -m pip install -q atheris
 	mkdir -p build/fuzz/gguf_corpus
 	$(VPY) tools/fuzz_gguf_atheris.py -max_total_time=$${FUZZ_SECONDS:-600} -timeout=2 -rss_limit_mb=2048 build/fuzz/gguf_corpus
+
+# The tiny CLEX-LLaMA of docs/tiny_clex.md (issue 8): corpus (Debian's python3.11-doc), tokenizer,
+# base / CLEX / twin training (about an hour on 2 cores), HF export, models/*.gguf, evaluation, table
+# and plot. CLEX_DEB=path/to/python3.11-doc_*.deb skips `apt-get download`; steps already done are skipped.
+train-clex: $(STAMP) $(VENV)/.torch
+	$(VPY) -m pip install -q 'matplotlib>=3.7'
+	$(VPY) tools/train_clex/pipeline.py $(TRAIN_CLEX_ARGS)
 
 clean:
 	rm -rf build *.egg-info clexrt/_native*.so clexrt/_native.c
