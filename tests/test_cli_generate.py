@@ -167,11 +167,13 @@ def test_prompt_ids_equal_llamacpp():
         assert tok.encode(case["prompt"], add_bos=True, special=True) == case["prompt_ids"]
 
 
-# Where llama.cpp's greedy path passes a near-tie (top-2 logits 0.05-0.15 apart), our logits,
-# which differ from llama.cpp's by ~0.2 (it keeps the KV cache in f16 and the Q8_1 activation
-# scales in fp16; we keep f32), can pick the other token. Known open point of issue 3: those
-# cases are expected failures until the runtime offers llama.cpp's numerics.
-_NEAR_TIE = pytest.mark.xfail(reason="near-tie logits: f16 KV cache / fp16 Q8_1 scales in llama.cpp",
+# Where llama.cpp's greedy path passes a near-tie (top-2 logits 0.05-0.15 apart), our logits for
+# the Q4_1 file can pick the other token: with 8-bit activations this model amplifies any rounding
+# difference to logit differences of std ~0.2 (tools/q4_sensitivity.py: rounding only the
+# activation scales to fp16 moves our own logits that much, as far as llama.cpp's are from ours).
+# Exact equality would need ggml's every rounding step. On float weights (below, the F32 copy)
+# the two runtimes agree on all five prompts.
+_NEAR_TIE = pytest.mark.xfail(reason="Q4_1 near-tie: 8-bit activation rounding differs from ggml's",
                               strict=False)
 
 
@@ -260,3 +262,32 @@ def test_info_shows_clex_tables(tmp_path):
     r = run("info", str(path))
     assert r.exit_code == 0, r.output
     assert "clex:" in r.stdout and "train_length: " in r.stdout and "grid: " in r.stdout
+
+
+DATA_F32 = Path(__file__).parent / "data" / "llamacpp_greedy_f32.json"
+
+
+@pytest.fixture(scope="module")
+def smol_f32(tmp_path_factory):
+    from f32copy import f32_copy, tensor_data_sha256
+    rec = json.loads(DATA_F32.read_text())
+    path = str(tmp_path_factory.mktemp("f32") / "smollm2-f32.gguf")
+    f32_copy(SMOL, path)
+    assert tensor_data_sha256(path) == rec["model"]["tensor_data_sha256"]   # the weights llama.cpp ran
+    return path, rec["cases"]
+
+
+@needs_model
+def test_greedy_equals_llamacpp_on_float_weights(smol_f32):
+    """On the F32 copy of SmolLM2 (no 8-bit activations on either side) our greedy text is
+    llama-completion's for every recorded prompt, through the Llama API and the CLI."""
+    from clexrt.api import Llama
+
+    path, cases = smol_f32
+    with Llama(path, n_ctx=512) as llm:
+        for case in cases:
+            out = llm(case["prompt"], max_tokens=case["n_predict"], temperature=0)["choices"][0]
+            assert out["text"] == case["completion"], case["prompt"]
+            assert (out["finish_reason"] == "stop") == case["hit_eog"]
+    r = run("generate", "-m", path, "-p", cases[1]["prompt"], "-n", "32", "--temp", "0", "-c", "512")
+    assert r.exit_code == 0 and r.stdout == cases[1]["completion"]
