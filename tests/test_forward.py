@@ -109,23 +109,14 @@ def smollm2_ref(smollm2, tmp_path_factory):
     import gguf
     from clexrt.tokenizer import Tokenizer
     ids = Tokenizer.from_gguf(smollm2).encode("The capital of France is Paris, and the capital of Italy is")[:12]
-    r = gguf.GGUFReader(smollm2)
-
-    def num(key):
-        f = r.fields[key]
-        return f.parts[f.data[0]][0].item()
-
-    cfg = tm.TinyConfig(n_vocab=49152, n_embd=num("llama.embedding_length"), n_layer=num("llama.block_count"),
-                        n_head=num("llama.attention.head_count"), n_head_kv=num("llama.attention.head_count_kv"),
-                        n_ff=num("llama.feed_forward_length"), rope_base=num("llama.rope.freq_base"),
-                        eps=num("llama.attention.layer_norm_rms_epsilon"), tied=True,
-                        n_ctx=num("llama.context_length"))
+    cfg = tm.config_from_gguf(smollm2)
     w = tm.read_weights(smollm2)
     f32 = tmp_path_factory.mktemp("smol") / "smollm2-f32.gguf"
     wr = gguf.GGUFWriter(str(f32), "llama")
-    for key in ("context_length", "embedding_length", "block_count", "feed_forward_length",
-                "attention.head_count", "attention.head_count_kv", "rope.dimension_count"):
-        wr.add_uint32(f"llama.{key}", num(f"llama.{key}"))
+    for key, v in (("context_length", cfg.n_ctx), ("embedding_length", cfg.n_embd), ("block_count", cfg.n_layer),
+                   ("feed_forward_length", cfg.n_ff), ("attention.head_count", cfg.n_head),
+                   ("attention.head_count_kv", cfg.n_head_kv), ("rope.dimension_count", cfg.head_dim)):
+        wr.add_uint32(f"llama.{key}", v)
     wr.add_float32("llama.rope.freq_base", cfg.rope_base)
     wr.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.eps)
     for name, arr in w.items():

@@ -112,6 +112,22 @@ def read_weights(path) -> dict[str, np.ndarray]:
     return out
 
 
+def config_from_gguf(path, tied: bool = True) -> TinyConfig:
+    """The shape of a real LLaMA GGUF (read by gguf-py) as a TinyConfig for reference_forward."""
+    r = gguf.GGUFReader(str(path))
+
+    def num(key):
+        f = r.fields[key]
+        return f.parts[f.data[0]][0].item()
+
+    emb = next(t for t in r.tensors if t.name == "token_embd.weight")
+    return TinyConfig(n_vocab=int(emb.shape[1]), n_embd=num("llama.embedding_length"),
+                      n_layer=num("llama.block_count"), n_head=num("llama.attention.head_count"),
+                      n_head_kv=num("llama.attention.head_count_kv"), n_ff=num("llama.feed_forward_length"),
+                      rope_base=num("llama.rope.freq_base"), eps=num("llama.attention.layer_norm_rms_epsilon"),
+                      tied=tied, n_ctx=num("llama.context_length"))
+
+
 def rope_table(base: float, n_rot: int) -> np.ndarray:
     return (base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)).astype(np.float32)
 

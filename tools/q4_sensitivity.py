@@ -33,16 +33,8 @@ def main():
     path = smollm2_path()
     if path is None:
         sys.exit("SmolLM2 is not installed: make install")
+    cfg = tm.config_from_gguf(path)
     r = gguf.GGUFReader(path)
-
-    def num(key):
-        f = r.fields[key]
-        return f.parts[f.data[0]][0].item()
-
-    cfg = tm.TinyConfig(n_vocab=49152, n_embd=num("llama.embedding_length"), n_layer=num("llama.block_count"),
-                        n_head=num("llama.attention.head_count"), n_head_kv=num("llama.attention.head_count_kv"),
-                        n_ff=num("llama.feed_forward_length"), rope_base=num("llama.rope.freq_base"),
-                        eps=num("llama.attention.layer_norm_rms_epsilon"), tied=True)
     w = tm.read_weights(path)
     types = {t.name: t.tensor_type.name.lower() for t in r.tensors}
     ours = {n: tm.ACT_OF.get(t) for n, t in types.items()}             # q8_1 (float scale) for Q4_1
