@@ -72,15 +72,15 @@ class Llama:
 
     clexrt-specific arguments: `rope` (the scaling method: "auto" reads the GGUF), `clex_mode`
     and `kv_policy` (see the model docs), `context_shift` and `n_keep` (past the context, drop the
-    older half of the tokens after the first n_keep instead of stopping); they are passed to
-    :class:`clexrt.model.Model`.
+    older half of the tokens after the first n_keep instead of stopping), `kv_type` ("f32", or
+    "f16" for half the KV cache's memory); they are passed to :class:`clexrt.model.Model`.
     """
 
     def __init__(self, model_path: str, *, n_ctx: int = 0, n_threads: int | None = None,
                  n_batch: int = 512, seed: int = LLAMA_DEFAULT_SEED, verbose: bool = False,
                  vocab_only: bool = False, last_n_tokens_size: int = 64, rope: str = "auto",
                  clex_mode: str | None = None, kv_policy: str | None = None,
-                 context_shift: bool = False, n_keep: int = 1, **kwargs):
+                 context_shift: bool = False, n_keep: int = 1, kv_type: str = "f32", **kwargs):
         unknown = set(kwargs) - _IGNORED_INIT
         if unknown:
             raise TypeError(f"Llama() got unexpected arguments: {', '.join(sorted(unknown))}")
@@ -98,7 +98,7 @@ class Llama:
 
             model = Model(self.model_path, n_ctx=n_ctx, n_threads=n_threads, rope=rope,
                           clex_mode=clex_mode, kv_policy=kv_policy, n_batch=n_batch,
-                          context_shift=context_shift, n_keep=n_keep)
+                          context_shift=context_shift, n_keep=n_keep, kv_type=kv_type)
             md = model.metadata
         tokenizer = Tokenizer.from_metadata(md)
         self._setup(model, tokenizer, md, seed=seed, verbose=verbose, n_ctx=n_ctx,

@@ -68,7 +68,9 @@ def run_bench(model, n_prompt: int, n_gen: int, depth: int, reps: int, seed: int
               help="RoPE scaling: auto, none, linear, ntk, yarn, clex.")
 @click.option("--clex-mode", default=None, help="Schedule mode: ceil | continuous (default: the method's).")
 @click.option("--kv-policy", default=None, help="rerotate | recompute: what a table change does to the cache.")
-def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy):
+@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="KV cache element type; f16 halves its memory.")
+def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy, kv_type):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
     from . import _lib
     from .model import Model
@@ -80,7 +82,7 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
         pass
     n_ctx = depth + max(n_prompt, n_gen) + 1
     model = Model(model_path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, rope=rope,
-                  clex_mode=clex_mode, kv_policy=kv_policy)
+                  clex_mode=clex_mode, kv_policy=kv_policy, kv_type=kv_type)
     res = run_bench(model, n_prompt, n_gen, depth, reps)
     change = None
     if depth and model.schedule.method != "none":
@@ -103,6 +105,7 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
         "n_gen": n_gen,
         "reps": reps,
         "kv_bytes": int(_lib.lib.clex_ctx_kv_bytes(model._ctx)),
+        "kv_type": model.kv_type,
         "peak_rss_bytes": rss,
         "rope": model.rope_state,
     }

@@ -79,10 +79,12 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
               help="RoPE scaling method; auto: as the GGUF says.")
 @click.option("--clex-mode", default=None, help="CLEX schedule mode (see the model docs).")
 @click.option("--kv-policy", default=None, help="KV cache policy when the RoPE table changes.")
+@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="KV cache element type; f16 halves its memory.")
 @click.option("--history-file", default="~/.clexrt_history", show_default=True,
               metavar="PATH", help="Where the input history is kept; '' keeps none.")
 def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens,
-        n_ctx, threads, rope, clex_mode, kv_policy, history_file):
+        n_ctx, threads, rope, clex_mode, kv_policy, kv_type, history_file):
     """Chat with MODEL in the terminal. Piped stdin is one message; only the reply is printed."""
     from .chat_repl import ChatParams, Conversation, Repl, rope_label
     from .chat_template import ChatTemplate
@@ -102,7 +104,7 @@ def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, se
         if not piped_text.strip():
             raise ClexError("stdin is empty: there is no message to answer")
     model = Model(path, n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
-                  kv_policy=kv_policy)
+                  kv_policy=kv_policy, kv_type=kv_type)
     try:
         tokenizer = Tokenizer.from_metadata(model.metadata)
         template = ChatTemplate.from_metadata(model.metadata)

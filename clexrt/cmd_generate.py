@@ -50,12 +50,14 @@ def _rate(n: int, t: float) -> str:
               help="RoPE scaling method; auto: as the GGUF says.")
 @click.option("--clex-mode", default=None, help="CLEX schedule mode (see the model docs).")
 @click.option("--kv-policy", default=None, help="KV cache policy when the RoPE table changes.")
+@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="KV cache element type; f16 halves its memory.")
 @click.option("--context-shift", is_flag=True,
               help="When the context is full, drop the older half (after the first token) and go on.")
 @click.option("--verbose", is_flag=True, help="Report loading and settings on stderr.")
 def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, stop, n_ctx, threads,
-        rope, clex_mode, kv_policy, context_shift, verbose):
+        rope, clex_mode, kv_policy, kv_type, context_shift, verbose):
     """Continue PROMPT with MODEL and stream the text to stdout (timings to stderr)."""
     from .generate import Generation, Session
     from .model import Model
@@ -71,7 +73,7 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
     err = sys.stderr
     t0 = time.perf_counter()
     model = Model(path, n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
-                  kv_policy=kv_policy, context_shift=context_shift)
+                  kv_policy=kv_policy, context_shift=context_shift, kv_type=kv_type)
     try:
         tok = Tokenizer.from_metadata(model.metadata)
         if verbose:

@@ -151,6 +151,8 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
 @click.option("--clex-mode", default=None,
               help="Schedule mode(s), comma-separated: ceil, continuous (default: the method's).")
 @click.option("--kv-policy", default=None, help="rerotate | recompute (full forwards do not use it).")
+@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="KV cache element type; f16 halves its memory.")
 @click.option("--chunks", type=int, default=-1, show_default=True,
               help="Chunks per row; -1: as many as the text holds.")
 @click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")
@@ -158,7 +160,7 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row on stdout.")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png",
               help="Plot perplexity against context length (needs matplotlib: pip install 'clexrt[plot]').")
-def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, chunks, threads, batch, as_json, plot_path):
+def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, kv_type, chunks, threads, batch, as_json, plot_path):
     """Perplexity of MODEL on a text at one or more context lengths (llama-perplexity's method)."""
     from .model import Model
     from .registry import resolve_model
@@ -186,7 +188,7 @@ def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, chunks, threads,
         for mode in modes:
             try:
                 model = Model(path, n_ctx=max(ctxs), n_threads=threads, rope=method, clex_mode=mode,
-                              kv_policy=kv_policy, n_batch=batch)
+                              kv_policy=kv_policy, n_batch=batch, kv_type=kv_type)
             except ClexError as e:
                 if len(methods) * len(modes) == 1:
                     raise

@@ -32,6 +32,7 @@ from .gguf_file import GGUFFile
 
 ROPES = ("auto",) + rope_mod.METHODS
 KV_POLICIES = ("rerotate", "recompute")
+KV_TYPES = {"f32": (0, 4), "f16": (1, 2)}   # name -> (ggml type id, bytes per element)
 # Defaults (docs/clex.md): the schedule mode, for CLEX and the classic methods alike, chosen by
 # measured perplexity (continuous beat the official ceil wherever the two differ); the KV policy
 # is the official behaviour.
@@ -80,17 +81,19 @@ class Model:
     L * max_factor for CLEX), drop the older half of the tokens after the first n_keep instead
     of raising ContextFullError. rope_steps: continuous mode moves t in steps of 1/rope_steps
     (None: rope.default_steps(L), 16 where L >= 4096; 0: t = N/L exactly, a new table every
-    token)."""
+    token). kv_type: f32 (the default: exact) | f16 (half the KV cache's memory, keys and values
+    rounded to half when stored, as llama.cpp's default cache is)."""
 
     def __init__(self, path, n_ctx: int = 0, n_threads: int | None = None, rope: str = "auto",
                  clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int = 512,
-                 context_shift: bool = False, n_keep: int = 1, rope_steps: int | None = None):
+                 context_shift: bool = False, n_keep: int = 1, rope_steps: int | None = None,
+                 kv_type: str = "f32"):
         self.path = os.fspath(path)
         self._lock = threading.RLock()
         self._ctx = self._model = None
         self.gguf = GGUFFile(self.path)
         try:
-            self._build(n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps)
+            self._build(n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type)
         except BaseException:
             self.close()
             raise
@@ -98,7 +101,7 @@ class Model:
         self.n_keep = max(0, int(n_keep))
 
     # ------------------------------------------------------------------ loading
-    def _build(self, n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps):
+    def _build(self, n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type):
         g = self.gguf
         v = g.validate_llama()
         md = g.metadata
@@ -167,14 +170,18 @@ class Model:
             n_ctx = self.clex.max_context if self.clex is not None else hp.n_ctx_train
         if n_threads is None or n_threads <= 0:
             n_threads = physical_cores()
-        kv_bytes = 2 * 4 * hp.n_layer * hp.n_head_kv * hp.head_dim * n_ctx
+        if kv_type not in KV_TYPES:
+            raise ModelError(f"unknown kv_type {kv_type!r} (choose from {', '.join(KV_TYPES)})")
+        self.kv_type = kv_type
+        kv_bytes = 2 * KV_TYPES[kv_type][1] * hp.n_layer * hp.n_head_kv * hp.head_dim * n_ctx
         avail = _mem_available()
         if n_ctx > (1 << 24) or (avail is not None and kv_bytes > avail):
             have = f"; {avail / 2**30:.1f} GiB is available" if avail is not None else ""
             raise ModelError(f"n_ctx {n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache{have}: "
                              f"choose a smaller n_ctx")
         pc = ffi.new("clex_ctx **")
-        check(lib.clex_ctx_create(self._model, n_ctx, max(1, int(n_batch)), int(n_threads), pc), where=self.path)
+        check(lib.clex_ctx_create_kv(self._model, n_ctx, max(1, int(n_batch)), int(n_threads),
+                                     KV_TYPES[kv_type][0], pc), where=self.path)
         self._ctx = ffi.gc(pc[0], lib.clex_ctx_free)
         self.n_ctx = n_ctx
         self.n_threads = int(lib.clex_ctx_n_threads(self._ctx))

@@ -2,6 +2,7 @@
 llama.cpp's (tests/data/llamacpp_greedy.json records the prompts, llama.cpp's text and the
 command that produced it)."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,23 @@ def test_generate_seed_reproduces():
     a, b = run(*args), run(*args)
     assert a.exit_code == 0, a.output
     assert a.stdout == b.stdout
+
+
+@needs_model
+def test_generate_kv_type_and_context_shift():
+    """--kv-type f16 runs (a greedy start this clear is the same as with f32); --context-shift
+    generates past a 24-token context; a bad --kv-type is a usage error."""
+    base = ["generate", "-m", "smollm2", "-p", "The capital of France is", "--temp", "0"]
+    a, b = run(*base, "-n", "2", "-c", "64"), run(*base, "-n", "2", "-c", "64", "--kv-type", "f16")
+    assert a.exit_code == 0 and b.exit_code == 0, b.output
+    assert a.stdout == b.stdout and a.stdout.strip().startswith("Paris")
+    full = run(*base, "-n", "40", "-c", "24")
+    shifted = run(*base, "-n", "40", "-c", "24", "--context-shift")
+    assert full.exit_code == 0 and shifted.exit_code == 0, shifted.output
+    n_gen = [int(re.search(r"generated\s+(\d+) tokens", r.stderr).group(1)) for r in (full, shifted)]
+    assert n_gen[0] < 24 and n_gen[1] == 40
+    bad = run(*base, "--kv-type", "q8")
+    assert bad.exit_code == 2 and "kv-type" in bad.output
 
 
 @needs_model

@@ -67,6 +67,41 @@ def test_prefill_equals_decoding(tiny_files, wtype):
     assert np.abs(full - mixed).max() < 1e-4
 
 
+@pytest.mark.parametrize("isa", _lib.supported_isas())
+@pytest.mark.parametrize("wtype", ["f32", "q4_1"])
+def test_f16_kv_cache_matches_reference(tiny_files, wtype, isa):
+    """kv_type="f16": keys and values rounded to half when stored, everything else float32:
+    equal to the reference that rounds them the same way, measurably different from f32, half
+    the memory; prefill equals token-by-token decoding."""
+    path, cfg = tiny_files[wtype]
+    ids = list(np.random.default_rng(3).integers(0, cfg.n_vocab, 40))
+    w = tm.read_weights(path)
+    ref16 = tm.reference_forward(w, cfg, ids, act=tm.ACT_OF[wtype], kv_f16=True)
+    ref32 = tm.reference_forward(w, cfg, ids, act=tm.ACT_OF[wtype])
+    before = _lib.isa()
+    _lib.set_isa(isa)
+    try:
+        with Model(path, n_threads=2, kv_type="f16", n_batch=8) as m, Model(path, n_threads=2) as m32:
+            got = m.logits(ids)
+            m.reset()
+            steps = np.stack([m.eval([t]) for t in ids])
+            assert m.kv_type == "f16" and int(_lib.lib.clex_ctx_kv_bytes(m._ctx)) * 2 == \
+                int(_lib.lib.clex_ctx_kv_bytes(m32._ctx))
+    finally:
+        _lib.set_isa(before)
+    assert np.abs(got - ref16).max() < TOL
+    assert np.abs(got - ref16).max() < np.abs(ref32 - ref16).max()     # closer to its own reference
+    assert np.abs(ref32 - ref16).max() > 1e-4                            # the rounding is real
+    assert np.abs(got - steps).max() < 1e-4
+
+
+def test_kv_type_is_checked(tiny_files):
+    path, _ = tiny_files["f32"]
+    with pytest.raises(ModelError, match="kv_type"):
+        Model(path, kv_type="q8_0")
+    assert _lib.lib.clex_ctx_create_kv(_lib.ffi.NULL, 8, 1, 1, 1, _lib.ffi.new("clex_ctx **")) != 0
+
+
 def test_tied_embeddings_and_threads(tmp_path):
     cfg = tm.TinyConfig(tied=True, n_head_kv=4)
     p = tmp_path / "tied.gguf"

@@ -254,3 +254,18 @@ def test_default_steps_keep_table_changes_at_least_256_tokens_apart():
             gaps.append(nxt - n)
             n = nxt
         assert min(gaps[1:]) == max(256, L_ // 16)
+
+
+def test_f16_cache_through_table_changes_and_context_shift(tiny):
+    """An f16 KV cache re-rotated at every table change and moved by context shifts decodes like
+    the f32 cache, within the half-precision rounding of the stored keys and values."""
+    from clexrt import Model
+    ids = np.random.default_rng(4).integers(0, 96, 100)
+    kw = dict(n_ctx=64, rope="ntk", rope_steps=8, context_shift=True, kv_policy="rerotate")
+    with Model(tiny, kv_type="f16", **kw) as a, Model(tiny, **kw) as b:
+        worst = 0.0
+        for t in ids:
+            worst = max(worst, float(np.abs(a.eval([t]) - b.eval([t])).max()))
+        assert a.rope_state["table_changes"] == b.rope_state["table_changes"] > 2
+        assert list(a.tokens) == list(b.tokens) and a.n_past < len(ids)     # shifted alike
+    assert worst < 5e-3, worst

@@ -157,12 +157,13 @@ ACT_OF = {"f32": None, "f16": None, "bf16": None, "q8_0": "q8_0", "q4_0": "q8_0"
 
 
 def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
-                      act: str | None = None, kq_scale: float = 1.0) -> np.ndarray:
+                      act: str | None = None, kq_scale: float = 1.0, kv_f16: bool = False) -> np.ndarray:
     """Textbook LLaMA forward in float64: [len(ids), n_vocab] logits. Rotary pairs are adjacent
     (GGUF layout) and position p turns pair i by p * inv_freq[i] (angles from float32 products,
     as the runtime forms them). `act` ("q8_0"/"q8_1", or a dict tensor name -> that) rounds a
     matrix product's input to 8-bit blocks first, as integer products of quantized weights do.
-    kq_scale multiplies every attention logit q.k/sqrt(d) (YaRN's temperature: mscale^2)."""
+    kq_scale multiplies every attention logit q.k/sqrt(d) (YaRN's temperature: mscale^2).
+    kv_f16 rounds the rotated keys and the values to IEEE half, as an f16 KV cache stores them."""
     E, H, HKV, D = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
     n_rot = n_rot or D
     inv = rope_table(cfg.rope_base, n_rot) if inv_freq is None else np.asarray(inv_freq, np.float32)
@@ -194,6 +195,8 @@ def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
         q = rope(mm(h, p + "attn_q.weight").reshape(T, H, D))
         k = rope(mm(h, p + "attn_k.weight").reshape(T, HKV, D))
         v = mm(h, p + "attn_v.weight").reshape(T, HKV, D)
+        if kv_f16:
+            k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
         rep = H // HKV
         k = np.repeat(k, rep, axis=1)
         v = np.repeat(v, rep, axis=1)

@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 4
+#define CLEX_ABI_VERSION 5
 
 enum {
     CLEX_OK = 0,
@@ -132,10 +132,15 @@ uint64_t clex_model_n_params(const clex_model *m);
 /* n_ctx: KV cache capacity in tokens; n_batch: tokens per internal step (scratch size). */
 int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                     clex_ctx **out);
+/* The same with the KV cache's element type: CLEX_TYPE_F32 (what clex_ctx_create gives) or
+ * CLEX_TYPE_F16 (half the memory; keys and values rounded to half when stored). */
+int clex_ctx_create_kv(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                       int32_t kv_type, clex_ctx **out);
 void clex_ctx_free(clex_ctx *c);
 int32_t clex_ctx_n_ctx(const clex_ctx *c);
 int32_t clex_ctx_n_threads(const clex_ctx *c);
 uint64_t clex_ctx_kv_bytes(const clex_ctx *c);
+int32_t clex_ctx_kv_type(const clex_ctx *c);
 /* The rope table: n_rot/2 inverse frequencies; pair i of every head is rotated by
  * pos * inv_freq[i] (adjacent-pair layout: elements 2i and 2i+1). Applies to tokens evaluated
  * from now on; cached keys keep the table they were rotated with (see clex_ctx_rerotate). */

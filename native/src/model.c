@@ -13,7 +13,8 @@
  *     x(2i+1)' = x(2i) sin a + x(2i+1) cos a
  *
  * KV cache: keys are stored after rotation (so decoding never re-rotates them), both caches as
- * [layer][kv head][position][head_dim] float32.
+ * [layer][kv head][position][head_dim], float32 or (clex_ctx_create_kv) f16. With f16 the new
+ * keys and values are rounded to half when stored; every product and sum stays float32.
  */
 #include <math.h>
 #include <stdio.h>
@@ -46,8 +47,11 @@ struct clex_ctx {
     int32_t n_pairs;       /* n_rot / 2 */
     float *inv_freq;       /* [n_pairs] the table new tokens are rotated with */
     float kq_scale;        /* extra factor on q.k/sqrt(head_dim) (YaRN temperature); 1 by default */
-    float *k_cache;        /* [n_layer][n_head_kv][n_ctx][head_dim] */
-    float *v_cache;        /* same */
+    void *k_cache;         /* [n_layer][n_head_kv][n_ctx][head_dim] of kv_type */
+    void *v_cache;         /* same */
+    int32_t kv_type;       /* CLEX_TYPE_F32 or CLEX_TYPE_F16 */
+    size_t kv_elt;         /* bytes per cached element */
+    clex_kv_f16_ops kv16;  /* f16 kernels for the ISA of the current eval */
     uint64_t kv_bytes;
     /* scratch for one batch of up to n_batch tokens */
     float *x;              /* [B, n_embd] residual stream */
@@ -223,17 +227,29 @@ void clex_ctx_free(clex_ctx *c) {
 }
 
 int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads, clex_ctx **out) {
+    return clex_ctx_create_kv(m, n_ctx, n_batch, n_threads, CLEX_TYPE_F32, out);
+}
+
+int clex_ctx_create_kv(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads, int32_t kv_type,
+                       clex_ctx **out) {
     if (!out) return clex_fail(CLEX_E_INVALID, "out pointer is NULL");
     *out = NULL;
     if (!m) return clex_fail(CLEX_E_INVALID, "model is NULL");
+    if (kv_type != CLEX_TYPE_F32 && kv_type != CLEX_TYPE_F16)
+        return clex_fail(CLEX_E_INVALID, "KV cache type %d: only F32 (%d) and F16 (%d)", kv_type, CLEX_TYPE_F32,
+                         CLEX_TYPE_F16);
     if (n_ctx <= 0) return clex_fail(CLEX_E_INVALID, "n_ctx must be positive, got %d", n_ctx);
     if (n_batch <= 0) return clex_fail(CLEX_E_INVALID, "n_batch must be positive, got %d", n_batch);
     if (n_threads <= 0) n_threads = clex_physical_cores();
     if (n_batch > n_ctx) n_batch = n_ctx;
     const clex_hparams *hp = &m->hp;
-    const uint64_t kv_elems = (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)n_ctx * (uint64_t)hp->head_dim;
-    if (kv_elems > (UINT64_MAX / 8) || kv_elems * 4 > (uint64_t)SIZE_MAX / 2)
-        return clex_fail(CLEX_E_NOMEM, "a KV cache of %d tokens does not fit in memory", n_ctx);
+    const size_t elt = kv_type == CLEX_TYPE_F16 ? 2 : 4;
+    /* every product checked: n_layer * n_head_kv * n_ctx * head_dim can pass 2^64 */
+    uint64_t kv_elems = 1;
+    const uint64_t dims[4] = {(uint64_t)hp->n_layer, (uint64_t)hp->n_head_kv, (uint64_t)n_ctx, (uint64_t)hp->head_dim};
+    for (int i = 0; i < 4; i++)
+        if (__builtin_mul_overflow(kv_elems, dims[i], &kv_elems) || kv_elems > (uint64_t)SIZE_MAX / 2 / 2 / elt)
+            return clex_fail(CLEX_E_NOMEM, "a KV cache of %d tokens does not fit in memory", n_ctx);
     clex_ctx *c = calloc(1, sizeof *c);
     if (!c) return clex_fail(CLEX_E_NOMEM, "out of memory");
     c->m = m;
@@ -241,6 +257,8 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
     c->n_batch = n_batch;
     c->n_pairs = hp->n_rot / 2;
     c->kq_scale = 1.0f;
+    c->kv_type = kv_type;
+    c->kv_elt = elt;
     int rc = clex_pool_create(n_threads, &c->pool);
     if (rc) { free(c); return rc; }
     const size_t B = (size_t)n_batch, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
@@ -250,9 +268,9 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
     int fail = 0;
     c->inv_freq = xcalloc((size_t)c->n_pairs, sizeof(float), &fail);
     /* calloc of a large block maps zero pages lazily: only the positions used become resident */
-    c->k_cache = xcalloc(kv_elems, sizeof(float), &fail);
-    c->v_cache = xcalloc(kv_elems, sizeof(float), &fail);
-    c->kv_bytes = kv_elems * 2 * sizeof(float);
+    c->k_cache = xcalloc(kv_elems, elt, &fail);
+    c->v_cache = xcalloc(kv_elems, elt, &fail);
+    c->kv_bytes = kv_elems * 2 * elt;
     c->x = xcalloc(B * E, sizeof(float), &fail);
     c->xn = xcalloc(B * maxk, sizeof(float), &fail);
     c->q = xcalloc(B * qd, sizeof(float), &fail);
@@ -268,7 +286,7 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
     if (fail) {
         clex_ctx_free(c);
         return clex_fail(CLEX_E_NOMEM, "out of memory allocating a context of %d tokens (KV cache %.1f MiB)", n_ctx,
-                         (double)kv_elems * 8.0 / (1024.0 * 1024.0));
+                         (double)kv_elems * 2.0 * (double)elt / (1024.0 * 1024.0));
     }
     *out = c;
     return CLEX_OK;
@@ -277,6 +295,7 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
 int32_t clex_ctx_n_ctx(const clex_ctx *c) { return c ? c->n_ctx : 0; }
 int32_t clex_ctx_n_threads(const clex_ctx *c) { return c ? clex_pool_size(c->pool) : 0; }
 uint64_t clex_ctx_kv_bytes(const clex_ctx *c) { return c ? c->kv_bytes : 0; }
+int32_t clex_ctx_kv_type(const clex_ctx *c) { return c ? c->kv_type : -1; }
 
 int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n) {
     if (!c || !inv_freq) return clex_fail(CLEX_E_INVALID, "NULL argument");
@@ -485,8 +504,12 @@ static void forward_job(void *varg, int ith, int nth) {
 
     for (int l = 0; l < hp->n_layer; l++) {
         const clex_layer *L = &m->layers[l];
-        float *kc = c->k_cache + (int64_t)l * HKV * n_ctx * D;
-        float *vc = c->v_cache + (int64_t)l * HKV * n_ctx * D;
+        const int64_t layer_off = (int64_t)l * HKV * n_ctx * D;   /* elements */
+        const int f16 = c->kv_type == CLEX_TYPE_F16;
+        float *kc = f16 ? NULL : (float *)c->k_cache + layer_off;
+        float *vc = f16 ? NULL : (float *)c->v_cache + layer_off;
+        clex_fp16 *kc16 = f16 ? (clex_fp16 *)c->k_cache + layer_off : NULL;
+        clex_fp16 *vc16 = f16 ? (clex_fp16 *)c->v_cache + layer_off : NULL;
 
         /* attention input: norm, quantize, then q, k, v as one row space */
         const clex_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
@@ -507,10 +530,15 @@ static void forward_job(void *varg, int ith, int nth) {
         split(T * HKV, ith, nth, &lo, &hi);
         for (int64_t j = lo; j < hi; j++) {
             const int64_t t = j / HKV, h = j % HKV, pos = fa->n_past + t;
-            float *kd = kc + (h * n_ctx + pos) * D;
-            memcpy(kd, c->k + t * kvd + h * D, (size_t)D * sizeof(float));
-            rope_apply(kd, c->cs + t * P * 2, P);
-            memcpy(vc + (h * n_ctx + pos) * D, c->v + t * kvd + h * D, (size_t)D * sizeof(float));
+            float *ks = c->k + t * kvd + h * D, *vs = c->v + t * kvd + h * D;
+            rope_apply(ks, c->cs + t * P * 2, P);
+            if (f16) {
+                c->kv16.to_f16(ks, kc16 + (h * n_ctx + pos) * D, D);
+                c->kv16.to_f16(vs, vc16 + (h * n_ctx + pos) * D, D);
+            } else {
+                memcpy(kc + (h * n_ctx + pos) * D, ks, (size_t)D * sizeof(float));
+                memcpy(vc + (h * n_ctx + pos) * D, vs, (size_t)D * sizeof(float));
+            }
         }
         clex_pool_barrier(pool);
 
@@ -521,13 +549,21 @@ static void forward_job(void *varg, int ith, int nth) {
             const int64_t n_keys = fa->n_past + t + 1;
             float *qh = c->q + t * qd + h * D;
             rope_apply(qh, c->cs + t * P * 2, P);
-            const float *kh = kc + hk * n_ctx * D;
-            const float *vh = vc + hk * n_ctx * D;
             float mx = -INFINITY;
-            for (int64_t p = 0; p < n_keys; p++) {
-                const float s = clex_ops.dot_f32(D, qh, kh + p * D) * scale;
-                scores[p] = s;
-                if (s > mx) mx = s;
+            if (f16) {
+                const clex_fp16 *kh = kc16 + hk * n_ctx * D;
+                for (int64_t p = 0; p < n_keys; p++) {
+                    const float s = c->kv16.dot(D, qh, kh + p * D) * scale;
+                    scores[p] = s;
+                    if (s > mx) mx = s;
+                }
+            } else {
+                const float *kh = kc + hk * n_ctx * D;
+                for (int64_t p = 0; p < n_keys; p++) {
+                    const float s = clex_ops.dot_f32(D, qh, kh + p * D) * scale;
+                    scores[p] = s;
+                    if (s > mx) mx = s;
+                }
             }
             double sum = 0.0;
             for (int64_t p = 0; p < n_keys; p++) {
@@ -537,7 +573,13 @@ static void forward_job(void *varg, int ith, int nth) {
             const float inv = (float)(1.0 / sum);
             float *out = c->att + t * qd + h * D;
             memset(out, 0, (size_t)D * sizeof(float));
-            for (int64_t p = 0; p < n_keys; p++) clex_ops.axpy_f32(D, scores[p] * inv, vh + p * D, out);
+            if (f16) {
+                const clex_fp16 *vh = vc16 + hk * n_ctx * D;
+                for (int64_t p = 0; p < n_keys; p++) c->kv16.axpy(D, scores[p] * inv, vh + p * D, out);
+            } else {
+                const float *vh = vc + hk * n_ctx * D;
+                for (int64_t p = 0; p < n_keys; p++) clex_ops.axpy_f32(D, scores[p] * inv, vh + p * D, out);
+            }
         }
         clex_pool_barrier(pool);
 
@@ -602,6 +644,7 @@ int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past,
         if (tokens[i] < 0 || tokens[i] >= V)
             return clex_fail(CLEX_E_INVALID, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
                              V - 1);
+    c->kv16 = clex_kv_f16_ops_for(clex_isa());
     for (int32_t done = 0; done < n_tok; done += c->n_batch) {
         const int32_t nb = n_tok - done < c->n_batch ? n_tok - done : c->n_batch;
         const int last = done + nb == n_tok;
@@ -623,6 +666,8 @@ typedef struct {
     int32_t n;              /* positions to process */
     int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
     float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
+    float *rows;            /* [n_threads, head_dim] scratch (f16 cache) */
+    clex_kv_f16_ops kv16;
 } rot_args;
 
 /* For each (layer, kv head): keys at src0+j, rotated with old_inv at that position, become keys
@@ -651,32 +696,41 @@ static void rotate_job(void *varg, int ith, int nth) {
 
     /* positions in increasing order within each (layer, head): a shift moves keys down, so a
      * position is always read before anything is written over it */
+    const size_t elt = c->kv_elt;
+    float *row = ra->rows + (int64_t)ith * D;    /* an f16 key in float while it turns */
     split(units, ith, nth, &lo, &hi);
     for (int64_t u = lo; u < hi; u++) {
-        float *kb = c->k_cache + u * n_ctx * D;
-        float *vb = c->v_cache + u * n_ctx * D;
+        char *kb = (char *)c->k_cache + (size_t)(u * n_ctx * D) * elt;
+        char *vb = (char *)c->v_cache + (size_t)(u * n_ctx * D) * elt;
         for (int64_t j = 0; j < ra->n; j++) {
             const int64_t ps = ra->src0 + j, pd = ra->dst0 + j;
-            const float *ks = kb + ps * D, *cs = ra->cs + j * P * 2;
-            float *kd = kb + pd * D;
+            const float *cs = ra->cs + j * P * 2;
+            float *k = row;
+            if (elt == 2) ra->kv16.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
+            else k = (float *)(kb + (size_t)(ps * D) * 4);
+            float *kd = elt == 2 ? row : (float *)(kb + (size_t)(pd * D) * 4);
             for (int64_t i = 0; i < P; i++) {
-                const float a = ks[2 * i], b = ks[2 * i + 1], co = cs[2 * i], sn = cs[2 * i + 1];
+                const float a = k[2 * i], b = k[2 * i + 1], co = cs[2 * i], sn = cs[2 * i + 1];
                 kd[2 * i] = a * co - b * sn;
                 kd[2 * i + 1] = a * sn + b * co;
             }
-            if (pd != ps) {
-                memmove(kd + 2 * P, ks + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
-                memmove(vb + pd * D, vb + ps * D, (size_t)D * sizeof(float));
+            if (elt == 2) {
+                ra->kv16.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
+            } else if (pd != ps) {
+                memmove(kd + 2 * P, k + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
             }
+            if (pd != ps) memmove(vb + (size_t)(pd * D) * elt, vb + (size_t)(ps * D) * elt, (size_t)D * elt);
         }
     }
 }
 
 static int rotate_run(clex_ctx *c, const float *old_inv, int32_t n, int32_t src0, int32_t dst0) {
     if (n <= 0) return CLEX_OK;
-    float *cs = malloc((size_t)n * (size_t)c->n_pairs * 2 * sizeof(float));
+    const size_t n_cs = (size_t)n * (size_t)c->n_pairs * 2;
+    const size_t n_rows = (size_t)clex_pool_size(c->pool) * (size_t)c->m->hp.head_dim;
+    float *cs = malloc((n_cs + n_rows) * sizeof(float));
     if (!cs) return clex_fail(CLEX_E_NOMEM, "out of memory rotating %d cached positions", n);
-    rot_args ra = {c, old_inv, n, src0, dst0, cs};
+    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs, clex_kv_f16_ops_for(clex_isa())};
     clex_pool_run(c->pool, rotate_job, &ra);
     free(cs);
     return CLEX_OK;
