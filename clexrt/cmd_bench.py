@@ -14,6 +14,8 @@ import time
 import click
 import numpy as np
 
+from .cmd_options import rope_options
+
 
 def _stats(xs):
     return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -64,12 +66,7 @@ def run_bench(model, n_prompt: int, n_gen: int, depth: int, reps: int, seed: int
               help="Tokens already in the KV cache before each test.")
 @click.option("-b", "--batch", default=512, show_default=True, type=click.IntRange(1, 1 << 16))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--rope", default="auto", show_default=True,
-              help="RoPE scaling: auto, none, linear, ntk, yarn, clex.")
-@click.option("--clex-mode", default=None, help="Schedule mode: ceil | continuous (default: the method's).")
-@click.option("--kv-policy", default=None, help="rerotate | recompute: what a table change does to the cache.")
-@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="KV cache element type; f16 halves its memory.")
+@rope_options
 def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy, kv_type):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
     from . import _lib

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .cmd_options import ctx_threads_options, rope_options
 from .errors import ClexError
 from .registry import resolve_model, smollm2_path
 
@@ -72,15 +73,8 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
               help="Sampling seed; -1: random.")
 @click.option("-n", "--max-tokens", "max_tokens", type=int, default=-1, show_default=True,
               callback=_check("max_tokens"), help="Most tokens per reply; -1: no limit.")
-@click.option("-c", "--ctx", "--ctx-size", "n_ctx", type=int, default=0, show_default=True,
-              help="Context size; 0: the model's training length.")
-@click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")
-@click.option("--rope", default="auto", show_default=True,
-              help="RoPE scaling method; auto: as the GGUF says.")
-@click.option("--clex-mode", default=None, help="CLEX schedule mode (see the model docs).")
-@click.option("--kv-policy", default=None, help="KV cache policy when the RoPE table changes.")
-@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="KV cache element type; f16 halves its memory.")
+@ctx_threads_options
+@rope_options
 @click.option("--history-file", default="~/.clexrt_history", show_default=True,
               metavar="PATH", help="Where the input history is kept; '' keeps none.")
 def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens,

@@ -12,6 +12,7 @@ import time
 
 import click
 
+from .cmd_options import ctx_threads_options, rope_options
 from .errors import ClexError
 from .registry import resolve_model
 
@@ -43,15 +44,8 @@ def _rate(n: int, t: float) -> str:
 @click.option("--presence-penalty", type=float, default=0.0, show_default=True)
 @click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop at this text (repeatable); it is not printed.")
-@click.option("-c", "--ctx", "--ctx-size", "n_ctx", type=int, default=0, show_default=True,
-              help="Context size; 0: the model's training length.")
-@click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")
-@click.option("--rope", default="auto", show_default=True,
-              help="RoPE scaling method; auto: as the GGUF says.")
-@click.option("--clex-mode", default=None, help="CLEX schedule mode (see the model docs).")
-@click.option("--kv-policy", default=None, help="KV cache policy when the RoPE table changes.")
-@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="KV cache element type; f16 halves its memory.")
+@ctx_threads_options
+@rope_options
 @click.option("--context-shift", is_flag=True,
               help="When the context is full, drop the older half (after the first token) and go on.")
 @click.option("--verbose", is_flag=True, help="Report loading and settings on stderr.")

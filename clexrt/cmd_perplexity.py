@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
+from .cmd_options import kv_type_option
 from .errors import ClexError
 
 __all__ = ["cmd", "perplexity", "PplResult"]
@@ -151,8 +152,7 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
 @click.option("--clex-mode", default=None,
               help="Schedule mode(s), comma-separated: ceil, continuous (default: the method's).")
 @click.option("--kv-policy", default=None, help="rerotate | recompute (full forwards do not use it).")
-@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
-              help="KV cache element type; f16 halves its memory.")
+@kv_type_option
 @click.option("--chunks", type=int, default=-1, show_default=True,
               help="Chunks per row; -1: as many as the text holds.")
 @click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")

@@ -309,3 +309,13 @@ def test_greedy_equals_llamacpp_on_float_weights(smol_f32):
             assert (out["finish_reason"] == "stop") == case["hit_eog"]
     r = run("generate", "-m", path, "-p", cases[1]["prompt"], "-n", "32", "--temp", "0", "-c", "512")
     assert r.exit_code == 0 and r.stdout == cases[1]["completion"]
+
+
+def test_shared_option_choices_agree_with_the_model():
+    """The CLI's choices (declared without importing the C core) are the model's."""
+    from clexrt import cmd_options, model, rope
+    assert cmd_options.ROPES == model.ROPES and cmd_options.MODES == rope.MODES
+    assert cmd_options.KV_POLICIES == model.KV_POLICIES and cmd_options.KV_TYPES == tuple(model.KV_TYPES)
+    for name in ("generate", "chat", "bench"):
+        r = run(name, "--help")
+        assert r.exit_code == 0 and "--kv-type [f32|f16]" in r.output and "--clex-mode [ceil|continuous]" in r.output
