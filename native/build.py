@@ -38,9 +38,12 @@ CFLAGS = ["-std=c11", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-u
           "-D_GNU_SOURCE", "-pthread"]
 if os.environ.get("CLEXRT_SANITIZE"):
     # make asan: AddressSanitizer + UBSan build of the same sources
-    CFLAGS += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-               "-fno-sanitize-recover=undefined"]
-LDFLAGS = ["-pthread"] + (["-fsanitize=address,undefined"] if os.environ.get("CLEXRT_SANITIZE") else [])
+    # float-cast-overflow: GCC's "undefined" leaves out float -> int conversions out of range
+    # (clang's includes them), and the quantizers are where such a conversion would hide
+    CFLAGS += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined,float-cast-overflow",
+               "-fno-sanitize-recover=undefined,float-cast-overflow"]
+LDFLAGS = ["-pthread"] + (["-fsanitize=address,undefined,float-cast-overflow"]
+                          if os.environ.get("CLEXRT_SANITIZE") else [])
 
 def make_builder(absolute: bool = False) -> FFI:
     """The cffi builder; absolute=True for compiling outside the project root (tools/asan_build.py)."""

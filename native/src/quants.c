@@ -10,6 +10,10 @@
 
 #include "internal.h"
 
+#ifdef CLEX_X86
+#include <cpuid.h>
+#endif
+
 /* ------------------------------------------------------------------ errors */
 
 static _Thread_local char g_err[512];
@@ -88,6 +92,15 @@ clex_bf16 clex_fp32_to_bf16(float f) {
 
 /* ------------------------------------------------------------------ reference quantizers */
 
+/* (int8_t)v where that is defined (v truncates into [-128, 127]); NaN and out-of-range values,
+ * which a NaN or Inf in the row or a block of tiny values (whose scale's inverse overflows to
+ * Inf) produce, become 0: the code x86's conversion has always produced here, and what numpy's
+ * cast gives, so the bytes stay those of gguf-py and convert/quantize.py. A plain cast of such
+ * a value is undefined behaviour in C. */
+static inline int8_t q_int8(float v) {
+    return (v > -129.0f && v < 128.0f) ? (int8_t)v : 0;   /* NaN fails both comparisons */
+}
+
 void clex_quantize_q8_0_ref(const float *x, void *vy, int64_t n) {
     block_q8_0 *y = vy;
     for (int64_t i = 0; i < n / QK; i++) {
@@ -96,7 +109,7 @@ void clex_quantize_q8_0_ref(const float *x, void *vy, int64_t n) {
         const float d = amax / 127.0f;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = clex_fp32_to_fp16(d);
-        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)roundf(x[i * QK + j] * id);
+        for (int j = 0; j < QK; j++) y[i].qs[j] = q_int8(roundf(x[i * QK + j] * id));
     }
 }
 
@@ -109,7 +122,7 @@ void clex_quantize_q8_1_ref(const float *x, void *vy, int64_t n) {
         const float id = d ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int j = 0; j < QK; j++) {
-            y[i].qs[j] = (int8_t)roundf(x[i * QK + j] * id);
+            y[i].qs[j] = q_int8(roundf(x[i * QK + j] * id));
             sum += y[i].qs[j];
         }
         y[i].d = d;
@@ -129,8 +142,8 @@ void clex_quantize_q4_0_ref(const float *x, void *vy, int64_t n) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = clex_fp32_to_fp16(d);
         for (int j = 0; j < QK / 2; j++) {
-            int8_t a = (int8_t)(xb[j] * id + 8.5f);
-            int8_t b = (int8_t)(xb[j + QK / 2] * id + 8.5f);
+            int8_t a = q_int8(xb[j] * id + 8.5f);
+            int8_t b = q_int8(xb[j + QK / 2] * id + 8.5f);
             uint8_t qa = (uint8_t)(a < 15 ? a : 15), qb = (uint8_t)(b < 15 ? b : 15);
             y[i].qs[j] = (uint8_t)(qa | (qb << 4));
         }
@@ -151,8 +164,8 @@ void clex_quantize_q4_1_ref(const float *x, void *vy, int64_t n) {
         y[i].d = clex_fp32_to_fp16(d);
         y[i].m = clex_fp32_to_fp16(min);
         for (int j = 0; j < QK / 2; j++) {
-            int8_t a = (int8_t)((xb[j] - min) * id + 0.5f);
-            int8_t b = (int8_t)((xb[j + QK / 2] - min) * id + 0.5f);
+            int8_t a = q_int8((xb[j] - min) * id + 0.5f);
+            int8_t b = q_int8((xb[j + QK / 2] - min) * id + 0.5f);
             uint8_t qa = (uint8_t)(a < 15 ? a : 15), qb = (uint8_t)(b < 15 ? b : 15);
             y[i].qs[j] = (uint8_t)(qa | (qb << 4));
         }
@@ -340,13 +353,20 @@ static void apply_isa(int isa) {
     g_isa = isa;
 }
 
+#ifdef CLEX_X86
+/* CPUID.1:ECX.F16C directly: clang before 15 has no "f16c" in __builtin_cpu_supports. */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 int clex_isa_supported(int isa) {
     switch (isa) {
     case CLEX_ISA_SCALAR: return 1;
 #ifdef CLEX_X86
     case CLEX_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case CLEX_ISA_AVX512:
         return clex_isa_supported(CLEX_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
