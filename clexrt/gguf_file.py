@@ -680,6 +680,7 @@ class _ModelChecker:
                            f"'token_embd.weight'")
         self.tokenizer(n_vocab)
         _validate_clex(self.md, self.types, self.err)
+        _check_clex_tables(self.md, n_rot, self.err)
         return LlamaHParams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                             n_head_kv=n_head_kv, n_ff=n_ff, head_dim=head_dim, n_rot=n_rot,
                             n_ctx_train=n_ctx, rope_freq_base=freq_base, rms_norm_eps=eps,
@@ -714,11 +715,7 @@ def _type_tuple_name(t: tuple) -> str:
 
 def _validate_clex(metadata: dict, types: dict, err=None) -> None:
     """Checks every float value under `clex.` (scalar, array or array of arrays) is finite.
-
-    TODO(clex schema): once convert/gguf_out.py fixes the clex.* key set, check the table shapes
-    here too (e.g. inv_freq [d/2], ode_up_proj [d/2 * P*d], baked tables [n_t * d/2]) against
-    the llama hyper-parameters.
-    """
+    The tables' schema and shapes are _check_clex_tables' job."""
     if err is None:
         def err(msg):
             return GGUFError(_one_line(msg))
@@ -737,9 +734,23 @@ def _validate_clex(metadata: dict, types: dict, err=None) -> None:
             raise err(f"key {_q(key)}: holds a NaN or infinite value")
 
 
+def _check_clex_tables(metadata: dict, n_rot: int, err) -> None:
+    """The clex.* keys against their schema (docs/convert.md) through clex_tables.read_clex:
+    types, grid, table shapes [n_grid, d/2] and ODE weight shapes, with d the rope dimension."""
+    from .clex_tables import read_clex
+
+    try:
+        read_clex(metadata, n_rot)
+    except GGUFError as e:
+        raise err(str(e)) from None
+    except (ValueError, TypeError, OverflowError, IndexError) as e:   # shapes numpy refuses
+        raise err(f"clex metadata: malformed ({type(e).__name__}: {e})") from None
+
+
 def validate_llama(g: GGUFFile) -> LlamaHParams:
     """Model-level checks of a LLaMA GGUF: hyper-parameter keys and types, their consistency,
     every required tensor with the shape they imply, F32 norms, the vocabulary size across
     embeddings / llama.vocab_size / tokenizer arrays, tokenizer array types and lengths, special
-    token ids in range, finite clex.* floats. Returns the hyper-parameters; raises GGUFError."""
+    token ids in range, finite clex.* floats and clex.* tables of the right shapes. Returns the
+    hyper-parameters; raises GGUFError."""
     return _ModelChecker(g).run()

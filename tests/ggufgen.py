@@ -201,12 +201,32 @@ def tiny_llama_content(*, seed: int = 0, tied: bool = False, rope_freqs: bool = 
             "tokenizer.ggml.add_bos_token": (VT.BOOL, True),
         })
     if clex:
+        # the clex.* schema of docs/convert.md (an "ode" network, P = 1, tables on t = 1, 1.5, 2);
+        # its own generator, so the weights below do not depend on whether it is there
+        crng = np.random.default_rng(seed + 1000)
+        hd = head_dim // 2
+        inv = (10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)
+        grid = [1.0, 1.5, 2.0]
+        tables = np.log(inv)[None, :] - 0.1 * np.arange(3)[:, None]
+
+        def f32s(a):
+            return (VT.ARRAY, (VT.FLOAT32, [float(x) for x in np.ravel(a).astype(np.float32)]))
+
         kvs.update({
-            "clex.max_factor": (VT.UINT32, 4),
-            "clex.inv_freq": (VT.ARRAY, (VT.FLOAT32, list(
-                (10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)).astype(np.float32)))),
-            "clex.tables": (VT.ARRAY, (VT.FLOAT32, list(
-                rng.standard_normal(4 * head_dim // 2).astype(np.float32)))),
+            "clex.init": (VT.STRING, "ode"),
+            "clex.train_length": (VT.UINT32, h["n_ctx"]),
+            "clex.max_factor": (VT.UINT32, 2),
+            "clex.param_factor": (VT.UINT32, 1),
+            "clex.act": (VT.STRING, "tanh"),
+            "clex.time_dt": (VT.FLOAT32, 0.01),
+            "clex.log_scale": (VT.BOOL, True),
+            "clex.inv_freq": f32s(inv),
+            "clex.grid": f32s(grid),
+            "clex.log_inv_freq": f32s(tables),
+            "clex.ode_up_shape": (VT.ARRAY, (VT.UINT32, [hd, 2 * hd])),
+            "clex.ode_up": f32s(crng.standard_normal(hd * 2 * hd) * 0.01),
+            "clex.ode_down_shape": (VT.ARRAY, (VT.UINT32, [2 * hd, hd])),
+            "clex.ode_down": f32s(crng.standard_normal(2 * hd * hd) * 0.01),
         })
     if all_types:
         kvs.update({

@@ -680,6 +680,27 @@ def test_clex_values_finite(tmp_path, key, value):
     expect_error(p, repr(key), "NaN or infinite", model=True)
 
 
+@pytest.mark.parametrize("key, value, needle", [
+    ("clex.init", (VT.STRING, "magic"), "clex.init must be one of"),
+    ("clex.max_factor", (VT.UINT32, 0), "clex.max_factor must be an integer"),
+    ("clex.inv_freq", (VT.ARRAY, (VT.FLOAT32, [1.0, 0.5])), "rope dimension 16 needs 8"),
+    ("clex.grid", (VT.ARRAY, (VT.FLOAT32, [1.0, 3.0, 2.0])), "clex.grid must increase"),
+    ("clex.log_inv_freq", (VT.ARRAY, (VT.FLOAT32, [0.0] * 23)), "has 23 values, expected 24"),
+    ("clex.ode_up_shape", (VT.ARRAY, (VT.UINT32, [8, 17])), "do not fit d = 16"),
+    ("clex.ode_down", (VT.ARRAY, (VT.FLOAT32, [0.0] * 127)), "clex.ode_down has 127 values"),
+    ("clex.ode_down_shape", (VT.ARRAY, (VT.STRING, ["16", "8"])), "clex.ode_down_shape must be two"),
+])
+def test_clex_table_shapes(tmp_path, key, value, needle):
+    """The clex.* schema (docs/convert.md) is checked at validation, against the rope dimension."""
+    p = llama_file(tmp_path, set_kv(key, *value), clex=True, n_embd=32, n_head=2, n_head_kv=1)
+    expect_error(p, needle, model=True)
+
+
+def test_clex_missing_key_is_named(tmp_path):
+    p = llama_file(tmp_path, del_kv("clex.grid"), clex=True)
+    expect_error(p, "missing clex.grid", model=True)
+
+
 def test_validate_clex_hook_directly():
     md = {"clex.ok": np.array([1.0, 2.0], np.float32), "other.nan": float("nan"),
           "clex.ints": np.array([1, 2]), "clex.name": "x"}
