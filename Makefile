@@ -49,7 +49,7 @@ kbench:
 	build/kbench 0.5 && build/kbench 64
 
 # The C core under AddressSanitizer + UBSan, with the tests that drive it (CI runs this).
-ASAN_TESTS ?= tests/test_kernels.py tests/test_forward.py tests/test_gguf_fuzz.py
+ASAN_TESTS ?= tests/test_kernels.py tests/test_forward.py tests/test_gguf_fuzz.py tests/test_robustness.py
 asan: $(STAMP)
 	@mkdir -p build
 	$(VPY) tools/asan_build.py > build/asan.path
