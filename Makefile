@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 NATIVE  := $(wildcard native/src/*.c native/src/arch/*/*.c native/include/*.h native/build.py)
 
-.PHONY: install test test-fast chat bench asan fuzz kbench neon-check train-clex clean
+.PHONY: install test test-fast chat bench asan fuzz fuzz-c kbench neon-check train-clex clean
 
 install: $(STAMP)
 
@@ -67,6 +67,20 @@ fuzz: $(STAMP)
 	$(VPY) -m pip install -q atheris
 	mkdir -p build/fuzz/gguf_corpus
 	$(VPY) tools/fuzz_gguf_atheris.py -max_total_time=$${FUZZ_SECONDS:-600} -timeout=2 -rss_limit_mb=2048 build/fuzz/gguf_corpus
+
+# Coverage-guided fuzzing of the C entry points (libFuzzer + ASan + UBSan, tools/fuzz_c/); needs
+# clang, which is installed with apt-get (Debian's `clang`) when missing. FUZZ_SECONDS=300 by
+# default; crashes land in build/fuzz/c-crash-*; docs/robustness.md records a run.
+FUZZ_C_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -pthread -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=undefined -Inative/include
+fuzz-c:
+	@command -v clang >/dev/null || { echo "fuzz-c: clang is not installed: installing Debian's clang with apt-get"; \
+	  apt-get install -y -q clang || { apt-get update -q && apt-get install -y -q clang; }; }
+	@mkdir -p build/fuzz/c_corpus
+	clang $(FUZZ_C_FLAGS) tools/fuzz_c/fuzz_core.c native/src/*.c native/src/arch/x86/*.c native/src/arch/arm/*.c \
+	  -lm -o build/fuzz/fuzz_core
+	ASAN_OPTIONS=allocator_may_return_null=1 build/fuzz/fuzz_core -max_total_time=$${FUZZ_SECONDS:-300} \
+	  -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build/fuzz/c- build/fuzz/c_corpus
 
 # The tiny CLEX-LLaMA of docs/tiny_clex.md (issue 8): corpus (Debian's python3.11-doc), tokenizer,
 # base / CLEX / twin training (about an hour on 2 cores), HF export, models/*.gguf, evaluation, table
