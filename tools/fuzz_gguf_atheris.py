@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzzing of the GGUF reader (GGUFFile.from_bytes + validate_llama) with atheris.
+"""Coverage-guided fuzzing of the GGUF reader (GGUFFile.from_bytes + validate_llama, which also
+reads the clex.* tables) with atheris.
 
     python3 tools/fuzz_gguf_atheris.py [libFuzzer flags] [corpus dir]
 
-With no corpus dir, build/fuzz/gguf_corpus is used; an empty corpus is seeded with small valid
-GGUFs from tests/ggufgen.py. Crashes (any exception but GGUFError, a broken reader promise, a
+With no corpus dir, build/fuzz/gguf_corpus is used; the corpus is seeded with small valid GGUFs
+from tests/ggufgen.py. Crashes (any exception but GGUFError, a broken reader promise, a
 per-input timeout or an RSS blow-up) are written to build/fuzz/ unless -artifact_prefix says
 otherwise. Useful flags: -max_total_time=SECONDS -timeout=1 -rss_limit_mb=2048 -runs=N.
 Reproduce a crash: python3 tools/fuzz_gguf_atheris.py build/fuzz/crash-<sha1>
 """
+import importlib
 import os
 import sys
 
@@ -17,7 +19,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports(include=["clexrt.gguf_file"]):
+with atheris.instrument_imports(include=["clexrt.gguf_file", "clexrt.clex_tables"]):
+    importlib.import_module("clexrt.clex_tables")   # validate_llama imports it lazily
     from clexrt.errors import GGUFError
     from clexrt.gguf_file import GGUFFile
 
@@ -31,9 +34,9 @@ def seed_corpus(path: str) -> None:
     from clexrt.gguf_file import ValueType as VT
     from ggufgen import build_gguf, tiny_llama_content
 
+    # (re)written every run, so a corpus kept from an older run still starts from today's
+    # valid files (the clex.* schema, say)
     os.makedirs(path, exist_ok=True)
-    if os.listdir(path):
-        return
     seeds = {
         "micro_llama": dict(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=8,
                             clex=True, rope_freqs=True),
