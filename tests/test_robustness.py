@@ -292,8 +292,6 @@ def test_quantizing_nan_inf_and_tiny_rows_is_defined(wtype):
             np.testing.assert_allclose(y[1:], x[1:], atol=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="model.c: clex_matmul checks a 1-D weight as one row but "
-                   "multiplies ne[1] rows (patch in docs/robustness.md)")
 def test_matmul_of_a_1d_weight_uses_one_row():
     w = np.ones((2, 32), np.float32)              # a second row exists, but is not declared
     t = ffi.new("clex_tensor *", {"type": lib.CLEX_TYPE_F32, "n_dims": 1, "ne": [32, 2, 1, 1],

@@ -95,7 +95,10 @@ static int check_tensor(const clex_tensor *t, const char *what, int64_t ne0, int
     int64_t got1 = 1;
     int dims_ok = t->n_dims >= 1 && t->n_dims <= 4;
     for (int d = 0; dims_ok && d < t->n_dims; d++) dims_ok = t->ne[d] > 0 && t->ne[d] < ((int64_t)1 << 40);
-    for (int d = 1; dims_ok && d < t->n_dims; d++) got1 *= t->ne[d];
+    for (int d = 1; dims_ok && d < t->n_dims; d++) {   /* each dim < 2^40: the product may not fit */
+        dims_ok = got1 <= INT64_MAX / t->ne[d];
+        if (dims_ok) got1 *= t->ne[d];
+    }
     if (!dims_ok || t->ne[0] != ne0 || got1 != (ne1 > 0 ? ne1 : 1)) {
         if (ne1 > 0)
             return clex_fail(CLEX_E_INVALID, "tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
@@ -757,14 +760,15 @@ typedef struct {
     const clex_tensor *w;
     acts a;
     int64_t n_tok;
+    int64_t rows;       /* W's rows as checked: ne[1] only when n_dims >= 2 */
     float *y;
 } mm_args;
 
 static void mm_job(void *varg, int ith, int nth) {
     mm_args *ma = varg;
     int64_t lo, hi;
-    split(ma->w->ne[1], ith, nth, &lo, &hi);
-    matmul_rows(ma->w, &ma->a, ma->n_tok, ma->y, ma->w->ne[1], 0, lo, hi);
+    split(ma->rows, ith, nth, &lo, &hi);
+    matmul_rows(ma->w, &ma->a, ma->n_tok, ma->y, ma->rows, 0, lo, hi);
 }
 
 int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, int32_t n_threads) {
@@ -780,7 +784,7 @@ int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, i
         return clex_fail(CLEX_E_NOMEM, "out of memory");
     if (vt == CLEX_TYPE_Q8_1 && !(b1 = calloc((size_t)(n_tok * (k / QK)), sizeof(block_q8_1))))
         return clex_fail(CLEX_E_NOMEM, "out of memory");
-    mm_args ma = {w, {0}, n_tok, y};
+    mm_args ma = {w, {0}, n_tok, ne1, y};
     prepare_acts(&ma.a, x, k, 0, n_tok, vt == CLEX_TYPE_Q8_0, vt == CLEX_TYPE_Q8_1, b0, b1);
     clex_pool *pool;
     rc = clex_pool_create(n_threads > 0 ? n_threads : 1, &pool);
