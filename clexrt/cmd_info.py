@@ -92,10 +92,16 @@ def _tokenizer_info(md: dict) -> dict:
 
 def describe(path: str) -> dict:
     """Everything `info` shows, as a JSON-ready dict."""
-    from .gguf_file import GGUFFile
+    from .errors import ClexError
+    from .gguf_file import GGUFFile, validate_llama
 
     with GGUFFile(path) as g:
         md = g.metadata
+        try:                       # a file can parse and still not be a model clexrt runs
+            validate_llama(g)
+            problem = None
+        except ClexError as e:
+            problem = str(e)
         arch = md.get("general.architecture", "?")
 
         def a(key, default=None):
@@ -127,6 +133,8 @@ def describe(path: str) -> dict:
             "tokenizer": _tokenizer_info(md),
             "chat_template": md.get("tokenizer.chat_template"),
             "clex": _clex(md),
+            "runnable": problem is None,
+            "problem": problem,
         }
     return out
 
@@ -143,6 +151,8 @@ def _print(d: dict) -> None:
     q = d["quantization"]
     echo(f"file:            {d['path']} ({d['file_size'] / 2**20:.1f} MiB, GGUF v{d['gguf_version']})")
     echo(f"architecture:    {d['architecture']}" + (f" ({d['name']})" if d["name"] else ""))
+    if not d["runnable"]:
+        echo(f"NOT RUNNABLE:    {d['problem']}")
     echo(f"parameters:      {_human_params(d['parameters'])} ({d['parameters']:,})")
     tt = ", ".join(f"{k} {v}" for k, v in q["tensor_types"].items())
     echo(f"quantization:    {q['file_type_name'] or '?'}; tensors: {tt}")

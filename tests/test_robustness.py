@@ -429,6 +429,7 @@ def test_cli_hostile_gguf_is_one_error_line(hostile, command, capsys):
         assert "Traceback" not in err + out, (name, err)
         if command == "info" and name in MODEL_LEVEL:
             assert e.value.code == 0, (name, err)
+            assert "NOT RUNNABLE:" in out, (name, out)          # described, and flagged
             continue
         assert e.value.code == 1, (name, command, out, err)
         assert err.startswith("clexrt: error: ") and err.count("\n") == 1, (name, err)
