@@ -81,7 +81,7 @@ void clex_axpy_f32_generic(int64_t n, float a, const float *x, float *y);
 /* Per-ISA kernel sets; each arch file fills the slots it implements. */
 typedef struct {
     clex_vec_dot_fn q8_0, q4_0, q4_1, f32, f16, bf16;
-    clex_vec_dot4_fn q4_1_x4;
+    clex_vec_dot4_fn q4_1_x4, q8_0_x4, q4_0_x4;   /* may stay NULL: then one row at a time */
     clex_from_float_fn quant_q8_0, quant_q8_1;
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     void (*axpy_f32)(int64_t n, float a, const float *x, float *y);

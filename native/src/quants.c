@@ -325,12 +325,11 @@ static void set_traits(void) {
 
 static void apply_isa(int isa) {
     clex_kernel_set k = {
-        clex_vec_dot_q8_0_q8_0_generic, clex_vec_dot_q4_0_q8_0_generic,
-        clex_vec_dot_q4_1_q8_1_generic, clex_vec_dot_f32_generic,
-        clex_vec_dot_f16_f32_generic, clex_vec_dot_bf16_f32_generic,
-        NULL,
-        clex_quantize_q8_0_ref, clex_quantize_q8_1_ref,
-        clex_dot_f32_generic, clex_axpy_f32_generic,
+        .q8_0 = clex_vec_dot_q8_0_q8_0_generic, .q4_0 = clex_vec_dot_q4_0_q8_0_generic,
+        .q4_1 = clex_vec_dot_q4_1_q8_1_generic, .f32 = clex_vec_dot_f32_generic,
+        .f16 = clex_vec_dot_f16_f32_generic, .bf16 = clex_vec_dot_bf16_f32_generic,
+        .quant_q8_0 = clex_quantize_q8_0_ref, .quant_q8_1 = clex_quantize_q8_1_ref,
+        .dot_f32 = clex_dot_f32_generic, .axpy_f32 = clex_axpy_f32_generic,
     };
 #ifdef CLEX_X86
     if (isa >= CLEX_ISA_AVX2 && isa <= CLEX_ISA_AVX512) clex_kernels_avx2(&k);
@@ -343,6 +342,8 @@ static void apply_isa(int isa) {
     g_traits[CLEX_TYPE_Q4_0].vec_dot = k.q4_0;
     g_traits[CLEX_TYPE_Q4_1].vec_dot = k.q4_1;
     g_traits[CLEX_TYPE_Q4_1].vec_dot4 = k.q4_1_x4;
+    g_traits[CLEX_TYPE_Q8_0].vec_dot4 = k.q8_0_x4;
+    g_traits[CLEX_TYPE_Q4_0].vec_dot4 = k.q4_0_x4;
     g_traits[CLEX_TYPE_F32].vec_dot = k.f32;
     g_traits[CLEX_TYPE_F16].vec_dot = k.f16;
     g_traits[CLEX_TYPE_BF16].vec_dot = k.bf16;

@@ -92,6 +92,37 @@ static void vec_dot_q4_0(int64_t n, float *s, const void *vw, const void *vx) {
     *s = hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+/* One Q8_0 or Q4_0 weight row against four activation rows (prefill): each weight block is
+ * loaded (and unpacked), and its |w| taken, once for the four rows. */
+static inline void q8_x4_block(__m256i wq, float wd, const block_q8_0 *const x[4], int64_t i, __m256 acc[4]) {
+    const __m256i aw = _mm256_sign_epi8(wq, wq);
+    for (int j = 0; j < 4; j++) {
+        const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[j][i].qs), wq);
+        const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
+        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(wd * h2f(x[j][i].d)), _mm256_cvtepi32_ps(p32), acc[j]);
+    }
+}
+
+static void vec_dot_q8_0_x4(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {
+    const block_q8_0 *w = vw, *x[4];
+    for (int j = 0; j < 4; j++) x[j] = (const block_q8_0 *)((const uint8_t *)vx + j * xstride);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < n / QK; i++)
+        q8_x4_block(_mm256_loadu_si256((const __m256i *)w[i].qs), h2f(w[i].d), x, i, acc);
+    for (int j = 0; j < 4; j++) s[j] = hsum_ps(acc[j]);
+}
+
+static void vec_dot_q4_0_x4(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {
+    const block_q4_0 *w = vw;
+    const block_q8_0 *x[4];
+    for (int j = 0; j < 4; j++) x[j] = (const block_q8_0 *)((const uint8_t *)vx + j * xstride);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int64_t i = 0; i < n / QK; i++)
+        q8_x4_block(_mm256_sub_epi8(unpack_nibbles(w[i].qs), off), h2f(w[i].d), x, i, acc);
+    for (int j = 0; j < 4; j++) s[j] = hsum_ps(acc[j]);
+}
+
 static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
     const __m128i one = _mm_set1_epi16(1);
     const __m128i a = _mm_madd_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xs)), one);
@@ -227,6 +258,8 @@ void clex_kernels_avx2(clex_kernel_set *k) {
     k->q4_0 = vec_dot_q4_0;
     k->q4_1 = vec_dot_q4_1;
     k->q4_1_x4 = vec_dot_q4_1_x4;
+    k->q8_0_x4 = vec_dot_q8_0_x4;
+    k->q4_0_x4 = vec_dot_q4_0_x4;
     k->f32 = vec_dot_f32;
     k->f16 = vec_dot_f16;
     k->bf16 = vec_dot_bf16;

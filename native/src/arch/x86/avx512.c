@@ -90,8 +90,48 @@ static void vec_dot_q4_0_##SUF(int64_t n, float *s, const void *vw, const void *
     *s = sum;                                                                                   \
 }
 
+/* One weight row against four activation rows (prefill): the weight blocks are loaded, unpacked
+ * and split into |w| and sign once, then meet each activation row. Each row's sums run in the
+ * order of the one-row kernel above, so both give the same bits. WQ(i) yields the signed int8
+ * weights of blocks i, i+1; TAIL is the generic one-block kernel. */
+#define DEFINE_X4(NAME, WBLOCK, WQ, TAIL, DP)                                                    \
+static void NAME(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {          \
+    const WBLOCK *w = vw;                                                                       \
+    const block_q8_0 *x[4];                                                                     \
+    for (int j = 0; j < 4; j++) x[j] = (const block_q8_0 *)((const uint8_t *)vx + j * xstride); \
+    const int64_t nb = n / QK;                                                                  \
+    __m512 acc[4];                                                                              \
+    for (int j = 0; j < 4; j++) acc[j] = _mm512_setzero_ps();                                   \
+    int64_t i = 0;                                                                              \
+    for (; i + 1 < nb; i += 2) {                                                                \
+        const __m512i wq = WQ(i);                                                               \
+        const __m512i aw = _mm512_abs_epi8(wq);                                                 \
+        const __mmask64 neg = _mm512_movepi8_mask(wq);                                          \
+        const float wd0 = h2f(w[i].d), wd1 = h2f(w[i + 1].d);                                   \
+        for (int j = 0; j < 4; j++) {                                                           \
+            const __m512i xq = load2(x[j][i].qs, x[j][i + 1].qs);                               \
+            const __m512i sx = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);       \
+            const __m512 d = scales2(wd0 * h2f(x[j][i].d), wd1 * h2f(x[j][i + 1].d));           \
+            acc[j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(DP(aw, sx)), acc[j]);                \
+        }                                                                                       \
+    }                                                                                           \
+    for (int j = 0; j < 4; j++) {                                                               \
+        s[j] = _mm512_reduce_add_ps(acc[j]);                                                    \
+        if (i < nb) {                                                                           \
+            float t;                                                                            \
+            TAIL(QK, &t, w + i, x[j] + i);                                                      \
+            s[j] += t;                                                                          \
+        }                                                                                       \
+    }                                                                                           \
+}
+
+#define Q8_0_W(i) load2(w[(i)].qs, w[(i) + 1].qs)
+#define Q4_0_W(i) _mm512_sub_epi8(nibbles2(w[(i)].qs, w[(i) + 1].qs), _mm512_set1_epi8(8))
+
 DEFINE_KERNELS(vnni, dpbusd_vnni)
 DEFINE_KERNELS(bw, dpbusd_plain)
+DEFINE_X4(vec_dot_q8_0_x4_vnni, block_q8_0, Q8_0_W, clex_vec_dot_q8_0_q8_0_generic, dpbusd_vnni)
+DEFINE_X4(vec_dot_q4_0_x4_vnni, block_q4_0, Q4_0_W, clex_vec_dot_q4_0_q8_0_generic, dpbusd_vnni)
 
 static float dot_f32(int64_t n, const float *a, const float *b) {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -144,6 +184,8 @@ void clex_kernels_avx512(clex_kernel_set *k) {
     if (vnni) {   /* else keep the AVX2 versions: faster than the 512-bit maddubs one */
         k->q4_1 = vec_dot_q4_1;
         k->q4_1_x4 = vec_dot_q4_1_x4;
+        k->q8_0_x4 = vec_dot_q8_0_x4_vnni;
+        k->q4_0_x4 = vec_dot_q4_0_x4_vnni;
     }
     k->f32 = vec_dot_f32;
     k->f16 = vec_dot_f16;
