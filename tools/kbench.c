@@ -2,6 +2,7 @@
  * ISA, reporting GB/s of weights streamed; then the same matrix against a batch of 64 tokens
  * (prefill: the four-row kernels), as ns per weight block per token.
  * Build: make kbench; run: build/kbench [MiB]. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -12,6 +13,22 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The yardstick for the GB/s above: one thread summing the same bytes as 64-bit words. */
+static void stream_read(const unsigned char *p, size_t n) {
+    const uint64_t *q = (const uint64_t *)p;
+    volatile uint64_t sink = 0;
+    double best = 1e9, start = now();
+    while (now() - start < 0.5) {
+        const double t0 = now();
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= n / 8; i += 4) a += q[i], b += q[i + 1], c += q[i + 2], d += q[i + 3];
+        sink += a + b + c + d;
+        const double dt = now() - t0;
+        if (dt < best) best = dt;
+    }
+    printf("plain read, 1 thread   %7.1f MiB  %8.3f ms  %6.2f GB/s\n", n / 1048576.0, best * 1e3, n / best / 1e9);
 }
 
 int main(int argc, char **argv) {
@@ -54,6 +71,7 @@ int main(int argc, char **argv) {
                    clex_type_name(t), clex_isa_name(isa), N * rb / 1048576.0, s * 1e3, N * rb / s / 1e9,
                    s * 1e9 / (N * K / 32.0), T, sb * 1e9 / (N * K / 32.0) / T);
         }
+        if (ti == 0) stream_read(w, (size_t)(N * rb));
         free(w);
         free(y);
     }
