@@ -10,7 +10,7 @@
                 EVAL_TOKENS tokens at every length; build/train_clex/results.json, the table
                 (docs/tiny_clex_table.md) and the plot (docs/img/tiny_clex_ppl.png) (report.py)
 
-    python tools/train_clex/pipeline.py [--deb python3.11-doc_*.deb] [--base-steps 1000] [--ft-steps 500]
+    python tools/train_clex/pipeline.py [--deb python3.11-doc_*.deb] [--base-steps 1000] [--ft-steps 600]
 """
 from __future__ import annotations
 
@@ -29,14 +29,20 @@ PY = sys.executable
 NAMES = {"base": "tiny-clex-base", "clex": "tiny-clex", "twin": "tiny-clex-twin"}
 
 
-def run(cmd: list[str], **kw) -> None:
+def run(cmd: list[str]) -> None:
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def clexrt_bin() -> str:
+def clexrt_cmd() -> tuple[list[str], dict]:
+    """The `clexrt` command and subprocess keywords. CLEXRT_SRC=DIR runs the clexrt package in DIR
+    instead of the installed one (e.g. a `git archive` of a commit with its core built, while
+    someone rebuilds the working tree's core)."""
+    src = os.environ.get("CLEXRT_SRC")
+    if src:
+        return [PY, "-c", "from clexrt.cli import main; main()"], {"cwd": src, "env": dict(os.environ, PYTHONPATH=src)}
     c = os.path.join(os.path.dirname(PY), "clexrt")
-    return c if os.path.exists(c) else "clexrt"
+    return [c if os.path.exists(c) else "clexrt"], {"cwd": ROOT}
 
 
 def trained(stage: str, steps: int) -> bool:
@@ -48,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--deb", default=os.environ.get("CLEX_DEB"), help="python3.11-doc .deb (default: apt-get download)")
     ap.add_argument("--base-steps", type=int, default=1000)
-    ap.add_argument("--ft-steps", type=int, default=500)
+    ap.add_argument("--ft-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--outtype", default="q8_0")
     ap.add_argument("--skip-eval", action="store_true")
@@ -80,8 +86,11 @@ def main() -> None:
     for stage, name in NAMES.items():
         hf = os.path.join(B, "hf", name)
         run([PY, os.path.join(HERE, "export.py"), os.path.join(B, stage, "model.pt"), tok, hf, "--name", name])
-        run([clexrt_bin(), "convert", hf, "-o", os.path.join(ROOT, "models", f"{name}.gguf"),
-             "--outtype", a.outtype, "--no-progress"])
+        cmd, kw = clexrt_cmd()
+        cmd += ["convert", hf, "-o", os.path.join(ROOT, "models", f"{name}.gguf"), "--outtype", a.outtype,
+                "--no-progress"]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, **kw)
     data = os.path.join(HERE, "data")
     os.makedirs(data, exist_ok=True)
     shutil.copyfile(os.path.join(corpus, "test.txt"), os.path.join(data, "test.txt"))
