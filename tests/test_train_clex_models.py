@@ -1,0 +1,67 @@
+"""The committed tiny models (models/*.gguf, trained by `make train-clex`, docs/tiny_clex.md): they
+resolve by short name, carry what they were trained as, match models/MANIFEST.json, and
+`clexrt perplexity` on the committed held-out text repeats the recorded CLEX number."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clexrt import Model
+from clexrt.cli import cli
+from clexrt.registry import resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "models" / "MANIFEST.json"
+NAMES = ("tiny-clex", "tiny-clex-base", "tiny-clex-twin")
+
+pytestmark = pytest.mark.skipif(not MANIFEST.exists(), reason="models/MANIFEST.json is not present")
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return json.loads(MANIFEST.read_text())
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_name_resolves_to_the_committed_file(name, manifest, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)                    # from anywhere, not just the repository root
+    p = Path(resolve_model(name))
+    assert p.resolve() == (ROOT / "models" / f"{name}.gguf").resolve()
+    assert _sha(p) == manifest["models"][name]["sha256"]
+
+
+def test_models_are_what_they_were_trained_as():
+    with Model(resolve_model("tiny-clex")) as m:
+        assert m.clex is not None
+        assert (m.clex.train_length, m.clex.max_factor, m.clex.init) == (128, 8, "ode")
+        assert m.n_ctx == 1024 and m.rope_state["method"] == "clex"
+    for name in ("tiny-clex-base", "tiny-clex-twin"):
+        with Model(resolve_model(name)) as m:
+            assert m.clex is None and m.hparams.n_ctx_train == 128 and m.rope_state["method"] == "none"
+
+
+def test_generate_by_short_name():
+    r = CliRunner().invoke(cli, ["generate", "-m", "tiny-clex", "-p", "The built-in function", "-n", "12",
+                                 "--temp", "0"])
+    assert r.exit_code == 0, r.output
+    assert len(r.output.strip()) > len("The built-in function")
+
+
+def test_perplexity_repeats_the_recorded_clex_number(manifest):
+    text = ROOT / manifest["test_text"]["path"]
+    assert _sha(text) == manifest["test_text"]["sha256"]
+    q = manifest["quick_check"]
+    r = CliRunner().invoke(cli, ["perplexity", "-m", q["model"], "-f", str(text), "--ctx", str(q["ctx"]),
+                                 "--rope", q["rope"], "--clex-mode", q["clex_mode"], "--chunks", str(q["chunks"]),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    # CliRunner interleaves stderr (progress) and stdout (the JSON row) in r.output
+    row, _ = json.JSONDecoder().raw_decode(r.output[r.output.index('{"ctx"'):])
+    assert row["t"] == q["ctx"] / 128 and row["chunks"] == q["chunks"]
+    assert abs(row["ppl"] - q["ppl"]) <= 1e-3 * q["ppl"], (row["ppl"], q["ppl"])
