@@ -72,6 +72,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--ode-lr", type=float, help="peak learning rate of the CLEX ODE network (default: --lr's)")
     ap.add_argument("--warmup", type=int, help="warm-up steps (default: the stage's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=1, help="windows drawn (the same for clex and twin)")
@@ -101,9 +102,12 @@ def main(argv=None) -> dict:
     if a.warmup is not None:
         warmup = a.warmup
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "clex_layer" not in n]
-    rest = [p for n, p in model.named_parameters() if p.dim() < 2 or "clex_layer" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2 and "clex_layer" not in n]
+    ode = [p for n, p in model.named_parameters() if "clex_layer" in n]
+    groups = [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+    if ode:
+        groups.append({"params": ode, "weight_decay": 0.0, "lr_scale": (a.ode_lr / lr) if a.ode_lr else 1.0})
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
     data_gen = torch.Generator().manual_seed(a.data_seed)
     pos_gen = torch.Generator().manual_seed(a.seed + 1000)
     step = 0
@@ -124,7 +128,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         cur = lr_at(step, a.steps, lr, lr_min, warmup)
         for g in opt.param_groups:
-            g["lr"] = cur
+            g["lr"] = cur * g.get("lr_scale", 1.0)
         x = draw_batch(ids, a.batch, n, data_gen)
         t, pos, inv = 1, None, None
         if a.stage == "clex":
@@ -152,7 +156,7 @@ def main(argv=None) -> dict:
             return {"stopped_at": step}
     info = {"stage": a.stage, "config": cfg.to_dict(), "steps": a.steps, "batch": a.batch,
             "tokens": a.steps * a.batch * n, "lr": lr, "lr_min": lr_min, "warmup": warmup,
-            "weight_decay": wd, "seed": a.seed, "data_seed": a.data_seed, "init": a.init,
+            "weight_decay": wd, "ode_lr": a.ode_lr, "seed": a.seed, "data_seed": a.data_seed, "init": a.init,
             "bf16": not a.no_bf16, "seconds_this_run": round(time.time() - t_start, 1),
             "threads": a.threads}
     torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict(), "info": info},
