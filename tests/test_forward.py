@@ -253,3 +253,18 @@ def test_native_rejects_bad_positions_directly(tiny_files):
         bad = np.array([1, 99999], np.int32)
         assert lib.clex_eval(m._ctx, ffi.cast("int32_t *", bad.ctypes.data), 2, 0, ffi.NULL, 0) == lib.CLEX_E_INVALID
         assert lib.clex_ctx_set_rope(m._ctx, ffi.new("float[]", 3), 3) == lib.CLEX_E_INVALID
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_decoding_with_split_keys_equals_the_full_forward(tiny_files, kv_type, threads):
+    """Decoding one token splits each KV head's keys into chunks across threads (from 128 keys
+    on) and combines their softmax partials; the logits equal the one-forward batch path."""
+    path, cfg = tiny_files["q8_0"]
+    ids = list(np.random.default_rng(6).integers(0, cfg.n_vocab, 250))
+    with Model(path, n_threads=threads, kv_type=kv_type) as m:
+        full = m.logits(ids)
+        m.reset()
+        m.eval(ids[:100])
+        steps = np.stack([m.eval([t]) for t in ids[100:]])
+    assert np.abs(full[100:] - steps).max() < 1e-4

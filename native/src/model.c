@@ -23,6 +23,10 @@
 
 #include "internal.h"
 
+/* Decoding splits each KV head's keys into up to this many chunks, so every thread works on a
+ * model with few KV heads; the chunks' partial results are combined afterwards. */
+#define ATT_MAX_CHUNKS 16
+
 struct clex_model {
     clex_hparams hp;
     clex_tensor tok_embd;     /* [n_embd, n_vocab] */
@@ -65,7 +69,8 @@ struct clex_ctx {
     void *q8_0;            /* [B, max_k/32] */
     void *q8_1;            /* [B, max_k/32] */
     float *cs;             /* [B, n_pairs, 2] cos, sin of each token's angles */
-    float *scores;         /* [n_threads, n_ctx] */
+    float *scores;         /* [n_threads, rep * n_ctx + 2 * rep]: a GQA group's scores and stats */
+    float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
     /* row chunks of matrix products are handed out dynamically, so a thread that the OS
      * delays does not hold the others at the next barrier; step k uses counter k % 2 */
     _Atomic int64_t chunk[2];
@@ -226,6 +231,7 @@ void clex_ctx_free(clex_ctx *c) {
     free(c->q8_1);
     free(c->cs);
     free(c->scores);
+    free(c->part);
     free(c);
 }
 
@@ -285,7 +291,9 @@ int clex_ctx_create_kv(const clex_model *m, int32_t n_ctx, int32_t n_batch, int3
     c->q8_0 = xcalloc(B * (maxk / QK + 1), sizeof(block_q8_0), &fail);
     c->q8_1 = xcalloc(B * (maxk / QK + 1), sizeof(block_q8_1), &fail);
     c->cs = xcalloc(B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
-    c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)n_ctx, sizeof(float), &fail);
+    const size_t grp = (size_t)(hp->n_head / hp->n_head_kv);
+    c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (grp * (size_t)n_ctx + 2 * grp), sizeof(float), &fail);
+    c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
     if (fail) {
         clex_ctx_free(c);
         return clex_fail(CLEX_E_NOMEM, "out of memory allocating a context of %d tokens (KV cache %.1f MiB)", n_ctx,
@@ -471,6 +479,72 @@ static void quantize_rows(clex_ctx *c, acts *a, const float *x, int64_t k, const
     prepare_acts(a, x, k, lo, hi, need_type(w, CLEX_TYPE_Q8_0), need_type(w, CLEX_TYPE_Q8_1), c->q8_0, c->q8_1);
 }
 
+/* ------------------------------------------------------------------ attention */
+
+typedef struct {
+    const float *k32, *v32;        /* one KV head's rows [n_ctx, D] (f32 cache) */
+    const clex_fp16 *k16, *v16;    /* or (f16 cache) */
+} kv_head;
+
+/* The `grp` query heads q[0..grp) that share one KV head, over keys [p0, p1): each key and value
+ * row is loaded once for the whole group. `sc` holds grp * (p1 - p0) scores plus 2 * grp stats.
+ * part == NULL: [p0, p1) is every key, and out[r] gets the normalised result (for grp = 1 this is
+ * the textbook order: scores, max, exp, sum, then sum of (e/sum) * v). Otherwise part[r] gets
+ * (max, sum of exp, unnormalised sum of e * v) for attn_combine. */
+static void attend_group(const clex_ctx *c, int64_t grp, int64_t D, float *const *q, const kv_head *kv, int64_t p0,
+                         int64_t p1, float scale, float *sc, float *const *out, float *part) {
+    const int64_t n = p1 - p0;
+    float *mx = sc + grp * n, *sum = mx + grp;
+    for (int64_t r = 0; r < grp; r++) mx[r] = -INFINITY;
+    for (int64_t p = p0; p < p1; p++) {
+        for (int64_t r = 0; r < grp; r++) {
+            const float s = (kv->k16 ? c->kv16.dot(D, q[r], kv->k16 + p * D) : clex_ops.dot_f32(D, q[r], kv->k32 + p * D)) * scale;
+            sc[r * n + (p - p0)] = s;
+            if (s > mx[r]) mx[r] = s;
+        }
+    }
+    for (int64_t r = 0; r < grp; r++) {
+        float *e = sc + r * n;
+        double acc = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            e[i] = expf(e[i] - mx[r]);
+            acc += e[i];
+        }
+        const float inv = (float)(1.0 / acc);
+        if (!part)
+            for (int64_t i = 0; i < n; i++) e[i] *= inv;
+        sum[r] = (float)acc;
+    }
+    float *const *o = out;
+    float *po[64];
+    if (part) {   /* grp <= 64 here (attn_chunks) */
+        for (int64_t r = 0; r < grp; r++) po[r] = part + r * ATT_MAX_CHUNKS * (D + 2) + 2;
+        o = po;
+    }
+    for (int64_t r = 0; r < grp; r++) memset(o[r], 0, (size_t)D * sizeof(float));
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t r = 0; r < grp; r++) {
+            const float w = sc[r * n + (p - p0)];
+            if (kv->v16) c->kv16.axpy(D, w, kv->v16 + p * D, o[r]);
+            else clex_ops.axpy_f32(D, w, kv->v32 + p * D, o[r]);
+        }
+    if (part)
+        for (int64_t r = 0; r < grp; r++) {
+            part[r * ATT_MAX_CHUNKS * (D + 2)] = mx[r];
+            part[r * ATT_MAX_CHUNKS * (D + 2) + 1] = sum[r];
+        }
+}
+
+/* How many chunks decoding one token splits each KV head's keys into: enough units for every
+ * thread twice over, none shorter than 64 keys; 1 (no split) for a batch. */
+static int64_t attn_chunks(int64_t T, int64_t HKV, int64_t grp, int64_t n_keys, int nth) {
+    if (T != 1 || grp > 64 || nth == 1) return 1;
+    int64_t ch = (2 * nth + HKV - 1) / HKV;
+    if (ch > ATT_MAX_CHUNKS) ch = ATT_MAX_CHUNKS;
+    if (ch > n_keys / 64) ch = n_keys / 64;
+    return ch < 1 ? 1 : ch;
+}
+
 static void forward_job(void *varg, int ith, int nth) {
     fwd_args *fa = varg;
     clex_ctx *c = fa->c;
@@ -503,7 +577,7 @@ static void forward_job(void *varg, int ith, int nth) {
     clex_pool_barrier(pool);
 
     const float scale = c->kq_scale / sqrtf((float)D);
-    float *scores = c->scores + (int64_t)ith * n_ctx;
+    float *scores = c->scores + (int64_t)ith * ((H / HKV) * n_ctx + 2 * (H / HKV));
 
     for (int l = 0; l < hp->n_layer; l++) {
         const clex_layer *L = &m->layers[l];
@@ -543,45 +617,53 @@ static void forward_job(void *varg, int ith, int nth) {
                 memcpy(vc + (h * n_ctx + pos) * D, vs, (size_t)D * sizeof(float));
             }
         }
+        split(T * H, ith, nth, &lo, &hi);      /* and rotate the queries */
+        for (int64_t j = lo; j < hi; j++) rope_apply(c->q + j * D, c->cs + (j / H) * P * 2, P);
         clex_pool_barrier(pool);
 
-        /* causal attention, one (token, head) at a time */
-        split(T * H, ith, nth, &lo, &hi);
-        for (int64_t j = lo; j < hi; j++) {
-            const int64_t t = j / H, h = j % H, hk = h / (H / HKV);
-            const int64_t n_keys = fa->n_past + t + 1;
-            float *qh = c->q + t * qd + h * D;
-            rope_apply(qh, c->cs + t * P * 2, P);
-            float mx = -INFINITY;
-            if (f16) {
-                const clex_fp16 *kh = kc16 + hk * n_ctx * D;
-                for (int64_t p = 0; p < n_keys; p++) {
-                    const float s = c->kv16.dot(D, qh, kh + p * D) * scale;
-                    scores[p] = s;
-                    if (s > mx) mx = s;
-                }
-            } else {
-                const float *kh = kc + hk * n_ctx * D;
-                for (int64_t p = 0; p < n_keys; p++) {
-                    const float s = clex_ops.dot_f32(D, qh, kh + p * D) * scale;
-                    scores[p] = s;
-                    if (s > mx) mx = s;
+        /* causal attention, one (token, KV head, chunk of keys) at a time: the query heads of a
+         * group share each key and value row they load */
+        {
+            const int64_t grp = H / HKV;
+            const int64_t chunks = attn_chunks(T, HKV, grp, fa->n_past + 1, nth);
+            split(T * HKV * chunks, ith, nth, &lo, &hi);
+            for (int64_t j = lo; j < hi; j++) {
+                const int64_t t = j / (HKV * chunks), hk = (j / chunks) % HKV, ch = j % chunks;
+                const int64_t n_keys = fa->n_past + t + 1;
+                const int64_t p0 = n_keys * ch / chunks, p1 = n_keys * (ch + 1) / chunks;
+                float *qg[64], *og[64];
+                float **q = grp <= 64 ? qg : NULL, **o = grp <= 64 ? og : NULL;
+                kv_head kv = {NULL, NULL, NULL, NULL};
+                if (f16) kv.k16 = kc16 + hk * n_ctx * D, kv.v16 = vc16 + hk * n_ctx * D;
+                else kv.k32 = kc + hk * n_ctx * D, kv.v32 = vc + hk * n_ctx * D;
+                if (q) {
+                    for (int64_t r = 0; r < grp; r++) {
+                        q[r] = c->q + t * qd + (hk * grp + r) * D;
+                        o[r] = c->att + t * qd + (hk * grp + r) * D;
+                    }
+                    attend_group(c, grp, D, q, &kv, p0, p1, scale, scores, o,
+                                 chunks > 1 ? c->part + ((hk * grp) * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
+                } else {   /* a group too large for the pointer arrays: one head at a time */
+                    for (int64_t r = 0; r < grp; r++) {
+                        float *qr = c->q + t * qd + (hk * grp + r) * D, *ot = c->att + t * qd + (hk * grp + r) * D;
+                        attend_group(c, 1, D, &qr, &kv, 0, n_keys, scale, scores, &ot, NULL);
+                    }
                 }
             }
-            double sum = 0.0;
-            for (int64_t p = 0; p < n_keys; p++) {
-                scores[p] = expf(scores[p] - mx);
-                sum += scores[p];
-            }
-            const float inv = (float)(1.0 / sum);
-            float *out = c->att + t * qd + h * D;
-            memset(out, 0, (size_t)D * sizeof(float));
-            if (f16) {
-                const clex_fp16 *vh = vc16 + hk * n_ctx * D;
-                for (int64_t p = 0; p < n_keys; p++) c->kv16.axpy(D, scores[p] * inv, vh + p * D, out);
-            } else {
-                const float *vh = vc + hk * n_ctx * D;
-                for (int64_t p = 0; p < n_keys; p++) clex_ops.axpy_f32(D, scores[p] * inv, vh + p * D, out);
+            if (chunks > 1) {   /* combine the chunks of each head (T = 1) */
+                clex_pool_barrier(pool);
+                split(H, ith, nth, &lo, &hi);
+                for (int64_t h = lo; h < hi; h++) {
+                    const float *ph = c->part + h * ATT_MAX_CHUNKS * (D + 2);
+                    float m = -INFINITY;
+                    for (int64_t ch = 0; ch < chunks; ch++) m = ph[ch * (D + 2)] > m ? ph[ch * (D + 2)] : m;
+                    double l = 0.0;
+                    for (int64_t ch = 0; ch < chunks; ch++) l += (double)ph[ch * (D + 2) + 1] * exp((double)ph[ch * (D + 2)] - m);
+                    float *out = c->att + h * D;
+                    memset(out, 0, (size_t)D * sizeof(float));
+                    for (int64_t ch = 0; ch < chunks; ch++)
+                        clex_ops.axpy_f32(D, (float)(exp((double)ph[ch * (D + 2)] - m) / l), ph + ch * (D + 2) + 2, out);
+                }
             }
         }
         clex_pool_barrier(pool);
