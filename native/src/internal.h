@@ -106,13 +106,15 @@ void clex_pool_run(clex_pool *p, clex_job_fn fn, void *arg);   /* caller is thre
 void clex_pool_barrier(clex_pool *p);
 int clex_pool_size(const clex_pool *p);
 
-/* ---- attention over an f16 KV cache (kv_f16.c) ---- */
+/* ---- attention kernels over the KV cache (attn.c) ---- */
 typedef struct {
-    float (*dot)(int64_t n, const float *q, const clex_fp16 *k);
-    void (*axpy)(int64_t n, float a, const clex_fp16 *v, float *y);   /* y += a * v */
+    void (*scores32)(int64_t n, int64_t D, const float *q, const float *K, float scale, float *s);
+    void (*scores16)(int64_t n, int64_t D, const float *q, const clex_fp16 *K, float scale, float *s);
+    void (*wsum32)(int64_t n, int64_t D, const float *w, const float *V, float *out);   /* out += w.V */
+    void (*wsum16)(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
     void (*to_f16)(const float *x, clex_fp16 *y, int64_t n);
     void (*from_f16)(const clex_fp16 *x, float *y, int64_t n);
-} clex_kv_f16_ops;
-clex_kv_f16_ops clex_kv_f16_ops_for(int isa);   /* kernels for that ISA (scalar where none) */
+} clex_attn_ops;
+clex_attn_ops clex_attn_ops_for(int isa);   /* kernels for that ISA (scalar where none) */
 
 #endif

@@ -55,7 +55,7 @@ struct clex_ctx {
     void *v_cache;         /* same */
     int32_t kv_type;       /* CLEX_TYPE_F32 or CLEX_TYPE_F16 */
     size_t kv_elt;         /* bytes per cached element */
-    clex_kv_f16_ops kv16;  /* f16 kernels for the ISA of the current eval */
+    clex_attn_ops ak;      /* attention kernels for the ISA of the current eval */
     uint64_t kv_bytes;
     /* scratch for one batch of up to n_batch tokens */
     float *x;              /* [B, n_embd] residual stream */
@@ -486,53 +486,42 @@ typedef struct {
     const clex_fp16 *k16, *v16;    /* or (f16 cache) */
 } kv_head;
 
-/* The `grp` query heads q[0..grp) that share one KV head, over keys [p0, p1): each key and value
- * row is loaded once for the whole group. `sc` holds grp * (p1 - p0) scores plus 2 * grp stats.
- * part == NULL: [p0, p1) is every key, and out[r] gets the normalised result (for grp = 1 this is
- * the textbook order: scores, max, exp, sum, then sum of (e/sum) * v). Otherwise part[r] gets
- * (max, sum of exp, unnormalised sum of e * v) for attn_combine. */
+/* The `grp` query heads q[0..grp) that share one KV head, over keys [p0, p1), each head's scores
+ * and value sum in one kernel call over the whole run of keys (the run stays in cache for the
+ * group's next head). `sc` holds grp * (p1 - p0) scores plus 2 * grp stats. part == NULL:
+ * [p0, p1) is every key, and out[r] gets the normalised result (scores, max, exp, sum, then the
+ * sum of (e/sum) * v). Otherwise part[r] gets (max, sum of exp, unnormalised sum of e * v) for
+ * the combination step. */
 static void attend_group(const clex_ctx *c, int64_t grp, int64_t D, float *const *q, const kv_head *kv, int64_t p0,
                          int64_t p1, float scale, float *sc, float *const *out, float *part) {
     const int64_t n = p1 - p0;
     float *mx = sc + grp * n, *sum = mx + grp;
-    for (int64_t r = 0; r < grp; r++) mx[r] = -INFINITY;
-    for (int64_t p = p0; p < p1; p++) {
-        for (int64_t r = 0; r < grp; r++) {
-            const float s = (kv->k16 ? c->kv16.dot(D, q[r], kv->k16 + p * D) : clex_ops.dot_f32(D, q[r], kv->k32 + p * D)) * scale;
-            sc[r * n + (p - p0)] = s;
-            if (s > mx[r]) mx[r] = s;
-        }
-    }
     for (int64_t r = 0; r < grp; r++) {
         float *e = sc + r * n;
+        if (kv->k16) c->ak.scores16(n, D, q[r], kv->k16 + p0 * D, scale, e);
+        else c->ak.scores32(n, D, q[r], kv->k32 + p0 * D, scale, e);
+        float m = -INFINITY;
+        for (int64_t i = 0; i < n; i++) m = e[i] > m ? e[i] : m;
         double acc = 0.0;
         for (int64_t i = 0; i < n; i++) {
-            e[i] = expf(e[i] - mx[r]);
+            e[i] = expf(e[i] - m);
             acc += e[i];
         }
-        const float inv = (float)(1.0 / acc);
-        if (!part)
+        if (!part) {
+            const float inv = (float)(1.0 / acc);
             for (int64_t i = 0; i < n; i++) e[i] *= inv;
-        sum[r] = (float)acc;
-    }
-    float *const *o = out;
-    float *po[64];
-    if (part) {   /* grp <= 64 here (attn_chunks) */
-        for (int64_t r = 0; r < grp; r++) po[r] = part + r * ATT_MAX_CHUNKS * (D + 2) + 2;
-        o = po;
-    }
-    for (int64_t r = 0; r < grp; r++) memset(o[r], 0, (size_t)D * sizeof(float));
-    for (int64_t p = p0; p < p1; p++)
-        for (int64_t r = 0; r < grp; r++) {
-            const float w = sc[r * n + (p - p0)];
-            if (kv->v16) c->kv16.axpy(D, w, kv->v16 + p * D, o[r]);
-            else clex_ops.axpy_f32(D, w, kv->v32 + p * D, o[r]);
         }
-    if (part)
-        for (int64_t r = 0; r < grp; r++) {
-            part[r * ATT_MAX_CHUNKS * (D + 2)] = mx[r];
+        mx[r] = m;
+        sum[r] = (float)acc;
+        float *o = part ? part + r * ATT_MAX_CHUNKS * (D + 2) + 2 : out[r];
+        memset(o, 0, (size_t)D * sizeof(float));
+        if (kv->v16) c->ak.wsum16(n, D, e, kv->v16 + p0 * D, o);
+        else c->ak.wsum32(n, D, e, kv->v32 + p0 * D, o);
+        if (part) {
+            part[r * ATT_MAX_CHUNKS * (D + 2)] = m;
             part[r * ATT_MAX_CHUNKS * (D + 2) + 1] = sum[r];
         }
+    }
 }
 
 /* How many chunks decoding one token splits each KV head's keys into: enough units for every
@@ -610,8 +599,8 @@ static void forward_job(void *varg, int ith, int nth) {
             float *ks = c->k + t * kvd + h * D, *vs = c->v + t * kvd + h * D;
             rope_apply(ks, c->cs + t * P * 2, P);
             if (f16) {
-                c->kv16.to_f16(ks, kc16 + (h * n_ctx + pos) * D, D);
-                c->kv16.to_f16(vs, vc16 + (h * n_ctx + pos) * D, D);
+                c->ak.to_f16(ks, kc16 + (h * n_ctx + pos) * D, D);
+                c->ak.to_f16(vs, vc16 + (h * n_ctx + pos) * D, D);
             } else {
                 memcpy(kc + (h * n_ctx + pos) * D, ks, (size_t)D * sizeof(float));
                 memcpy(vc + (h * n_ctx + pos) * D, vs, (size_t)D * sizeof(float));
@@ -729,7 +718,7 @@ int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past,
         if (tokens[i] < 0 || tokens[i] >= V)
             return clex_fail(CLEX_E_INVALID, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
                              V - 1);
-    c->kv16 = clex_kv_f16_ops_for(clex_isa());
+    c->ak = clex_attn_ops_for(clex_isa());
     for (int32_t done = 0; done < n_tok; done += c->n_batch) {
         const int32_t nb = n_tok - done < c->n_batch ? n_tok - done : c->n_batch;
         const int last = done + nb == n_tok;
@@ -752,7 +741,7 @@ typedef struct {
     int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
     float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
     float *rows;            /* [n_threads, head_dim] scratch (f16 cache) */
-    clex_kv_f16_ops kv16;
+    clex_attn_ops ak;
 } rot_args;
 
 /* For each (layer, kv head): keys at src0+j, rotated with old_inv at that position, become keys
@@ -791,7 +780,7 @@ static void rotate_job(void *varg, int ith, int nth) {
             const int64_t ps = ra->src0 + j, pd = ra->dst0 + j;
             const float *cs = ra->cs + j * P * 2;
             float *k = row;
-            if (elt == 2) ra->kv16.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
+            if (elt == 2) ra->ak.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
             else k = (float *)(kb + (size_t)(ps * D) * 4);
             float *kd = elt == 2 ? row : (float *)(kb + (size_t)(pd * D) * 4);
             for (int64_t i = 0; i < P; i++) {
@@ -800,7 +789,7 @@ static void rotate_job(void *varg, int ith, int nth) {
                 kd[2 * i + 1] = a * sn + b * co;
             }
             if (elt == 2) {
-                ra->kv16.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
+                ra->ak.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
             } else if (pd != ps) {
                 memmove(kd + 2 * P, k + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
             }
@@ -815,7 +804,7 @@ static int rotate_run(clex_ctx *c, const float *old_inv, int32_t n, int32_t src0
     const size_t n_rows = (size_t)clex_pool_size(c->pool) * (size_t)c->m->hp.head_dim;
     float *cs = malloc((n_cs + n_rows) * sizeof(float));
     if (!cs) return clex_fail(CLEX_E_NOMEM, "out of memory rotating %d cached positions", n);
-    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs, clex_kv_f16_ops_for(clex_isa())};
+    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs, clex_attn_ops_for(clex_isa())};
     clex_pool_run(c->pool, rotate_job, &ra);
     free(cs);
     return CLEX_OK;
