@@ -55,10 +55,26 @@ typedef struct {
 
 const clex_type_traits *clex_traits(int32_t type);   /* NULL for unknown ids */
 
+/* Attention kernels over runs of cached keys (rows of D, f32 or f16):
+ *   scores: s[p] = scale * (q . K[p]) for p < n;   wsum: out += sum_p w[p] * V[p];
+ * and the row conversions to and from f16 that an f16 cache's writes and re-rotations need. */
+typedef void (*clex_scores32_fn)(int64_t n, int64_t D, const float *q, const float *K, float scale, float *s);
+typedef void (*clex_scores16_fn)(int64_t n, int64_t D, const float *q, const clex_fp16 *K, float scale, float *s);
+typedef void (*clex_wsum32_fn)(int64_t n, int64_t D, const float *w, const float *V, float *out);
+typedef void (*clex_wsum16_fn)(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
+typedef void (*clex_to_f16_fn)(const float *x, clex_fp16 *y, int64_t n);
+typedef void (*clex_from_f16_fn)(const clex_fp16 *x, float *y, int64_t n);
+
 /* Small float kernels used by attention and norms, dispatched with the ISA. */
 typedef struct {
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     void (*axpy_f32)(int64_t n, float a, const float *x, float *y);   /* y += a * x */
+    clex_scores32_fn scores32;
+    clex_scores16_fn scores16;
+    clex_wsum32_fn wsum32;
+    clex_wsum16_fn wsum16;
+    clex_to_f16_fn to_f16;
+    clex_from_f16_fn from_f16;
 } clex_f32_ops;
 extern clex_f32_ops clex_ops;
 
@@ -85,6 +101,12 @@ typedef struct {
     clex_from_float_fn quant_q8_0, quant_q8_1;
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     void (*axpy_f32)(int64_t n, float a, const float *x, float *y);
+    clex_scores32_fn scores32;
+    clex_scores16_fn scores16;
+    clex_wsum32_fn wsum32;
+    clex_wsum16_fn wsum16;
+    clex_to_f16_fn to_f16;
+    clex_from_f16_fn from_f16;
 } clex_kernel_set;
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
@@ -106,15 +128,12 @@ void clex_pool_run(clex_pool *p, clex_job_fn fn, void *arg);   /* caller is thre
 void clex_pool_barrier(clex_pool *p);
 int clex_pool_size(const clex_pool *p);
 
-/* ---- attention kernels over the KV cache (attn.c) ---- */
-typedef struct {
-    void (*scores32)(int64_t n, int64_t D, const float *q, const float *K, float scale, float *s);
-    void (*scores16)(int64_t n, int64_t D, const float *q, const clex_fp16 *K, float scale, float *s);
-    void (*wsum32)(int64_t n, int64_t D, const float *w, const float *V, float *out);   /* out += w.V */
-    void (*wsum16)(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
-    void (*to_f16)(const float *x, clex_fp16 *y, int64_t n);
-    void (*from_f16)(const clex_fp16 *x, float *y, int64_t n);
-} clex_attn_ops;
-clex_attn_ops clex_attn_ops_for(int isa);   /* kernels for that ISA (scalar where none) */
+/* ---- attention kernels, scalar reference (attn.c) ---- */
+void clex_scores32_generic(int64_t n, int64_t D, const float *q, const float *K, float scale, float *s);
+void clex_scores16_generic(int64_t n, int64_t D, const float *q, const clex_fp16 *K, float scale, float *s);
+void clex_wsum32_generic(int64_t n, int64_t D, const float *w, const float *V, float *out);
+void clex_wsum16_generic(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
+void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n);
+void clex_from_f16_generic(const clex_fp16 *x, float *y, int64_t n);
 
 #endif

@@ -55,7 +55,6 @@ struct clex_ctx {
     void *v_cache;         /* same */
     int32_t kv_type;       /* CLEX_TYPE_F32 or CLEX_TYPE_F16 */
     size_t kv_elt;         /* bytes per cached element */
-    clex_attn_ops ak;      /* attention kernels for the ISA of the current eval */
     uint64_t kv_bytes;
     /* scratch for one batch of up to n_batch tokens */
     float *x;              /* [B, n_embd] residual stream */
@@ -69,7 +68,7 @@ struct clex_ctx {
     void *q8_0;            /* [B, max_k/32] */
     void *q8_1;            /* [B, max_k/32] */
     float *cs;             /* [B, n_pairs, 2] cos, sin of each token's angles */
-    float *scores;         /* [n_threads, rep * n_ctx + 2 * rep]: a GQA group's scores and stats */
+    float *scores;         /* [n_threads, n_ctx] */
     float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
     /* row chunks of matrix products are handed out dynamically, so a thread that the OS
      * delays does not hold the others at the next barrier; step k uses counter k % 2 */
@@ -291,8 +290,7 @@ int clex_ctx_create_kv(const clex_model *m, int32_t n_ctx, int32_t n_batch, int3
     c->q8_0 = xcalloc(B * (maxk / QK + 1), sizeof(block_q8_0), &fail);
     c->q8_1 = xcalloc(B * (maxk / QK + 1), sizeof(block_q8_1), &fail);
     c->cs = xcalloc(B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
-    const size_t grp = (size_t)(hp->n_head / hp->n_head_kv);
-    c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (grp * (size_t)n_ctx + 2 * grp), sizeof(float), &fail);
+    c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)n_ctx, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
     if (fail) {
         clex_ctx_free(c);
@@ -486,48 +484,41 @@ typedef struct {
     const clex_fp16 *k16, *v16;    /* or (f16 cache) */
 } kv_head;
 
-/* The `grp` query heads q[0..grp) that share one KV head, over keys [p0, p1), each head's scores
- * and value sum in one kernel call over the whole run of keys (the run stays in cache for the
- * group's next head). `sc` holds grp * (p1 - p0) scores plus 2 * grp stats. part == NULL:
- * [p0, p1) is every key, and out[r] gets the normalised result (scores, max, exp, sum, then the
- * sum of (e/sum) * v). Otherwise part[r] gets (max, sum of exp, unnormalised sum of e * v) for
- * the combination step. */
-static void attend_group(const clex_ctx *c, int64_t grp, int64_t D, float *const *q, const kv_head *kv, int64_t p0,
-                         int64_t p1, float scale, float *sc, float *const *out, float *part) {
+/* One query head over keys [p0, p1) of its KV head, scores and value sum each one kernel call
+ * over the whole run of keys (the run stays in cache for the group's next head); `sc` holds
+ * p1 - p0 scores. part == NULL: [p0, p1) is every key, and `out` gets the normalised result
+ * (scores, max, exp, sum, then the sum of (e/sum) * v). Otherwise part gets (max, sum of exp,
+ * unnormalised sum of e * v) for the combination step. */
+static void attend_head(int64_t D, const float *q, const kv_head *kv, int64_t p0, int64_t p1,
+                        float scale, float *sc, float *out, float *part) {
     const int64_t n = p1 - p0;
-    float *mx = sc + grp * n, *sum = mx + grp;
-    for (int64_t r = 0; r < grp; r++) {
-        float *e = sc + r * n;
-        if (kv->k16) c->ak.scores16(n, D, q[r], kv->k16 + p0 * D, scale, e);
-        else c->ak.scores32(n, D, q[r], kv->k32 + p0 * D, scale, e);
-        float m = -INFINITY;
-        for (int64_t i = 0; i < n; i++) m = e[i] > m ? e[i] : m;
-        double acc = 0.0;
-        for (int64_t i = 0; i < n; i++) {
-            e[i] = expf(e[i] - m);
-            acc += e[i];
-        }
-        if (!part) {
-            const float inv = (float)(1.0 / acc);
-            for (int64_t i = 0; i < n; i++) e[i] *= inv;
-        }
-        mx[r] = m;
-        sum[r] = (float)acc;
-        float *o = part ? part + r * ATT_MAX_CHUNKS * (D + 2) + 2 : out[r];
-        memset(o, 0, (size_t)D * sizeof(float));
-        if (kv->v16) c->ak.wsum16(n, D, e, kv->v16 + p0 * D, o);
-        else c->ak.wsum32(n, D, e, kv->v32 + p0 * D, o);
-        if (part) {
-            part[r * ATT_MAX_CHUNKS * (D + 2)] = m;
-            part[r * ATT_MAX_CHUNKS * (D + 2) + 1] = sum[r];
-        }
+    if (kv->k16) clex_ops.scores16(n, D, q, kv->k16 + p0 * D, scale, sc);
+    else clex_ops.scores32(n, D, q, kv->k32 + p0 * D, scale, sc);
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = sc[i] > m ? sc[i] : m;
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        sc[i] = expf(sc[i] - m);
+        acc += sc[i];
+    }
+    if (!part) {
+        const float inv = (float)(1.0 / acc);
+        for (int64_t i = 0; i < n; i++) sc[i] *= inv;
+    }
+    float *o = part ? part + 2 : out;
+    memset(o, 0, (size_t)D * sizeof(float));
+    if (kv->v16) clex_ops.wsum16(n, D, sc, kv->v16 + p0 * D, o);
+    else clex_ops.wsum32(n, D, sc, kv->v32 + p0 * D, o);
+    if (part) {
+        part[0] = m;
+        part[1] = (float)acc;
     }
 }
 
 /* How many chunks decoding one token splits each KV head's keys into: enough units for every
  * thread twice over, none shorter than 64 keys; 1 (no split) for a batch. */
-static int64_t attn_chunks(int64_t T, int64_t HKV, int64_t grp, int64_t n_keys, int nth) {
-    if (T != 1 || grp > 64 || nth == 1) return 1;
+static int64_t attn_chunks(int64_t T, int64_t HKV, int64_t n_keys, int nth) {
+    if (T != 1 || nth == 1) return 1;
     int64_t ch = (2 * nth + HKV - 1) / HKV;
     if (ch > ATT_MAX_CHUNKS) ch = ATT_MAX_CHUNKS;
     if (ch > n_keys / 64) ch = n_keys / 64;
@@ -566,7 +557,7 @@ static void forward_job(void *varg, int ith, int nth) {
     clex_pool_barrier(pool);
 
     const float scale = c->kq_scale / sqrtf((float)D);
-    float *scores = c->scores + (int64_t)ith * ((H / HKV) * n_ctx + 2 * (H / HKV));
+    float *scores = c->scores + (int64_t)ith * n_ctx;
 
     for (int l = 0; l < hp->n_layer; l++) {
         const clex_layer *L = &m->layers[l];
@@ -599,8 +590,8 @@ static void forward_job(void *varg, int ith, int nth) {
             float *ks = c->k + t * kvd + h * D, *vs = c->v + t * kvd + h * D;
             rope_apply(ks, c->cs + t * P * 2, P);
             if (f16) {
-                c->ak.to_f16(ks, kc16 + (h * n_ctx + pos) * D, D);
-                c->ak.to_f16(vs, vc16 + (h * n_ctx + pos) * D, D);
+                clex_ops.to_f16(ks, kc16 + (h * n_ctx + pos) * D, D);
+                clex_ops.to_f16(vs, vc16 + (h * n_ctx + pos) * D, D);
             } else {
                 memcpy(kc + (h * n_ctx + pos) * D, ks, (size_t)D * sizeof(float));
                 memcpy(vc + (h * n_ctx + pos) * D, vs, (size_t)D * sizeof(float));
@@ -611,33 +602,21 @@ static void forward_job(void *varg, int ith, int nth) {
         clex_pool_barrier(pool);
 
         /* causal attention, one (token, KV head, chunk of keys) at a time: the query heads of a
-         * group share each key and value row they load */
+         * group take turns over the same run of cached keys and values */
         {
             const int64_t grp = H / HKV;
-            const int64_t chunks = attn_chunks(T, HKV, grp, fa->n_past + 1, nth);
+            const int64_t chunks = attn_chunks(T, HKV, fa->n_past + 1, nth);
             split(T * HKV * chunks, ith, nth, &lo, &hi);
             for (int64_t j = lo; j < hi; j++) {
                 const int64_t t = j / (HKV * chunks), hk = (j / chunks) % HKV, ch = j % chunks;
                 const int64_t n_keys = fa->n_past + t + 1;
                 const int64_t p0 = n_keys * ch / chunks, p1 = n_keys * (ch + 1) / chunks;
-                float *qg[64], *og[64];
-                float **q = grp <= 64 ? qg : NULL, **o = grp <= 64 ? og : NULL;
                 kv_head kv = {NULL, NULL, NULL, NULL};
                 if (f16) kv.k16 = kc16 + hk * n_ctx * D, kv.v16 = vc16 + hk * n_ctx * D;
                 else kv.k32 = kc + hk * n_ctx * D, kv.v32 = vc + hk * n_ctx * D;
-                if (q) {
-                    for (int64_t r = 0; r < grp; r++) {
-                        q[r] = c->q + t * qd + (hk * grp + r) * D;
-                        o[r] = c->att + t * qd + (hk * grp + r) * D;
-                    }
-                    attend_group(c, grp, D, q, &kv, p0, p1, scale, scores, o,
-                                 chunks > 1 ? c->part + ((hk * grp) * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
-                } else {   /* a group too large for the pointer arrays: one head at a time */
-                    for (int64_t r = 0; r < grp; r++) {
-                        float *qr = c->q + t * qd + (hk * grp + r) * D, *ot = c->att + t * qd + (hk * grp + r) * D;
-                        attend_group(c, 1, D, &qr, &kv, 0, n_keys, scale, scores, &ot, NULL);
-                    }
-                }
+                for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
+                    attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, scores, c->att + t * qd + h * D,
+                                chunks > 1 ? c->part + (h * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
             }
             if (chunks > 1) {   /* combine the chunks of each head (T = 1) */
                 clex_pool_barrier(pool);
@@ -718,7 +697,6 @@ int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past,
         if (tokens[i] < 0 || tokens[i] >= V)
             return clex_fail(CLEX_E_INVALID, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
                              V - 1);
-    c->ak = clex_attn_ops_for(clex_isa());
     for (int32_t done = 0; done < n_tok; done += c->n_batch) {
         const int32_t nb = n_tok - done < c->n_batch ? n_tok - done : c->n_batch;
         const int last = done + nb == n_tok;
@@ -741,7 +719,6 @@ typedef struct {
     int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
     float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
     float *rows;            /* [n_threads, head_dim] scratch (f16 cache) */
-    clex_attn_ops ak;
 } rot_args;
 
 /* For each (layer, kv head): keys at src0+j, rotated with old_inv at that position, become keys
@@ -780,7 +757,7 @@ static void rotate_job(void *varg, int ith, int nth) {
             const int64_t ps = ra->src0 + j, pd = ra->dst0 + j;
             const float *cs = ra->cs + j * P * 2;
             float *k = row;
-            if (elt == 2) ra->ak.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
+            if (elt == 2) clex_ops.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
             else k = (float *)(kb + (size_t)(ps * D) * 4);
             float *kd = elt == 2 ? row : (float *)(kb + (size_t)(pd * D) * 4);
             for (int64_t i = 0; i < P; i++) {
@@ -789,7 +766,7 @@ static void rotate_job(void *varg, int ith, int nth) {
                 kd[2 * i + 1] = a * sn + b * co;
             }
             if (elt == 2) {
-                ra->ak.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
+                clex_ops.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
             } else if (pd != ps) {
                 memmove(kd + 2 * P, k + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
             }
@@ -804,7 +781,7 @@ static int rotate_run(clex_ctx *c, const float *old_inv, int32_t n, int32_t src0
     const size_t n_rows = (size_t)clex_pool_size(c->pool) * (size_t)c->m->hp.head_dim;
     float *cs = malloc((n_cs + n_rows) * sizeof(float));
     if (!cs) return clex_fail(CLEX_E_NOMEM, "out of memory rotating %d cached positions", n);
-    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs, clex_attn_ops_for(clex_isa())};
+    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs};
     clex_pool_run(c->pool, rotate_job, &ra);
     free(cs);
     return CLEX_OK;

@@ -330,6 +330,9 @@ static void apply_isa(int isa) {
         .f16 = clex_vec_dot_f16_f32_generic, .bf16 = clex_vec_dot_bf16_f32_generic,
         .quant_q8_0 = clex_quantize_q8_0_ref, .quant_q8_1 = clex_quantize_q8_1_ref,
         .dot_f32 = clex_dot_f32_generic, .axpy_f32 = clex_axpy_f32_generic,
+        .scores32 = clex_scores32_generic, .scores16 = clex_scores16_generic,
+        .wsum32 = clex_wsum32_generic, .wsum16 = clex_wsum16_generic,
+        .to_f16 = clex_to_f16_generic, .from_f16 = clex_from_f16_generic,
     };
 #ifdef CLEX_X86
     if (isa >= CLEX_ISA_AVX2 && isa <= CLEX_ISA_AVX512) clex_kernels_avx2(&k);
@@ -349,8 +352,7 @@ static void apply_isa(int isa) {
     g_traits[CLEX_TYPE_BF16].vec_dot = k.bf16;
     g_traits[CLEX_TYPE_Q8_0].from_float = k.quant_q8_0;
     g_traits[CLEX_TYPE_Q8_1].from_float = k.quant_q8_1;
-    clex_ops.dot_f32 = k.dot_f32;
-    clex_ops.axpy_f32 = k.axpy_f32;
+    clex_ops = (clex_f32_ops){k.dot_f32, k.axpy_f32, k.scores32, k.scores16, k.wsum32, k.wsum16, k.to_f16, k.from_f16};
     g_isa = isa;
 }
 

@@ -253,6 +253,79 @@ static void quant_q8_1(const float *x, void *vy, int64_t n) {
     }
 }
 
+/* ---- attention over runs of cached keys (attn.c has the reference): scores reduce four keys
+ * at a time, weighted sums keep their output row in registers ---- */
+
+static inline __m256 ld32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 ld16(const clex_fp16 *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* four 8-lane sums -> their four totals */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    const __m256 abcd = _mm256_hadd_ps(ab, cd);   /* [a b c d | a b c d] halves */
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* D a multiple of 8 (head dims are); other D go to the reference */
+#define SCORES(NAME, T, LD, REF)                                                                \
+static void NAME(int64_t n, int64_t D, const float *q, const T *K, float scale, float *s) {     \
+    if (D % 8) { REF(n, D, q, K, scale, s); return; }                                          \
+    const __m128 vs = _mm_set1_ps(scale);                                                       \
+    int64_t p = 0;                                                                              \
+    for (; p + 4 <= n; p += 4) {                                                                \
+        const T *k0 = K + p * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;                    \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                             \
+        for (int64_t i = 0; i < D; i += 8) {                                                    \
+            const __m256 qi = _mm256_loadu_ps(q + i);                                           \
+            a0 = _mm256_fmadd_ps(qi, LD(k0 + i), a0);                                           \
+            a1 = _mm256_fmadd_ps(qi, LD(k1 + i), a1);                                           \
+            a2 = _mm256_fmadd_ps(qi, LD(k2 + i), a2);                                           \
+            a3 = _mm256_fmadd_ps(qi, LD(k3 + i), a3);                                           \
+        }                                                                                       \
+        _mm_storeu_ps(s + p, _mm_mul_ps(hsum4(a0, a1, a2, a3), vs));                            \
+    }                                                                                           \
+    for (; p < n; p++) {                                                                        \
+        __m256 a = _mm256_setzero_ps();                                                         \
+        for (int64_t i = 0; i < D; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LD(K + p * D + i), a); \
+        s[p] = hsum_ps(a) * scale;                                                                \
+    }                                                                                           \
+}
+
+/* the output in registers, 64 elements (8 vectors) at a time */
+#define WSUM(NAME, T, LD, REF)                                                                  \
+static void NAME(int64_t n, int64_t D, const float *w, const T *V, float *out) {                \
+    if (D % 8) { REF(n, D, w, V, out); return; }                                               \
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {                                                    \
+        const int64_t m = D - d0 < 64 ? (D - d0) / 8 : 8;                                       \
+        __m256 o[8];                                                                            \
+        for (int64_t j = 0; j < m; j++) o[j] = _mm256_loadu_ps(out + d0 + 8 * j);               \
+        for (int64_t p = 0; p < n; p++) {                                                       \
+            const __m256 wp = _mm256_set1_ps(w[p]);                                             \
+            const T *v = V + p * D + d0;                                                        \
+            for (int64_t j = 0; j < m; j++) o[j] = _mm256_fmadd_ps(wp, LD(v + 8 * j), o[j]);    \
+        }                                                                                       \
+        for (int64_t j = 0; j < m; j++) _mm256_storeu_ps(out + d0 + 8 * j, o[j]);               \
+    }                                                                                           \
+}
+
+SCORES(scores32_avx2, float, ld32, clex_scores32_generic)
+SCORES(scores16_avx2, clex_fp16, ld16, clex_scores16_generic)
+WSUM(wsum32_avx2, float, ld32, clex_wsum32_generic)
+WSUM(wsum16_avx2, clex_fp16, ld16, clex_wsum16_generic)
+
+static void to_f16_avx2(const float *x, clex_fp16 *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = clex_fp32_to_fp16(x[i]);
+}
+
+static void from_f16_avx2(const clex_fp16 *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, ld16(x + i));
+    for (; i < n; i++) y[i] = clex_fp16_to_fp32(x[i]);
+}
+
 void clex_kernels_avx2(clex_kernel_set *k) {
     k->q8_0 = vec_dot_q8_0;
     k->q4_0 = vec_dot_q4_0;
@@ -267,6 +340,12 @@ void clex_kernels_avx2(clex_kernel_set *k) {
     k->quant_q8_1 = quant_q8_1;
     k->dot_f32 = dot_f32;
     k->axpy_f32 = axpy_f32;
+    k->scores32 = scores32_avx2;
+    k->scores16 = scores16_avx2;
+    k->wsum32 = wsum32_avx2;
+    k->wsum16 = wsum16_avx2;
+    k->to_f16 = to_f16_avx2;
+    k->from_f16 = from_f16_avx2;
 }
 
 #if defined(__clang__)
