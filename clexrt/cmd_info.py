@@ -90,25 +90,17 @@ def _tokenizer_info(md: dict) -> dict:
     return info
 
 
-def _unsupported_tensor(g) -> str | None:
-    """The first weight whose type the C core does not run, as Model would report it."""
-    from ._lib import lib
-    for name, t in g.tensors.items():
-        if name.endswith(".weight") and name != "rope_freqs.weight" and not lib.clex_type_supported(t.ggml_type):
-            return f"tensor '{name}' has type {t.type_name}, which clexrt does not run"
-    return None
-
-
 def describe(path: str) -> dict:
     """Everything `info` shows, as a JSON-ready dict."""
     from .errors import ClexError
     from .gguf_file import GGUFFile, validate_llama
+    from .model import unsupported_weight
 
     with GGUFFile(path) as g:
         md = g.metadata
         try:                       # a file can parse and still not be a model clexrt runs
             validate_llama(g)
-            problem = _unsupported_tensor(g)
+            problem = unsupported_weight(g)
         except ClexError as e:
             problem = str(e)
         arch = md.get("general.architecture", "?")

@@ -70,6 +70,15 @@ def _mem_available() -> int | None:
     return None
 
 
+def unsupported_weight(g: GGUFFile) -> str | None:
+    """The first weight tensor whose type the C core does not run, as a message; None if all run."""
+    for name, t in g.tensors.items():
+        if name.endswith(".weight") and not lib.clex_type_supported(t.ggml_type) and name != "rope_freqs.weight":
+            return (f"tensor '{name}' has type {t.type_name}, which clexrt does not run "
+                    f"(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+    return None
+
+
 class Model:
     """A GGUF model with one KV cache. Not re-entrant: calls from several threads are serialized
     by an internal lock.
@@ -111,10 +120,9 @@ class Model:
         self.hparams = HParams(n_vocab=v.n_vocab, n_embd=v.n_embd, n_layer=v.n_layer, n_head=v.n_head,
                                n_head_kv=v.n_head_kv, head_dim=v.head_dim, n_rot=v.n_rot, n_ff=v.n_ff,
                                rms_eps=eps, n_ctx_train=v.n_ctx_train or 2048, rope_freq_base=base)
-        for name, t in g.tensors.items():
-            if name.endswith(".weight") and not lib.clex_type_supported(t.ggml_type) and name != "rope_freqs.weight":
-                raise ModelError(f"{self.path}: tensor '{name}' has type {t.type_name}, which clexrt does not "
-                                 f"run (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+        problem = unsupported_weight(g)
+        if problem:
+            raise ModelError(f"{self.path}: {problem}")
         self._base = ffi.from_buffer("char[]", g.buffer)
         self._keep = []
 
@@ -189,7 +197,6 @@ class Model:
         self.n_past = 0
         self._hist = np.zeros(n_ctx, dtype=np.int32)     # the cached token ids (for recompute)
         self.table_changes = 0
-        self._attn_factor = 1.0
         self._choice = self.schedule(0)
         self._synced = True
         self._target = 0
@@ -224,8 +231,6 @@ class Model:
     def _set_attn_factor(self, f: float) -> None:
         """YaRN's temperature: q and k each scaled by f, so q.k by f^2 (the C core's attention scale)."""
         check(lib.clex_ctx_set_attn_scale(self._ctx, float(f) * float(f)))
-        self._attn_factor = float(f)
-        self._attn_applied = True
 
     @property
     def rope_table(self) -> np.ndarray:
@@ -245,7 +250,7 @@ class Model:
             st["steps"] = s.steps
         if c.attn_factor != 1.0:
             st["attn_factor"] = c.attn_factor
-            st["attn_factor_applied"] = self._attn_applied
+            st["attn_factor_applied"] = True      # the C core scales q.k (kept for readers of the key)
         return st
 
     @property

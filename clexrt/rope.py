@@ -312,6 +312,4 @@ def describe_state(st: dict | None) -> str:
              f"{n} table change{'' if n == 1 else 's'} ({st.get('kv_policy')})"]
     if st.get("next_change") is not None:
         parts.append(f"next at {st['next_change']} tokens")
-    if st.get("attn_factor") is not None and not st.get("attn_factor_applied", True):
-        parts.append("attention temperature not applied")
     return ", ".join(parts)
