@@ -8,10 +8,10 @@ from .errors import ClexError, ContextFullError, ConvertError, GGUFError, ModelE
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Model": ("clexrt.model", "Model"),
+    "Model": ("clexrt.engine.model", "Model"),
     "Llama": ("clexrt.api", "Llama"),
-    "Tokenizer": ("clexrt.tokenizer", "Tokenizer"),
-    "GGUFFile": ("clexrt.gguf_file", "GGUFFile"),
+    "Tokenizer": ("clexrt.text.tokenizer", "Tokenizer"),
+    "GGUFFile": ("clexrt.gguf.reader", "GGUFFile"),
 }
 
 __all__ = ["ClexError", "ContextFullError", "ConvertError", "GGUFError", "ModelError",

@@ -20,10 +20,11 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .chat_template import ChatTemplate
+from .text.chat_template import ChatTemplate
 from .errors import ClexError, ContextFullError
-from .generate import Generation, Session, stream_decoder
-from .sampler import Sampler, SamplingParams, log_softmax
+from .engine.session import Session
+from .text.generate import Generation
+from .text.sampler import Sampler, SamplingParams, log_softmax
 
 __all__ = ["Llama", "LLAMA_DEFAULT_SEED"]
 
@@ -73,7 +74,7 @@ class Llama:
     clexrt-specific arguments: `rope` (the scaling method: "auto" reads the GGUF), `clex_mode`
     and `kv_policy` (see the model docs), `context_shift` and `n_keep` (past the context, drop the
     older half of the tokens after the first n_keep instead of stopping), `kv_type` ("f32", or
-    "f16" for half the KV cache's memory); they are passed to :class:`clexrt.model.Model`.
+    "f16" for half the KV cache's memory); they are passed to :class:`clexrt.engine.model.Model`.
     """
 
     def __init__(self, model_path: str, *, n_ctx: int = 0, n_threads: int | None = None,
@@ -84,17 +85,17 @@ class Llama:
         unknown = set(kwargs) - _IGNORED_INIT
         if unknown:
             raise TypeError(f"Llama() got unexpected arguments: {', '.join(sorted(unknown))}")
-        from .tokenizer import Tokenizer
+        from .text.tokenizer import Tokenizer
 
         t0 = time.perf_counter()
         self.model_path = str(model_path)
         if vocab_only:
-            from .gguf_file import read_metadata
+            from .gguf.reader import read_metadata
 
             md = read_metadata(self.model_path)
             model = None
         else:
-            from .model import Model
+            from .engine.model import Model
 
             model = Model(self.model_path, n_ctx=n_ctx, n_threads=n_threads, rope=rope,
                           clex_mode=clex_mode, kv_policy=kv_policy, n_batch=n_batch,
@@ -291,12 +292,9 @@ class Llama:
 
     def _echo_logprobs(self, prompt_tokens, n_top) -> tuple[str, dict]:
         """Prompt text and logprobs for echo=True (the first token has none, as in OpenAI)."""
-        session = self._session
-        rows = self._model.logits(prompt_tokens)
-        # logits() ran from an empty cache and left the prompt in it.
-        session.tokens[:] = list(prompt_tokens)[:int(self._model.n_past)]
+        rows = self._model.logits(prompt_tokens)      # leaves the prompt in the cache
         text, offsets, lps, tops = "", [], [None], [None]
-        dec = stream_decoder(self._tokenizer)
+        dec = self._tokenizer.stream_decoder()
         for i, t in enumerate(prompt_tokens):
             offsets.append(len(text))
             text += dec.feed(t)
@@ -384,7 +382,7 @@ class Llama:
                 if n_logprobs is not None:
                     text, lp = self._echo_logprobs(prompt_tokens, n_logprobs)
                 else:
-                    dec = stream_decoder(self._tokenizer)
+                    dec = self._tokenizer.stream_decoder()
                     text = "".join(dec.feed(t) for t in prompt_tokens) + dec.flush()
                 if echo is not None:
                     text = echo

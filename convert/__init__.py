@@ -4,7 +4,7 @@
     clexify(IN_GGUF, OUT, max_factor=M)         add zero-network CLEX tables to a GGUF
 
 Both return the Plan they carried out (with dry_run=True: the plan only, nothing written).
-The clex.* key schema is described in docs/convert.md and read back by clexrt.clex_tables.
+The clex.* key schema is described in docs/convert.md and read back by clexrt.rope.tables.
 """
 from __future__ import annotations
 

@@ -7,8 +7,10 @@ from gguf import GGUFValueType
 
 from clexrt.errors import ConvertError, GGUFError
 
-from .clex_ode import ClexODE
-from .gguf_out import Plan, TensorPlan, clex_metadata
+from clexrt.rope.ode import ClexODE
+from clexrt.rope.tables import bake_clex
+
+from .gguf_out import Plan, TensorPlan
 
 
 def _inv_freq(g, d: int, base: float) -> tuple[np.ndarray, str]:
@@ -74,7 +76,7 @@ def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
     if any(key.startswith("clex.") for key in md):
         plan.notes.append("existing clex.* keys replaced")
     ode = ClexODE(inv)
-    for key, value in clex_metadata(ode, L, int(max_factor), "ntk").items():
+    for key, value in bake_clex(ode, L, int(max_factor), "ntk").items():
         plan.add(key, value)
     plan.notes.append(f"CLEX (ntk): {how}, d = {d}, L = {L}, t in 1..{max_factor}")
     for name, ti in g.tensors.items():
@@ -87,7 +89,7 @@ def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
 
 
 def open_gguf(path):
-    from clexrt.gguf_file import GGUFFile
+    from clexrt.gguf.reader import GGUFFile
     try:
         return GGUFFile(path)
     except FileNotFoundError:

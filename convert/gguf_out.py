@@ -17,14 +17,15 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from clexrt.errors import ConvertError
+from clexrt.gguf.reader import FILE_TYPES as GGUF_FILE_TYPES
 
 from . import quantize as Q
-from .clex_ode import ClexODE, default_grid
 
 ARCH = "llama"
 # general.file_type (llama.cpp's LLAMA_FTYPE) for each --outtype
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32}
-OUTTYPES = tuple(FILE_TYPES)
+OUTTYPES = ("f32", "f16", "q4_0", "q4_1", "q8_0", "bf16")
+# --outtype -> general.file_type
+FILE_TYPES = {name.lower(): ft for ft, name in GGUF_FILE_TYPES.items() if name.lower() in OUTTYPES}
 _NP_TYPES = {Q.F32_ID: np.float32, Q.F16_ID: np.float16}
 
 
@@ -180,34 +181,6 @@ def weight_type(outtype: str, shape: tuple[int, ...], name: str, notes: list[str
 # ------------------------------------------------------------------------------------------
 # CLEX metadata
 # ------------------------------------------------------------------------------------------
-def clex_metadata(ode: ClexODE, train_length: int, max_factor: int, init: str,
-                  param_factor: int = 0, log_scale: bool = True, grid: np.ndarray | None = None) -> dict:
-    """The clex.* keys (docs/convert.md). The tables are log inverse frequencies at every grid
-    point; with init == "ntk" there are no network weights (the zero network)."""
-    grid = default_grid(max_factor) if grid is None else np.asarray(grid, np.float32)
-    tables = ode.tables(grid)
-    if not np.isfinite(tables).all():
-        raise ConvertError("the CLEX ODE solution is not finite (the ODE network diverges)")
-    md = {
-        "clex.init": init,
-        "clex.train_length": int(train_length),
-        "clex.max_factor": int(max_factor),
-        "clex.param_factor": int(param_factor),
-        "clex.act": ode.act,
-        "clex.time_dt": float(ode.time_dt),
-        "clex.log_scale": bool(log_scale),
-        "clex.inv_freq": ode.inv_freq.astype(np.float32),
-    }
-    if init == "ode":
-        md["clex.ode_up"] = ode.up.reshape(-1)
-        md["clex.ode_up_shape"] = np.asarray(ode.up.shape, np.uint32)
-        md["clex.ode_down"] = ode.down.reshape(-1)
-        md["clex.ode_down_shape"] = np.asarray(ode.down.shape, np.uint32)
-    md["clex.grid"] = grid
-    md["clex.log_inv_freq"] = tables.reshape(-1).astype(np.float32)
-    return md
-
-
 # ------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------

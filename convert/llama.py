@@ -5,8 +5,10 @@ import numpy as np
 
 from clexrt.errors import ConvertError
 
-from .clex_ode import ClexODE
-from .gguf_out import FILE_TYPES, OUTTYPES, Plan, TensorPlan, clex_metadata, permute_qk, weight_type
+from clexrt.rope.ode import ClexODE
+from clexrt.rope import base_inv_freq, bake_clex
+
+from .gguf_out import FILE_TYPES, OUTTYPES, Plan, TensorPlan, permute_qk, weight_type
 from .hf import HFCheckpoint
 
 # HF name (per layer) -> GGUF name
@@ -21,12 +23,6 @@ LAYER_MAP = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-
-
-def base_inv_freq(theta: float, d: int) -> np.ndarray:
-    """1 / theta ** (arange(0, d, 2) / d), in float32 as transformers computes it."""
-    e = np.arange(0, d, 2, dtype=np.float32) / np.float32(d)
-    return (np.float32(1) / (np.float64(theta) ** e.astype(np.float64)).astype(np.float32)).astype(np.float32)
 
 
 def _tensor_plans(ckpt: HFCheckpoint, outtype: str, notes: list[str]) -> list[TensorPlan]:
@@ -84,7 +80,7 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
     else:
         if not clex_max_factor:
             raise ConvertError("--clex-init ntk needs --clex-max-factor M")
-        inv = base_inv_freq(cfg.rope_theta, d)
+        inv = base_inv_freq(cfg.rope_theta, d, convention="hf")
         m, act, dt, log_scale, pf = clex_max_factor, "tanh", 0.01, True, 0
     if m < 1 or m > 1024:
         raise ConvertError(f"CLEX max_factor must be in 1..1024, got {m}")
@@ -94,7 +90,7 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
                       down=ckpt.load("model.clex_layer.proj_func.ode_down_proj"))
     else:
         ode, pf = ClexODE(inv, act=act, time_dt=dt), 0
-    md = clex_metadata(ode, cfg.n_ctx_train, m, clex_init, param_factor=pf, log_scale=log_scale)
+    md = bake_clex(ode, cfg.n_ctx_train, m, clex_init, param_factor=pf, log_scale=log_scale)
     n_grid = md["clex.grid"].size
     notes.append(f"CLEX ({clex_init}): tables for t in 1..{m} at {n_grid} grid points, "
                  f"L = {cfg.n_ctx_train}, d = {d}")

@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 
-F32 = np.float32
-QK = 32
+from clexrt.engine.native import lib
 
-# GGML type ids, as stored in GGUF
-F32_ID, F16_ID, Q4_0_ID, Q4_1_ID, Q8_0_ID, BF16_ID = 0, 1, 2, 3, 8, 30
+F32 = np.float32
+
+# GGML type ids and block sizes come from the compiled core (native/include/quant.h)
+F32_ID, F16_ID, BF16_ID = lib.CLEX_TYPE_F32, lib.CLEX_TYPE_F16, lib.CLEX_TYPE_BF16
+Q4_0_ID, Q4_1_ID, Q8_0_ID = lib.CLEX_TYPE_Q4_0, lib.CLEX_TYPE_Q4_1, lib.CLEX_TYPE_Q8_0
 TYPE_IDS = {"f32": F32_ID, "f16": F16_ID, "bf16": BF16_ID, "q8_0": Q8_0_ID, "q4_0": Q4_0_ID, "q4_1": Q4_1_ID}
 BLOCK_TYPES = {Q8_0_ID, Q4_0_ID, Q4_1_ID}
-# bytes per block of 32 (block types) or per element (float types)
-_BLOCK_BYTES = {Q8_0_ID: 34, Q4_0_ID: 18, Q4_1_ID: 20}
-_ELEM_BYTES = {F32_ID: 4, F16_ID: 2, BF16_ID: 2}
+QK = int(lib.clex_type_block_size(Q8_0_ID))      # 32 values per block in each of them
 
 
 def row_bytes(type_id: int, n: int) -> int:
     """Bytes of a row of n values of this type."""
-    if type_id in _BLOCK_BYTES:
-        if n % QK:
-            raise ValueError(f"row length {n} is not a multiple of {QK}")
-        return n // QK * _BLOCK_BYTES[type_id]
-    return n * _ELEM_BYTES[type_id]
+    blck, nbytes = int(lib.clex_type_block_size(type_id)), int(lib.clex_type_block_bytes(type_id))
+    if not blck:
+        raise ValueError(f"unknown GGML type {type_id}")
+    if n % blck:
+        raise ValueError(f"row length {n} is not a multiple of {blck}")
+    return n // blck * nbytes
 
 
 def _fp16_bits(x: np.ndarray) -> np.ndarray:
@@ -144,7 +145,7 @@ def dequantize(data: np.ndarray, type_id: int, n: int) -> np.ndarray:
         blk = raw[: nb * 34].reshape(nb, 34)
         d = blk[:, :2].copy().view(np.float16).astype(F32)
         return (d * blk[:, 2:].view(np.int8).astype(F32)).reshape(-1)
-    blk = raw[: nb * _BLOCK_BYTES[type_id]].reshape(nb, -1)
+    blk = raw[: row_bytes(type_id, nb * QK)].reshape(nb, -1)
     d = blk[:, :2].copy().view(np.float16).astype(F32)
     qs = blk[:, -16:]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(F32)

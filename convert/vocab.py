@@ -1,5 +1,5 @@
 """Tokenizer metadata (GGUF `tokenizer.ggml.*`, `tokenizer.chat_template`) from a checkpoint's
-tokenizer.model (SentencePiece, through clexrt.tokenizer's reader) or tokenizer.json (byte-level
+tokenizer.model (SentencePiece, through spm_model.py) or tokenizer.json (byte-level
 BPE), with tokenizer_config.json's special tokens, add_bos/eos flags and chat template."""
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def bpe_metadata(tok: dict, n_vocab: int) -> tuple[dict, list[str]]:
 
 
 def spm_metadata(path: str, n_vocab: int) -> tuple[dict, list[str]]:
-    from clexrt.tokenizer import spm_metadata_from_model
+    from .spm_model import spm_metadata_from_model
 
     md = dict(spm_metadata_from_model(path))
     tokens = list(md[KEY + "tokens"])

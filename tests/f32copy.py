@@ -52,7 +52,7 @@ def tensor_data_sha256(path: str) -> str:
     the metadata)."""
     import hashlib
 
-    from clexrt.gguf_file import GGUFFile
+    from clexrt.gguf.reader import GGUFFile
     h = hashlib.sha256()
     with GGUFFile(path) as g:
         for name in g.tensors:

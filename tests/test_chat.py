@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from clexrt.chat_repl import ChatParams, Conversation, Repl, TurnStats, parse_param, rope_label
+from clexrt.cli.repl import ChatParams, Conversation, Repl, TurnStats, parse_param, rope_label
 from clexrt.errors import ContextFullError
 
 THREADS = "2"
@@ -18,9 +18,9 @@ COLORS = "Name three colors."
 
 
 def _parts(smollm2, n_ctx):
-    from clexrt.chat_template import ChatTemplate
-    from clexrt.model import Model
-    from clexrt.tokenizer import Tokenizer
+    from clexrt.text.chat_template import ChatTemplate
+    from clexrt.engine.model import Model
+    from clexrt.text.tokenizer import Tokenizer
 
     model = Model(smollm2, n_ctx=n_ctx, n_threads=int(THREADS))
     md = model.metadata
@@ -96,7 +96,7 @@ def test_interrupt_before_the_reply_drops_the_message(conv):
     def emit(s):
         raise AssertionError("nothing may be shown")
 
-    import clexrt.chat_repl as cr
+    import clexrt.cli.repl as cr
     real = cr.Generation
 
     class Stopped(real):
@@ -258,7 +258,7 @@ def test_commands_save_load_and_errors(conv, tmp_path):
 
 
 def test_missing_default_model_is_one_line(monkeypatch, capsys):
-    import clexrt.cmd_chat as cc
+    import clexrt.cli.chat as cc
     from clexrt.cli import main
 
     monkeypatch.setattr(cc, "smollm2_path", lambda: None)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from clexrt.convert.clex_ode import ClexODE, default_grid
+from clexrt.rope.ode import ClexODE, default_grid
 
 F32 = np.float32
 
@@ -144,9 +144,10 @@ def test_bad_ode_parameters():
 
 # ---------------------------------------------------------------------------------------------
 # clexrt.clex_tables: reading the clex.* keys back
-from clexrt.clex_tables import read_clex  # noqa: E402
-from clexrt.convert.gguf_out import clex_metadata  # noqa: E402
-from clexrt.errors import GGUFError  # noqa: E402
+from clexrt.rope.spline import ClexSpline  # noqa: E402
+from clexrt.rope.tables import read_clex  # noqa: E402
+from clexrt.rope.tables import bake_clex  # noqa: E402
+from clexrt.errors import GGUFError, ModelError  # noqa: E402
 
 
 def phase_error(c, ode, L, fractions=(0.25, 0.5, 0.75)):
@@ -157,9 +158,10 @@ def phase_error(c, ode, L, fractions=(0.25, 0.5, 0.75)):
     ts = np.unique(np.concatenate([g[:-1] + (g[1:] - g[:-1]) * f for f in fractions]).astype(F32))
     ts = ts[~np.isin(ts, c.grid)]
     ref = ode.solve(np.concatenate([[F32(1)], ts]), hermite=True)[1:].astype(np.float64)
+    spline = ClexSpline(c)
     worst = 0.0
     for t, r in zip(ts, ref):
-        err = np.abs(c.log_interp(float(t)) - r) * np.exp(r) * float(t) * L
+        err = np.abs(spline.log_table(float(t)) - r) * np.exp(r) * float(t) * L
         worst = max(worst, float(err.max()))
     return worst
 
@@ -167,12 +169,12 @@ def phase_error(c, ode, L, fractions=(0.25, 0.5, 0.75)):
 def test_interpolated_tables_phase_error_below_0_01_rad():
     # d = 128 and L = 4096 as in CLEX-LLaMA-2; a network moving log-frequencies by ~0.8
     ode = make_ode(128, 1, "tanh", seed=0)
-    c = read_clex(clex_metadata(ode, 4096, 8, "ode", param_factor=1))
+    c = read_clex(bake_clex(ode, 4096, 8, "ode", param_factor=1))
     assert np.abs(c.tables - ClexODE(ode.inv_freq).tables(c.grid)).max() > 0.3
     assert phase_error(c, ode, 4096) < 0.01
     # plain linear interpolation of the log-frequency on integer tables: far off (CLEX.md)
     ints = np.arange(1, 9, dtype=F32)
-    c_int = read_clex(clex_metadata(ode, 4096, 8, "ode", param_factor=1, grid=ints))
+    c_int = read_clex(bake_clex(ode, 4096, 8, "ode", param_factor=1, grid=ints))
     t = 1.5
     naive = 0.5 * (c_int.tables[0] + c_int.tables[1])
     assert (np.abs(naive - ode.solve_at(t)) * ode.inv_freq * t * 4096).max() > 10
@@ -180,7 +182,7 @@ def test_interpolated_tables_phase_error_below_0_01_rad():
 
 def test_read_clex_round_trip_and_solve():
     ode = make_ode(32, 2, "silu", seed=4)
-    md = clex_metadata(ode, 128, 4, "ode", param_factor=2, log_scale=False)
+    md = bake_clex(ode, 128, 4, "ode", param_factor=2, log_scale=False)
     c = read_clex(md, n_rot=32)
     assert (c.train_length, c.max_factor, c.param_factor, c.act, c.init, c.log_scale) == (128, 4, 2, "silu", "ode", False)
     assert c.time_dt == 0.01 and c.dim == 32 and c.max_context == 512
@@ -188,12 +190,13 @@ def test_read_clex_round_trip_and_solve():
     off = ode.solve(np.arange(1, 5, dtype=F32))
     for t in (2, 3, 4):
         assert np.abs(np.log(c.table_at(t).astype(np.float64)) - off[t - 1]).max() < 2e-7
-        assert np.allclose(c.solve(t), c.table_at(t), rtol=1e-6)
-    assert np.allclose(c.solve(2.3), c.interp(2.3), rtol=1e-5)
+        assert np.allclose(np.exp(c.ode().solve_at(t)), c.table_at(t), rtol=1e-6)
+    spline = ClexSpline(c)
+    assert np.allclose(np.exp(c.ode().solve_at(2.3)), spline.table(2.3), rtol=1e-5)
     with pytest.raises(ValueError):
         c.table_at(2.5)
-    with pytest.raises(ValueError):
-        c.interp(4.5)
+    with pytest.raises(ModelError):
+        spline.table(4.5)
     assert read_clex({"llama.context_length": 4}) is None
 
 
@@ -223,13 +226,13 @@ def _bad(md, **change):
     ({"log_scale": 3}, "log_scale"),
 ])
 def test_read_clex_rejects_inconsistent_metadata(change, words):
-    md = clex_metadata(make_ode(16, 1, "tanh"), 64, 4, "ode", param_factor=1)
+    md = bake_clex(make_ode(16, 1, "tanh"), 64, 4, "ode", param_factor=1)
     with pytest.raises(GGUFError, match=words):
         read_clex(_bad(md, **change))
 
 
 def test_read_clex_rejects_nan_and_wrong_rope_dim():
-    md = clex_metadata(make_ode(16, 1, "tanh"), 64, 4, "ode", param_factor=1)
+    md = bake_clex(make_ode(16, 1, "tanh"), 64, 4, "ode", param_factor=1)
     t = md["clex.log_inv_freq"].copy()
     t[7] = np.nan
     with pytest.raises(GGUFError, match="NaN"):

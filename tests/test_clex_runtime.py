@@ -281,7 +281,7 @@ def test_reserve_makes_a_chunked_prompt_the_one_forward_prompt(ckpt):
 def test_session_prefill_is_one_forward_across_chunks(ckpt):
     """Generation's chunked prefill (16 tokens per eval here) crossing 2L gives the official
     one-forward prompt: no table change between chunks."""
-    from clexrt.generate import Session
+    from clexrt.engine.session import Session
     path, _, ref = ckpt
     ids = ids_for(2 * L + 20, seed=12, vocab=ref.w["lm_head.weight"].shape[0])
     with Model(path, clex_mode="ceil", kv_policy="rerotate") as m:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clexrt import registry
+from clexrt.cli import registry
 from clexrt.cli import cli, main
 from clexrt.errors import ClexError
 
@@ -18,8 +18,8 @@ SMOL = registry.smollm2_path()
 
 def _native_ok():
     try:
-        import clexrt.model  # noqa: F401
-        import clexrt.tokenizer  # noqa: F401
+        import clexrt.engine.model  # noqa: F401
+        import clexrt.text.tokenizer  # noqa: F401
         return True
     except Exception:
         return False
@@ -179,7 +179,7 @@ def test_recorded_llamacpp_data_is_consistent():
 
 @needs_model
 def test_prompt_ids_equal_llamacpp():
-    from clexrt.tokenizer import Tokenizer
+    from clexrt.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_gguf(SMOL)
     for case in _cases():
@@ -234,7 +234,7 @@ def test_teacher_forced_argmax_equals_llamacpp_where_it_is_clear():
     difference is in the logits, at near-ties."""
     import numpy as np
 
-    from clexrt.model import Model
+    from clexrt.engine.model import Model
 
     cases = _cases()
     with Model(SMOL, n_ctx=512) as m:
@@ -250,13 +250,13 @@ def test_info_shows_clex_tables(tmp_path):
     np = pytest.importorskip("numpy")
     tm = pytest.importorskip("tinymodel")
     try:
-        from clexrt.convert.clex_ode import ClexODE
-        from clexrt.convert.gguf_out import clex_metadata
+        from clexrt.rope.ode import ClexODE
+        from clexrt.rope.tables import bake_clex
     except ImportError:
         pytest.skip("the converter is not importable")
     cfg = tm.TinyConfig()
     inv = 1.0 / (cfg.rope_base ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
-    md = clex_metadata(ClexODE(inv.astype(np.float32)), train_length=cfg.n_ctx, max_factor=4,
+    md = bake_clex(ClexODE(inv.astype(np.float32)), train_length=cfg.n_ctx, max_factor=4,
                        init="ntk")
 
     def extra(wr):
@@ -315,7 +315,9 @@ def test_greedy_equals_llamacpp_on_float_weights(smol_f32):
 
 def test_shared_option_choices_agree_with_the_model():
     """The CLI's choices (declared without importing the C core) are the model's."""
-    from clexrt import cmd_options, model, rope
+    from clexrt.cli import options as cmd_options
+    from clexrt.engine import model
+    from clexrt import rope
     assert cmd_options.ROPES == model.ROPES and cmd_options.MODES == rope.MODES
     assert cmd_options.KV_POLICIES == model.KV_POLICIES and cmd_options.KV_TYPES == tuple(model.KV_TYPES)
     for name in ("generate", "chat", "bench"):

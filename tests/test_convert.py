@@ -9,13 +9,15 @@ import pytest
 from click.testing import CliRunner
 
 import hfgen
-from clexrt.clex_tables import read_clex
+from clexrt.rope.spline import ClexSpline
+from clexrt.rope.tables import read_clex
+from clexrt.gguf.schema import validate_model
 from clexrt.convert import clexify, convert_hf
 from clexrt.convert import quantize as Q
-from clexrt.convert.clex_ode import ClexODE, default_grid
+from clexrt.rope.ode import ClexODE, default_grid
 from clexrt.convert.gguf_out import permute_qk, unpermute_qk
 from clexrt.errors import ConvertError
-from clexrt.gguf_file import GGUFFile
+from clexrt.gguf.reader import GGUFFile
 
 F32 = np.float32
 
@@ -58,7 +60,7 @@ def test_plain_metadata_and_tensors(ckpts):
         assert not any(k.startswith("clex.") for k in md)
         assert "output.weight" not in g.tensors            # tied embeddings
         assert len(g.tensors) == 2 + 9 * spec.n_layer
-        g.validate_llama()
+        validate_model(g)
         # bf16 checkpoint -> f32 exactly; q/k permuted, the rest as stored
         emb = np.asarray(g.tensor_array("token_embd.weight"))
         assert np.array_equal(emb, w["model.embed_tokens.weight"])
@@ -90,7 +92,7 @@ def test_permutation_turns_rotate_half_into_adjacent_pairs():
     assert np.array_equal(unpermute_qk(permute_qk(w, n_head), n_head), w)
 
 
-def test_clex_metadata(ckpts):
+def test_bake_clex(ckpts):
     folder, w, path, spec = ckpts["clex"]
     with gguf_of(path) as g:
         md = g.metadata
@@ -126,7 +128,7 @@ def test_every_outtype_writes_a_valid_file(ckpts, tmp_path):
             out = tmp_path / f"{kind}-{outtype}.gguf"
             plan = convert_hf(folder, out, outtype=outtype, progress=False)
             with gguf_of(out) as g:
-                g.validate_llama()
+                validate_model(g)
                 assert g.metadata["general.file_type"] == {"f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3}[outtype]
                 tid = Q.TYPE_IDS[outtype]
                 for name, t in g.tensors.items():
@@ -144,7 +146,7 @@ def test_every_outtype_writes_a_valid_file(ckpts, tmp_path):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(ckpts, tmp_path):
-    from clexrt.cmd_convert import convert as cmd
+    from clexrt.cli.convert import convert as cmd
 
     folder = ckpts["clex"][0]
     before = sorted(os.listdir(folder))
@@ -165,7 +167,7 @@ def test_vocab_only(ckpts, tmp_path):
         assert len(g.metadata["tokenizer.ggml.tokens"]) == g.metadata["llama.vocab_size"]
     import sentencepiece as spm
 
-    from clexrt.tokenizer import Tokenizer
+    from clexrt.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_gguf(str(out))
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
@@ -210,8 +212,9 @@ def test_ntk_init_for_a_plain_checkpoint(ckpts, tmp_path):
         base = spec.rope_theta * (2 * t - 1) ** (d / (d - 2))
         want = 1.0 / base ** (np.arange(0, d, 2) / d)
         assert np.allclose(c.table_at(t), want, rtol=2e-6)
+    spline = ClexSpline(c)
     for t in (1.3, 2.7, 7.9):   # zero network: the residual is constant, interpolation is exact
-        assert np.allclose(c.solve(t), c.interp(t), rtol=2e-6)
+        assert np.allclose(np.exp(c.ode().ntk_closed_form([t])[0]), spline.table(t), rtol=2e-6)
 
 
 def test_clexify_copies_tensors_and_adds_tables(ckpts, tmp_path):
@@ -230,7 +233,7 @@ def test_clexify_copies_tensors_and_adds_tables(ckpts, tmp_path):
             assert a.metadata_types[k] == b.metadata_types[k]
             assert (np.array_equal(v, b.metadata[k]) if isinstance(v, np.ndarray) else v == b.metadata[k]), k
         c = read_clex(b.metadata, n_rot=16)
-        b.validate_llama()
+        validate_model(b)
     assert c.init == "ntk" and c.train_length == 32 and c.max_factor == 4
     assert np.allclose(c.inv_freq, 1 / 10000 ** (np.arange(0, 16, 2) / 16), rtol=1e-7)
     with pytest.raises(ConvertError, match="overwrite"):
@@ -439,7 +442,7 @@ def test_pytorch_bin_with_torch(ckpts, tmp_path):
 def test_bpe_tokenizer_json_round_trip(smollm2, ckpts, tmp_path):
     """SmolLM2's vocabulary written out as a tokenizer.json and converted back: the same tokens,
     types, merges, pre-tokenizer and special ids as the GGUF llama.cpp's converter wrote."""
-    from clexrt.tokenizer import Tokenizer
+    from clexrt.text.tokenizer import Tokenizer
 
     with gguf_of(smollm2) as g:
         md = dict(g.metadata)

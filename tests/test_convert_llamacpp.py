@@ -24,7 +24,7 @@ if not (PY and LIB):
 sys.path.insert(0, PY)
 pytest.importorskip("diskcache")
 llama_cpp = pytest.importorskip("llama_cpp")
-from clexrt.model import Model  # noqa: E402
+from clexrt.engine.model import Model  # noqa: E402
 
 OUTTYPES = os.environ.get("CLEXRT_LLAMA_CPP_TYPES", "f32,f16,bf16").split(",")
 

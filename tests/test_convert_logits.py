@@ -10,9 +10,9 @@ from clexrt.convert import convert_hf
 
 pytest.importorskip("torch")
 try:
-    from clexrt.model import Model
+    from clexrt.engine.model import Model
 except ImportError as e:  # the native core is not built
-    pytest.skip(f"clexrt.model unavailable: {e}", allow_module_level=True)
+    pytest.skip(f"clexrt.engine.model unavailable: {e}", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_every_outtype_runs(models, tmp_path, outtype):
 def test_clex_tables_drive_the_official_forward_past_L(models, tmp_path):
     """Past L the official inference rotates with exp(y(t)), t = ceil(N/L): the baked tables, run by
     clexrt's ceil mode, give the official full forward (our tables' end-to-end check)."""
-    from clexrt.convert.clex_ode import ClexODE
+    from clexrt.rope.ode import ClexODE
 
     folder, w, spec = models["clex"]
     out = tmp_path / "c.gguf"

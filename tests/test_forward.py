@@ -6,7 +6,7 @@ import pytest
 
 import tinymodel as tm
 from clexrt import ClexError, ContextFullError, Model, ModelError
-from clexrt import _lib
+from clexrt.engine import native as _lib
 
 # max |clexrt - reference| over all logits (|logits| ~ 3): float weights run in float32; quantized
 # weights against the reference that rounds activations to the same 8-bit blocks.
@@ -62,7 +62,7 @@ def test_prefill_equals_decoding(tiny_files, wtype):
         steps = np.stack([m.eval([t]) for t in ids])
         assert m.n_past == len(ids)
         m.reset()
-        mixed = np.concatenate([m.eval_all(ids[:10]), m.eval_all(ids[10:11]), m.eval_all(ids[11:])])
+        mixed = np.concatenate([m.eval(ids[:10], all_logits=True), m.eval(ids[10:11], all_logits=True), m.eval(ids[11:], all_logits=True)])
     assert np.abs(full - steps).max() < 1e-4
     assert np.abs(full - mixed).max() < 1e-4
 
@@ -142,7 +142,7 @@ def smollm2_ref(smollm2, tmp_path_factory):
     """SmolLM2's weights dequantized by gguf-py, the tokens of a real text, and an F32 copy of
     the model (same architecture: 30 layers, 9 heads over 3 kv heads, tied embeddings)."""
     import gguf
-    from clexrt.tokenizer import Tokenizer
+    from clexrt.text.tokenizer import Tokenizer
     ids = Tokenizer.from_gguf(smollm2).encode("The capital of France is Paris, and the capital of Italy is")[:12]
     cfg = tm.config_from_gguf(smollm2)
     w = tm.read_weights(smollm2)
@@ -242,7 +242,7 @@ def test_n_ctx_too_big_for_memory(tiny_files):
 
 def test_native_rejects_bad_positions_directly(tiny_files):
     """The C core checks what it is given, whatever Python passes."""
-    from clexrt._lib import ffi, lib
+    from clexrt.engine.native import ffi, lib
     path, cfg = tiny_files["f32"]
     with Model(path, n_ctx=8) as m:
         toks = np.array([1, 2, 3], np.int32)

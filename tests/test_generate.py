@@ -1,14 +1,16 @@
 """Generation against a small fake model: stop strings, EOS, max_tokens, the context limit,
 chunked prompts, KV-cache prefix reuse and recovery from Ctrl-C. (The fakes are imported by
 test_api.py too.)"""
+import codecs
 import hashlib
 
 import numpy as np
 import pytest
 
 from clexrt.errors import ContextFullError
-from clexrt.generate import Generation, Session, _hold_back, common_prefix
-from clexrt.sampler import Sampler
+from clexrt.engine.session import Session, common_prefix
+from clexrt.text.generate import Generation, _hold_back
+from clexrt.text.sampler import Sampler
 
 # --------------------------------------------------------------------------------------------
 # Fakes
@@ -38,6 +40,9 @@ class FakeTokenizer:
     def is_control(self, i):
         return i in CONTROL
 
+    def stream_decoder(self):
+        return FakeStreamDecoder(self)
+
     def token_to_bytes(self, i, special=True):
         return self.vocab[i] if special or i not in CONTROL else b""
 
@@ -61,6 +66,20 @@ class FakeTokenizer:
         return b"".join(self.vocab[i] for i in ids if i not in CONTROL).decode("utf-8", "replace")
 
 
+class FakeStreamDecoder:
+    """UTF-8 across tokens, control tokens silent (what text.tokenizer.StreamDecoder does)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, i):
+        return self.utf8.decode(self.tok.token_to_bytes(i, special=False))
+
+    def flush(self):
+        return self.utf8.decode(b"", final=True)
+
+
 class FakeModel:
     """Logits are a deterministic function of every id in the cache, so a cache that holds the
     wrong ids gives different text. `script` forces the argmax for chosen positions."""
@@ -73,10 +92,19 @@ class FakeModel:
         self.eval_calls: list[int] = []      # len(tokens) of every eval
         self.interrupt_at = interrupt_at     # raise KeyboardInterrupt on this eval call (0-based)
         self.metadata = {}
+        self.context_shift = False
+        self.reserved = None
 
     @property
     def n_past(self):
         return len(self.cache)
+
+    @property
+    def tokens(self):
+        return np.asarray(self.cache, dtype=np.int32)
+
+    def reserve(self, n_total):
+        self.reserved = n_total
 
     def _logits_for(self, ids):
         h = hashlib.blake2b(np.asarray(ids, np.int64).tobytes(), digest_size=8).digest()
@@ -257,7 +285,7 @@ def test_keyboard_interrupt_in_a_long_prompt_leaves_the_model_usable():
     assert text == "".join(p.text for p in ref)
 
 
-def test_session_resyncs_when_the_model_is_driven_directly():
+def test_session_reads_the_models_own_history():
     m = FakeModel()
     session = Session(m)
     session.eval([65, 66, 67])

@@ -1,4 +1,4 @@
-"""clexrt.gguf_file: round trips against what was written, agreement with gguf.GGUFReader, and
+"""clexrt.gguf (reader and schema): round trips against what was written, agreement with gguf.GGUFReader, and
 one mutated file per validation rule (each a one-line GGUFError naming the key or tensor)."""
 import dataclasses
 import importlib.util
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from clexrt.errors import ClexError, GGUFError
-from clexrt.gguf_file import (MAX_ALIGNMENT, GGUFFile, LlamaHParams, TensorInfo, ValueType as VT,
-                              _validate_clex, read_metadata, validate_llama)
+from clexrt.gguf.reader import MAX_ALIGNMENT, GGUFFile, TensorInfo, ValueType as VT, read_metadata
+from clexrt.gguf.schema import HParams, _validate_clex, validate_model
 from ggufgen import (F16, F32, RawTensor, build_gguf, build_tiny_llama, make_tiny_llama_gguf,
                      tiny_llama_content)
 
@@ -30,7 +30,7 @@ def expect_error(path, *needles, model=False):
         g = GGUFFile(path)
         try:
             if model:
-                g.validate_llama()
+                validate_model(g)
         finally:
             g.close()
     msg = str(ei.value)
@@ -127,9 +127,9 @@ def test_tensor_round_trip(tiny):
 def test_validate_llama_hparams(tiny):
     path, _ = tiny
     with GGUFFile(path) as g:
-        hp = g.validate_llama()
-        assert hp == validate_llama(g)
-    assert isinstance(hp, LlamaHParams)
+        hp = validate_model(g)
+        assert hp == validate_model(g)
+    assert isinstance(hp, HParams)
     assert (hp.n_vocab, hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_ff) == (100, 64, 2, 4, 2, 128)
     assert (hp.head_dim, hp.n_rot, hp.n_ctx_train) == (16, 16, 256)
     assert hp.rope_freq_base == 10000.0 and math.isclose(hp.rms_norm_eps, 1e-5, rel_tol=1e-6)
@@ -261,7 +261,7 @@ def _compare_with_gguf_reader(path):
             assert int(rt.tensor_type) == t.ggml_type
             assert (int(rt.n_elements), int(rt.n_bytes), int(rt.data_offset)) == \
                 (t.n_elements, t.nbytes, t.offset), name
-        return g.validate_llama()
+        return validate_model(g)
 
 
 def test_agrees_with_gguf_reader_tiny(tiny):
@@ -534,7 +534,7 @@ def test_tiny_llama_variants_validate(tmp_path):
     for kw in (dict(tied=True), dict(rope_freqs=True, clex=True), dict(n_head_kv=4),
                dict(tokenizer=False), dict(n_layer=1, n_embd=32, n_head=2, n_head_kv=1)):
         with GGUFFile(llama_file(tmp_path, **kw)) as g:
-            g.validate_llama()
+            validate_model(g)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "qwen2", ""])
@@ -730,7 +730,7 @@ def test_type_table_matches_the_gguf_package():
     """Our ggml type table (names, block sizes, bytes per block) is the gguf package's, for every
     type both know; the loader does not import gguf (it costs resident memory)."""
     from gguf.constants import GGML_QUANT_SIZES
-    from clexrt.gguf_file import GGML_TYPES
+    from clexrt.gguf.reader import GGML_TYPES
     for t, (block, size) in GGML_QUANT_SIZES.items():
         if int(t) in GGML_TYPES:
             assert GGML_TYPES[int(t)] == (t.name, block, size)
@@ -738,7 +738,7 @@ def test_type_table_matches_the_gguf_package():
     assert {0, 1, 2, 3, 8, 30} <= set(GGML_TYPES)
     import subprocess
     import sys
-    code = ("import sys, clexrt.model, clexrt.tokenizer, clexrt.api; "
+    code = ("import sys, clexrt.engine.model, clexrt.text.tokenizer, clexrt.api; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gguf'))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from clexrt.errors import GGUFError
-from clexrt.gguf_file import GGUFFile, ValueType as VT
+from clexrt.gguf.schema import validate_model
+from clexrt.gguf.reader import GGUFFile, ValueType as VT
 from gguf.constants import GGML_QUANT_SIZES
 from ggufgen import build_gguf, tiny_llama_content
 
@@ -173,7 +174,7 @@ def check(data: bytes, name: str) -> str:
         if isinstance(v, np.ndarray):
             assert not v.flags.writeable
     try:
-        g.validate_llama()
+        validate_model(g)
     except GGUFError as e:
         assert "\n" not in str(e)
         return "model-rejected"
@@ -217,7 +218,7 @@ def test_truncation_at_every_boundary_through_files(tmp_path):
             GGUFFile(p)
     p.write_bytes(b.data)
     with GGUFFile(p) as g:
-        g.validate_llama()
+        validate_model(g)
 
 
 def test_bases_are_valid():

@@ -8,8 +8,8 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
-from clexrt import _lib
-from clexrt._lib import ffi, lib
+from clexrt.engine import native as _lib
+from clexrt.engine.native import ffi, lib
 
 TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3}
 ISAS = [i for i in _lib.supported_isas()]
@@ -173,7 +173,7 @@ def test_bad_arguments_are_errors():
 def test_isa_selection_env(tmp_path):
     import subprocess
     import sys
-    code = "from clexrt import _lib; print(_lib.isa())"
+    code = "from clexrt.engine import native; print(native.isa())"
     for env, want in (({"CLEXRT_FORCE_SCALAR": "1"}, "scalar"), ({"CLEXRT_ISA": "scalar"}, "scalar")):
         import os
         e = dict(os.environ, **env)

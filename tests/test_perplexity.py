@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import hfgen
 from clexrt import Model
-from clexrt.cmd_perplexity import cmd, perplexity
+from clexrt.cli.perplexity import cmd, perplexity
 from clexrt.convert import convert_hf
 from clexrt.errors import ClexError
 from tinymodel import TinyConfig, read_weights, reference_forward, write_tiny
@@ -124,7 +124,7 @@ def test_cli_too_long_context_is_a_row_error(clex_gguf):
 # ---------------------------------------------------------------------------------------------
 # the rope options of the other commands
 def test_bench_reports_the_cost_of_a_table_change(clex_gguf):
-    from clexrt.cmd_bench import cmd as bench
+    from clexrt.cli.bench import cmd as bench
     model, _ = clex_gguf
     r = CliRunner().invoke(bench, ["-m", model, "-p", "0", "-n", "4", "-d", "40", "-r", "2", "--rope", "clex",
                                    "--clex-mode", "ceil", "--json"], catch_exceptions=False)
@@ -139,7 +139,7 @@ def test_bench_reports_the_cost_of_a_table_change(clex_gguf):
 
 
 def test_generate_verbose_shows_t(clex_gguf):
-    from clexrt.cmd_generate import cmd as generate
+    from clexrt.cli.generate import cmd as generate
     model, _ = clex_gguf
     prompt = " ".join(hfgen.CORPUS)[:150]
     r = CliRunner().invoke(generate, ["-m", model, "-p", prompt, "-n", "12", "--temp", "0", "--verbose",

@@ -16,11 +16,11 @@ import pytest
 
 import test_gguf_fuzz
 from clexrt import Llama, Model
-from clexrt import model as model_mod
-from clexrt._lib import ffi, lib
+from clexrt.engine import model as model_mod
+from clexrt.engine.native import ffi, lib
 from clexrt.cli import main
 from clexrt.errors import ClexError, ContextFullError, ModelError
-from clexrt.gguf_file import ValueType as VT
+from clexrt.gguf.reader import ValueType as VT
 from ggufgen import RawTensor, build_gguf, make_tiny_llama_gguf, tiny_llama_content
 
 WORDS = " ".join(f"t{i}" for i in range(6, 40))
@@ -366,7 +366,7 @@ def test_mutated_but_valid_files_run_or_fail_cleanly(tmp_path):
                 refused += 1
                 continue
             with m:
-                out = m.eval_all([1, 2, 3])
+                out = m.eval([1, 2, 3], all_logits=True)
                 assert out.shape == (3, m.n_vocab) and out.dtype == np.float32
                 ran += 1
     assert ran > 50

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from clexrt import rope
-from clexrt.clex_tables import read_clex
-from clexrt.convert.clex_ode import F32, ClexODE, _f32
-from clexrt.convert.gguf_out import clex_metadata
+from clexrt.rope.tables import read_clex
+from clexrt.rope.ode import F32, ClexODE, _f32
+from clexrt.rope.tables import bake_clex
 from clexrt.errors import ModelError
 from test_clex_ode import make_ode
 
@@ -45,7 +45,7 @@ def test_linear_and_yarn():
 def test_zero_network_clex_is_ntk_with_2t_minus_1():
     d = 64
     inv = rope.base_inv_freq(10000.0, d)
-    tabs = read_clex(clex_metadata(ClexODE(inv), 512, 8, "ntk"))
+    tabs = read_clex(bake_clex(ClexODE(inv), 512, 8, "ntk"))
     sched = rope.RopeSchedule("clex", inv, 512, mode="continuous", steps=0, clex=tabs)
     for t in (1.0, 1.3, 2.0, 3.7, 8.0):
         np.testing.assert_allclose(sched.table_for(t).table, rope.ntk_inv_freq(inv, 2 * t - 1), rtol=3e-6)
@@ -115,7 +115,7 @@ NETWORKS = [(128, "tanh", 5), (64, "tanh", 3)]
 def clex_case(request):
     d, act, seed = request.param
     ode = make_ode(d, 1, act, seed=seed)
-    tables = read_clex(clex_metadata(ode, L, M, "ode", param_factor=1))
+    tables = read_clex(bake_clex(ode, L, M, "ode", param_factor=1))
     rng = np.random.default_rng(seed)
     steps = [1 + k / 16 for k in range(1, 16 * (M - 1) + 1)]
     anyt = sorted(float(x) for x in np.round(rng.uniform(1, M, 60), 6))
@@ -147,7 +147,7 @@ def test_residual_spline_beats_linear_interpolation(clex_case):
     within a few hundredths of a radian where linear interpolation of log-frequencies is far off
     (CLEX.md)."""
     ode, _, _, anyt, ref = clex_case
-    coarse = read_clex(clex_metadata(ode, L, M, "ode", param_factor=1, grid=np.arange(1, M + 1, dtype=F32)))
+    coarse = read_clex(bake_clex(ode, L, M, "ode", param_factor=1, grid=np.arange(1, M + 1, dtype=F32)))
     spline = rope.ClexSpline(coarse)
     ts = [t for t in anyt if t < 6]
     worst_spline = max(_phase(spline.table(t), ref[t], t) for t in ts)
@@ -200,7 +200,7 @@ def test_recompute_decoding_equals_the_full_forward(tiny, method):
         assert st["method"] == method and st["table_changes"] == 11     # at n = 33, 37, ..., 73
         assert st["kv_policy"] == "recompute" and st["next_change"] == 77
         if method == "yarn":
-            assert st["attn_factor"] > 1 and st["attn_factor_applied"] is True
+            assert st["attn_factor"] > 1
 
 
 def test_yarn_temperature_scales_attention_logits(tiny):
@@ -212,7 +212,7 @@ def test_yarn_temperature_scales_attention_logits(tiny):
         got = m.logits(ids)
         st, table = m.rope_state, m.rope_table
     assert st["t"] == 3.0 and st["attn_factor"] == pytest.approx(rope.yarn_attn_factor(3.0))
-    assert st["attn_factor"] > 1.1 and st["attn_factor_applied"] is True
+    assert st["attn_factor"] > 1.1
     w = read_weights(tiny)
     want = reference_forward(w, TinyConfig(n_ctx=32), ids, inv_freq=table, kq_scale=st["attn_factor"] ** 2)
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
@@ -223,7 +223,7 @@ def test_yarn_temperature_scales_attention_logits(tiny):
 
 def test_attention_scale_is_checked(tiny):
     from clexrt import Model
-    from clexrt._lib import lib
+    from clexrt.engine.native import lib
     with Model(tiny) as m:
         for bad in (0.0, -1.0, float("nan"), float("inf")):
             assert lib.clex_ctx_set_attn_scale(m._ctx, bad) != 0

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from clexrt.sampler import Sampler, SamplingParams, apply_penalties, log_softmax, top_k_ids
+from clexrt.text.sampler import Sampler, SamplingParams, apply_penalties, log_softmax, top_k_ids
 
 N = 49152
 

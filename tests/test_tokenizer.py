@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from clexrt.errors import ClexError, ConvertError, GGUFError
-from clexrt.tokenizer import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, StreamDecoder,
-                              SUPPORTED_PRE_TOKENIZERS, Tokenizer, spm_metadata_from_model)
-from clexrt import tokenizer as tk
+from clexrt.convert.spm_model import spm_metadata_from_model
+from clexrt.text.tokenizer import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, StreamDecoder,
+                                   SUPPORTED_PRE_TOKENIZERS, Tokenizer)
+from clexrt.text import tokenizer as tk
 
 VOCAB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vocab"
 VOCABS = ("llama-spm", "gpt-2", "refact")
@@ -70,7 +71,7 @@ def test_vocab_vectors_round_trip(name):
 
 def test_from_metadata_takes_plain_lists():
     """Metadata from any reader works: numeric arrays as lists as well as numpy arrays."""
-    from clexrt.gguf_file import read_metadata
+    from clexrt.gguf.reader import read_metadata
 
     md = read_metadata(vocab_path("llama-spm"))
     md = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in md.items()}

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from clexrt import Model
 from clexrt.cli import cli
-from clexrt.registry import resolve_model
+from clexrt.cli.registry import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "models" / "MANIFEST.json"

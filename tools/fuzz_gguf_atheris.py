@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzzing of the GGUF reader (GGUFFile.from_bytes + validate_llama, which also
+"""Coverage-guided fuzzing of the GGUF reader (GGUFFile.from_bytes + validate_model, which also
 reads the clex.* tables) with atheris.
 
     python3 tools/fuzz_gguf_atheris.py [libFuzzer flags] [corpus dir]
@@ -19,10 +19,11 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports(include=["clexrt.gguf_file", "clexrt.clex_tables"]):
-    importlib.import_module("clexrt.clex_tables")   # validate_llama imports it lazily
+with atheris.instrument_imports(include=["clexrt.gguf", "clexrt.rope.tables"]):
+    importlib.import_module("clexrt.rope.tables")   # the schema checks read the clex tables
     from clexrt.errors import GGUFError
-    from clexrt.gguf_file import GGUFFile
+    from clexrt.gguf.reader import GGUFFile
+    from clexrt.gguf.schema import validate_model
 
 import numpy as np  # noqa: E402
 
@@ -31,7 +32,7 @@ ARTIFACTS = os.path.join(ROOT, "build", "fuzz") + os.sep
 
 
 def seed_corpus(path: str) -> None:
-    from clexrt.gguf_file import ValueType as VT
+    from clexrt.gguf.reader import ValueType as VT
     from ggufgen import build_gguf, tiny_llama_content
 
     # (re)written every run, so a corpus kept from an older run still starts from today's
@@ -74,7 +75,7 @@ def test_one_input(data: bytes) -> None:
         if isinstance(v, np.ndarray) and v.flags.writeable:
             raise AssertionError("writable metadata array")
     try:
-        g.validate_llama()
+        validate_model(g)
     except GGUFError as e:
         if "\n" in str(e):
             raise AssertionError(f"multi-line error: {e!r}")

@@ -10,7 +10,7 @@ on the grid `arange(ceil((t_end - t0)/dt + 1)) * dt + t0` with the last point fo
 reads the solution at the requested times by linear interpolation inside a step (exact on a hit).
 Every step below is written in float32 in the same order, so the result agrees with torch to a few
 float32 ulps: a float64 solve would be "more accurate" and differ from every CLEX checkpoint's own
-inference by ~1 rad of phase at 64k positions (../shared/CLEX.md).
+inference by ~1 rad of phase at 64k positions (docs/clex.md, "Precision").
 
 With a zero network the ODE is solved in closed form: y(t) = y(1) - 2j/(d-2) * log(2t-1), i.e.
 NTK-aware scaling with base rope_base * (2t-1) ** (d/(d-2)), whatever the rope base is.
@@ -22,10 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .methods import CLEX_NTK_BASE, clex_ntk_bend
+from .spline import hermite as hermite_step
+
 F32 = np.float32
 # The official time embedding hard-codes this base (even for rope_theta != 10000); only the
 # network's input depends on it, the NTK part of dy/dt does not.
-NTK_BASE = 10000
+NTK_BASE = int(CLEX_NTK_BASE)
 ACTIVATIONS = ("tanh", "silu")
 # torchdiffeq's rk4 constants, as Python doubles; torch rounds them to float32 when it multiplies.
 _ONE_THIRD = F32(1 / 3)
@@ -44,12 +47,16 @@ def _pow(base, exponent):
     return (np.float64(base) ** np.asarray(exponent, np.float64)).astype(F32)
 
 
-def _act(name: str, x: np.ndarray) -> np.ndarray:
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """The ODE network's activation. float32 input is computed as torch computes it (the
+    official solve); float64 input stays float64 (the runtime's spline slopes)."""
+    x = np.asarray(x)
+    f32 = x.dtype == F32
     if name == "tanh":
-        return _f32(np.tanh, x)
+        return _f32(np.tanh, x) if f32 else np.tanh(x)
     if name == "silu":
         # torch's silu: x / (1 + exp(-x)) in float32
-        return x / (F32(1) + _f32(np.exp, -x))
+        return x / (F32(1) + _f32(np.exp, -x)) if f32 else x / (1.0 + np.exp(-x))
     raise ValueError(f"unknown CLEX activation {name!r} (supported: {', '.join(ACTIVATIONS)})")
 
 
@@ -109,12 +116,20 @@ class ClexODE:
         delta = delta / denom
         return delta.astype(F32), ntk_inv_freq.astype(F32)
 
+    def net(self, x: np.ndarray) -> np.ndarray:
+        """The learned part of dy/dt, act(x @ up) @ down at x = y + log n(t); float32 as the
+        official code, or float64 for float64 input. Zero for the zero network."""
+        if self.up is None:
+            return np.zeros_like(x)
+        up, down = (self.up, self.down) if x.dtype == F32 else (self.up.astype(x.dtype), self.down.astype(x.dtype))
+        return activation(self.act, x @ up) @ down
+
     def rhs(self, t: np.float32, y: np.ndarray) -> np.ndarray:
         delta, n = self.time_embedding(t)
         x = y + _f32(np.log, n)
         out = delta / n
         if self.up is not None:
-            out = _act(self.act, x @ self.up) @ self.down + out
+            out = self.net(x) + out
         return out
 
     # -- torchdiffeq's fixed grid and 3/8-rule step -------------------------------------------------
@@ -169,12 +184,9 @@ class ClexODE:
             return y1
         if not hermite:
             return y0 + (t - t0) / (t1 - t0) * (y1 - y0)
-        h = float(t - t0) / float(t1 - t0)
         dt = float(t1 - t0)
         y0d, y1d, f0d, f1d = (np.asarray(v, np.float64) for v in (y0, y1, f0, f1))
-        val = ((1 + 2 * h) * (1 - h) ** 2 * y0d + h * (1 - h) ** 2 * dt * f0d
-               + h * h * (3 - 2 * h) * y1d + h * h * (h - 1) * dt * f1d)
-        return val.astype(F32)
+        return hermite_step(float(t - t0) / dt, dt, y0d, y1d, f0d, f1d).astype(F32)
 
     def solve_at(self, t: float) -> np.ndarray:
         """A direct solve from 1 to t (the official training-time call, odeint on [1, t])."""
@@ -188,10 +200,8 @@ class ClexODE:
         times = np.asarray(times, dtype=np.float64)
         if np.any(times < 1):
             raise ValueError("CLEX scaling factors start at 1")
-        d = self.dim
-        index = np.arange(0, d, 2, dtype=np.float64)
         y1 = np.log(self.inv_freq.astype(np.float64))
-        return (y1[None, :] - np.log(2 * times - 1)[:, None] * (index / (d - 2))[None, :]).astype(F32)
+        return (y1[None, :] + clex_ntk_bend(times, y1.size)).astype(F32)
 
     def tables(self, times) -> np.ndarray:
         """Tables to bake: the official solve (Hermite between grid hits) or, for a zero

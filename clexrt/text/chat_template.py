@@ -25,7 +25,7 @@ import secrets
 from datetime import datetime
 from typing import Mapping, Sequence
 
-from .errors import ClexError
+from ..errors import ClexError
 
 __all__ = ["ChatTemplate", "TemplateError", "CHATML", "special_tokens_from_metadata"]
 

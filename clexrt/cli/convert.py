@@ -38,7 +38,7 @@ def _report(plan, out, t0, dry_run):
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
 def convert(hf_dir, out, outtype, dry_run, vocab_only, clex_init, clex_max_factor, no_progress):
     """Convert a Hugging Face LLaMA checkpoint (plain or CLEX) to GGUF."""
-    from clexrt.convert import convert_hf
+    from ..convert import convert_hf
 
     if out is None and not dry_run:
         name = os.path.basename(os.path.abspath(hf_dir)) or "model"
@@ -61,7 +61,7 @@ def convert(hf_dir, out, outtype, dry_run, vocab_only, clex_init, clex_max_facto
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
 def clexify(in_gguf, out, max_factor, train_length, dry_run, no_progress):
     """Copy a LLaMA GGUF, adding zero-network CLEX tables (NTK-aware scaling, base b*(2t-1)^(d/(d-2)))."""
-    from clexrt.convert import clexify as run
+    from ..convert import clexify as run
 
     if out is None and not dry_run:
         raise click.UsageError("missing -o/--outfile")

@@ -14,25 +14,23 @@ Special tokens (control, unknown) are cut out of the text only with ``encode(...
 which chat templates use; user text never injects them. User-defined tokens are always matched
 whole, as in llama.cpp and SentencePiece.
 
-``spm_metadata_from_model`` turns a SentencePiece ``tokenizer.model`` into the same metadata keys
-(the Hugging Face converter writes them into GGUFs).
+The pre-tokenizer regexes and GPT-2's byte alphabet live in pretokenize.py; the converter's
+reader of SentencePiece ``tokenizer.model`` files in convert/spm_model.py.
 """
 from __future__ import annotations
 
 import codecs
-import functools
 import heapq
-import os
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .errors import ConvertError, GGUFError
+from ..errors import GGUFError
+from .pretokenize import (_ALPHABET_TO_BYTE, _BYTE_CHARS, _BYTES_TO_ALPHABET, _PRE_TOKENIZERS,
+                          SUPPORTED_PRE_TOKENIZERS)
 
-__all__ = ["Tokenizer", "StreamDecoder", "spm_metadata_from_model", "SUPPORTED_PRE_TOKENIZERS",
-           "NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"]
+__all__ = ["Tokenizer", "StreamDecoder", "SUPPORTED_PRE_TOKENIZERS", "NORMAL", "UNKNOWN",
+           "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"]
 
 # tokenizer.ggml.token_type values. SentencePiece's piece types use the same numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -64,110 +62,6 @@ _EOG_TEXTS = frozenset((
     "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<｜end▁of▁sentence｜>"))
 
 _KEY = "tokenizer.ggml."
-
-
-# -- Unicode classes for the pre-tokenizer regexes --------------------------------------------
-
-# llama.cpp's \s: the Unicode White_Space property (Python's \s also takes U+001C..U+001F).
-_WHITESPACE = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680),
-               (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F),
-               (0x3000, 0x3000)]
-
-
-def _class_body(ranges) -> str:
-    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
-
-
-@functools.lru_cache(maxsize=None)
-def _unicode_classes() -> tuple[str, str, str]:
-    """Character-class bodies for \\p{L}, \\p{N} and \\s, from this Python's unicodedata."""
-    # One letter per code point: the major general category (L, N, P, ...). Scanning all of
-    # Unicode once takes ~0.2 s, so it happens on first use, not at import.
-    major = "".join(map(unicodedata.category, map(chr, range(0x110000))))[::2]
-    letters = [(m.start(), m.end() - 1) for m in re.finditer("L+", major)]
-    numbers = [(m.start(), m.end() - 1) for m in re.finditer("N+", major)]
-    return _class_body(letters), _class_body(numbers), _class_body(_WHITESPACE)
-
-
-@functools.lru_cache(maxsize=None)
-def _patterns() -> tuple[re.Pattern, re.Pattern]:
-    """(GPT-2 word regex, single \\p{N} regex) with explicit Unicode classes.
-
-    GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)
-    """
-    L, N, S = _unicode_classes()
-    gpt2 = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{S}{L}{N}]+"
-                      rf"|[{S}]+(?![^{S}])")
-    return gpt2, re.compile(f"[{N}]")
-
-
-def _split(pattern: re.Pattern, text: str, out: list) -> None:
-    """Cut `text` into the matches of `pattern` and the runs between them (llama.cpp keeps both)."""
-    pos = 0
-    for m in pattern.finditer(text):
-        start = m.start()
-        if start > pos:
-            out.append(text[pos:start])
-        out.append(m.group())
-        pos = m.end()
-    if pos < len(text):
-        out.append(text[pos:])
-
-
-def _pre_gpt2(text: str) -> list[str]:
-    out: list[str] = []
-    _split(_patterns()[0], text, out)
-    return out
-
-
-def _pre_starcoder(text: str) -> list[str]:
-    """Every \\p{N} code point on its own, then the GPT-2 regex inside each remaining run. The
-    runs are split separately, so (?!\\S) sees a run's end even where a digit follows."""
-    gpt2, digit = _patterns()
-    out: list[str] = []
-    pos = 0
-    for m in digit.finditer(text):
-        if m.start() > pos:
-            _split(gpt2, text[pos:m.start()], out)
-        out.append(m.group())
-        pos = m.end()
-    if pos < len(text):
-        _split(gpt2, text[pos:], out)
-    return out
-
-
-# tokenizer.ggml.pre -> pre-tokenizer. "default" and a missing key mean GPT-2 here (llama.cpp
-# would use its own "default" regex set, which no supported model needs).
-_PRE_TOKENIZERS = {
-    "gpt-2": _pre_gpt2,
-    "default": _pre_gpt2,
-    "smollm": _pre_starcoder,
-    "starcoder": _pre_starcoder,
-    "refact": _pre_starcoder,
-}
-SUPPORTED_PRE_TOKENIZERS = tuple(_PRE_TOKENIZERS)
-
-
-# -- GPT-2's byte <-> unicode alphabet ----------------------------------------------------------
-
-def _byte_alphabet() -> list[str]:
-    """The character standing for each byte: printable Latin-1 bytes stand for themselves, the
-    other 68 bytes (controls, space, DEL, NBSP, soft hyphen...) take U+0100 upwards in order."""
-    printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(0x100 + extra))
-            extra += 1
-    return chars
-
-
-_BYTE_CHARS = _byte_alphabet()
-# str.translate table from Latin-1 characters (one per byte) to the alphabet.
-_BYTES_TO_ALPHABET = {b: c for b, c in enumerate(_BYTE_CHARS)}
-_ALPHABET_TO_BYTE = {c: b for b, c in enumerate(_BYTE_CHARS)}
 
 
 # -- merging -------------------------------------------------------------------------------
@@ -247,7 +141,7 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path) -> Tokenizer:
         """The vocabulary of any GGUF (a model or a vocab-only file); tensors are not read."""
-        from .gguf_file import read_metadata
+        from ..gguf.reader import read_metadata
 
         return cls.from_metadata(read_metadata(path))
 
@@ -615,118 +509,3 @@ class StreamDecoder:
     def pending(self) -> bool:
         """True while bytes of an incomplete character are held back."""
         return bool(self._utf8.getstate()[0])
-
-
-# -- SentencePiece model files ------------------------------------------------------------------
-
-def _proto_fields(data: bytes):
-    """(field number, wire type, value) for each field of one protobuf message. Values: int for
-    varints and fixed-size fields, bytes for length-delimited ones."""
-    pos, end = 0, len(data)
-
-    def varint() -> int:
-        nonlocal pos
-        result = shift = 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ConvertError("SentencePiece model: truncated or malformed varint")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return result
-            shift += 7
-
-    while pos < end:
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value = varint()
-        elif wire == 1 or wire == 5:
-            size = 8 if wire == 1 else 4
-            if pos + size > end:
-                raise ConvertError("SentencePiece model: truncated fixed-size field")
-            value = int.from_bytes(data[pos:pos + size], "little")
-            pos += size
-        elif wire == 2:
-            size = varint()
-            if pos + size > end:
-                raise ConvertError("SentencePiece model: truncated length-delimited field")
-            value = data[pos:pos + size]
-            pos += size
-        else:
-            raise ConvertError(f"SentencePiece model: unsupported protobuf wire type {wire}")
-        yield field, wire, value
-
-
-def _int32(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def spm_metadata_from_model(path_or_bytes) -> dict:
-    """GGUF tokenizer metadata (``tokenizer.ggml.*``) from a SentencePiece ``tokenizer.model``.
-
-    Reads the ModelProto directly (no protobuf dependency). Token types are the pieces' own types
-    (normal, unknown, control, user-defined, unused, byte), scores the pieces' scores, as
-    llama.cpp's converter writes them, except that user-defined pieces stay USER_DEFINED (its
-    converter makes them NORMAL unless an added_tokens file says otherwise) so they are matched
-    whole, as SentencePiece does. Only BPE models are accepted: llama.cpp's score-driven merging
-    reproduces BPE segmentation, not unigram.
-    """
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = bytes(path_or_bytes)
-    else:
-        with open(os.fspath(path_or_bytes), "rb") as f:
-            data = f.read()
-
-    tokens, scores, types = [], [], []
-    trainer, normalizer = b"", b""
-    for field, wire, value in _proto_fields(data):
-        if field == 1 and wire == 2:
-            piece, score, kind = "", 0.0, NORMAL
-            for f, w, v in _proto_fields(value):
-                if f == 1 and w == 2:
-                    piece = v.decode("utf-8")
-                elif f == 2 and w == 5:
-                    score = float(np.frombuffer(v.to_bytes(4, "little"), np.float32)[0])
-                elif f == 3 and w == 0:
-                    kind = v
-            tokens.append(piece)
-            scores.append(score)
-            types.append(kind)
-        elif field == 2 and wire == 2:
-            trainer = value
-        elif field == 3 and wire == 2:
-            normalizer = value
-    if not tokens:
-        raise ConvertError("SentencePiece model has no pieces (not a tokenizer.model?)")
-
-    spec = {"model_type": 1, "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
-    names = {3: "model_type", 40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}
-    for f, w, v in _proto_fields(trainer):
-        if f in names and w == 0:
-            spec[names[f]] = _int32(v)
-    add_dummy_prefix = True
-    for f, w, v in _proto_fields(normalizer):
-        if f == 3 and w == 0:
-            add_dummy_prefix = bool(v)
-    if spec["model_type"] != 2:
-        kind = {1: "unigram", 3: "word", 4: "char"}.get(spec["model_type"], spec["model_type"])
-        raise ConvertError(f"SentencePiece model type is {kind}; only BPE models are supported")
-
-    md = {
-        _KEY + "model": "llama",
-        _KEY + "pre": "default",
-        _KEY + "tokens": tokens,
-        _KEY + "scores": np.asarray(scores, dtype=np.float32),
-        _KEY + "token_type": np.asarray(types, dtype=np.int32),
-        _KEY + "add_bos_token": True,
-        _KEY + "add_eos_token": False,
-        _KEY + "add_space_prefix": add_dummy_prefix,
-    }
-    for name, key in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"),
-                      ("unk_id", "unknown_token_id"), ("pad_id", "padding_token_id")):
-        if 0 <= spec[name] < len(tokens):
-            md[_KEY + key] = spec[name]
-    return md

@@ -13,17 +13,11 @@ from collections import Counter
 import click
 import numpy as np
 
-from .errors import ClexError
+from ..errors import ClexError
+from ..gguf.reader import FILE_TYPES
 from .registry import resolve_model
 
 __all__ = ["cmd", "describe"]
-
-# general.file_type (llama.cpp's LLAMA_FTYPE) as llama.cpp names it.
-FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
-}
 
 
 def _plain(v):
@@ -40,12 +34,12 @@ def _plain(v):
 
 
 def _clex(md: dict):
-    """The CLEX section: clex_tables.read_clex when the converter's reader exists, else the raw
+    """The CLEX section: rope.tables.read_clex when the converter's reader exists, else the raw
     clex.* keys (arrays summarised)."""
     if not any(k.startswith("clex.") for k in md):
         return None
     try:
-        from .clex_tables import read_clex
+        from ..rope.tables import read_clex
     except ImportError:
         read_clex = None
     if read_clex is not None:
@@ -75,7 +69,7 @@ def _tokenizer_info(md: dict) -> dict:
     ids = {name: md.get(f"{k}{name}_token_id") for name in ("bos", "eos", "eot", "unknown",
                                                              "padding")}
     try:
-        from .tokenizer import Tokenizer
+        from ..text.tokenizer import Tokenizer
 
         tok = Tokenizer.from_metadata(md)
         ids.update(bos=tok.bos_id, eos=tok.eos_id, eot=tok.eot_id, unknown=tok.unk_id,
@@ -92,14 +86,13 @@ def _tokenizer_info(md: dict) -> dict:
 
 def describe(path: str) -> dict:
     """Everything `info` shows, as a JSON-ready dict."""
-    from .errors import ClexError
-    from .gguf_file import GGUFFile, validate_llama
-    from .model import unsupported_weight
+    from ..engine.model import unsupported_weight
+    from ..gguf import GGUFFile, validate_model
 
     with GGUFFile(path) as g:
         md = g.metadata
         try:                       # a file can parse and still not be a model clexrt runs
-            validate_llama(g)
+            validate_model(g)
             problem = unsupported_weight(g)
         except ClexError as e:
             problem = str(e)

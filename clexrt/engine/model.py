@@ -19,44 +19,27 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from . import rope as rope_mod
-from ._lib import check, ffi, lib, physical_cores
-from .clex_tables import read_clex
-from .errors import ClexError, ContextFullError, ModelError
-from .gguf_file import GGUFFile
+from .. import rope as rope_mod
+from ..errors import ClexError, ContextFullError, ModelError
+from ..gguf import GGUFFile, HParams, validate_model
+from .native import KV_TYPES, check, ffi, lib, physical_cores, supported_weight_types
 
 ROPES = ("auto",) + rope_mod.METHODS
 KV_POLICIES = ("rerotate", "recompute")
-KV_TYPES = {"f32": (0, 4), "f16": (1, 2)}   # name -> (ggml type id, bytes per element)
 # Defaults (docs/clex.md): the schedule mode, for CLEX and the classic methods alike, chosen by
 # measured perplexity (continuous beat the official ceil wherever the two differ); the KV policy
 # is the official behaviour.
 DEFAULT_MODE = "continuous"
 DEFAULT_KV_POLICY = "rerotate"
 
-_LAYER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate",
-          "ffn_up", "ffn_down")
-_FIELDS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
-
-
-@dataclass(frozen=True)
-class HParams:
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_rot: int
-    n_ff: int
-    rms_eps: float
-    n_ctx_train: int
-    rope_freq_base: float
+# GGUF tensor name (blk.N.<name>.weight) -> clex_layer field
+_LAYER_TENSORS = {"attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv",
+                  "attn_output": "wo", "ffn_norm": "ffn_norm", "ffn_gate": "w_gate", "ffn_up": "w_up",
+                  "ffn_down": "w_down"}
 
 
 def _mem_available() -> int | None:
@@ -75,7 +58,7 @@ def unsupported_weight(g: GGUFFile) -> str | None:
     for name, t in g.tensors.items():
         if name.endswith(".weight") and not lib.clex_type_supported(t.ggml_type) and name != "rope_freqs.weight":
             return (f"tensor '{name}' has type {t.type_name}, which clexrt does not run "
-                    f"(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+                    f"(supported: {supported_weight_types()})")
     return None
 
 
@@ -112,76 +95,83 @@ class Model:
     # ------------------------------------------------------------------ loading
     def _build(self, n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type):
         g = self.gguf
-        v = g.validate_llama()
-        md = g.metadata
-        self.metadata = md
-        eps = v.rms_norm_eps if v.rms_norm_eps is not None else 1e-5
-        base = v.rope_freq_base if v.rope_freq_base is not None else 10000.0
-        self.hparams = HParams(n_vocab=v.n_vocab, n_embd=v.n_embd, n_layer=v.n_layer, n_head=v.n_head,
-                               n_head_kv=v.n_head_kv, head_dim=v.head_dim, n_rot=v.n_rot, n_ff=v.n_ff,
-                               rms_eps=eps, n_ctx_train=v.n_ctx_train or 2048, rope_freq_base=base)
+        self.hparams = hp = validate_model(g)
+        self.metadata = g.metadata
+        self.clex = hp.clex
         problem = unsupported_weight(g)
         if problem:
             raise ModelError(f"{self.path}: {problem}")
-        self._base = ffi.from_buffer("char[]", g.buffer)
-        self._keep = []
-
-        def tensor(name):
-            t = g.tensors[name]
-            ct = ffi.new("clex_tensor *")
-            ct.type = t.ggml_type
-            ct.n_dims = len(t.shape)
-            for i, d in enumerate(t.shape):
-                ct.ne[i] = d
-            ct.data = self._base + t.offset
-            ct.nbytes = t.nbytes
-            cname = ffi.new("char[]", name.encode())
-            self._keep.append(cname)
-            ct.name = cname
-            return ct
-
-        hp = self.hparams
-        chp = ffi.new("clex_hparams *", dict(n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer,
-                                             n_head=hp.n_head, n_head_kv=hp.n_head_kv, head_dim=hp.head_dim,
-                                             n_rot=hp.n_rot, n_ff=hp.n_ff, rms_eps=hp.rms_eps))
-        layers = ffi.new("clex_layer[]", hp.n_layer)
-        for i in range(hp.n_layer):
-            for short, field in zip(_LAYER, _FIELDS):
-                setattr(layers[i], field, tensor(f"blk.{i}.{short}.weight")[0])
-        # tied embeddings: no output.weight, the C core projects with token_embd.weight
-        out = tensor("output.weight") if "output.weight" in g.tensors else ffi.NULL
-        pm = ffi.new("clex_model **")
-        check(lib.clex_model_create(chp, tensor("token_embd.weight"), tensor("output_norm.weight"),
-                                    out, layers, pm), where=self.path)
-        self._model = ffi.gc(pm[0], lib.clex_model_free)
+        self._model = self._create_model(hp)
         self.n_params = int(lib.clex_model_n_params(self._model))
-
-        # the rope table GGUF asks for (base frequencies, rope_freqs.weight, linear scaling)
+        # the rope table the GGUF asks for (base frequencies, rope_freqs.weight, linear scaling)
         factors = None
         if "rope_freqs.weight" in g.tensors:
             factors = np.array(g.tensor_array("rope_freqs.weight"), dtype=np.float32)
-        self.base_inv_freq = rope_mod.gguf_inv_freq(base, hp.n_rot, freq_factors=factors,
-                                                    scaling_type=v.rope_scaling_type,
-                                                    scaling_factor=v.rope_scaling_factor)
-        self.clex = read_clex(md, hp.n_rot)
+        self.base_inv_freq = rope_mod.gguf_inv_freq(hp.freq_base, hp.n_rot, freq_factors=factors,
+                                                    scaling_type=hp.rope_scaling_type,
+                                                    scaling_factor=hp.rope_scaling_factor)
         self.schedule = self._schedule(rope, clex_mode, rope_steps)
         if kv_policy is None:
             kv_policy = DEFAULT_KV_POLICY
         if kv_policy not in KV_POLICIES:
             raise ModelError(f"unknown kv_policy {kv_policy!r} (choose from {', '.join(KV_POLICIES)})")
         self.kv_policy = kv_policy
+        self._create_context(hp, n_ctx, n_threads, n_batch, kv_type)
+        self.n_vocab = hp.n_vocab
+        self.n_past = 0
+        self._hist = np.zeros(self.n_ctx, dtype=np.int32)     # the cached token ids: the one history
+        self.table_changes = 0
+        self._choice = self.schedule(0)
+        self._synced = True
+        self._target = 0
+        self._set_table(self._choice.table)
+        self._set_attn_factor(self._choice.attn_factor)
 
+    def _tensor(self, name: str):
+        """A clex_tensor over the mapped bytes of GGUF tensor `name` (kept alive with the model)."""
+        t = self.gguf.tensors[name]
+        ct = ffi.new("clex_tensor *")
+        ct.type = t.ggml_type
+        ct.n_dims = len(t.shape)
+        for i, d in enumerate(t.shape):
+            ct.ne[i] = d
+        ct.data = self._base + t.offset
+        ct.nbytes = t.nbytes
+        cname = ffi.new("char[]", name.encode())
+        self._keep.append(cname)
+        ct.name = cname
+        return ct
+
+    def _create_model(self, hp: HParams):
+        self._base = ffi.from_buffer("char[]", self.gguf.buffer)
+        self._keep = []
+        chp = ffi.new("clex_hparams *", dict(n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer,
+                                             n_head=hp.n_head, n_head_kv=hp.n_head_kv, head_dim=hp.head_dim,
+                                             n_rot=hp.n_rot, n_ff=hp.n_ff, rms_eps=hp.eps))
+        layers = ffi.new("clex_layer[]", hp.n_layer)
+        for i in range(hp.n_layer):
+            for short, field in _LAYER_TENSORS.items():
+                setattr(layers[i], field, self._tensor(f"blk.{i}.{short}.weight")[0])
+        # tied embeddings: no output.weight, the C core projects with token_embd.weight
+        out = self._tensor("output.weight") if not hp.tied_embeddings else ffi.NULL
+        pm = ffi.new("clex_model **")
+        check(lib.clex_model_create(chp, self._tensor("token_embd.weight"), self._tensor("output_norm.weight"),
+                                    out, layers, pm), where=self.path)
+        return ffi.gc(pm[0], lib.clex_model_free)
+
+    def _create_context(self, hp: HParams, n_ctx, n_threads, n_batch, kv_type) -> None:
         n_ctx = int(n_ctx or 0)
         if n_ctx < 0:
             raise ModelError(f"n_ctx must be >= 0 (0 = the model's context length), got {n_ctx}")
         if n_ctx == 0:
-            n_ctx = self.clex.max_context if self.clex is not None else hp.n_ctx_train
+            n_ctx = self.clex.max_context if self.clex is not None else hp.ctx_train
         if n_threads is None or n_threads <= 0:
             n_threads = physical_cores()
         if kv_type not in KV_TYPES:
             raise ModelError(f"unknown kv_type {kv_type!r} (choose from {', '.join(KV_TYPES)})")
         self.kv_type = kv_type
-        kv_bytes = 2 * KV_TYPES[kv_type][1] * hp.n_layer * hp.n_head_kv * hp.head_dim * n_ctx
+        type_id, elt = KV_TYPES[kv_type]
+        kv_bytes = 2 * elt * hp.n_layer * hp.n_head_kv * hp.head_dim * n_ctx
         avail = _mem_available()
         if n_ctx > (1 << 24) or (avail is not None and kv_bytes > avail):
             have = f"; {avail / 2**30:.1f} GiB is available" if avail is not None else ""
@@ -189,19 +179,10 @@ class Model:
                              f"choose a smaller n_ctx")
         pc = ffi.new("clex_ctx **")
         check(lib.clex_ctx_create_kv(self._model, n_ctx, max(1, int(n_batch)), int(n_threads),
-                                     KV_TYPES[kv_type][0], pc), where=self.path)
+                                     type_id, pc), where=self.path)
         self._ctx = ffi.gc(pc[0], lib.clex_ctx_free)
         self.n_ctx = n_ctx
         self.n_threads = int(lib.clex_ctx_n_threads(self._ctx))
-        self.n_vocab = hp.n_vocab
-        self.n_past = 0
-        self._hist = np.zeros(n_ctx, dtype=np.int32)     # the cached token ids (for recompute)
-        self.table_changes = 0
-        self._choice = self.schedule(0)
-        self._synced = True
-        self._target = 0
-        self._set_table(self._choice.table)
-        self._set_attn_factor(self._choice.attn_factor)
 
     def _schedule(self, rope, clex_mode, steps) -> rope_mod.RopeSchedule:
         if rope not in ROPES:
@@ -215,7 +196,7 @@ class Model:
             # a CLEX model's own frequencies and length, whichever method runs it
             base, L, M = c.inv_freq, c.train_length, c.max_factor
         else:
-            base, L, M = self.base_inv_freq, self.hparams.n_ctx_train, None
+            base, L, M = self.base_inv_freq, self.hparams.ctx_train, None
         if base.size != self.hparams.n_rot // 2:
             raise ModelError(f"the rope table has {base.size} entries, the model rotates "
                              f"{self.hparams.n_rot // 2} pairs")
@@ -231,6 +212,11 @@ class Model:
     def _set_attn_factor(self, f: float) -> None:
         """YaRN's temperature: q and k each scaled by f, so q.k by f^2 (the C core's attention scale)."""
         check(lib.clex_ctx_set_attn_scale(self._ctx, float(f) * float(f)))
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the KV cache as allocated (keys and values, every layer, n_ctx positions)."""
+        return int(lib.clex_ctx_kv_bytes(self._ctx))
 
     @property
     def rope_table(self) -> np.ndarray:
@@ -249,8 +235,7 @@ class Model:
         if s.mode == "continuous" and s.method != "none":
             st["steps"] = s.steps
         if c.attn_factor != 1.0:
-            st["attn_factor"] = c.attn_factor
-            st["attn_factor_applied"] = True      # the C core scales q.k (kept for readers of the key)
+            st["attn_factor"] = c.attn_factor     # the C core scales q.k by its square
         return st
 
     @property
@@ -382,23 +367,15 @@ class Model:
         self.n_past += n
         return out
 
-    def eval(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append tokens to the KV cache; returns the last token's logits, float32 [n_vocab]."""
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the KV cache; returns the last token's logits, float32 [n_vocab], or
+        with all_logits those of every appended token, [len(tokens), n_vocab]."""
         toks = self._tokens(tokens)
         if toks.size == 0:
             raise ModelError("eval needs at least one token")
         with self._lock:
             self._check_open()
-            return self._run(toks, all_logits=False)
-
-    def eval_all(self, tokens: Sequence[int]) -> np.ndarray:
-        """Like eval, but returns the logits of every appended token: [len(tokens), n_vocab]."""
-        toks = self._tokens(tokens)
-        if toks.size == 0:
-            raise ModelError("eval needs at least one token")
-        with self._lock:
-            self._check_open()
-            return self._run(toks, all_logits=True)
+            return self._run(toks, all_logits=bool(all_logits))
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """One full-sequence forward from an empty cache: float32 [len(ids), n_vocab], every

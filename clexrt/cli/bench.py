@@ -14,7 +14,7 @@ import time
 import click
 import numpy as np
 
-from .cmd_options import rope_options
+from .options import rope_options
 
 
 def _stats(xs):
@@ -69,8 +69,8 @@ def run_bench(model, n_prompt: int, n_gen: int, depth: int, reps: int, seed: int
 @rope_options
 def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy, kv_type):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
-    from . import _lib
-    from .model import Model
+    from ..engine import native as _lib
+    from ..engine.model import Model
 
     try:
         from .registry import resolve_model
@@ -101,7 +101,7 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
         "n_prompt": n_prompt,
         "n_gen": n_gen,
         "reps": reps,
-        "kv_bytes": int(_lib.lib.clex_ctx_kv_bytes(model._ctx)),
+        "kv_bytes": model.kv_bytes,
         "kv_type": model.kv_type,
         "peak_rss_bytes": rss,
         "rope": model.rope_state,

@@ -12,8 +12,8 @@ import time
 
 import click
 
-from .cmd_options import ctx_threads_options, rope_options
-from .errors import ClexError
+from .options import ctx_threads_options, rope_options
+from ..errors import ClexError
 from .registry import resolve_model
 
 __all__ = ["cmd"]
@@ -53,10 +53,11 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, stop, n_ctx, threads,
         rope, clex_mode, kv_policy, kv_type, context_shift, verbose):
     """Continue PROMPT with MODEL and stream the text to stdout (timings to stderr)."""
-    from .generate import Generation, Session
-    from .model import Model
-    from .sampler import Sampler, SamplingParams
-    from .tokenizer import Tokenizer
+    from ..engine.session import Session
+    from ..text.generate import Generation
+    from ..engine.model import Model
+    from ..text.sampler import Sampler, SamplingParams
+    from ..text.tokenizer import Tokenizer
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give the prompt with exactly one of -p/--prompt and -f/--file")
@@ -123,7 +124,7 @@ def _rope_t(model) -> float:
 
 def _rope_line(model) -> str:
     """The RoPE scaling in force (method, t, table changes), from model.rope_state."""
-    from .rope import describe_state
+    from ..rope import describe_state
     return describe_state(getattr(model, "rope_state", None))
 
 

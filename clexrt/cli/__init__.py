@@ -1,21 +1,21 @@
-"""The `clexrt` command line. Each subcommand lives in its own module (clexrt/cmd_*.py, exposing a
+"""The `clexrt` command line. Each subcommand lives in its own module (clexrt/cli/<name>.py, exposing a
 click command named `cmd`) and is imported only when it runs, so `clexrt --help` stays fast."""
 import importlib
 import sys
 
 import click
 
-from .errors import ClexError
+from ..errors import ClexError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "bench": ("clexrt.cmd_bench", "Measure prompt-processing and generation speed."),
-    "chat": ("clexrt.cmd_chat", "Chat with a model in the terminal."),
-    "clexify": ("clexrt.cmd_convert", "Bake zero-network CLEX tables into an existing GGUF."),
-    "convert": ("clexrt.cmd_convert", "Convert a Hugging Face checkpoint to GGUF."),
-    "generate": ("clexrt.cmd_generate", "Continue a prompt and stream the text."),
-    "info": ("clexrt.cmd_info", "Show what a GGUF file holds."),
-    "perplexity": ("clexrt.cmd_perplexity", "Perplexity against context length."),
+    "bench": ("clexrt.cli.bench", "Measure prompt-processing and generation speed."),
+    "chat": ("clexrt.cli.chat", "Chat with a model in the terminal."),
+    "clexify": ("clexrt.cli.convert", "Bake zero-network CLEX tables into an existing GGUF."),
+    "convert": ("clexrt.cli.convert", "Convert a Hugging Face checkpoint to GGUF."),
+    "generate": ("clexrt.cli.generate", "Continue a prompt and stream the text."),
+    "info": ("clexrt.cli.info", "Show what a GGUF file holds."),
+    "perplexity": ("clexrt.cli.perplexity", "Perplexity against context length."),
 }
 
 

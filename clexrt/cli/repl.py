@@ -22,9 +22,10 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Mapping, Sequence
 
-from .errors import ClexError, ContextFullError
-from .generate import Generation, Session
-from .sampler import Sampler, SamplingParams
+from ..errors import ClexError, ContextFullError
+from ..engine.session import Session
+from ..text.generate import Generation
+from ..text.sampler import Sampler, SamplingParams
 
 __all__ = ["ChatParams", "Conversation", "TurnStats", "Repl", "parse_param", "rope_label"]
 

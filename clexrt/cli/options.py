@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-# The choices, as clexrt.model and clexrt.rope define them (tests/test_cli_generate.py checks
+# The choices, as clexrt.engine.model and clexrt.rope define them (tests/test_cli_generate.py checks
 # they agree); not imported from there so that --help needs neither numpy nor the C core.
 ROPES = ("auto", "none", "linear", "ntk", "yarn", "clex")
 MODES = ("ceil", "continuous")

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from .cmd_options import kv_type_option
-from .errors import ClexError
+from .options import kv_type_option
+from ..errors import ClexError
 
 __all__ = ["cmd", "perplexity", "PplResult"]
 
@@ -162,9 +162,9 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
               help="Plot perplexity against context length (needs matplotlib: pip install 'clexrt[plot]').")
 def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, kv_type, chunks, threads, batch, as_json, plot_path):
     """Perplexity of MODEL on a text at one or more context lengths (llama-perplexity's method)."""
-    from .model import Model
+    from ..engine.model import Model
     from .registry import resolve_model
-    from .tokenizer import Tokenizer
+    from ..text.tokenizer import Tokenizer
 
     ctxs = _ctx_list(ctx)
     methods = _split(rope, "rope method")

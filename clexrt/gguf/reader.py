@@ -22,7 +22,6 @@ resident memory, and its reader checks none of the above).
 from __future__ import annotations
 
 import enum
-import math
 import mmap
 import os
 import struct
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GGUFError
+from ..errors import GGUFError
 
 # ggml tensor types: id -> (name, elements per block, bytes per block). These are file-format
 # facts; tests/test_gguf_file.py checks them against the gguf package's table.
@@ -47,9 +46,15 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     41: ("Q1_0", 128, 18),
 }
 TYPE_F32, TYPE_F16 = 0, 1
+# general.file_type (llama.cpp's llama_ftype): what a file as a whole was quantized to
+FILE_TYPES: dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}
 
-__all__ = ["GGUFFile", "TensorInfo", "ValueType", "LlamaHParams", "read_metadata",
-           "validate_llama", "SUPPORTED_ARCHS", "MAX_ALIGNMENT", "MAX_ARRAY_DEPTH"]
+__all__ = ["GGUFFile", "TensorInfo", "ValueType", "GGML_TYPES", "FILE_TYPES", "read_metadata", "MAX_ALIGNMENT",
+           "MAX_ARRAY_DEPTH"]
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -65,7 +70,6 @@ MAX_DIMS = 4
 MAX_NAME_LEN = 1 << 16
 _I64_LIMIT = 1 << 63
 
-SUPPORTED_ARCHS = ("llama",)
 
 
 class ValueType(enum.IntEnum):
@@ -487,9 +491,6 @@ class GGUFFile:
         return np.frombuffer(self.buffer, dtype=np.uint8, count=t.nbytes, offset=t.offset)
 
     # -- model-level checks ------------------------------------------------------------------
-    def validate_llama(self) -> "LlamaHParams":
-        return validate_llama(self)
-
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         """Releases the map. Views handed out earlier (tensor_array, tensor_bytes, cffi
@@ -527,230 +528,3 @@ def read_metadata(path) -> dict[str, object]:
 
 
 # ------------------------------------------------------------------------------------------
-# Model-level validation
-# ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LlamaHParams:
-    """What validate_llama established about a LLaMA GGUF."""
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    head_dim: int
-    n_rot: int
-    n_ctx_train: int | None
-    rope_freq_base: float | None
-    rms_norm_eps: float | None
-    rope_scaling_type: str | None
-    rope_scaling_factor: float | None
-    tied_embeddings: bool        # no output.weight: logits come from token_embd.weight
-
-
-_LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
-
-_TOKENIZER_ARRAYS = {
-    "tokenizer.ggml.tokens": ValueType.STRING,
-    "tokenizer.ggml.scores": ValueType.FLOAT32,
-    "tokenizer.ggml.token_type": ValueType.INT32,
-    "tokenizer.ggml.merges": ValueType.STRING,
-}
-
-
-class _ModelChecker:
-    def __init__(self, g: GGUFFile):
-        self.g = g
-        self.md = g.metadata
-        self.types = g.metadata_types
-
-    def err(self, msg: str) -> GGUFError:
-        return GGUFError(_one_line(f"{self.g.path}: {msg}"))
-
-    def int_key(self, key: str, required: bool, minimum: int = 1):
-        if key not in self.md:
-            if required:
-                raise self.err(f"key {_q(key)}: missing (required for llama)")
-            return None
-        t = self.types[key]
-        if len(t) != 1 or t[0] not in _INT_TYPES:
-            raise self.err(f"key {_q(key)}: type {_type_tuple_name(t)}, expected an integer")
-        v = int(self.md[key])
-        if v < minimum:
-            raise self.err(f"key {_q(key)}: {v} is below {minimum}")
-        return v
-
-    def float_key(self, key: str, positive: bool = True):
-        if key not in self.md:
-            return None
-        t = self.types[key]
-        if len(t) != 1 or t[0] not in _FLOAT_TYPES:
-            raise self.err(f"key {_q(key)}: type {_type_tuple_name(t)}, expected a float")
-        v = float(self.md[key])
-        if not math.isfinite(v) or (positive and v <= 0):
-            raise self.err(f"key {_q(key)}: {v} is not a finite positive number")
-        return v
-
-    def str_key(self, key: str):
-        if key not in self.md:
-            return None
-        if self.types[key] != (ValueType.STRING,):
-            raise self.err(f"key {_q(key)}: type {_type_tuple_name(self.types[key])}, expected STRING")
-        return self.md[key]
-
-    def tensor(self, name: str, shape: tuple[int, ...], required: bool = True, f32: bool = False):
-        t = self.g.tensors.get(name)
-        if t is None:
-            if required:
-                raise self.err(f"tensor {_q(name)}: missing (required for llama)")
-            return None
-        if t.shape != shape:
-            raise self.err(f"tensor {_q(name)}: shape {list(t.shape)}, expected {list(shape)}")
-        if f32 and t.ggml_type != TYPE_F32:
-            raise self.err(f"tensor {_q(name)}: type {t.type_name}, expected F32")
-        return t
-
-    def run(self) -> LlamaHParams:
-        arch = self.str_key("general.architecture")
-        if arch is None:
-            raise self.err("key 'general.architecture': missing")
-        if arch not in SUPPORTED_ARCHS:
-            raise self.err(f"key 'general.architecture': {_q(arch)} is not supported "
-                           f"(supported: {', '.join(SUPPORTED_ARCHS)})")
-        a = arch
-        n_layer = self.int_key(f"{a}.block_count", True)
-        n_embd = self.int_key(f"{a}.embedding_length", True)
-        n_ff = self.int_key(f"{a}.feed_forward_length", True)
-        n_head = self.int_key(f"{a}.attention.head_count", True)
-        n_head_kv = self.int_key(f"{a}.attention.head_count_kv", False)
-        n_head_kv = n_head if n_head_kv is None else n_head_kv
-        if n_embd % n_head:
-            raise self.err(f"key '{a}.attention.head_count': {n_head} does not divide "
-                           f"'{a}.embedding_length' {n_embd}")
-        if n_head % n_head_kv:
-            raise self.err(f"key '{a}.attention.head_count_kv': {n_head_kv} does not divide "
-                           f"'{a}.attention.head_count' {n_head}")
-        head_dim = n_embd // n_head
-        if head_dim % 2:
-            raise self.err(f"key '{a}.attention.head_count': head dimension {head_dim} is odd")
-        n_rot = self.int_key(f"{a}.rope.dimension_count", False)
-        n_rot = head_dim if n_rot is None else n_rot
-        if n_rot % 2 or n_rot > head_dim:
-            raise self.err(f"key '{a}.rope.dimension_count': {n_rot} must be even and at most "
-                           f"the head dimension {head_dim}")
-        n_ctx = self.int_key(f"{a}.context_length", False)
-        freq_base = self.float_key(f"{a}.rope.freq_base")
-        eps = self.float_key(f"{a}.attention.layer_norm_rms_epsilon")
-        scaling_type = self.str_key(f"{a}.rope.scaling.type")
-        scaling_factor = self.float_key(f"{a}.rope.scaling.factor")
-
-        # Tensors. Count first so a huge block_count cannot make us loop for long.
-        if len(self.g.tensors) < 2 + len(_LAYER_TENSORS) * n_layer:
-            raise self.err(f"key '{a}.block_count': {n_layer} layers need at least "
-                           f"{2 + len(_LAYER_TENSORS) * n_layer} tensors, the file has "
-                           f"{len(self.g.tensors)}")
-        emb = self.g.tensors.get("token_embd.weight")
-        if emb is None:
-            raise self.err("tensor 'token_embd.weight': missing (required for llama)")
-        if len(emb.shape) != 2 or emb.shape[0] != n_embd:
-            raise self.err(f"tensor 'token_embd.weight': shape {list(emb.shape)}, expected "
-                           f"[{n_embd}, n_vocab]")
-        n_vocab = emb.shape[1]
-        self.tensor("output_norm.weight", (n_embd,), f32=True)
-        out = self.tensor("output.weight", (n_embd, n_vocab), required=False)
-        q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
-        for i in range(n_layer):
-            p = f"blk.{i}."
-            self.tensor(p + "attn_norm.weight", (n_embd,), f32=True)
-            self.tensor(p + "attn_q.weight", (n_embd, q_dim))
-            self.tensor(p + "attn_k.weight", (n_embd, kv_dim))
-            self.tensor(p + "attn_v.weight", (n_embd, kv_dim))
-            self.tensor(p + "attn_output.weight", (q_dim, n_embd))
-            self.tensor(p + "ffn_norm.weight", (n_embd,), f32=True)
-            self.tensor(p + "ffn_gate.weight", (n_embd, n_ff))
-            self.tensor(p + "ffn_up.weight", (n_embd, n_ff))
-            self.tensor(p + "ffn_down.weight", (n_ff, n_embd))
-        self.tensor("rope_freqs.weight", (n_rot // 2,), required=False, f32=True)
-
-        vocab_key = self.int_key(f"{a}.vocab_size", False)
-        if vocab_key is not None and vocab_key != n_vocab:
-            raise self.err(f"key '{a}.vocab_size': {vocab_key} differs from the {n_vocab} rows of "
-                           f"'token_embd.weight'")
-        self.tokenizer(n_vocab)
-        _validate_clex(self.md, self.types, self.err)
-        _check_clex_tables(self.md, n_rot, self.err)
-        return LlamaHParams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                            n_head_kv=n_head_kv, n_ff=n_ff, head_dim=head_dim, n_rot=n_rot,
-                            n_ctx_train=n_ctx, rope_freq_base=freq_base, rms_norm_eps=eps,
-                            rope_scaling_type=scaling_type, rope_scaling_factor=scaling_factor,
-                            tied_embeddings=out is None)
-
-    def tokenizer(self, n_vocab: int) -> None:
-        for key, et in _TOKENIZER_ARRAYS.items():
-            if key in self.md and self.types[key] != (ValueType.ARRAY, et):
-                raise self.err(f"key {_q(key)}: type {_type_tuple_name(self.types[key])}, "
-                               f"expected ARRAY of {et.name}")
-        self.str_key("tokenizer.ggml.model")
-        tokens = self.md.get("tokenizer.ggml.tokens")
-        if tokens is not None and len(tokens) != n_vocab:
-            raise self.err(f"key 'tokenizer.ggml.tokens': {len(tokens)} tokens, but "
-                           f"'token_embd.weight' has {n_vocab} rows")
-        for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-            if key in self.md and len(self.md[key]) != n_vocab:
-                raise self.err(f"key {_q(key)}: length {len(self.md[key])}, expected {n_vocab} "
-                               f"(the vocabulary size)")
-        # Special token ids (bos, eos, unknown, padding, eot, fim_* ...) must index the vocabulary.
-        for key in [k for k in self.md if k.startswith("tokenizer.ggml.") and k.endswith("_token_id")]:
-            v = self.int_key(key, False, minimum=0)
-            if v >= n_vocab:
-                raise self.err(f"key {_q(key)}: token id {v} is outside the vocabulary "
-                               f"(size {n_vocab})")
-
-
-def _type_tuple_name(t: tuple) -> str:
-    return " of ".join(_value_type_name(x) for x in t)
-
-
-def _validate_clex(metadata: dict, types: dict, err=None) -> None:
-    """Checks every float value under `clex.` (scalar, array or array of arrays) is finite.
-    The tables' schema and shapes are _check_clex_tables' job."""
-    if err is None:
-        def err(msg):
-            return GGUFError(_one_line(msg))
-
-    def finite(v) -> bool:
-        if isinstance(v, np.ndarray):
-            return v.dtype.kind != "f" or bool(np.isfinite(v).all())
-        if isinstance(v, float):
-            return math.isfinite(v)
-        if isinstance(v, list):
-            return all(finite(x) for x in v)
-        return True
-
-    for key, v in metadata.items():
-        if key.startswith("clex.") and not finite(v):
-            raise err(f"key {_q(key)}: holds a NaN or infinite value")
-
-
-def _check_clex_tables(metadata: dict, n_rot: int, err) -> None:
-    """The clex.* keys against their schema (docs/convert.md) through clex_tables.read_clex:
-    types, grid, table shapes [n_grid, d/2] and ODE weight shapes, with d the rope dimension."""
-    from .clex_tables import read_clex
-
-    try:
-        read_clex(metadata, n_rot)
-    except GGUFError as e:
-        raise err(str(e)) from None
-    except (ValueError, TypeError, OverflowError, IndexError) as e:   # shapes numpy refuses
-        raise err(f"clex metadata: malformed ({type(e).__name__}: {e})") from None
-
-
-def validate_llama(g: GGUFFile) -> LlamaHParams:
-    """Model-level checks of a LLaMA GGUF: hyper-parameter keys and types, their consistency,
-    every required tensor with the shape they imply, F32 norms, the vocabulary size across
-    embeddings / llama.vocab_size / tokenizer arrays, tokenizer array types and lengths, special
-    token ids in range, finite clex.* floats and clex.* tables of the right shapes. Returns the
-    hyper-parameters; raises GGUFError."""
-    return _ModelChecker(g).run()

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .errors import ClexError
+from ..errors import ClexError
 
 __all__ = ["resolve_model", "smollm2_path", "SMOLLM2_FILE", "ALIASES"]
 
@@ -35,7 +35,7 @@ def smollm2_path() -> str | None:
 
 
 def _model_dirs() -> list[Path]:
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     dirs = [Path.cwd() / "models", repo / "models"]
     return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 

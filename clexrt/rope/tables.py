@@ -1,16 +1,15 @@
-"""The CLEX tables of a GGUF (`clex.*` keys, schema in docs/convert.md), read and checked.
+"""The CLEX tables of a GGUF (`clex.*` keys, schema in docs/convert.md): baked by the converter
+(bake_clex) and read back, checked, by the runtime (read_clex).
 
+    md = bake_clex(ode, train_length=4096, max_factor=8, init="ode")   # the clex.* keys
     c = read_clex(metadata)          # None when the file has no clex.* keys
     c.table_at(3)                    # inverse frequencies baked for t = 3 (what the official
                                      #   inference uses for L*2 < N <= L*3)
-    c.interp(2.4)                    # between grid points: the learned residual interpolated
-    c.solve(2.4)                     # the ODE solved again from the stored weights
 
-Tables are log inverse frequencies y(t) on `grid` (every integer 1..max_factor and finer steps).
-y(t) bends with log(2t-1) near t = 1, so `interp` interpolates the residual
-r(t) = y(t) + 2j/(d-2) * log(2t-1) (smooth: the part the network learned) and adds the NTK part
-back exactly. Tables hold the full inverse frequencies (rope_freqs factors included): a runtime
-uses them instead of freq_base, never on top of it.
+Tables are log inverse frequencies y(t) on `grid` (every integer 1..max_factor and finer steps);
+spline.ClexSpline gives the tables between grid points. Tables hold the full inverse
+frequencies (rope_freqs factors included): a runtime uses them instead of freq_base, never on
+top of it.
 """
 from __future__ import annotations
 
@@ -19,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GGUFError
+from ..errors import ConvertError, GGUFError
+from .ode import ACTIVATIONS, ClexODE, default_grid
 
 PREFIX = "clex."
-ACTS = ("tanh", "silu")
+ACTS = ACTIVATIONS
 INITS = ("ode", "ntk")
 
 
@@ -107,49 +107,15 @@ class ClexTables:
         """The baked inverse frequencies for integer t (the official inference's table); t = 1
         is the stored inv_freq itself, as the official code uses it."""
         if int(t) != t:
-            raise ValueError(f"table_at takes an integer t, got {t}; use interp() or solve()")
+            raise ValueError(f"table_at takes an integer t, got {t}; ClexSpline gives the others")
         t = int(self._check_t(t))
         if t == 1:
             return self.inv_freq.copy()
         return np.exp(self.tables[self._index(t)].astype(np.float64)).astype(np.float32)
 
-    def _ntk_part(self, t) -> np.ndarray:
-        d = self.dim
-        idx = np.arange(0, d, 2, dtype=np.float64)
-        return -np.log(2.0 * np.asarray(t, np.float64) - 1.0)[..., None] * (idx / (d - 2))
-
-    def log_interp(self, t: float) -> np.ndarray:
-        """log inverse frequencies at any t in [1, M]: exact on a grid point; between grid points
-        the residual y(t) - ntk(t) interpolated linearly, plus the exact ntk(t)."""
-        t = self._check_t(t)
-        i = self._index(t)
-        if i is not None:
-            return self.tables[i].astype(np.float64)
-        k = int(np.searchsorted(self.grid, np.float32(t))) - 1
-        t0, t1 = float(self.grid[k]), float(self.grid[k + 1])
-        r0 = self.tables[k] - self._ntk_part(t0)
-        r1 = self.tables[k + 1] - self._ntk_part(t1)
-        w = (t - t0) / (t1 - t0)
-        return (1 - w) * r0 + w * r1 + self._ntk_part(t)
-
-    def interp(self, t: float) -> np.ndarray:
-        """Inverse frequencies at any t in [1, M] from the baked grid (see log_interp)."""
-        return np.exp(self.log_interp(t)).astype(np.float32)
-
-    def ode(self):
-        from clexrt.convert.clex_ode import ClexODE
-
+    def ode(self) -> ClexODE:
+        """The ODE these tables were solved from (its network weights, or the zero network)."""
         return ClexODE(self.inv_freq, act=self.act, time_dt=self.time_dt, up=self.ode_up, down=self.ode_down)
-
-    def solve(self, t: float) -> np.ndarray:
-        """Inverse frequencies at t solved again from the stored weights: the official solver on
-        [1, t] (float32 3/8-rule RK4), or the closed form for a zero network."""
-        t = self._check_t(t)
-        if t == 1:
-            return self.inv_freq.copy()
-        ode = self.ode()
-        y = ode.solve_at(t) if self.ode_up is not None else ode.ntk_closed_form([t])[0]
-        return np.exp(y.astype(np.float64)).astype(np.float32)
 
     def to_json(self) -> dict:
         """A JSON-ready summary (what `clexrt info --json` shows)."""
@@ -206,3 +172,31 @@ def read_clex(md, n_rot: int | None = None) -> ClexTables | None:
     return ClexTables(train_length=L, max_factor=M, param_factor=P, act=act, time_dt=dt,
                       log_scale=bool(log_scale), init=init, inv_freq=inv, grid=grid, tables=tables,
                       ode_up=up, ode_down=down)
+
+
+def bake_clex(ode: ClexODE, train_length: int, max_factor: int, init: str,
+              param_factor: int = 0, log_scale: bool = True, grid: np.ndarray | None = None) -> dict:
+    """The clex.* keys that read_clex reads back. The tables are log inverse frequencies at
+    every grid point; with init == "ntk" there are no network weights (the zero network)."""
+    grid = default_grid(max_factor) if grid is None else np.asarray(grid, np.float32)
+    tables = ode.tables(grid)
+    if not np.isfinite(tables).all():
+        raise ConvertError("the CLEX ODE solution is not finite (the ODE network diverges)")
+    md = {
+        PREFIX + "init": init,
+        PREFIX + "train_length": int(train_length),
+        PREFIX + "max_factor": int(max_factor),
+        PREFIX + "param_factor": int(param_factor),
+        PREFIX + "act": ode.act,
+        PREFIX + "time_dt": float(ode.time_dt),
+        PREFIX + "log_scale": bool(log_scale),
+        PREFIX + "inv_freq": ode.inv_freq.astype(np.float32),
+    }
+    if init == "ode":
+        md[PREFIX + "ode_up"] = ode.up.reshape(-1)
+        md[PREFIX + "ode_up_shape"] = np.asarray(ode.up.shape, np.uint32)
+        md[PREFIX + "ode_down"] = ode.down.reshape(-1)
+        md[PREFIX + "ode_down_shape"] = np.asarray(ode.down.shape, np.uint32)
+    md[PREFIX + "grid"] = grid
+    md[PREFIX + "log_inv_freq"] = tables.reshape(-1).astype(np.float32)
+    return md

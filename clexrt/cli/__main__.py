@@ -1,0 +1,4 @@
+"""python -m clexrt.cli: the same as the clexrt command."""
+from . import main
+
+main()
