@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from clexrt.errors import ConvertError
-from clexrt.gguf.reader import FILE_TYPES as GGUF_FILE_TYPES
+from clexrt.gguf.constants import FILE_TYPES as GGUF_FILE_TYPES
 
 from . import quantize as Q
 

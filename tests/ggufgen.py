@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clexrt.gguf.reader import ValueType as VT
+from clexrt.gguf.constants import ValueType as VT
 
 F32, F16 = 0, 1
 GGUF_ALIGNMENT = 32

@@ -15,7 +15,8 @@ import pytest
 
 from clexrt.errors import GGUFError
 from clexrt.gguf.schema import validate_model
-from clexrt.gguf.reader import GGUFFile, ValueType as VT
+from clexrt.gguf.constants import ValueType as VT
+from clexrt.gguf.reader import GGUFFile
 from gguf.constants import GGML_QUANT_SIZES
 from ggufgen import build_gguf, tiny_llama_content
 

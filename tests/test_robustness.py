@@ -20,7 +20,7 @@ from clexrt.engine import model as model_mod
 from clexrt.engine.native import ffi, lib
 from clexrt.cli import main
 from clexrt.errors import ClexError, ContextFullError, ModelError
-from clexrt.gguf.reader import ValueType as VT
+from clexrt.gguf.constants import ValueType as VT
 from ggufgen import RawTensor, build_gguf, make_tiny_llama_gguf, tiny_llama_content
 
 WORDS = " ".join(f"t{i}" for i in range(6, 40))

@@ -32,7 +32,7 @@ ARTIFACTS = os.path.join(ROOT, "build", "fuzz") + os.sep
 
 
 def seed_corpus(path: str) -> None:
-    from clexrt.gguf.reader import ValueType as VT
+    from clexrt.gguf.constants import ValueType as VT
     from ggufgen import build_gguf, tiny_llama_content
 
     # (re)written every run, so a corpus kept from an older run still starts from today's

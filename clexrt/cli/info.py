@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from ..errors import ClexError
-from ..gguf.reader import FILE_TYPES
+from ..gguf.constants import FILE_TYPES
 from .registry import resolve_model
 
 __all__ = ["cmd", "describe"]

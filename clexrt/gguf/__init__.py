@@ -1,6 +1,7 @@
 """GGUF files: the validating reader (reader.py: the format, trusting nothing) and the model
 schema (schema.py: which architecture, hyper-parameters and tensors a file holds)."""
-from .reader import FILE_TYPES, GGML_TYPES, GGUFFile, TensorInfo, ValueType, read_metadata
+from .constants import FILE_TYPES, GGML_TYPES, ValueType
+from .reader import GGUFFile, TensorInfo, read_metadata
 from .schema import SUPPORTED_ARCHS, HParams, validate_model
 
 __all__ = ["FILE_TYPES", "GGML_TYPES", "GGUFFile", "TensorInfo", "ValueType", "read_metadata", "HParams",

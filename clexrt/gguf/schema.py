@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import GGUFError
 from ..rope.tables import ClexTables, read_clex
-from .reader import (_FLOAT_TYPES, _INT_TYPES, TYPE_F32, GGUFFile, ValueType, _one_line, _q,
-                     _value_type_name)
+from .constants import _FLOAT_TYPES, _INT_TYPES, TYPE_F32, ValueType
+from .reader import GGUFFile, _one_line, _q, _value_type_name
 
 __all__ = ["HParams", "validate_model", "SUPPORTED_ARCHS"]
 
