@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clexrt.errors import ConvertError
+from clexrt.gguf.schema import HParams
 
 from .safetensors import Entry, SafetensorsFile, read_entry
 
@@ -62,26 +63,17 @@ class ClexConfig:
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
-    """The hyper-parameters config.json gives, checked."""
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    head_dim: int
-    n_ctx_train: int
-    rms_eps: float
-    rope_theta: float
-    tied_embeddings: bool
-    rope_linear_factor: float | None = None
+class HFConfig:
+    """config.json, checked: the model's hyper-parameters as the runtime describes them (the
+    HParams that clexrt.gguf.schema reads back from the GGUF we write), plus what only the
+    converter needs."""
+    hparams: HParams
     clex: ClexConfig | None = None
     name: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, cfg: dict, name: str = "") -> "LlamaConfig":
+    def from_dict(cls, cfg: dict, name: str = "") -> "HFConfig":
         if not isinstance(cfg, dict):
             raise ConvertError("config.json: not a JSON object")
         archs = cfg.get("architectures")
@@ -128,30 +120,33 @@ class LlamaConfig:
             head_dim = _pos_int(cfg, "head_dim")
         if head_dim % 2:
             raise ConvertError(f"config.json: head dimension {head_dim} is odd")
-        return cls(
+        hp = HParams(
             n_vocab=_pos_int(cfg, "vocab_size"), n_embd=n_embd, n_layer=_pos_int(cfg, "num_hidden_layers"),
             n_head=n_head, n_head_kv=n_head_kv, n_ff=_pos_int(cfg, "intermediate_size"), head_dim=head_dim,
-            n_ctx_train=_pos_int(cfg, "max_position_embeddings"),
-            rms_eps=_pos_float(cfg, "rms_norm_eps", 1e-6), rope_theta=_pos_float(cfg, "rope_theta", 10000.0),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), rope_linear_factor=linear,
-            clex=clex, name=name, raw=cfg)
+            n_rot=head_dim, n_ctx_train=_pos_int(cfg, "max_position_embeddings"),
+            rope_freq_base=_pos_float(cfg, "rope_theta", 10000.0),
+            rms_norm_eps=_pos_float(cfg, "rms_norm_eps", 1e-6),
+            rope_scaling_type=None if linear is None else "linear", rope_scaling_factor=linear,
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+        return cls(hparams=hp, clex=clex, name=name, raw=cfg)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF tensor name -> shape (torch order: [out, in])."""
-        e, hd = self.n_embd, self.head_dim
-        shapes = {"model.embed_tokens.weight": (self.n_vocab, e), "model.norm.weight": (e,)}
-        if not self.tied_embeddings:
-            shapes["lm_head.weight"] = (self.n_vocab, e)
-        for i in range(self.n_layer):
+        hp = self.hparams
+        e, hd = hp.n_embd, hp.head_dim
+        shapes = {"model.embed_tokens.weight": (hp.n_vocab, e), "model.norm.weight": (e,)}
+        if not hp.tied_embeddings:
+            shapes["lm_head.weight"] = (hp.n_vocab, e)
+        for i in range(hp.n_layer):
             p = f"model.layers.{i}."
             shapes.update({
                 p + "input_layernorm.weight": (e,), p + "post_attention_layernorm.weight": (e,),
-                p + "self_attn.q_proj.weight": (self.n_head * hd, e),
-                p + "self_attn.k_proj.weight": (self.n_head_kv * hd, e),
-                p + "self_attn.v_proj.weight": (self.n_head_kv * hd, e),
-                p + "self_attn.o_proj.weight": (e, self.n_head * hd),
-                p + "mlp.gate_proj.weight": (self.n_ff, e), p + "mlp.up_proj.weight": (self.n_ff, e),
-                p + "mlp.down_proj.weight": (e, self.n_ff),
+                p + "self_attn.q_proj.weight": (hp.n_head * hd, e),
+                p + "self_attn.k_proj.weight": (hp.n_head_kv * hd, e),
+                p + "self_attn.v_proj.weight": (hp.n_head_kv * hd, e),
+                p + "self_attn.o_proj.weight": (e, hp.n_head * hd),
+                p + "mlp.gate_proj.weight": (hp.n_ff, e), p + "mlp.up_proj.weight": (hp.n_ff, e),
+                p + "mlp.down_proj.weight": (e, hp.n_ff),
             })
         if self.clex:
             h, pd = hd // 2, self.clex.param_factor * hd
@@ -174,7 +169,7 @@ def _clex_config(rs: dict, cfg: dict) -> ClexConfig:
 
 
 class HFCheckpoint:
-    """A checkpoint folder. `config` is the checked LlamaConfig; `names()` the tensors the weight
+    """A checkpoint folder. `config` is the checked HFConfig; `names()` the tensors the weight
     files hold; `load(name)` one of them as float32."""
 
     def __init__(self, path):
@@ -183,7 +178,7 @@ class HFCheckpoint:
             raise ConvertError(f"not a checkpoint folder: {path}")
         self.path = path
         self.config_dict = _read_json(self._p("config.json"), "config.json")
-        self.config = LlamaConfig.from_dict(self.config_dict, name=os.path.basename(os.path.abspath(path)))
+        self.config = HFConfig.from_dict(self.config_dict, name=os.path.basename(os.path.abspath(path)))
         self._entries: dict[str, Entry] | None = None
         self._torch_state = None
         self.weights_format = self._find_weights()
@@ -309,7 +304,7 @@ class HFCheckpoint:
         for n in have:
             if n in want:
                 continue
-            if n.endswith(IGNORED_SUFFIXES) or (n == "lm_head.weight" and self.config.tied_embeddings):
+            if n.endswith(IGNORED_SUFFIXES) or (n == "lm_head.weight" and self.config.hparams.tied_embeddings):
                 ignored.append(n)
             else:
                 raise ConvertError(f"unexpected tensor {n!r} for {SUPPORTED_ARCHITECTURES[0]}")

@@ -6,6 +6,7 @@ import numpy as np
 from clexrt.errors import ConvertError
 
 from clexrt.rope.ode import ClexODE
+from clexrt.gguf.schema import hparams_metadata
 from clexrt.rope import base_inv_freq, bake_clex
 
 from .gguf_out import FILE_TYPES, OUTTYPES, Plan, TensorPlan, permute_qk, weight_type
@@ -40,16 +41,16 @@ def _tensor_plans(ckpt: HFCheckpoint, outtype: str, notes: list[str]) -> list[Te
         plans.append(TensorPlan(gguf_name, tuple(shape), tid, load, source=hf_name))
 
     add("token_embd.weight", "model.embed_tokens.weight")
-    for i in range(cfg.n_layer):
+    for i in range(cfg.hparams.n_layer):
         for hf, gg in LAYER_MAP.items():
             tr = None
             if hf == "self_attn.q_proj.weight":
-                tr = lambda a: permute_qk(a, cfg.n_head)      # noqa: E731
+                tr = lambda a: permute_qk(a, cfg.hparams.n_head)      # noqa: E731
             elif hf == "self_attn.k_proj.weight":
-                tr = lambda a: permute_qk(a, cfg.n_head_kv)   # noqa: E731
+                tr = lambda a: permute_qk(a, cfg.hparams.n_head_kv)   # noqa: E731
             add(f"blk.{i}.{gg}", f"model.layers.{i}.{hf}", tr)
     add("output_norm.weight", "model.norm.weight")
-    if not cfg.tied_embeddings:
+    if not cfg.hparams.tied_embeddings:
         add("output.weight", "lm_head.weight")
     return plans
 
@@ -57,7 +58,7 @@ def _tensor_plans(ckpt: HFCheckpoint, outtype: str, notes: list[str]) -> list[Te
 def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int | None,
                notes: list[str]) -> dict:
     cfg = ckpt.config
-    d = cfg.head_dim
+    d = cfg.hparams.head_dim
     if clex_init is None:
         clex_init = "ode" if cfg.clex else None
     if clex_init is None:
@@ -69,7 +70,7 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
     if clex_init == "ode" and not cfg.clex:
         raise ConvertError("--clex-init ode needs a CLEX checkpoint (rope_scaling type 'clex'); "
                            "use --clex-init ntk for any other RoPE model")
-    if cfg.rope_linear_factor is not None:
+    if cfg.hparams.rope_scaling_type is not None:
         raise ConvertError("CLEX tables cannot be combined with linear rope scaling")
     if cfg.clex:
         inv = ckpt.load("model.clex_layer.inv_freq").astype(np.float32)
@@ -80,7 +81,7 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
     else:
         if not clex_max_factor:
             raise ConvertError("--clex-init ntk needs --clex-max-factor M")
-        inv = base_inv_freq(cfg.rope_theta, d, convention="hf")
+        inv = base_inv_freq(cfg.hparams.rope_freq_base, d, convention="hf")
         m, act, dt, log_scale, pf = clex_max_factor, "tanh", 0.01, True, 0
     if m < 1 or m > 1024:
         raise ConvertError(f"CLEX max_factor must be in 1..1024, got {m}")
@@ -90,10 +91,10 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
                       down=ckpt.load("model.clex_layer.proj_func.ode_down_proj"))
     else:
         ode, pf = ClexODE(inv, act=act, time_dt=dt), 0
-    md = bake_clex(ode, cfg.n_ctx_train, m, clex_init, param_factor=pf, log_scale=log_scale)
+    md = bake_clex(ode, cfg.hparams.n_ctx_train, m, clex_init, param_factor=pf, log_scale=log_scale)
     n_grid = md["clex.grid"].size
     notes.append(f"CLEX ({clex_init}): tables for t in 1..{m} at {n_grid} grid points, "
-                 f"L = {cfg.n_ctx_train}, d = {d}")
+                 f"L = {cfg.hparams.n_ctx_train}, d = {d}")
     return md
 
 
@@ -112,22 +113,8 @@ def build_plan(ckpt: HFCheckpoint, outtype: str = "f16", vocab_only: bool = Fals
         plan.add("general.file_type", FILE_TYPES[outtype])
         if outtype in ("q8_0", "q4_0", "q4_1"):
             plan.add("general.quantization_version", 2)
-    plan.add("llama.vocab_size", cfg.n_vocab)
-    plan.add("llama.context_length", cfg.n_ctx_train)
-    plan.add("llama.embedding_length", cfg.n_embd)
-    plan.add("llama.block_count", cfg.n_layer)
-    plan.add("llama.feed_forward_length", cfg.n_ff)
-    plan.add("llama.rope.dimension_count", cfg.head_dim)
-    plan.add("llama.attention.head_count", cfg.n_head)
-    plan.add("llama.attention.head_count_kv", cfg.n_head_kv)
-    plan.add("llama.attention.layer_norm_rms_epsilon", cfg.rms_eps)
-    plan.add("llama.rope.freq_base", cfg.rope_theta)
-    if cfg.head_dim * cfg.n_head != cfg.n_embd:
-        plan.add("llama.attention.key_length", cfg.head_dim)
-        plan.add("llama.attention.value_length", cfg.head_dim)
-    if cfg.rope_linear_factor is not None:
-        plan.add("llama.rope.scaling.type", "linear")
-        plan.add("llama.rope.scaling.factor", cfg.rope_linear_factor)
+    for key, value in hparams_metadata(cfg.hparams).items():
+        plan.add(key, value)
     tok_md, tok_notes = tokenizer_metadata(ckpt)
     for k, v in tok_md.items():
         plan.add(k, v)

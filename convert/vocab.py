@@ -127,7 +127,7 @@ def _added_tokens(md: dict, tc: dict) -> None:
 
 def tokenizer_metadata(ckpt: HFCheckpoint) -> tuple[dict, list[str]]:
     """(metadata, notes). Raises ConvertError when the checkpoint has no usable tokenizer."""
-    n_vocab = ckpt.config.n_vocab
+    n_vocab = ckpt.config.hparams.n_vocab
     tc = ckpt.json_file("tokenizer_config.json") or {}
     if not isinstance(tc, dict):
         raise ConvertError("tokenizer_config.json: not a JSON object")

@@ -206,3 +206,34 @@ def test_validate_clex_hook_directly():
     md["clex.bad"] = np.array([np.inf], np.float32)
     with pytest.raises(GGUFError, match="'clex.bad'"):
         _validate_clex(md, {})
+
+
+def test_key_length_sets_the_head_width(tmp_path):
+    """attention.key_length is the head width when given (Gemma-style heads wider than
+    n_embd / n_head): tensors must then have n_head * key_length rows."""
+    def narrow(kvs):
+        kvs["llama.attention.key_length"] = (VT.UINT32, 8)
+        kvs["llama.rope.dimension_count"] = (VT.UINT32, 8)
+    p = llama_file(tmp_path, narrow)
+    expect_error(p, "'blk.0.attn_q.weight'", "expected [64, 32]", model=True)    # 4 heads x 8
+    with GGUFFile(llama_file(tmp_path, set_kv("llama.attention.key_length", VT.UINT32, 16))) as g:
+        assert validate_model(g).head_dim == 16
+
+
+def test_value_length_must_equal_key_length(tmp_path):
+    def edit(kvs):
+        kvs["llama.attention.key_length"] = (VT.UINT32, 16)
+        kvs["llama.attention.value_length"] = (VT.UINT32, 8)
+    expect_error(llama_file(tmp_path, edit), "'llama.attention.value_length'", "differs", model=True)
+    expect_error(llama_file(tmp_path, set_kv("llama.attention.value_length", VT.UINT32, 16)),
+                 "given without", model=True)
+
+
+def test_hparams_metadata_reads_back(tmp_path):
+    """What the converter writes (hparams_metadata) is what validate_model reads."""
+    from clexrt.gguf.schema import hparams_metadata
+
+    with GGUFFile(llama_file(tmp_path)) as g:
+        hp = validate_model(g)
+        md = hparams_metadata(hp)
+        assert {k: v for k, v in g.metadata.items() if k in md} == pytest.approx(md)

@@ -17,7 +17,7 @@ from ..rope.tables import ClexTables, read_clex
 from .constants import _FLOAT_TYPES, _INT_TYPES, TYPE_F32, ValueType
 from .reader import GGUFFile, _one_line, _q, _value_type_name
 
-__all__ = ["HParams", "validate_model", "SUPPORTED_ARCHS"]
+__all__ = ["HParams", "validate_model", "hparams_metadata", "SUPPORTED_ARCHS"]
 
 SUPPORTED_ARCHS = ("llama",)
 # What llama.cpp assumes when a file leaves these out.
@@ -125,6 +125,26 @@ class _ModelChecker:
             raise self.err(f"tensor {_q(name)}: type {t.type_name}, expected F32")
         return t
 
+    def head_dim(self, n_embd: int, n_head: int) -> int:
+        """attention.key_length when the file gives it (a head need not be n_embd / n_head wide),
+        else n_embd / n_head. Values must be as wide as keys."""
+        a = self.arch
+        k_len = self.int_key(f"{a}.attention.key_length", False)
+        v_len = self.int_key(f"{a}.attention.value_length", False)
+        if k_len is None and v_len is not None:
+            raise self.err(f"key '{a}.attention.value_length': given without '{a}.attention.key_length'")
+        if k_len is None:
+            if n_embd % n_head:
+                raise self.err(f"key '{a}.attention.head_count': {n_head} does not divide "
+                               f"'{a}.embedding_length' {n_embd}")
+            k_len = n_embd // n_head
+        if v_len is not None and v_len != k_len:
+            raise self.err(f"key '{a}.attention.value_length': {v_len} differs from the key length "
+                           f"{k_len} (clexrt runs heads with equal key and value widths)")
+        if k_len % 2:
+            raise self.err(f"key '{a}.attention.head_count': head dimension {k_len} is odd")
+        return k_len
+
     def run(self) -> HParams:
         arch = self.str_key("general.architecture")
         if arch is None:
@@ -139,15 +159,10 @@ class _ModelChecker:
         n_head = self.int_key(f"{a}.attention.head_count", True)
         n_head_kv = self.int_key(f"{a}.attention.head_count_kv", False)
         n_head_kv = n_head if n_head_kv is None else n_head_kv
-        if n_embd % n_head:
-            raise self.err(f"key '{a}.attention.head_count': {n_head} does not divide "
-                           f"'{a}.embedding_length' {n_embd}")
         if n_head % n_head_kv:
             raise self.err(f"key '{a}.attention.head_count_kv': {n_head_kv} does not divide "
                            f"'{a}.attention.head_count' {n_head}")
-        head_dim = n_embd // n_head
-        if head_dim % 2:
-            raise self.err(f"key '{a}.attention.head_count': head dimension {head_dim} is odd")
+        head_dim = self.head_dim(n_embd, n_head)
         n_rot = self.int_key(f"{a}.rope.dimension_count", False)
         n_rot = head_dim if n_rot is None else n_rot
         if n_rot % 2 or n_rot > head_dim:
@@ -265,3 +280,25 @@ def validate_model(g: GGUFFile) -> HParams:
     token ids in range, finite clex.* floats and clex.* tables of the right shapes. Returns the
     hyper-parameters with the checked CLEX tables; raises GGUFError."""
     return _ModelChecker(g).run()
+
+
+def hparams_metadata(hp: HParams) -> dict[str, object]:
+    """The `{arch}.*` keys that validate_model reads back into hp: what a converter writes."""
+    a = hp.arch
+    md: dict[str, object] = {f"{a}.vocab_size": hp.n_vocab}
+    if hp.n_ctx_train is not None:
+        md[f"{a}.context_length"] = hp.n_ctx_train
+    md.update({f"{a}.embedding_length": hp.n_embd, f"{a}.block_count": hp.n_layer,
+               f"{a}.feed_forward_length": hp.n_ff, f"{a}.rope.dimension_count": hp.n_rot,
+               f"{a}.attention.head_count": hp.n_head, f"{a}.attention.head_count_kv": hp.n_head_kv})
+    if hp.rms_norm_eps is not None:
+        md[f"{a}.attention.layer_norm_rms_epsilon"] = hp.rms_norm_eps
+    if hp.rope_freq_base is not None:
+        md[f"{a}.rope.freq_base"] = hp.rope_freq_base
+    if hp.head_dim * hp.n_head != hp.n_embd:
+        md[f"{a}.attention.key_length"] = hp.head_dim
+        md[f"{a}.attention.value_length"] = hp.head_dim
+    if hp.rope_scaling_type is not None:
+        md[f"{a}.rope.scaling.type"] = hp.rope_scaling_type
+        md[f"{a}.rope.scaling.factor"] = hp.rope_scaling_factor
+    return md
