@@ -99,7 +99,7 @@ def test_kv_type_is_checked(tiny_files):
     path, _ = tiny_files["f32"]
     with pytest.raises(ModelError, match="kv_type"):
         Model(path, kv_type="q8_0")
-    assert _lib.lib.clex_ctx_create_kv(_lib.ffi.NULL, 8, 1, 1, 1, _lib.ffi.new("clex_ctx **")) != 0
+    assert _lib.lib.clex_ctx_create(_lib.ffi.NULL, 8, 1, 1, 1, _lib.ffi.new("clex_ctx **")) != 0
 
 
 def test_tied_embeddings_and_threads(tmp_path):

@@ -250,8 +250,8 @@ def test_native_checks_hold_for_every_entry_point(tiny):
             assert lib.clex_ctx_shift(c, n_past, keep, disc) == lib.CLEX_E_INVALID
         bad = np.array([np.nan] * old.size, np.float32)
         assert lib.clex_ctx_set_rope(c, f32p(bad), bad.size) == lib.CLEX_E_INVALID
-        assert lib.clex_ctx_create(m._model, 0, 1, 1, ffi.new("clex_ctx **")) == lib.CLEX_E_INVALID
-        assert lib.clex_ctx_create(m._model, 4, 0, 1, ffi.new("clex_ctx **")) == lib.CLEX_E_INVALID
+        assert lib.clex_ctx_create(m._model, 0, 1, 1, lib.CLEX_TYPE_F32, ffi.new("clex_ctx **")) == lib.CLEX_E_INVALID
+        assert lib.clex_ctx_create(m._model, 4, 0, 1, lib.CLEX_TYPE_F32, ffi.new("clex_ctx **")) == lib.CLEX_E_INVALID
     x = np.zeros(64, np.float32)
     buf = np.zeros(64, np.uint8)
     p = ffi.cast("void *", buf.ctypes.data)
@@ -334,7 +334,7 @@ def test_ctx_create_refuses_a_kv_size_that_wraps_64_bits():
                                  ffi.new("clex_tensor *", tensor(one, [1])), ffi.NULL, layers, pm) == 0
     model = ffi.gc(pm[0], lib.clex_model_free)
     pc = ffi.new("clex_ctx **")
-    rc = lib.clex_ctx_create(model, 1 << 28, 1, 1, pc)
+    rc = lib.clex_ctx_create(model, 1 << 28, 1, 1, lib.CLEX_TYPE_F32, pc)
     if rc == 0:
         lib.clex_ctx_free(pc[0])                   # never evaluated: its KV cache is 4 bytes
     assert rc == lib.CLEX_E_NOMEM

@@ -72,11 +72,9 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
     from ..engine import native as _lib
     from ..engine.model import Model
 
-    try:
-        from .registry import resolve_model
-        model_path = resolve_model(model_path)
-    except ImportError:
-        pass
+    from .registry import resolve_model
+
+    model_path = resolve_model(model_path)
     n_ctx = depth + max(n_prompt, n_gen) + 1
     model = Model(model_path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, rope=rope,
                   clex_mode=clex_mode, kv_policy=kv_policy, kv_type=kv_type)

@@ -73,7 +73,7 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
         tok = Tokenizer.from_metadata(model.metadata)
         if verbose:
             print(f"clexrt: loaded {path} in {time.perf_counter() - t0:.2f} s: n_ctx={model.n_ctx}, "
-                  f"threads={getattr(model, 'n_threads', '?')}, vocab={tok.n_vocab}", file=err)
+                  f"threads={model.n_threads}, vocab={tok.n_vocab}", file=err)
             print(f"clexrt: rope {_rope_line(model)}", file=err)
         ids = tok.encode(prompt, add_bos=True, special=True)
         if not ids:
@@ -118,14 +118,13 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
 
 
 def _rope_t(model) -> float:
-    st = getattr(model, "rope_state", None)
-    return float(st.get("t", 1.0)) if st else 1.0
+    return float(model.rope_state["t"])
 
 
 def _rope_line(model) -> str:
     """The RoPE scaling in force (method, t, table changes), from model.rope_state."""
     from ..rope import describe_state
-    return describe_state(getattr(model, "rope_state", None))
+    return describe_state(model.rope_state)
 
 
 def _timings(gen, err) -> None:

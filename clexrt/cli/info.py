@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ClexError
 from ..gguf.constants import FILE_TYPES
+from ..rope.tables import read_clex
 from .registry import resolve_model
 
 __all__ = ["cmd", "describe"]
@@ -34,31 +35,13 @@ def _plain(v):
 
 
 def _clex(md: dict):
-    """The CLEX section: rope.tables.read_clex when the converter's reader exists, else the raw
-    clex.* keys (arrays summarised)."""
-    if not any(k.startswith("clex.") for k in md):
-        return None
+    """The CLEX section (rope.tables.read_clex's summary), or the error that makes the tables
+    unusable: the rest of the file is still worth showing."""
     try:
-        from ..rope.tables import read_clex
-    except ImportError:
-        read_clex = None
-    if read_clex is not None:
-        try:
-            c = read_clex(md)
-        except ClexError as e:           # show what is wrong; the rest of the file is still info
-            return {"error": str(e)}
-        if c is None:
-            return None
-        if hasattr(c, "to_json"):
-            return _plain(c.to_json())
-        if hasattr(c, "__dataclass_fields__"):
-            import dataclasses
-            c = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
-        elif not isinstance(c, dict):
-            c = dict(vars(c))
-        return _plain(c)
-    return {k[len("clex."):]: _plain(np.asarray(v) if isinstance(v, (list, tuple)) else v)
-            for k, v in md.items() if k.startswith("clex.")}
+        c = read_clex(md)
+    except ClexError as e:
+        return {"error": str(e)}
+    return None if c is None else _plain(c.to_json())
 
 
 def _tokenizer_info(md: dict) -> dict:

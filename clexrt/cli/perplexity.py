@@ -89,7 +89,7 @@ def perplexity(model, tokens, n_ctx: int, n_chunks: int = -1, bos_id: int | None
     ppl = math.exp(mean)
     var = mean2 - mean * mean
     err = math.sqrt(var / (count - 1)) * ppl if var > 0 and count > 1 else float("nan")
-    st = getattr(model, "rope_state", None) or {}
+    st = model.rope_state
     method = st.get("method", "none")
     return PplResult(ctx=n_ctx, method=method, mode=st.get("mode") if method != "none" else None,
                      t=float(st.get("t", 1.0)), ppl=ppl, ppl_err=err, chunks=n, tokens_scored=count,
