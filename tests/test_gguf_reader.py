@@ -319,3 +319,14 @@ def test_type_table_matches_the_gguf_package():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gguf'))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_type_table_matches_the_compiled_core():
+    """The reader's table of every ggml type is the C core's (native/include/clexrt.h), id by id:
+    the one table Python must keep of its own (it names types the core does not run)."""
+    from clexrt.engine.native import lib, type_name
+    from clexrt.gguf.constants import GGML_TYPES
+    core = {t: (type_name(t), int(lib.clex_type_block_size(t)), int(lib.clex_type_block_bytes(t)))
+            for t in range(lib.CLEX_TYPE_COUNT) if type_name(t) is not None}
+    assert core == GGML_TYPES
+    assert type_name(lib.CLEX_TYPE_COUNT) is None and type_name(-1) is None

@@ -26,7 +26,8 @@ import numpy as np
 from .. import rope as rope_mod
 from ..errors import ClexError, ContextFullError, ModelError
 from ..gguf import GGUFFile, HParams, validate_model
-from .native import KV_TYPES, check, ffi, lib, physical_cores, supported_weight_types
+from .native import (FFN_KINDS, KV_TYPES, NORM_KINDS, ROPE_LAYOUTS, check, ffi, lib, physical_cores,
+                     supported_weight_types)
 
 ROPES = ("auto",) + rope_mod.METHODS
 KV_POLICIES = ("rerotate", "recompute")
@@ -145,9 +146,11 @@ class Model:
     def _create_model(self, hp: HParams):
         self._base = ffi.from_buffer("char[]", self.gguf.buffer)
         self._keep = []
-        chp = ffi.new("clex_hparams *", dict(n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer,
-                                             n_head=hp.n_head, n_head_kv=hp.n_head_kv, head_dim=hp.head_dim,
-                                             n_rot=hp.n_rot, n_ff=hp.n_ff, rms_eps=hp.eps))
+        chp = ffi.new("clex_hparams *", dict(
+            n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
+            n_head_kv=hp.n_head_kv, head_dim=hp.head_dim, n_rot=hp.n_rot, n_ff=hp.n_ff, rms_eps=hp.eps,
+            norm_kind=NORM_KINDS[hp.norm], rope_layout=ROPE_LAYOUTS[hp.rope_layout], ffn_kind=FFN_KINDS[hp.ffn],
+            parallel_residual=int(hp.parallel_residual), n_expert=hp.n_expert, n_expert_used=hp.n_expert_used))
         layers = ffi.new("clex_layer[]", hp.n_layer)
         for i in range(hp.n_layer):
             for short, field in _LAYER_TENSORS.items():
@@ -178,7 +181,7 @@ class Model:
             raise ModelError(f"n_ctx {n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache{have}: "
                              f"choose a smaller n_ctx")
         pc = ffi.new("clex_ctx **")
-        check(lib.clex_ctx_create_kv(self._model, n_ctx, max(1, int(n_batch)), int(n_threads),
+        check(lib.clex_ctx_create(self._model, n_ctx, max(1, int(n_batch)), int(n_threads),
                                      type_id, pc), where=self.path)
         self._ctx = ffi.gc(pc[0], lib.clex_ctx_free)
         self.n_ctx = n_ctx

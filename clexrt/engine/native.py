@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 5
+EXPECTED_ABI = 6
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).
@@ -36,7 +36,6 @@ if lib.clex_abi_version() != EXPECTED_ABI:  # pragma: no cover
 # The constants below come from the compiled core, never from a second copy in Python.
 ISA_NAMES = {code: ffi.string(lib.clex_isa_name(code)).decode()
              for code in (lib.CLEX_ISA_SCALAR, lib.CLEX_ISA_AVX2, lib.CLEX_ISA_AVX512, lib.CLEX_ISA_NEON)}
-MAX_TYPE_ID = 64      # past every ggml type id (GGML_TYPE_COUNT is 42)
 
 
 def type_name(type_id: int) -> str | None:
@@ -45,20 +44,19 @@ def type_name(type_id: int) -> str | None:
     return None if p == ffi.NULL else ffi.string(p).decode()
 
 
-def _kv_supported(t: int) -> bool:
-    f = getattr(lib, "clex_kv_type_supported", None)
-    return bool(f(t)) if f is not None else t in (lib.CLEX_TYPE_F32, lib.CLEX_TYPE_F16)
-
-
 # KV cache element types: name -> (type id, bytes per element)
 KV_TYPES = {type_name(t).lower(): (t, int(lib.clex_type_block_bytes(t)))
-            for t in range(MAX_TYPE_ID) if _kv_supported(t)}
+            for t in range(lib.CLEX_TYPE_COUNT) if lib.clex_kv_type_supported(t)}
+
+# The architecture fields of clex_hparams: HParams' names -> the core's enum values
+NORM_KINDS = {"rms": lib.CLEX_NORM_RMS, "layer": lib.CLEX_NORM_LAYER}
+ROPE_LAYOUTS = {"adjacent": lib.CLEX_ROPE_ADJACENT, "neox": lib.CLEX_ROPE_NEOX}
+FFN_KINDS = {"swiglu": lib.CLEX_FFN_SWIGLU, "geglu": lib.CLEX_FFN_GEGLU, "gelu": lib.CLEX_FFN_GELU}
 
 
 def supported_weight_types() -> str:
     """The weight types the core runs, as the core lists them ("F32, F16, ...")."""
-    f = getattr(lib, "clex_supported_weight_types", None)
-    return ffi.string(f()).decode() if f is not None else "F32, F16, BF16, Q8_0, Q4_0, Q4_1"
+    return ffi.string(lib.clex_supported_weight_types()).decode()
 
 
 def last_error() -> str:

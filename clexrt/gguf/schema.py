@@ -46,6 +46,13 @@ class HParams:
     rope_scaling_factor: float | None
     tied_embeddings: bool        # no output.weight: logits come from token_embd.weight
     arch: str = "llama"
+    # The architecture as data, which the one forward pass of the C core reads (clex_hparams):
+    norm: str = "rms"                # rms | layer
+    rope_layout: str = "adjacent"    # adjacent (GGUF llama pairs 2i, 2i+1) | neox (i, i + n_rot/2)
+    ffn: str = "swiglu"              # swiglu | geglu | gelu
+    parallel_residual: bool = False  # attention and FFN both read the block's input
+    n_expert: int = 0                # 0: dense FFN
+    n_expert_used: int = 0
     clex: ClexTables | None = field(default=None, compare=False, repr=False)
 
     @property
