@@ -10,7 +10,7 @@ on the grid `arange(ceil((t_end - t0)/dt + 1)) * dt + t0` with the last point fo
 reads the solution at the requested times by linear interpolation inside a step (exact on a hit).
 Every step below is written in float32 in the same order, so the result agrees with torch to a few
 float32 ulps: a float64 solve would be "more accurate" and differ from every CLEX checkpoint's own
-inference by ~1 rad of phase at 64k positions (docs/clex.md, "Precision").
+inference by ~1 rad of phase at 64k positions (docs/convert.md, "Agreement with the official solver").
 
 With a zero network the ODE is solved in closed form: y(t) = y(1) - 2j/(d-2) * log(2t-1), i.e.
 NTK-aware scaling with base rope_base * (2t-1) ** (d/(d-2)), whatever the rope base is.
