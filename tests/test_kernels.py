@@ -46,7 +46,38 @@ def test_block_sizes_match_gguf():
         assert (lib.clex_type_block_size(t), lib.clex_type_block_bytes(t)) == GGML_QUANT_SIZES[QT(t)], name
         assert lib.clex_type_supported(t)
     assert not lib.clex_type_supported(6)        # Q5_0: known to GGUF, not run here
-    assert lib.clex_type_name(12) == ffi.NULL    # Q4_K: unknown to this build
+    assert not lib.clex_type_supported(9)        # Q8_1: activations only
+
+
+def test_type_table_is_ggmls():
+    """The core knows every ggml type id by name and size (one table for C and Python): the ids,
+    names and sizes gguf-py has, and nothing for the ids ggml retired or never used."""
+    from gguf.constants import GGML_QUANT_SIZES
+    for q in QT:
+        assert getattr(lib, f"CLEX_TYPE_{q.name}") == q.value, q.name
+        assert ffi.string(lib.clex_type_name(q.value)).decode() == q.name
+        assert (lib.clex_type_block_size(q.value), lib.clex_type_block_bytes(q.value)) == GGML_QUANT_SIZES[q], q.name
+    known = {q.value for q in QT}
+    for t in [-1, lib.CLEX_TYPE_COUNT, 99] + [t for t in range(lib.CLEX_TYPE_COUNT) if t not in known]:
+        assert lib.clex_type_name(t) == ffi.NULL, t
+        assert lib.clex_type_block_size(t) == lib.clex_type_block_bytes(t) == 0, t
+    run = [t for t in range(lib.CLEX_TYPE_COUNT) if lib.clex_type_supported(t)]
+    assert sorted(run) == sorted(TYPES.values())
+    listed = ffi.string(lib.clex_supported_weight_types()).decode()
+    assert listed == ", ".join(ffi.string(lib.clex_type_name(t)).decode() for t in run)
+    assert [lib.clex_kv_type_supported(t) for t in (0, 1, 2, 8, 30, -1)] == [1, 1, 0, 0, 0, 0]
+
+
+def test_size_only_types_have_no_conversions():
+    """Q4_K is named and sized, but has no conversion here: refused, and the message says so."""
+    t = lib.CLEX_TYPE_Q4_K
+    x = np.zeros(256, np.float32)
+    buf = np.zeros(lib.clex_type_block_bytes(t), np.uint8)
+    for rc in (lib.clex_quantize_row(t, ptr(x, "float *"), ptr(buf), 256),
+               lib.clex_quantize_act(t, ptr(x, "float *"), ptr(buf), 256),
+               lib.clex_dequantize_row(t, ptr(buf), ptr(x, "float *"), 256),
+               lib.clex_vec_dot(t, 256, ptr(buf), ptr(buf), ffi.new("float *"))):
+        assert rc == lib.CLEX_E_UNSUPPORTED and "Q4_K has no" in _lib.last_error()
 
 
 def test_fp16_conversion_exhaustive():

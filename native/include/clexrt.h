@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 5
+#define CLEX_ABI_VERSION 6
 
 enum {
     CLEX_OK = 0,
@@ -35,15 +35,45 @@ enum {
     CLEX_E_INTERNAL = -5
 };
 
-/* GGML type ids as stored in GGUF files. */
+/* GGML type ids as stored in GGUF files: every id ggml defines (the gaps are ids it retired).
+ * clex_type_name / clex_type_block_size / clex_type_block_bytes know all of them;
+ * clex_type_supported says which ones the forward pass runs. */
 enum {
     CLEX_TYPE_F32 = 0,
     CLEX_TYPE_F16 = 1,
     CLEX_TYPE_Q4_0 = 2,
     CLEX_TYPE_Q4_1 = 3,
+    CLEX_TYPE_Q5_0 = 6,
+    CLEX_TYPE_Q5_1 = 7,
     CLEX_TYPE_Q8_0 = 8,
     CLEX_TYPE_Q8_1 = 9,   /* activations only (paired with Q4_1 weights) */
-    CLEX_TYPE_BF16 = 30
+    CLEX_TYPE_Q2_K = 10,
+    CLEX_TYPE_Q3_K = 11,
+    CLEX_TYPE_Q4_K = 12,
+    CLEX_TYPE_Q5_K = 13,
+    CLEX_TYPE_Q6_K = 14,
+    CLEX_TYPE_Q8_K = 15,
+    CLEX_TYPE_IQ2_XXS = 16,
+    CLEX_TYPE_IQ2_XS = 17,
+    CLEX_TYPE_IQ3_XXS = 18,
+    CLEX_TYPE_IQ1_S = 19,
+    CLEX_TYPE_IQ4_NL = 20,
+    CLEX_TYPE_IQ3_S = 21,
+    CLEX_TYPE_IQ2_S = 22,
+    CLEX_TYPE_IQ4_XS = 23,
+    CLEX_TYPE_I8 = 24,
+    CLEX_TYPE_I16 = 25,
+    CLEX_TYPE_I32 = 26,
+    CLEX_TYPE_I64 = 27,
+    CLEX_TYPE_F64 = 28,
+    CLEX_TYPE_IQ1_M = 29,
+    CLEX_TYPE_BF16 = 30,
+    CLEX_TYPE_TQ1_0 = 34,
+    CLEX_TYPE_TQ2_0 = 35,
+    CLEX_TYPE_MXFP4 = 39,
+    CLEX_TYPE_NVFP4 = 40,
+    CLEX_TYPE_Q1_0 = 41,
+    CLEX_TYPE_COUNT = 42  /* ids are below this */
 };
 
 enum {
@@ -51,6 +81,23 @@ enum {
     CLEX_ISA_AVX2 = 1,
     CLEX_ISA_AVX512 = 2,
     CLEX_ISA_NEON = 3
+};
+
+/* The architecture as data (clex_hparams). Zero is LLaMA's choice everywhere; the other values
+ * are named so that a later version can run them, and clex_model_create refuses each of them
+ * with CLEX_E_UNSUPPORTED until then. */
+enum {
+    CLEX_NORM_RMS = 0,          /* x * w / sqrt(mean(x^2) + eps) */
+    CLEX_NORM_LAYER = 1         /* (x - mean) * w / sqrt(var + eps) + b   (not implemented yet) */
+};
+enum {
+    CLEX_ROPE_ADJACENT = 0,     /* pair i of a head is elements 2i, 2i+1 (GGUF llama) */
+    CLEX_ROPE_NEOX = 1          /* pair i is elements i, i + n_rot/2 (rotate-half; not implemented yet) */
+};
+enum {
+    CLEX_FFN_SWIGLU = 0,        /* down(silu(gate(x)) * up(x)) */
+    CLEX_FFN_GEGLU = 1,         /* down(gelu(gate(x)) * up(x))   (not implemented yet) */
+    CLEX_FFN_GELU = 2           /* down(gelu(up(x))), no gate     (not implemented yet) */
 };
 
 typedef struct clex_model clex_model;   /* weights + hyper-parameters (read-only once built) */
@@ -87,7 +134,14 @@ typedef struct {
     int32_t head_dim;
     int32_t n_rot;          /* rotated dimensions per head (<= head_dim, even) */
     int32_t n_ff;
-    float rms_eps;
+    float rms_eps;          /* the norm's epsilon */
+    /* architecture; 0 everywhere is LLaMA (a cffi caller that leaves them out gets that) */
+    int32_t norm_kind;      /* CLEX_NORM_* */
+    int32_t rope_layout;    /* CLEX_ROPE_* */
+    int32_t ffn_kind;       /* CLEX_FFN_* */
+    int32_t parallel_residual;  /* 0: x += attn(norm(x)), then x += ffn(norm(x)); 1: both read the same x */
+    int32_t n_expert;       /* 0: a dense FFN; else experts per layer (mixture of experts) */
+    int32_t n_expert_used;  /* experts each token uses: 0 when dense, else 1..n_expert */
 } clex_hparams;
 
 /* ---- library ---- */
@@ -103,11 +157,14 @@ const char *clex_isa_name(int isa);
 int clex_physical_cores(void);
 
 /* ---- tensor types ---- */
-const char *clex_type_name(int32_t type);       /* NULL for an id this build does not know */
+const char *clex_type_name(int32_t type);       /* "Q4_K" ...; NULL for an id ggml does not define */
 int clex_type_supported(int32_t type);          /* 1 for the weight types the kernels run */
+/* Those weight types, comma-separated in id order ("F32, F16, ..."), for messages. */
+const char *clex_supported_weight_types(void);
 int64_t clex_type_block_size(int32_t type);     /* elements per block; 0 if unknown */
 int64_t clex_type_block_bytes(int32_t type);    /* bytes per block; 0 if unknown */
-/* Reference (scalar) conversions, n a multiple of the block size. */
+/* Reference (scalar) conversions, n a multiple of the block size; CLEX_E_UNSUPPORTED for a type
+ * this build has no conversion for (the run types and Q8_1 have both directions). */
 int clex_quantize_row(int32_t type, const float *src, void *dst, int64_t n);
 int clex_dequantize_row(int32_t type, const void *src, float *dst, int64_t n);
 /* The conversion the forward pass applies to activations (current ISA); same bytes as
@@ -129,20 +186,19 @@ void clex_model_free(clex_model *m);
 uint64_t clex_model_n_params(const clex_model *m);
 
 /* ---- context ---- */
-/* n_ctx: KV cache capacity in tokens; n_batch: tokens per internal step (scratch size). */
-int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-                    clex_ctx **out);
-/* The same with the KV cache's element type: CLEX_TYPE_F32 (what clex_ctx_create gives) or
+/* n_ctx: KV cache capacity in tokens; n_batch: tokens per internal step (scratch size);
+ * n_threads <= 0: one per physical core; kv_type: the cache's element type, CLEX_TYPE_F32 or
  * CLEX_TYPE_F16 (half the memory; keys and values rounded to half when stored). */
-int clex_ctx_create_kv(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-                       int32_t kv_type, clex_ctx **out);
+int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                    int32_t kv_type, clex_ctx **out);
+int clex_kv_type_supported(int32_t type);       /* 1 for the KV cache types clex_ctx_create takes */
 void clex_ctx_free(clex_ctx *c);
 int32_t clex_ctx_n_ctx(const clex_ctx *c);
 int32_t clex_ctx_n_threads(const clex_ctx *c);
 uint64_t clex_ctx_kv_bytes(const clex_ctx *c);
 int32_t clex_ctx_kv_type(const clex_ctx *c);
 /* The rope table: n_rot/2 inverse frequencies; pair i of every head is rotated by
- * pos * inv_freq[i] (adjacent-pair layout: elements 2i and 2i+1). Applies to tokens evaluated
+ * pos * inv_freq[i] (which elements form pair i: hp.rope_layout). Applies to tokens evaluated
  * from now on; cached keys keep the table they were rotated with (see clex_ctx_rerotate). */
 int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n);
 /* Attention logits are q.k * kq_scale / sqrt(head_dim); kq_scale defaults to 1 (YaRN's

@@ -1,5 +1,7 @@
-/* GGUF block formats, defined once. Every kernel includes this header; Python reads the sizes
- * from the compiled module (clex_type_block_bytes), never from a second copy.
+/* GGUF block formats of the types the kernels run, defined once: every kernel includes this
+ * header, and the traits table (native/src/quants.c) takes these types' sizes from the structs.
+ * The compiled module exports the sizes of every ggml type id to Python (clex_type_block_size,
+ * clex_type_block_bytes); tests/test_kernels.py holds them to gguf-py's table.
  *
  * Q4_0 / Q4_1 nibble layout (32 values per block):
  *   qs[j] & 0x0F = value j        (j = 0..15)

@@ -1,9 +1,20 @@
-/* Attention kernels over the KV cache, scalar reference (see internal.h): scores and weighted
- * value sums over a whole run of keys, for both cache types, and the f16 row conversions. One
- * call covers a run of keys, so the SIMD versions (arch/x86/avx2.c) pay the arithmetic, not a
- * call and a horizontal sum per key. Arithmetic is float32 throughout; an f16 cache only rounds
- * what it stores. */
-#include "internal.h"
+/* Attention over the KV cache.
+ *
+ * The scalar reference kernels (see internal.h): scores and weighted value sums over a whole run
+ * of keys, for both cache types, and the f16 row conversions. One call covers a run of keys, so
+ * the SIMD versions (arch/x86/avx2.c) pay the arithmetic, not a call and a horizontal sum per
+ * key. Arithmetic is float32 throughout; an f16 cache only rounds what it stores.
+ *
+ * Then the attention step of the forward pass: causal attention, one (token, KV head, chunk of
+ * keys) at a time, the query heads of a GQA group taking turns over the same run of cached keys
+ * and values. Decoding one token splits each head's keys into chunks (so every thread has work
+ * when there are few KV heads) and combines the chunks' partial softmaxes afterwards. */
+#include <math.h>
+#include <string.h>
+
+#include "model.h"
+
+/* ------------------------------------------------------------------ reference kernels */
 
 void clex_scores32_generic(int64_t n, int64_t D, const float *q, const float *K, float scale, float *s) {
     for (int64_t p = 0; p < n; p++) {
@@ -37,4 +48,109 @@ void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n) {
 
 void clex_from_f16_generic(const clex_fp16 *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = clex_fp16_to_fp32(x[i]);
+}
+
+/* ------------------------------------------------------------------ one head */
+
+typedef struct {
+    const float *k32, *v32;        /* one KV head's rows [n_ctx, D] (f32 cache) */
+    const clex_fp16 *k16, *v16;    /* or (f16 cache) */
+} kv_head;
+
+static kv_head kv_head_at(const clex_ctx *c, int l, int64_t hk) {
+    const int64_t off = kv_offset(c, l, hk, 0);
+    kv_head kv = {NULL, NULL, NULL, NULL};
+    if (c->kv_type == CLEX_TYPE_F16) {
+        kv.k16 = (const clex_fp16 *)c->k_cache + off;
+        kv.v16 = (const clex_fp16 *)c->v_cache + off;
+    } else {
+        kv.k32 = (const float *)c->k_cache + off;
+        kv.v32 = (const float *)c->v_cache + off;
+    }
+    return kv;
+}
+
+/* One query head over keys [p0, p1) of its KV head, scores and value sum each one kernel call
+ * over the whole run of keys (the run stays in cache for the group's next head); `sc` holds
+ * p1 - p0 scores. part == NULL: [p0, p1) is every key, and `out` gets the normalised result
+ * (scores, max, exp, sum, then the sum of (e/sum) * v). Otherwise part gets (max, sum of exp,
+ * unnormalised sum of e * v) for the combination step. */
+static void attend_head(int64_t D, const float *q, const kv_head *kv, int64_t p0, int64_t p1,
+                        float scale, float *sc, float *out, float *part) {
+    const int64_t n = p1 - p0;
+    if (kv->k16) clex_k.scores16(n, D, q, kv->k16 + p0 * D, scale, sc);
+    else clex_k.scores32(n, D, q, kv->k32 + p0 * D, scale, sc);
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = sc[i] > m ? sc[i] : m;
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        sc[i] = expf(sc[i] - m);
+        acc += sc[i];
+    }
+    if (!part) {
+        const float inv = (float)(1.0 / acc);
+        for (int64_t i = 0; i < n; i++) sc[i] *= inv;
+    }
+    float *o = part ? part + 2 : out;
+    memset(o, 0, (size_t)D * sizeof(float));
+    if (kv->v16) clex_k.wsum16(n, D, sc, kv->v16 + p0 * D, o);
+    else clex_k.wsum32(n, D, sc, kv->v32 + p0 * D, o);
+    if (part) {
+        part[0] = m;
+        part[1] = (float)acc;
+    }
+}
+
+/* ------------------------------------------------------------------ chunked decoding */
+
+/* How many chunks decoding one token splits each KV head's keys into: enough units for every
+ * thread twice over, none shorter than 64 keys; 1 (no split) for a batch. */
+static int64_t attn_chunks(int64_t T, int64_t HKV, int64_t n_keys, int nth) {
+    if (T != 1 || nth == 1) return 1;
+    int64_t ch = (2 * nth + HKV - 1) / HKV;
+    if (ch > ATT_MAX_CHUNKS) ch = ATT_MAX_CHUNKS;
+    if (ch > n_keys / 64) ch = n_keys / 64;
+    return ch < 1 ? 1 : ch;
+}
+
+/* Head h's output from its chunks' (max, sum of exp, sum of e * v): each chunk's sum rescaled
+ * to the overall max, over the overall sum of exp. */
+static void combine_chunks(const clex_ctx *c, int64_t h, int64_t chunks) {
+    const int64_t D = c->m->hp.head_dim;
+    const float *ph = c->part + h * ATT_MAX_CHUNKS * (D + 2);
+    float m = -INFINITY;
+    for (int64_t ch = 0; ch < chunks; ch++) m = ph[ch * (D + 2)] > m ? ph[ch * (D + 2)] : m;
+    double l = 0.0;
+    for (int64_t ch = 0; ch < chunks; ch++) l += (double)ph[ch * (D + 2) + 1] * exp((double)ph[ch * (D + 2)] - m);
+    float *out = c->att + h * D;
+    memset(out, 0, (size_t)D * sizeof(float));
+    for (int64_t ch = 0; ch < chunks; ch++)
+        clex_k.axpy_f32(D, (float)(exp((double)ph[ch * (D + 2)] - m) / l), ph + ch * (D + 2) + 2, out);
+}
+
+/* ------------------------------------------------------------------ the attention step */
+
+void clex_attention(clex_ctx *c, int l, int64_t T, int64_t n_past, int ith, int nth) {
+    const clex_hparams *hp = &c->m->hp;
+    const int64_t D = hp->head_dim, H = hp->n_head, HKV = hp->n_head_kv, qd = H * D;
+    const int64_t grp = H / HKV;
+    const int64_t chunks = attn_chunks(T, HKV, n_past + 1, nth);
+    const float scale = c->kq_scale / sqrtf((float)D);
+    float *scores = c->scores + (int64_t)ith * c->n_ctx;
+    int64_t lo, hi;
+    split(T * HKV * chunks, ith, nth, &lo, &hi);
+    for (int64_t j = lo; j < hi; j++) {
+        const int64_t t = j / (HKV * chunks), hk = (j / chunks) % HKV, ch = j % chunks;
+        const int64_t n_keys = n_past + t + 1;
+        const int64_t p0 = n_keys * ch / chunks, p1 = n_keys * (ch + 1) / chunks;
+        const kv_head kv = kv_head_at(c, l, hk);
+        for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
+            attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, scores, c->att + t * qd + h * D,
+                        chunks > 1 ? c->part + (h * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
+    }
+    if (chunks > 1) {   /* combine the chunks of each head (T = 1) */
+        clex_pool_barrier(c->pool);
+        split(H, ith, nth, &lo, &hi);
+        for (int64_t h = lo; h < hi; h++) combine_chunks(c, h, chunks);
+    }
 }

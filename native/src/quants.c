@@ -1,94 +1,12 @@
-/* Tensor types: the reference (scalar) quantizers and dot products that define every result,
- * the traits table, and the choice of SIMD kernels at run time. */
+/* Tensor types: the reference (scalar) quantizers, dequantizers and dot products that define
+ * every result (the SIMD kernels are held to them), the traits table of every ggml type id, and
+ * the public type API. */
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "internal.h"
-
-#ifdef CLEX_X86
-#include <cpuid.h>
-#endif
-
-/* ------------------------------------------------------------------ errors */
-
-static _Thread_local char g_err[512];
-
-int clex_fail(int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-const char *clex_last_error(void) { return g_err; }
-int clex_abi_version(void) { return CLEX_ABI_VERSION; }
-
-/* ------------------------------------------------------------------ half precision */
-
-float clex_fp16_to_fp32(clex_fp16 h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F;
-    uint32_t man = h & 0x3FF;
-    uint32_t u;
-    if (exp == 0x1F) {
-        u = sign | 0x7F800000u | (man << 13);            /* inf / nan */
-    } else if (exp != 0) {
-        u = sign | ((exp + 112) << 23) | (man << 13);    /* normal: rebias 15 -> 127 */
-    } else if (man == 0) {
-        u = sign;                                        /* zero */
-    } else {                                             /* subnormal: normalise */
-        int e = -1;
-        do { man <<= 1; e++; } while (!(man & 0x400));
-        u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-clex_fp16 clex_fp32_to_fp16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t sign = (u >> 16) & 0x8000;
-    uint32_t abs = u & 0x7FFFFFFF;
-    if (abs > 0x7F800000) return (clex_fp16)(sign | 0x7E00 | ((abs >> 13) & 0x3FF)); /* nan, quiet */
-    if (abs >= 0x477FF000) {   /* rounds to >= 65520 -> inf (exactly: >= 65520.0f) */
-        return (clex_fp16)(sign | 0x7C00);
-    }
-    if (abs < 0x38800000) {    /* below the smallest normal half: subnormal or zero */
-        if (abs < 0x33000000) return (clex_fp16)sign;   /* < 2^-25: rounds to zero */
-        uint32_t e = abs >> 23;
-        uint32_t m = (abs & 0x7FFFFF) | 0x800000;
-        uint32_t shift = 126 - e;                        /* 14..24 */
-        /* value = m * 2^(e-150); half subnormal unit = 2^-24 -> q = m * 2^(e-126) */
-        uint32_t q = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1);
-        uint32_t half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1))) q++;
-        return (clex_fp16)(sign | q);
-    }
-    /* normal */
-    uint32_t e = (abs >> 23) - 112;
-    uint32_t m = abs & 0x7FFFFF;
-    uint32_t h = (e << 10) | (m >> 13);
-    uint32_t rem = m & 0x1FFF;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;  /* may carry into the exponent: fine */
-    return (clex_fp16)(sign | h);
-}
-
-clex_bf16 clex_fp32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFF) > 0x7F800000) return (clex_bf16)((u >> 16) | 0x40);   /* quiet nan */
-    u += 0x7FFF + ((u >> 16) & 1);
-    return (clex_bf16)(u >> 16);
-}
 
 /* ------------------------------------------------------------------ reference quantizers */
 
@@ -289,174 +207,56 @@ void clex_vec_dot_bf16_f32_generic(int64_t n, float *s, const void *vw, const vo
     for (int64_t i = 0; i < n; i++) sum += clex_bf16_to_fp32(w[i]) * x[i];
     *s = sum;
 }
-float clex_dot_f32_generic(int64_t n, const float *a, const float *b) {
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
-    return sum;
-}
 void clex_axpy_f32_generic(int64_t n, float a, const float *x, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-/* ------------------------------------------------------------------ traits + dispatch */
+/* ------------------------------------------------------------------ traits */
 
-enum { N_TYPES = 31 };
-static clex_type_traits g_traits[N_TYPES];
-clex_f32_ops clex_ops;
-static int g_isa = CLEX_ISA_SCALAR;
-static pthread_mutex_t g_isa_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A type whose format this build knows by size only: named, no conversion, not run. */
+#define SIZE_ONLY(name, blck, bytes) {name, blck, bytes, -1, 0, NULL, NULL}
 
-static void set_traits(void) {
-    g_traits[CLEX_TYPE_F32] = (clex_type_traits){"F32", 1, 4, CLEX_TYPE_F32, 1, dequant_f32,
-        copy_f32, copy_f32, clex_vec_dot_f32_generic, NULL};
-    g_traits[CLEX_TYPE_F16] = (clex_type_traits){"F16", 1, 2, CLEX_TYPE_F32, 1, dequant_f16,
-        quantize_f16, quantize_f16, clex_vec_dot_f16_f32_generic, NULL};
-    g_traits[CLEX_TYPE_BF16] = (clex_type_traits){"BF16", 1, 2, CLEX_TYPE_F32, 1, dequant_bf16,
-        quantize_bf16, quantize_bf16, clex_vec_dot_bf16_f32_generic, NULL};
-    g_traits[CLEX_TYPE_Q8_0] = (clex_type_traits){"Q8_0", QK, sizeof(block_q8_0), CLEX_TYPE_Q8_0, 1,
-        dequant_q8_0, clex_quantize_q8_0_ref, clex_quantize_q8_0_ref, clex_vec_dot_q8_0_q8_0_generic, NULL};
-    g_traits[CLEX_TYPE_Q8_1] = (clex_type_traits){"Q8_1", QK, sizeof(block_q8_1), CLEX_TYPE_Q8_1, 0,
-        dequant_q8_1, clex_quantize_q8_1_ref, clex_quantize_q8_1_ref, NULL, NULL};
-    g_traits[CLEX_TYPE_Q4_0] = (clex_type_traits){"Q4_0", QK, sizeof(block_q4_0), CLEX_TYPE_Q8_0, 1,
-        dequant_q4_0, clex_quantize_q4_0_ref, clex_quantize_q4_0_ref, clex_vec_dot_q4_0_q8_0_generic, NULL};
-    g_traits[CLEX_TYPE_Q4_1] = (clex_type_traits){"Q4_1", QK, sizeof(block_q4_1), CLEX_TYPE_Q8_1, 1,
-        dequant_q4_1, clex_quantize_q4_1_ref, clex_quantize_q4_1_ref, clex_vec_dot_q4_1_q8_1_generic, NULL};
-}
-
-static void apply_isa(int isa) {
-    clex_kernel_set k = {
-        .q8_0 = clex_vec_dot_q8_0_q8_0_generic, .q4_0 = clex_vec_dot_q4_0_q8_0_generic,
-        .q4_1 = clex_vec_dot_q4_1_q8_1_generic, .f32 = clex_vec_dot_f32_generic,
-        .f16 = clex_vec_dot_f16_f32_generic, .bf16 = clex_vec_dot_bf16_f32_generic,
-        .quant_q8_0 = clex_quantize_q8_0_ref, .quant_q8_1 = clex_quantize_q8_1_ref,
-        .dot_f32 = clex_dot_f32_generic, .axpy_f32 = clex_axpy_f32_generic,
-        .scores32 = clex_scores32_generic, .scores16 = clex_scores16_generic,
-        .wsum32 = clex_wsum32_generic, .wsum16 = clex_wsum16_generic,
-        .to_f16 = clex_to_f16_generic, .from_f16 = clex_from_f16_generic,
-    };
-#ifdef CLEX_X86
-    if (isa >= CLEX_ISA_AVX2 && isa <= CLEX_ISA_AVX512) clex_kernels_avx2(&k);
-    if (isa == CLEX_ISA_AVX512) clex_kernels_avx512(&k);
-#endif
-#ifdef CLEX_NEON
-    if (isa == CLEX_ISA_NEON) clex_kernels_neon(&k);
-#endif
-    g_traits[CLEX_TYPE_Q8_0].vec_dot = k.q8_0;
-    g_traits[CLEX_TYPE_Q4_0].vec_dot = k.q4_0;
-    g_traits[CLEX_TYPE_Q4_1].vec_dot = k.q4_1;
-    g_traits[CLEX_TYPE_Q4_1].vec_dot4 = k.q4_1_x4;
-    g_traits[CLEX_TYPE_Q8_0].vec_dot4 = k.q8_0_x4;
-    g_traits[CLEX_TYPE_Q4_0].vec_dot4 = k.q4_0_x4;
-    g_traits[CLEX_TYPE_F32].vec_dot = k.f32;
-    g_traits[CLEX_TYPE_F16].vec_dot = k.f16;
-    g_traits[CLEX_TYPE_BF16].vec_dot = k.bf16;
-    g_traits[CLEX_TYPE_Q8_0].from_float = k.quant_q8_0;
-    g_traits[CLEX_TYPE_Q8_1].from_float = k.quant_q8_1;
-    clex_ops = (clex_f32_ops){k.dot_f32, k.axpy_f32, k.scores32, k.scores16, k.wsum32, k.wsum16, k.to_f16, k.from_f16};
-    g_isa = isa;
-}
-
-#ifdef CLEX_X86
-/* CPUID.1:ECX.F16C directly: clang before 15 has no "f16c" in __builtin_cpu_supports. */
-static int cpu_has_f16c(void) {
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-}
-#endif
-
-int clex_isa_supported(int isa) {
-    switch (isa) {
-    case CLEX_ISA_SCALAR: return 1;
-#ifdef CLEX_X86
-    case CLEX_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
-    case CLEX_ISA_AVX512:
-        return clex_isa_supported(CLEX_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq");
-#endif
-#ifdef CLEX_NEON
-    case CLEX_ISA_NEON: return 1;
-#endif
-    default: return 0;
-    }
-}
-
-static int best_isa(void) {
-    static const int order[] = {CLEX_ISA_AVX512, CLEX_ISA_AVX2, CLEX_ISA_NEON};
-    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
-        if (clex_isa_supported(order[i])) return order[i];
-    return CLEX_ISA_SCALAR;
-}
-
-static const char *const g_isa_names[] = {"scalar", "avx2", "avx512", "neon"};
-
-const char *clex_isa_name(int isa) {
-    return (isa >= 0 && isa <= CLEX_ISA_NEON) ? g_isa_names[isa] : "unknown";
-}
-
-static void init_impl(void) {
-    set_traits();
-    int isa = best_isa();
-    const char *env = getenv("CLEXRT_ISA");
-    const char *force = getenv("CLEXRT_FORCE_SCALAR");
-    if (force && *force && strcmp(force, "0") != 0) isa = CLEX_ISA_SCALAR;
-    else if (env && *env) {
-        for (int i = 0; i <= CLEX_ISA_NEON; i++)
-            if (strcmp(env, g_isa_names[i]) == 0 && clex_isa_supported(i)) isa = i;
-    }
-    apply_isa(isa);
-}
-
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-void clex_init_once(void) { pthread_once(&g_once, init_impl); }
-
-int clex_isa(void) {
-    clex_init_once();
-    return g_isa;
-}
-
-int clex_set_isa(int isa) {
-    clex_init_once();
-    if (!clex_isa_supported(isa))
-        return clex_fail(CLEX_E_UNSUPPORTED, "instruction set '%s' is not supported by this CPU or build",
-                         clex_isa_name(isa));
-    pthread_mutex_lock(&g_isa_lock);
-    apply_isa(isa);
-    pthread_mutex_unlock(&g_isa_lock);
-    return CLEX_OK;
-}
+/* Sizes as ggml defines them (gguf-py's GGML_QUANT_SIZES; tests/test_kernels.py compares). */
+static const clex_type_traits g_traits[CLEX_TYPE_COUNT] = {
+    [CLEX_TYPE_F32] = {"F32", 1, 4, CLEX_TYPE_F32, 1, dequant_f32, copy_f32},
+    [CLEX_TYPE_F16] = {"F16", 1, 2, CLEX_TYPE_F32, 1, dequant_f16, quantize_f16},
+    [CLEX_TYPE_Q4_0] = {"Q4_0", QK, sizeof(block_q4_0), CLEX_TYPE_Q8_0, 1, dequant_q4_0, clex_quantize_q4_0_ref},
+    [CLEX_TYPE_Q4_1] = {"Q4_1", QK, sizeof(block_q4_1), CLEX_TYPE_Q8_1, 1, dequant_q4_1, clex_quantize_q4_1_ref},
+    [CLEX_TYPE_Q5_0] = SIZE_ONLY("Q5_0", 32, 22),
+    [CLEX_TYPE_Q5_1] = SIZE_ONLY("Q5_1", 32, 24),
+    [CLEX_TYPE_Q8_0] = {"Q8_0", QK, sizeof(block_q8_0), CLEX_TYPE_Q8_0, 1, dequant_q8_0, clex_quantize_q8_0_ref},
+    [CLEX_TYPE_Q8_1] = {"Q8_1", QK, sizeof(block_q8_1), CLEX_TYPE_Q8_1, 0, dequant_q8_1, clex_quantize_q8_1_ref},
+    [CLEX_TYPE_Q2_K] = SIZE_ONLY("Q2_K", 256, 84),
+    [CLEX_TYPE_Q3_K] = SIZE_ONLY("Q3_K", 256, 110),
+    [CLEX_TYPE_Q4_K] = SIZE_ONLY("Q4_K", 256, 144),
+    [CLEX_TYPE_Q5_K] = SIZE_ONLY("Q5_K", 256, 176),
+    [CLEX_TYPE_Q6_K] = SIZE_ONLY("Q6_K", 256, 210),
+    [CLEX_TYPE_Q8_K] = SIZE_ONLY("Q8_K", 256, 292),
+    [CLEX_TYPE_IQ2_XXS] = SIZE_ONLY("IQ2_XXS", 256, 66),
+    [CLEX_TYPE_IQ2_XS] = SIZE_ONLY("IQ2_XS", 256, 74),
+    [CLEX_TYPE_IQ3_XXS] = SIZE_ONLY("IQ3_XXS", 256, 98),
+    [CLEX_TYPE_IQ1_S] = SIZE_ONLY("IQ1_S", 256, 50),
+    [CLEX_TYPE_IQ4_NL] = SIZE_ONLY("IQ4_NL", 32, 18),
+    [CLEX_TYPE_IQ3_S] = SIZE_ONLY("IQ3_S", 256, 110),
+    [CLEX_TYPE_IQ2_S] = SIZE_ONLY("IQ2_S", 256, 82),
+    [CLEX_TYPE_IQ4_XS] = SIZE_ONLY("IQ4_XS", 256, 136),
+    [CLEX_TYPE_I8] = SIZE_ONLY("I8", 1, 1),
+    [CLEX_TYPE_I16] = SIZE_ONLY("I16", 1, 2),
+    [CLEX_TYPE_I32] = SIZE_ONLY("I32", 1, 4),
+    [CLEX_TYPE_I64] = SIZE_ONLY("I64", 1, 8),
+    [CLEX_TYPE_F64] = SIZE_ONLY("F64", 1, 8),
+    [CLEX_TYPE_IQ1_M] = SIZE_ONLY("IQ1_M", 256, 56),
+    [CLEX_TYPE_BF16] = {"BF16", 1, 2, CLEX_TYPE_F32, 1, dequant_bf16, quantize_bf16},
+    [CLEX_TYPE_TQ1_0] = SIZE_ONLY("TQ1_0", 256, 54),
+    [CLEX_TYPE_TQ2_0] = SIZE_ONLY("TQ2_0", 256, 66),
+    [CLEX_TYPE_MXFP4] = SIZE_ONLY("MXFP4", 32, 17),
+    [CLEX_TYPE_NVFP4] = SIZE_ONLY("NVFP4", 64, 36),
+    [CLEX_TYPE_Q1_0] = SIZE_ONLY("Q1_0", 128, 18),
+};
 
 const clex_type_traits *clex_traits(int32_t type) {
-    clex_init_once();
-    if (type < 0 || type >= N_TYPES || g_traits[type].name == NULL) return NULL;
+    if (type < 0 || type >= CLEX_TYPE_COUNT || g_traits[type].name == NULL) return NULL;
     return &g_traits[type];
-}
-
-int clex_physical_cores(void) {
-    /* distinct (physical id, core id) pairs in /proc/cpuinfo; else the online CPU count */
-    int n = 0;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f) {
-        char line[256];
-        int phys = 0, seen[1024][2], ns = 0;
-        while (fgets(line, sizeof line, f)) {
-            int v;
-            if (sscanf(line, "physical id : %d", &v) == 1) phys = v;
-            else if (sscanf(line, "core id : %d", &v) == 1) {
-                int dup = 0;
-                for (int i = 0; i < ns; i++) dup |= (seen[i][0] == phys && seen[i][1] == v);
-                if (!dup && ns < 1024) { seen[ns][0] = phys; seen[ns][1] = v; ns++; }
-            }
-        }
-        fclose(f);
-        n = ns;
-    }
-    if (n <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n = c > 0 ? (int)c : 1;
-    }
-    return n;
 }
 
 /* ------------------------------------------------------------------ public type API */
@@ -482,45 +282,67 @@ int32_t clex_type_vec_dot_type(int32_t type) {
     return t ? t->vec_dot_type : -1;
 }
 
-static int check_row(int32_t type, int64_t n, const clex_type_traits **out) {
-    const clex_type_traits *t = clex_traits(type);
+static char g_weight_types[256];
+static pthread_once_t g_weight_types_once = PTHREAD_ONCE_INIT;
+
+static void list_weight_types(void) {
+    for (int32_t t = 0; t < CLEX_TYPE_COUNT; t++) {
+        if (!clex_type_supported(t)) continue;
+        const size_t used = strlen(g_weight_types);
+        snprintf(g_weight_types + used, sizeof g_weight_types - used, "%s%s", used ? ", " : "", g_traits[t].name);
+    }
+}
+
+const char *clex_supported_weight_types(void) {
+    pthread_once(&g_weight_types_once, list_weight_types);
+    return g_weight_types;
+}
+
+/* A row of n elements of a known type (t = its traits) that has the conversion asked for
+ * (have; what names it) must be a whole number of blocks. */
+static int check_row(int32_t type, const clex_type_traits *t, int64_t n, int have, const char *what) {
     if (!t) return clex_fail(CLEX_E_UNSUPPORTED, "unknown tensor type id %d", (int)type);
+    if (!have) return clex_fail(CLEX_E_UNSUPPORTED, "type %s has no %s in this build", t->name, what);
     if (n < 0 || n % t->blck)
         return clex_fail(CLEX_E_INVALID, "%lld elements is not a whole number of %s blocks of %lld",
                          (long long)n, t->name, (long long)t->blck);
-    *out = t;
     return CLEX_OK;
 }
 
 int clex_quantize_row(int32_t type, const float *src, void *dst, int64_t n) {
-    const clex_type_traits *t;
-    int rc = check_row(type, n, &t);
+    const clex_type_traits *t = clex_traits(type);
+    const int rc = check_row(type, t, n, t && t->from_float_ref, "quantizer");
     if (rc) return rc;
     t->from_float_ref(src, dst, n);
     return CLEX_OK;
 }
 
+/* the activation conversion the kernels use; the reference for a type that has none */
 int clex_quantize_act(int32_t type, const float *src, void *dst, int64_t n) {
-    const clex_type_traits *t;
-    int rc = check_row(type, n, &t);
+    clex_init_once();
+    const clex_type_traits *t = clex_traits(type);
+    clex_from_float_fn fn = t ? clex_k.from_float[type] : NULL;
+    if (t && !fn) fn = t->from_float_ref;
+    const int rc = check_row(type, t, n, fn != NULL, "quantizer");
     if (rc) return rc;
-    t->from_float(src, dst, n);
+    fn(src, dst, n);
     return CLEX_OK;
 }
 
 int clex_dequantize_row(int32_t type, const void *src, float *dst, int64_t n) {
-    const clex_type_traits *t;
-    int rc = check_row(type, n, &t);
+    const clex_type_traits *t = clex_traits(type);
+    const int rc = check_row(type, t, n, t && t->to_float, "dequantizer");
     if (rc) return rc;
     t->to_float(src, dst, n);
     return CLEX_OK;
 }
 
 int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float *out) {
-    const clex_type_traits *t;
-    int rc = check_row(type, n, &t);
+    clex_init_once();
+    const clex_type_traits *t = clex_traits(type);
+    const clex_vec_dot_fn fn = t ? clex_k.vec_dot[type] : NULL;
+    const int rc = check_row(type, t, n, fn != NULL, "dot product");
     if (rc) return rc;
-    if (!t->vec_dot) return clex_fail(CLEX_E_UNSUPPORTED, "type %s has no dot product (activation-only)", t->name);
-    t->vec_dot(n, out, w, act);
+    fn(n, out, w, act);
     return CLEX_OK;
 }

@@ -4,9 +4,10 @@
  * The first input byte picks an instruction set this CPU runs (clex_set_isa) and one scenario:
  *   0  row conversions: clex_quantize_row / quantize_act / dequantize_row / vec_dot
  *   1  clex_matmul with a fuzzed tensor descriptor
- *   2  clex_model_create from fuzzed hyper-parameters and tensor descriptors, then (when it is
- *      accepted) clex_ctx_create (clex_ctx_create_kv with a fuzzed KV type from ABI 5) and a
- *      fuzzed sequence of clex_eval / set_rope / set_attn_scale (ABI 4) / rerotate / shift
+ *   2  clex_model_create from fuzzed hyper-parameters (the architecture fields too, from ABI 6)
+ *      and tensor descriptors, then (when it is accepted) clex_ctx_create (with a fuzzed KV type:
+ *      clex_ctx_create_kv in ABI 5, clex_ctx_create from ABI 6) and a fuzzed sequence of
+ *      clex_eval / set_rope / set_attn_scale (ABI 4) / rerotate / shift
  *
  * What clexrt.h leaves to the caller is respected: every pointer points at a buffer of the
  * length the API documents for the arguments passed (a tensor's data holds its nbytes; logits
@@ -76,13 +77,15 @@ static void fill(input *in, void *buf, size_t n) {
         }                                                                                          \
     } while (0)
 
+/* the weight types, then the others: an activation type, retired and unknown ids, and types
+ * known by their sizes only (Q5_0, Q4_K: no conversion, not run) */
 static const int32_t TYPES[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_BF16, CLEX_TYPE_Q8_0,
-                                CLEX_TYPE_Q4_0, CLEX_TYPE_Q4_1, CLEX_TYPE_Q8_1, 4, 5, 99, -1};
+                                CLEX_TYPE_Q4_0, CLEX_TYPE_Q4_1, CLEX_TYPE_Q8_1, 4, 5, 99, -1, 6, 12};
 
 static int32_t pick_type(input *in) {
     const uint8_t s = (uint8_t)take(in, 1);
     if (s < 240) return TYPES[s % 6];                                    /* weight types */
-    return TYPES[6 + s % 5];                                             /* the others */
+    return TYPES[6 + s % 7];                                             /* the others */
 }
 
 /* a * b for non-negative a, b, saturating at 2^100 (far above any size that can be real) */
@@ -107,7 +110,8 @@ static void fuzz_rows(input *in) {
     const int64_t n = pick(in, 0, 2 * MAX_ROW);
     const int op = (int)(take(in, 1) % 4);
     const int64_t bs = clex_type_block_size(type);
-    const int valid = bs > 0 && n >= 0 && n % bs == 0;
+    /* the row conversions exist for the weight types and Q8_1 */
+    const int valid = bs > 0 && n >= 0 && n % bs == 0 && (clex_type_supported(type) || type == CLEX_TYPE_Q8_1);
     /* Unchecked-by-contract lengths: only pass a big n when the call must refuse it. */
     if (valid && n > MAX_ROW) return;
     const size_t nf = valid ? (size_t)n : 0;
@@ -236,6 +240,7 @@ static void fuzz_matmul(input *in) {
 
 static void fuzz_model(input *in) {
     clex_hparams hp;
+    memset(&hp, 0, sizeof hp);   /* the architecture fields: 0 is LLaMA */
     hp.n_vocab = pick32(in, 1, 48);
     hp.n_embd = (take(in, 1) & 1) ? (int32_t)(uint32_t)(32 * (uint64_t)pick(in, 1, 2)) : pick32(in, 1, 40);
     hp.n_layer = pick32(in, 1, 3);
@@ -249,6 +254,17 @@ static void fuzz_model(input *in) {
         const float eps[] = {1e-5f, 1e-6f, 0.0f, -1.0f, NAN, INFINITY, 1e30f, 1e-30f};
         hp.rms_eps = eps[e % 8];
     }
+    int arch_llama = 1;
+#if CLEX_ABI_VERSION >= 6
+    /* now and then one architecture field off LLaMA's 0: every such value is refused today */
+    if ((take(in, 1) & 7) == 0) {
+        int32_t *fields[] = {&hp.norm_kind, &hp.rope_layout, &hp.ffn_kind, &hp.parallel_residual, &hp.n_expert,
+                             &hp.n_expert_used};
+        *fields[take(in, 1) % 6] = pick32(in, -2, 9);
+        arch_llama = !(hp.norm_kind || hp.rope_layout || hp.ffn_kind || hp.parallel_residual || hp.n_expert ||
+                       hp.n_expert_used);
+    }
+#endif
     const int64_t E = hp.n_embd, V = hp.n_vocab, F = hp.n_ff;
     const int64_t qd = (int64_t)hp.n_head * hp.head_dim, kvd = (int64_t)hp.n_head_kv * hp.head_dim;
     /* descriptors for shapes of absurd size cannot be backed by memory: leave those to the
@@ -308,6 +324,7 @@ static void fuzz_model(input *in) {
                       hp.head_dim > 0 && hp.n_ff > 0 && hp.n_head % hp.n_head_kv == 0 && hp.n_rot > 0 &&
                       hp.n_rot <= hp.head_dim && hp.n_rot % 2 == 0 && hp.rms_eps > 0 && isfinite(hp.rms_eps);
     if (!hp_ok) ORACLE(rc != 0, "model_create accepted bad hyper-parameters");
+    if (!arch_llama) ORACLE(rc != 0, "model_create accepted an architecture it does not implement");
     if (rc) { ORACLE(m == NULL, "a failed model_create left *out set"); goto done; }
 
     /* context: n_ctx within what this process may hold, or absurd (then it must be refused) */
@@ -324,8 +341,14 @@ static void fuzz_model(input *in) {
     /* the KV cache's element type: F32, F16, or one it must refuse */
     static const int32_t kv_types[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_F16, CLEX_TYPE_Q8_0, 99};
     const int32_t kv_type = kv_types[take(in, 1) % 5];
+#if CLEX_ABI_VERSION >= 6
+    rc = clex_ctx_create(m, n_ctx, n_batch, n_threads, kv_type, &c);
+    ORACLE(clex_kv_type_supported(kv_type) == (kv_type == CLEX_TYPE_F32 || kv_type == CLEX_TYPE_F16),
+           "kv_type_supported(%d)", kv_type);
+#else
     rc = clex_ctx_create_kv(m, n_ctx, n_batch, n_threads, kv_type, &c);
-    if (kv_type != CLEX_TYPE_F32 && kv_type != CLEX_TYPE_F16) ORACLE(rc != 0, "ctx_create_kv accepted kv type %d", kv_type);
+#endif
+    if (kv_type != CLEX_TYPE_F32 && kv_type != CLEX_TYPE_F16) ORACLE(rc != 0, "ctx_create accepted kv type %d", kv_type);
 #else
     rc = clex_ctx_create(m, n_ctx, n_batch, n_threads, &c);
 #endif

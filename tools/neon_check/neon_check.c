@@ -2,11 +2,12 @@
  *
  * Built for aarch64 together with the C core's sources and run under qemu-aarch64 by run.sh
  * (docs/neon.md). Checks:
- *   - dispatch: clex_kernels_neon fills every slot, and picks the SDOT integer kernels exactly
- *     when the build targets dotprod or the CPU reports HWCAP_ASIMDDP;
+ *   - dispatch: clex_kernels_neon's table fills every slot NEON implements, and is the one with
+ *     the SDOT integer kernels exactly when the build targets dotprod or the CPU reports
+ *     HWCAP_ASIMDDP;
  *   - quantizers (q8_0, q8_1): the same bytes as clex_quantize_q8_*_ref, for many inputs
  *     (random scales, exact .5 ties, zero / -0 / sparse blocks, fp16-subnormal scales);
- *   - dot products (q8_0, q4_0, q4_1, f32, f16, bf16, dot_f32) against the *_generic kernels,
+ *   - dot products (q8_0, q4_0, q4_1, f32, f16, bf16) against the *_generic kernels,
  *     q4_1_x4 (one row, four activation rows) against four calls of the generic q4_1:
  *     |neon - ref| <= 1e-5 * sum|w*x| + 1e-6, with sum|w*x| over the dequantized operands;
  *     axpy element-wise: |neon - ref| <= 1e-5 * (|y| + |a*x|) + 1e-6;
@@ -39,9 +40,6 @@
 #define HWCAP_ASIMDDP (1UL << 20)
 #endif
 #endif
-
-/* defined in neon.c: install the widening (0) or SDOT (1) integer kernels; returns the one installed */
-int clex_kernels_neon_variant(clex_kernel_set *k, int dotprod);
 
 /* ------------------------------------------------------------------ bookkeeping */
 
@@ -177,29 +175,17 @@ static void gen_half_safe(float *x, int64_t n, int per_block) {
 
 /* ------------------------------------------------------------------ kernel sets */
 
-static clex_kernel_set generic_set(void) {
-    /* by name: slots this harness does not know about (optional ones) stay NULL */
-    clex_kernel_set k;
-    memset(&k, 0, sizeof k);
-    k.q8_0 = clex_vec_dot_q8_0_q8_0_generic;
-    k.q4_0 = clex_vec_dot_q4_0_q8_0_generic;
-    k.q4_1 = clex_vec_dot_q4_1_q8_1_generic;
-    k.f32 = clex_vec_dot_f32_generic;
-    k.f16 = clex_vec_dot_f16_f32_generic;
-    k.bf16 = clex_vec_dot_bf16_f32_generic;
-    k.quant_q8_0 = clex_quantize_q8_0_ref;
-    k.quant_q8_1 = clex_quantize_q8_1_ref;
-    k.dot_f32 = clex_dot_f32_generic;
-    k.axpy_f32 = clex_axpy_f32_generic;
-    return k;
-}
+/* shorthands for the slots of a kernel table (internal.h: clex_kernels) */
+#define DOT(k, type) ((k)->vec_dot[CLEX_TYPE_##type])
+#define DOT4(k, type) ((k)->vec_dot4[CLEX_TYPE_##type])
+#define QUANT(k, type) ((k)->from_float[CLEX_TYPE_##type])
 
 /* ------------------------------------------------------------------ checks: quantizers */
 
 #define MAX_BLOCKS 131   /* 4096 + 96 elements */
 #define MAX_N (MAX_BLOCKS * QK)
 
-static void check_quantizers(const clex_kernel_set *nk) {
+static void check_quantizers(const clex_kernels *nk) {
     static float x[MAX_N];
     static uint8_t a[MAX_BLOCKS * sizeof(block_q8_1)], b[MAX_BLOCKS * sizeof(block_q8_1)];
     for (int nb = 1; nb <= MAX_BLOCKS; nb++) {
@@ -209,14 +195,14 @@ static void check_quantizers(const clex_kernel_set *nk) {
             memset(a, 0xA5, sizeof a);
             memset(b, 0x5A, sizeof b);
             clex_quantize_q8_0_ref(x, a, n);
-            nk->quant_q8_0(x, b, n);
+            QUANT(nk, Q8_0)(x, b, n);
             int ok = memcmp(a, b, (size_t)nb * sizeof(block_q8_0)) == 0;
             record("quant_q8_0", ok, ok ? 0.0 : 1.0, "n=%lld profile=%s: bytes differ", (long long)n,
                    g_prof_names[prof]);
             memset(a, 0xA5, sizeof a);
             memset(b, 0x5A, sizeof b);
             clex_quantize_q8_1_ref(x, a, n);
-            nk->quant_q8_1(x, b, n);
+            QUANT(nk, Q8_1)(x, b, n);
             ok = memcmp(a, b, (size_t)nb * sizeof(block_q8_1)) == 0;
             record("quant_q8_1", ok, ok ? 0.0 : 1.0, "n=%lld profile=%s: bytes differ", (long long)n,
                    g_prof_names[prof]);
@@ -297,7 +283,7 @@ static void raw_q4(uint8_t *qs, int extreme) {
         qs[j] = extreme == 1 ? 0x00 : extreme == 2 ? 0xFF : (uint8_t)(rnd_u64() & 0xFF);
 }
 
-static void check_quant_dots(const char *variant, const clex_kernel_set *gk, const clex_kernel_set *nk) {
+static void check_quant_dots(const char *variant, const clex_kernels *gk, const clex_kernels *nk) {
     static float xw[MAX_N], xa[MAX_N];
     static block_q8_0 w8[MAX_BLOCKS], a8[MAX_BLOCKS];
     static block_q4_0 w40[MAX_BLOCKS];
@@ -323,10 +309,10 @@ static void check_quant_dots(const char *variant, const clex_kernel_set *gk, con
             clex_quantize_q4_1_ref(xw, w41, n);
             clex_quantize_q8_0_ref(xa, a8, n);
             clex_quantize_q8_1_ref(xa, a81, n);
-            compare_dot(s80, gk->q8_0, nk->q8_0, CLEX_TYPE_Q8_0, w8, CLEX_TYPE_Q8_0, a8, n, "quantized");
-            compare_dot(s40, gk->q4_0, nk->q4_0, CLEX_TYPE_Q4_0, w40, CLEX_TYPE_Q8_0, a8, n, "quantized");
-            compare_dot(s41, gk->q4_1, nk->q4_1, CLEX_TYPE_Q4_1, w41, CLEX_TYPE_Q8_1, a81, n, "quantized");
-            compare_dot4(s41x4, gk->q4_1, nk->q4_1_x4, w41, xa, n, rep);
+            compare_dot(s80, DOT(gk, Q8_0), DOT(nk, Q8_0), CLEX_TYPE_Q8_0, w8, CLEX_TYPE_Q8_0, a8, n, "quantized");
+            compare_dot(s40, DOT(gk, Q4_0), DOT(nk, Q4_0), CLEX_TYPE_Q4_0, w40, CLEX_TYPE_Q8_0, a8, n, "quantized");
+            compare_dot(s41, DOT(gk, Q4_1), DOT(nk, Q4_1), CLEX_TYPE_Q4_1, w41, CLEX_TYPE_Q8_1, a81, n, "quantized");
+            compare_dot4(s41x4, DOT(gk, Q4_1), DOT4(nk, Q4_1), w41, xa, n, rep);
         }
         /* raw bytes: full int8 range (-128 included), random and extreme patterns */
         for (int extreme = 0; extreme < 3; extreme++) {
@@ -342,9 +328,9 @@ static void check_quant_dots(const char *variant, const clex_kernel_set *gk, con
                 w41[i].m = rnd_half_mid();
                 raw_q4(w41[i].qs, extreme);
             }
-            compare_dot(s80, gk->q8_0, nk->q8_0, CLEX_TYPE_Q8_0, w8, CLEX_TYPE_Q8_0, a8, n, mode);
-            compare_dot(s40, gk->q4_0, nk->q4_0, CLEX_TYPE_Q4_0, w40, CLEX_TYPE_Q8_0, a8, n, mode);
-            compare_dot(s41, gk->q4_1, nk->q4_1, CLEX_TYPE_Q4_1, w41, CLEX_TYPE_Q8_1, a81, n, mode);
+            compare_dot(s80, DOT(gk, Q8_0), DOT(nk, Q8_0), CLEX_TYPE_Q8_0, w8, CLEX_TYPE_Q8_0, a8, n, mode);
+            compare_dot(s40, DOT(gk, Q4_0), DOT(nk, Q4_0), CLEX_TYPE_Q4_0, w40, CLEX_TYPE_Q8_0, a8, n, mode);
+            compare_dot(s41, DOT(gk, Q4_1), DOT(nk, Q4_1), CLEX_TYPE_Q4_1, w41, CLEX_TYPE_Q8_1, a81, n, mode);
         }
         /* subnormal / huge half scales too */
         for (int i = 0; i < nb; i++) {
@@ -354,9 +340,9 @@ static void check_quant_dots(const char *variant, const clex_kernel_set *gk, con
             w41[i].d = rnd_half();
             w41[i].m = rnd_half();
         }
-        compare_dot(s80, gk->q8_0, nk->q8_0, CLEX_TYPE_Q8_0, w8, CLEX_TYPE_Q8_0, a8, n, "any-half-scales");
-        compare_dot(s40, gk->q4_0, nk->q4_0, CLEX_TYPE_Q4_0, w40, CLEX_TYPE_Q8_0, a8, n, "any-half-scales");
-        compare_dot(s41, gk->q4_1, nk->q4_1, CLEX_TYPE_Q4_1, w41, CLEX_TYPE_Q8_1, a81, n, "any-half-scales");
+        compare_dot(s80, DOT(gk, Q8_0), DOT(nk, Q8_0), CLEX_TYPE_Q8_0, w8, CLEX_TYPE_Q8_0, a8, n, "any-half-scales");
+        compare_dot(s40, DOT(gk, Q4_0), DOT(nk, Q4_0), CLEX_TYPE_Q4_0, w40, CLEX_TYPE_Q8_0, a8, n, "any-half-scales");
+        compare_dot(s41, DOT(gk, Q4_1), DOT(nk, Q4_1), CLEX_TYPE_Q4_1, w41, CLEX_TYPE_Q8_1, a81, n, "any-half-scales");
     }
 }
 
@@ -371,7 +357,7 @@ static int64_t float_len(int i) {
 }
 #define N_FLOAT_LENS 260
 
-static void check_float_kernels(const clex_kernel_set *gk, const clex_kernel_set *nk) {
+static void check_float_kernels(const clex_kernels *gk, const clex_kernels *nk) {
 #define SLACK 9   /* elements past the end: poisoned inputs, sentinel outputs */
     static float a[MAX_F + 1 + SLACK], x[MAX_F + 1 + SLACK], y0[MAX_F + 1 + SLACK], y1[MAX_F + 1 + SLACK];
     static clex_fp16 h[MAX_F + 1 + SLACK];
@@ -390,15 +376,10 @@ static void check_float_kernels(const clex_kernel_set *gk, const clex_kernel_set
         for (int64_t i = 0; i < n; i++) S += fabs((double)pa[i] * (double)px[i]);
         float r, v;
 
-        gk->f32(n, &r, pa, px);
-        nk->f32(n, &v, pa, px);
+        DOT(gk, F32)(n, &r, pa, px);
+        DOT(nk, F32)(n, &v, pa, px);
         double allowed = 1e-5 * S + 1e-6, err = fabs((double)r - v);
         record("vec_dot_f32", err <= allowed, err / allowed, "n=%lld: ref %.9g neon %.9g", (long long)n, r, v);
-
-        r = gk->dot_f32(n, pa, px);
-        v = nk->dot_f32(n, pa, px);
-        err = fabs((double)r - v);
-        record("dot_f32", err <= allowed, err / allowed, "n=%lld: ref %.9g neon %.9g", (long long)n, r, v);
 
         /* f16 weights: converted floats, or any finite bit pattern (subnormals included) */
         for (int mode = 0; mode < 2; mode++) {
@@ -407,8 +388,8 @@ static void check_float_kernels(const clex_kernel_set *gk, const clex_kernel_set
             for (int64_t i = n; i < n + SLACK; i++) ph[i] = 0x6400;   /* 1024 */
             double Sh = 0.0;
             for (int64_t i = 0; i < n; i++) Sh += fabs((double)clex_fp16_to_fp32(ph[i]) * (double)px[i]);
-            gk->f16(n, &r, ph, px);
-            nk->f16(n, &v, ph, px);
+            DOT(gk, F16)(n, &r, ph, px);
+            DOT(nk, F16)(n, &v, ph, px);
             allowed = 1e-5 * Sh + 1e-6;
             err = fabs((double)r - v);
             record("vec_dot_f16", err <= allowed, err / allowed, "n=%lld %s: ref %.9g neon %.9g", (long long)n,
@@ -420,8 +401,8 @@ static void check_float_kernels(const clex_kernel_set *gk, const clex_kernel_set
         for (int64_t i = n; i < n + SLACK; i++) pb[i] = 0x4480;   /* 1024 */
         double Sb = 0.0;
         for (int64_t i = 0; i < n; i++) Sb += fabs((double)clex_bf16_to_fp32(pb[i]) * (double)px[i]);
-        gk->bf16(n, &r, pb, px);
-        nk->bf16(n, &v, pb, px);
+        DOT(gk, BF16)(n, &r, pb, px);
+        DOT(nk, BF16)(n, &v, pb, px);
         allowed = 1e-5 * Sb + 1e-6;
         err = fabs((double)r - v);
         record("vec_dot_bf16", err <= allowed, err / allowed, "n=%lld: ref %.9g neon %.9g", (long long)n, r, v);
@@ -580,17 +561,15 @@ static void hook_q8_0(const float *x, void *y, int64_t n) { hook(CLEX_TYPE_Q8_0,
 static void hook_q8_1(const float *x, void *y, int64_t n) { hook(CLEX_TYPE_Q8_1, x, y, n); }
 
 static void hooks_install(int mode) {
-    /* the traits table is plain static data in quants.c; clex_set_isa rewrites these slots */
-    clex_type_traits *t0 = (clex_type_traits *)clex_traits(CLEX_TYPE_Q8_0);
-    clex_type_traits *t1 = (clex_type_traits *)clex_traits(CLEX_TYPE_Q8_1);
+    /* the selected kernel table (core.c) is plain data; clex_set_isa rewrites these slots */
     if (mode) {
-        g_real_q8_0 = t0->from_float;
-        g_real_q8_1 = t1->from_float;
-        t0->from_float = hook_q8_0;
-        t1->from_float = hook_q8_1;
+        g_real_q8_0 = QUANT(&clex_k, Q8_0);
+        g_real_q8_1 = QUANT(&clex_k, Q8_1);
+        QUANT(&clex_k, Q8_0) = hook_q8_0;
+        QUANT(&clex_k, Q8_1) = hook_q8_1;
     } else {
-        t0->from_float = g_real_q8_0;
-        t1->from_float = g_real_q8_1;
+        QUANT(&clex_k, Q8_0) = g_real_q8_0;
+        QUANT(&clex_k, Q8_1) = g_real_q8_1;
     }
     g_mode = mode;
 }
@@ -612,7 +591,7 @@ static int run_model(const clex_model *m, const clex_hparams *hp, int isa, int n
         return -1;
     }
     clex_ctx *c;
-    if (clex_ctx_create(m, 32, 4, n_threads, &c)) {   /* n_batch 4: the prompt runs in three steps */
+    if (clex_ctx_create(m, 32, 4, n_threads, CLEX_TYPE_F32, &c)) {   /* n_batch 4: the prompt runs in three steps */
         fprintf(stdout, "clex_ctx_create: %s\n", clex_last_error());
         return -1;
     }
@@ -660,7 +639,8 @@ static void check_e2e(void) {
     printf("end to end (free-running, 2 threads; informational where activations are quantized):\n");
     for (int cfg = 0; cfg < n_cfg; cfg++) {
         tiny_t t = {0};
-        t.hp = (clex_hparams){96, 64, 2, 4, 2, 16, cfg == 6 ? 12 : 16, 96, 1e-5f};
+        t.hp = (clex_hparams){.n_vocab = 96, .n_embd = 64, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
+                              .head_dim = 16, .n_rot = cfg == 6 ? 12 : 16, .n_ff = 96, .rms_eps = 1e-5f};
         const clex_hparams *hp = &t.hp;
         for (int i = 0; i < 9; i++) t.types[i] = cfg < 6 ? all[cfg] : all[(i + cfg) % 6];
         t.types[9] = cfg == 7;   /* tied output */
@@ -762,14 +742,20 @@ static void check_api(void) {
 
 static int g_expect_dotprod = -1;
 
-static int check_dispatch(clex_kernel_set *widen, clex_kernel_set *sdot, clex_kernel_set *autoset) {
-    const clex_kernel_set gk = generic_set();
-    *widen = gk;
-    *sdot = gk;
-    *autoset = gk;
-    (void)clex_kernels_neon_variant(widen, 0);
-    const int have_sdot = clex_kernels_neon_variant(sdot, 1);
-    clex_kernels_neon(autoset);
+/* the scalar set with a NEON table laid over it, as clex_set_isa builds the selected one */
+static clex_kernels over_scalar(const clex_kernels *neon) {
+    clex_kernels k = clex_kernels_scalar;
+    if (neon) clex_kernels_install(&k, neon);
+    return k;
+}
+
+static int check_dispatch(clex_kernels *widen, clex_kernels *sdot, clex_kernels *autoset) {
+    const clex_kernels *gk = &clex_kernels_scalar;
+    const clex_kernels *sdot_table = clex_kernels_neon_variant(1);
+    const int have_sdot = sdot_table != NULL;
+    *widen = over_scalar(clex_kernels_neon_variant(0));
+    *sdot = over_scalar(sdot_table);
+    *autoset = over_scalar(clex_kernels_neon());
 #if defined(__linux__)
     const int cpu_dp = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 #else
@@ -783,21 +769,24 @@ static int check_dispatch(clex_kernel_set *widen, clex_kernel_set *sdot, clex_ke
     const int want_sdot = have_sdot && cpu_dp;
 #endif
     printf("cpu dotprod (HWCAP_ASIMDDP): %s; SDOT kernels in this build: %s; clex_kernels_neon uses: %s\n",
-           cpu_dp ? "yes" : "no", build, autoset->q8_0 == sdot->q8_0 && have_sdot ? "sdot" : "widen");
+           cpu_dp ? "yes" : "no", build, DOT(autoset, Q8_0) == DOT(sdot, Q8_0) && have_sdot ? "sdot" : "widen");
 
-#define SLOT(f) {#f, autoset->f != NULL && autoset->f != gk.f}
+#define SLOT(name, f) {name, autoset->f != NULL && autoset->f != gk->f}
     const struct { const char *name; int ok; } slots[] = {
-        SLOT(q8_0), SLOT(q4_0), SLOT(q4_1), SLOT(q4_1_x4), SLOT(f32), SLOT(f16), SLOT(bf16),
-        SLOT(quant_q8_0), SLOT(quant_q8_1), SLOT(dot_f32), SLOT(axpy_f32),
+        SLOT("q8_0", vec_dot[CLEX_TYPE_Q8_0]), SLOT("q4_0", vec_dot[CLEX_TYPE_Q4_0]),
+        SLOT("q4_1", vec_dot[CLEX_TYPE_Q4_1]), SLOT("q4_1_x4", vec_dot4[CLEX_TYPE_Q4_1]),
+        SLOT("f32", vec_dot[CLEX_TYPE_F32]), SLOT("f16", vec_dot[CLEX_TYPE_F16]), SLOT("bf16", vec_dot[CLEX_TYPE_BF16]),
+        SLOT("quant_q8_0", from_float[CLEX_TYPE_Q8_0]), SLOT("quant_q8_1", from_float[CLEX_TYPE_Q8_1]),
+        SLOT("axpy_f32", axpy_f32),
     };
 #undef SLOT
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         record("dispatch: every slot is a NEON kernel", slots[i].ok, 0.0, "slot %s kept the generic kernel or is NULL",
                slots[i].name);
-    const int uses_sdot = have_sdot && autoset->q8_0 == sdot->q8_0 && autoset->q4_0 == sdot->q4_0 &&
-                          autoset->q4_1 == sdot->q4_1 && autoset->q4_1_x4 == sdot->q4_1_x4;
-    const int uses_widen = autoset->q8_0 == widen->q8_0 && autoset->q4_0 == widen->q4_0 &&
-                           autoset->q4_1 == widen->q4_1 && autoset->q4_1_x4 == widen->q4_1_x4;
+    const int uses_sdot = have_sdot && DOT(autoset, Q8_0) == DOT(sdot, Q8_0) && DOT(autoset, Q4_0) == DOT(sdot, Q4_0) &&
+                          DOT(autoset, Q4_1) == DOT(sdot, Q4_1) && DOT4(autoset, Q4_1) == DOT4(sdot, Q4_1);
+    const int uses_widen = DOT(autoset, Q8_0) == DOT(widen, Q8_0) && DOT(autoset, Q4_0) == DOT(widen, Q4_0) &&
+                           DOT(autoset, Q4_1) == DOT(widen, Q4_1) && DOT4(autoset, Q4_1) == DOT4(widen, Q4_1);
     record("dispatch: sdot exactly when available", want_sdot ? uses_sdot : uses_widen, 0.0,
            "want %s", want_sdot ? "sdot" : "widen");
     if (g_expect_dotprod >= 0)
@@ -817,9 +806,9 @@ int main(int argc, char **argv) {
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     clex_init_once();
-    clex_kernel_set widen, sdot, autoset;
+    clex_kernels widen, sdot, autoset;
     const int run_sdot = check_dispatch(&widen, &sdot, &autoset);
-    const clex_kernel_set gk = generic_set();
+    const clex_kernels gk = clex_kernels_scalar;
 
     check_quantizers(&autoset);
     check_quant_dots("widen", &gk, &widen);

@@ -12,9 +12,10 @@
  *             has it (__ARM_FEATURE_DOTPROD); otherwise, with GCC >= 10 on Linux, compiled for
  *             "arch=armv8.2-a+dotprod" in a pragma region and installed only when the kernel reports
  *             HWCAP_ASIMDDP (getauxval), so one binary serves both kinds of CPU.
- * Both variants cover q8_0, q4_0, q4_1 and q4_1_x4 (one Q4_1 row against four activation rows).
- * clex_kernels_neon() picks the best variant the CPU runs; clex_kernels_neon_variant() installs
- * a chosen one (the check harness compares both against the scalar reference).
+ * Both variants cover the Q8_0, Q4_0 and Q4_1 dot products and Q4_1's four-row one (one row
+ * against four activation rows). The two sets are the tables at the end: clex_kernels_neon()
+ * picks the one the CPU runs; clex_kernels_neon_variant() hands out either (the check harness
+ * compares both with the scalar reference).
  *
  * fp16 storage and conversion (FCVT, vcvt_f32_f16) are baseline AArch64; bf16 widens by a shift. */
 #if defined(__aarch64__) && defined(__ARM_NEON)
@@ -35,8 +36,6 @@
 #define HWCAP_ASIMDDP (1UL << 20)
 #endif
 #endif
-
-int clex_kernels_neon_variant(clex_kernel_set *k, int dotprod);   /* also used by tools/neon_check */
 
 /* ------------------------------------------------------------------ conversions */
 
@@ -208,7 +207,8 @@ CLEX_NEON_QUANT_DOTS(sdot)
 
 /* ------------------------------------------------------------------ float dot products */
 
-static float dot_f32(int64_t n, const float *a, const float *b) {
+static void vec_dot_f32(int64_t n, float *s, const void *vw, const void *vx) {
+    const float *a = vw, *b = vx;
     float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
     float32x4_t s2 = vdupq_n_f32(0.0f), s3 = vdupq_n_f32(0.0f);
     int64_t i = 0;
@@ -221,10 +221,8 @@ static float dot_f32(int64_t n, const float *a, const float *b) {
     for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
     float sum = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
     for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
+    *s = sum;
 }
-
-static void vec_dot_f32(int64_t n, float *s, const void *w, const void *x) { *s = dot_f32(n, w, x); }
 
 static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
     const clex_fp16 *w = vw;
@@ -308,20 +306,9 @@ static inline float quant_block(const float *x, int8_t *qs, int *sum) {
     return d;
 }
 
-static void quant_q8_0(const float *x, void *vy, int64_t n) {
-    block_q8_0 *y = vy;
-    for (int64_t i = 0; i < n / QK; i++) y[i].d = f2h(quant_block(x + i * QK, y[i].qs, NULL));
-}
+static inline clex_fp16 scale_to_half(float d) { return f2h(d); }
 
-static void quant_q8_1(const float *x, void *vy, int64_t n) {
-    block_q8_1 *y = vy;
-    for (int64_t i = 0; i < n / QK; i++) {
-        int sum;
-        const float d = quant_block(x + i * QK, y[i].qs, &sum);
-        y[i].d = d;
-        y[i].s = d * (float)sum;
-    }
-}
+#include "../act_quant.h"
 
 /* ------------------------------------------------------------------ installation */
 
@@ -335,36 +322,28 @@ static int cpu_has_dotprod(void) {
 #endif
 }
 
-/* Install the NEON set with the widening (dotprod = 0) or SDOT (dotprod = 1) integer kernels.
- * Returns the variant installed: 0 when SDOT kernels were asked for but this build has none.
- * The caller is responsible for dotprod = 1 only on a CPU that has it. */
-int clex_kernels_neon_variant(clex_kernel_set *k, int dotprod) {
-    k->q8_0 = vec_dot_q8_0_widen;
-    k->q4_0 = vec_dot_q4_0_widen;
-    k->q4_1 = vec_dot_q4_1_widen;
-    k->q4_1_x4 = vec_dot_q4_1_x4_widen;
-    int got = 0;
+#define NEON_INT_SLOTS(SFX)                                                                       \
+    .vec_dot[CLEX_TYPE_Q8_0] = vec_dot_q8_0_##SFX, .vec_dot[CLEX_TYPE_Q4_0] = vec_dot_q4_0_##SFX,      \
+    .vec_dot[CLEX_TYPE_Q4_1] = vec_dot_q4_1_##SFX, .vec_dot4[CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4_##SFX
+#define NEON_FLOAT_SLOTS                                                                          \
+    .vec_dot[CLEX_TYPE_F32] = vec_dot_f32, .vec_dot[CLEX_TYPE_F16] = vec_dot_f16,                  \
+    .vec_dot[CLEX_TYPE_BF16] = vec_dot_bf16, .from_float[CLEX_TYPE_Q8_0] = quant_q8_0,             \
+    .from_float[CLEX_TYPE_Q8_1] = quant_q8_1, .axpy_f32 = axpy_f32
+
+/* the attention kernels (scores, wsum, f16 rows) stay scalar on NEON */
+static const clex_kernels neon_widen = {NEON_INT_SLOTS(widen), NEON_FLOAT_SLOTS};
 #if defined(CLEX_NEON_HAVE_SDOT)
-    if (dotprod) {
-        k->q8_0 = vec_dot_q8_0_sdot;
-        k->q4_0 = vec_dot_q4_0_sdot;
-        k->q4_1 = vec_dot_q4_1_sdot;
-        k->q4_1_x4 = vec_dot_q4_1_x4_sdot;
-        got = 1;
-    }
-#else
-    (void)dotprod;
+static const clex_kernels neon_sdot = {NEON_INT_SLOTS(sdot), NEON_FLOAT_SLOTS};
 #endif
-    k->f32 = vec_dot_f32;
-    k->f16 = vec_dot_f16;
-    k->bf16 = vec_dot_bf16;
-    k->quant_q8_0 = quant_q8_0;
-    k->quant_q8_1 = quant_q8_1;
-    k->dot_f32 = dot_f32;
-    k->axpy_f32 = axpy_f32;
-    return got;
+
+const clex_kernels *clex_kernels_neon_variant(int dotprod) {
+#if defined(CLEX_NEON_HAVE_SDOT)
+    return dotprod ? &neon_sdot : &neon_widen;
+#else
+    return dotprod ? NULL : &neon_widen;
+#endif
 }
 
-void clex_kernels_neon(clex_kernel_set *k) { clex_kernels_neon_variant(k, cpu_has_dotprod()); }
+const clex_kernels *clex_kernels_neon(void) { return clex_kernels_neon_variant(cpu_has_dotprod()); }
 
 #endif

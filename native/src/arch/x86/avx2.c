@@ -1,6 +1,7 @@
 /* AVX2 + FMA + F16C kernels. Compiled for that target regardless of the build's baseline and
- * only called after the CPU was checked (quants.c: clex_isa_supported). Each function matches
- * its *_generic twin in quants.c up to float summation order; the quantizers are bit-exact. */
+ * only installed after the CPU was checked (core.c: clex_isa_supported). Each function matches
+ * its *_generic twin (quants.c, attn.c) up to float summation order; the quantizers are
+ * bit-exact. The set is the table at the end of the file. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -28,12 +29,6 @@ static inline __m256 dot_i8(__m256i x, __m256i y) {
     const __m256i ax = _mm256_sign_epi8(x, x);
     const __m256i sy = _mm256_sign_epi8(y, x);
     const __m256i p16 = _mm256_maddubs_epi16(ax, sy);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-/* 32 unsigned (< 128) x 32 signed bytes -> 8 int32 partial sums, as floats */
-static inline __m256 dot_u8i8(__m256i ux, __m256i y) {
-    const __m256i p16 = _mm256_maddubs_epi16(ux, y);
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
@@ -132,7 +127,8 @@ static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
 
 #include "q4_1_body.h"
 
-static float dot_f32(int64_t n, const float *a, const float *b) {
+static void vec_dot_f32(int64_t n, float *s, const void *vw, const void *vx) {
+    const float *a = vw, *b = vx;
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     int64_t i = 0;
@@ -145,10 +141,8 @@ static float dot_f32(int64_t n, const float *a, const float *b) {
     for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
     for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
+    *s = sum;
 }
-
-static void vec_dot_f32(int64_t n, float *s, const void *w, const void *x) { *s = dot_f32(n, w, x); }
 
 static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
     const clex_fp16 *w = vw;
@@ -238,20 +232,9 @@ static inline float quant_block(const float *x, int8_t *qs, int *sum) {
     return d;
 }
 
-static void quant_q8_0(const float *x, void *vy, int64_t n) {
-    block_q8_0 *y = vy;
-    for (int64_t i = 0; i < n / QK; i++) y[i].d = clex_fp32_to_fp16(quant_block(x + i * QK, y[i].qs, NULL));
-}
+static inline clex_fp16 scale_to_half(float d) { return clex_fp32_to_fp16(d); }
 
-static void quant_q8_1(const float *x, void *vy, int64_t n) {
-    block_q8_1 *y = vy;
-    for (int64_t i = 0; i < n / QK; i++) {
-        int sum;
-        const float d = quant_block(x + i * QK, y[i].qs, &sum);
-        y[i].d = d;
-        y[i].s = d * (float)sum;
-    }
-}
+#include "../act_quant.h"
 
 /* ---- attention over runs of cached keys (attn.c has the reference): scores reduce four keys
  * at a time, weighted sums keep their output row in registers ---- */
@@ -326,27 +309,31 @@ static void from_f16_avx2(const clex_fp16 *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] = clex_fp16_to_fp32(x[i]);
 }
 
-void clex_kernels_avx2(clex_kernel_set *k) {
-    k->q8_0 = vec_dot_q8_0;
-    k->q4_0 = vec_dot_q4_0;
-    k->q4_1 = vec_dot_q4_1;
-    k->q4_1_x4 = vec_dot_q4_1_x4;
-    k->q8_0_x4 = vec_dot_q8_0_x4;
-    k->q4_0_x4 = vec_dot_q4_0_x4;
-    k->f32 = vec_dot_f32;
-    k->f16 = vec_dot_f16;
-    k->bf16 = vec_dot_bf16;
-    k->quant_q8_0 = quant_q8_0;
-    k->quant_q8_1 = quant_q8_1;
-    k->dot_f32 = dot_f32;
-    k->axpy_f32 = axpy_f32;
-    k->scores32 = scores32_avx2;
-    k->scores16 = scores16_avx2;
-    k->wsum32 = wsum32_avx2;
-    k->wsum16 = wsum16_avx2;
-    k->to_f16 = to_f16_avx2;
-    k->from_f16 = from_f16_avx2;
-}
+static const clex_kernels avx2_set = {
+    .vec_dot = {
+        [CLEX_TYPE_F32] = vec_dot_f32,
+        [CLEX_TYPE_F16] = vec_dot_f16,
+        [CLEX_TYPE_BF16] = vec_dot_bf16,
+        [CLEX_TYPE_Q8_0] = vec_dot_q8_0,
+        [CLEX_TYPE_Q4_0] = vec_dot_q4_0,
+        [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
+    },
+    .vec_dot4 = {
+        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_x4,
+        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_x4,
+        [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
+    },
+    .from_float = {[CLEX_TYPE_Q8_0] = quant_q8_0, [CLEX_TYPE_Q8_1] = quant_q8_1},
+    .axpy_f32 = axpy_f32,
+    .scores32 = scores32_avx2,
+    .scores16 = scores16_avx2,
+    .wsum32 = wsum32_avx2,
+    .wsum16 = wsum16_avx2,
+    .to_f16 = to_f16_avx2,
+    .from_f16 = from_f16_avx2,
+};
+
+const clex_kernels *clex_kernels_avx2(void) { return &avx2_set; }
 
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -1,6 +1,6 @@
 /* AVX-512 (F, BW, VL, DQ) kernels: two quantized blocks per 512-bit register, with the VNNI
- * dot-product instruction where the CPU has it. Installed over the AVX2 set, so anything not
- * defined here keeps its AVX2 version. */
+ * dot-product instruction where the CPU has it. Installed over the AVX2 set, so any slot the
+ * tables at the end leave NULL keeps its AVX2 version. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -133,7 +133,8 @@ DEFINE_KERNELS(bw, dpbusd_plain)
 DEFINE_X4(vec_dot_q8_0_x4_vnni, block_q8_0, Q8_0_W, clex_vec_dot_q8_0_q8_0_generic, dpbusd_vnni)
 DEFINE_X4(vec_dot_q4_0_x4_vnni, block_q4_0, Q4_0_W, clex_vec_dot_q4_0_q8_0_generic, dpbusd_vnni)
 
-static float dot_f32(int64_t n, const float *a, const float *b) {
+static void vec_dot_f32(int64_t n, float *s, const void *vw, const void *vx) {
+    const float *a = vw, *b = vx;
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -148,10 +149,8 @@ static float dot_f32(int64_t n, const float *a, const float *b) {
         const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
         s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
-
-static void vec_dot_f32(int64_t n, float *s, const void *w, const void *x) { *s = dot_f32(n, w, x); }
 
 static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
     const clex_fp16 *w = vw;
@@ -177,19 +176,34 @@ static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
 
 #include "q4_1_body.h"
 
-void clex_kernels_avx512(clex_kernel_set *k) {
-    const int vnni = __builtin_cpu_supports("avx512vnni");
-    k->q8_0 = vnni ? vec_dot_q8_0_vnni : vec_dot_q8_0_bw;
-    k->q4_0 = vnni ? vec_dot_q4_0_vnni : vec_dot_q4_0_bw;
-    if (vnni) {   /* else keep the AVX2 versions: faster than the 512-bit maddubs one */
-        k->q4_1 = vec_dot_q4_1;
-        k->q4_1_x4 = vec_dot_q4_1_x4;
-        k->q8_0_x4 = vec_dot_q8_0_x4_vnni;
-        k->q4_0_x4 = vec_dot_q4_0_x4_vnni;
-    }
-    k->f32 = vec_dot_f32;
-    k->f16 = vec_dot_f16;
-    k->dot_f32 = dot_f32;
+static const clex_kernels avx512_vnni = {
+    .vec_dot = {
+        [CLEX_TYPE_F32] = vec_dot_f32,
+        [CLEX_TYPE_F16] = vec_dot_f16,
+        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_vnni,
+        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_vnni,
+        [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
+    },
+    .vec_dot4 = {
+        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_x4_vnni,
+        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_x4_vnni,
+        [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
+    },
+};
+
+/* without VNNI, Q4_1 and the four-row kernels keep their AVX2 versions: faster than 512-bit
+ * maddubs */
+static const clex_kernels avx512_bw = {
+    .vec_dot = {
+        [CLEX_TYPE_F32] = vec_dot_f32,
+        [CLEX_TYPE_F16] = vec_dot_f16,
+        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_bw,
+        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_bw,
+    },
+};
+
+const clex_kernels *clex_kernels_avx512(void) {
+    return __builtin_cpu_supports("avx512vnni") ? &avx512_vnni : &avx512_bw;
 }
 
 #if defined(__clang__)

@@ -1,0 +1,187 @@
+/* The library's frame: errors, the ABI version, the CPU (instruction sets, physical cores), the
+ * one-time initialisation, and the kernel dispatch table: the scalar set, the selected set
+ * (clex_k) and the one step that lays an arch file's set over it. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifdef CLEX_X86
+#include <cpuid.h>
+#endif
+
+/* ------------------------------------------------------------------ errors, ABI */
+
+static _Thread_local char g_err[512];
+
+int clex_fail(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *clex_last_error(void) { return g_err; }
+int clex_abi_version(void) { return CLEX_ABI_VERSION; }
+
+/* ------------------------------------------------------------------ dispatch table */
+
+/* The specification: every slot the forward pass calls. */
+const clex_kernels clex_kernels_scalar = {
+    .vec_dot = {
+        [CLEX_TYPE_F32] = clex_vec_dot_f32_generic,
+        [CLEX_TYPE_F16] = clex_vec_dot_f16_f32_generic,
+        [CLEX_TYPE_BF16] = clex_vec_dot_bf16_f32_generic,
+        [CLEX_TYPE_Q8_0] = clex_vec_dot_q8_0_q8_0_generic,
+        [CLEX_TYPE_Q4_0] = clex_vec_dot_q4_0_q8_0_generic,
+        [CLEX_TYPE_Q4_1] = clex_vec_dot_q4_1_q8_1_generic,
+    },
+    .from_float = {
+        [CLEX_TYPE_Q8_0] = clex_quantize_q8_0_ref,
+        [CLEX_TYPE_Q8_1] = clex_quantize_q8_1_ref,
+    },
+    .axpy_f32 = clex_axpy_f32_generic,
+    .scores32 = clex_scores32_generic,
+    .scores16 = clex_scores16_generic,
+    .wsum32 = clex_wsum32_generic,
+    .wsum16 = clex_wsum16_generic,
+    .to_f16 = clex_to_f16_generic,
+    .from_f16 = clex_from_f16_generic,
+};
+
+clex_kernels clex_k;
+
+void clex_kernels_install(clex_kernels *dst, const clex_kernels *src) {
+    for (int t = 0; t < CLEX_TYPE_COUNT; t++) {
+        if (src->vec_dot[t]) dst->vec_dot[t] = src->vec_dot[t];
+        if (src->vec_dot4[t]) dst->vec_dot4[t] = src->vec_dot4[t];
+        if (src->from_float[t]) dst->from_float[t] = src->from_float[t];
+    }
+#define INSTALL(type, name) if (src->name) dst->name = src->name;
+    CLEX_KERNEL_SLOTS(INSTALL)
+#undef INSTALL
+}
+
+/* ------------------------------------------------------------------ instruction sets */
+
+static int g_isa = CLEX_ISA_SCALAR;
+static pthread_mutex_t g_isa_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void apply_isa(int isa) {
+    clex_kernels k = clex_kernels_scalar;
+#ifdef CLEX_X86
+    if (isa == CLEX_ISA_AVX2 || isa == CLEX_ISA_AVX512) clex_kernels_install(&k, clex_kernels_avx2());
+    if (isa == CLEX_ISA_AVX512) clex_kernels_install(&k, clex_kernels_avx512());
+#endif
+#ifdef CLEX_NEON
+    if (isa == CLEX_ISA_NEON) clex_kernels_install(&k, clex_kernels_neon());
+#endif
+    clex_k = k;
+    g_isa = isa;
+}
+
+#ifdef CLEX_X86
+/* CPUID.1:ECX.F16C directly: clang before 15 has no "f16c" in __builtin_cpu_supports. */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
+int clex_isa_supported(int isa) {
+    switch (isa) {
+    case CLEX_ISA_SCALAR: return 1;
+#ifdef CLEX_X86
+    case CLEX_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
+    case CLEX_ISA_AVX512:
+        return clex_isa_supported(CLEX_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq");
+#endif
+#ifdef CLEX_NEON
+    case CLEX_ISA_NEON: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+static int best_isa(void) {
+    static const int order[] = {CLEX_ISA_AVX512, CLEX_ISA_AVX2, CLEX_ISA_NEON};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (clex_isa_supported(order[i])) return order[i];
+    return CLEX_ISA_SCALAR;
+}
+
+static const char *const g_isa_names[] = {"scalar", "avx2", "avx512", "neon"};
+
+const char *clex_isa_name(int isa) {
+    return (isa >= 0 && isa <= CLEX_ISA_NEON) ? g_isa_names[isa] : "unknown";
+}
+
+/* the best instruction set, unless CLEXRT_FORCE_SCALAR or CLEXRT_ISA says otherwise */
+static void init_impl(void) {
+    int isa = best_isa();
+    const char *env = getenv("CLEXRT_ISA");
+    const char *force = getenv("CLEXRT_FORCE_SCALAR");
+    if (force && *force && strcmp(force, "0") != 0) isa = CLEX_ISA_SCALAR;
+    else if (env && *env) {
+        for (int i = 0; i <= CLEX_ISA_NEON; i++)
+            if (strcmp(env, g_isa_names[i]) == 0 && clex_isa_supported(i)) isa = i;
+    }
+    apply_isa(isa);
+}
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+void clex_init_once(void) { pthread_once(&g_once, init_impl); }
+
+int clex_isa(void) {
+    clex_init_once();
+    return g_isa;
+}
+
+int clex_set_isa(int isa) {
+    clex_init_once();
+    if (!clex_isa_supported(isa))
+        return clex_fail(CLEX_E_UNSUPPORTED, "instruction set '%s' is not supported by this CPU or build",
+                         clex_isa_name(isa));
+    pthread_mutex_lock(&g_isa_lock);
+    apply_isa(isa);
+    pthread_mutex_unlock(&g_isa_lock);
+    return CLEX_OK;
+}
+
+/* ------------------------------------------------------------------ physical cores */
+
+/* distinct (physical id, core id) pairs in /proc/cpuinfo; 0 if it cannot be read */
+static int cpuinfo_cores(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return 0;
+    char line[256];
+    int phys = 0, seen[1024][2], ns = 0;
+    while (fgets(line, sizeof line, f)) {
+        int v;
+        if (sscanf(line, "physical id : %d", &v) == 1) phys = v;
+        else if (sscanf(line, "core id : %d", &v) == 1) {
+            int dup = 0;
+            for (int i = 0; i < ns; i++) dup |= (seen[i][0] == phys && seen[i][1] == v);
+            if (!dup && ns < 1024) { seen[ns][0] = phys; seen[ns][1] = v; ns++; }
+        }
+    }
+    fclose(f);
+    return ns;
+}
+
+int clex_physical_cores(void) {
+    int n = cpuinfo_cores();
+    if (n <= 0) {   /* else the online CPU count */
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    return n;
+}

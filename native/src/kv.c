@@ -1,0 +1,115 @@
+/* The KV cache's contents: writing a token's rows, re-rotating the cached keys to a new rope
+ * table (clex_ctx_rerotate) and the context shift (clex_ctx_shift). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+void clex_kv_store(clex_ctx *c, int l, int64_t h, int64_t pos, const float *k, const float *v) {
+    const int64_t D = c->m->hp.head_dim, off = kv_offset(c, l, h, pos);
+    if (c->kv_type == CLEX_TYPE_F16) {
+        clex_k.to_f16(k, (clex_fp16 *)c->k_cache + off, D);
+        clex_k.to_f16(v, (clex_fp16 *)c->v_cache + off, D);
+    } else {
+        memcpy((float *)c->k_cache + off, k, (size_t)D * sizeof(float));
+        memcpy((float *)c->v_cache + off, v, (size_t)D * sizeof(float));
+    }
+}
+
+/* ------------------------------------------------------------------ re-rotation and shift */
+
+typedef struct {
+    clex_ctx *c;
+    const float *old_inv;   /* table the cached keys carry */
+    int32_t n;              /* positions to process */
+    int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
+    float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
+    float *rows;            /* [n_threads, head_dim] scratch (f16 cache) */
+} rot_args;
+
+/* The change of angle of each (position, pair), formed in double from the two float angles the
+ * forward pass would use, so the result matches a fresh rotation; its cos and sin are computed
+ * once and shared by every layer and head. */
+static void rotation_angles(const rot_args *ra, int ith, int nth) {
+    const clex_ctx *c = ra->c;
+    const int64_t P = c->n_pairs;
+    int64_t lo, hi;
+    split(ra->n, ith, nth, &lo, &hi);
+    for (int64_t j = lo; j < hi; j++) {
+        const float ps = (float)(ra->src0 + j), pd = (float)(ra->dst0 + j);
+        float *cs = ra->cs + j * P * 2;
+        for (int64_t i = 0; i < P; i++) {
+            const double delta = (double)(pd * c->inv_freq[i]) - (double)(ps * ra->old_inv[i]);
+            cs[2 * i] = (float)cos(delta);
+            cs[2 * i + 1] = (float)sin(delta);
+        }
+    }
+}
+
+/* One (layer, kv head) unit's keys at src0 + j, turned to dst0 + j, values moved with them.
+ * Positions go in increasing order: a shift moves keys down, so a position is always read
+ * before anything is written over it. row: head_dim floats of scratch (an f16 key while it
+ * turns). */
+static void rotate_unit(const rot_args *ra, int64_t u, float *row) {
+    const clex_ctx *c = ra->c;
+    const int64_t D = c->m->hp.head_dim, n_ctx = c->n_ctx, P = c->n_pairs;
+    const int32_t layout = c->m->hp.rope_layout;
+    const size_t elt = c->kv_elt;
+    char *kb = (char *)c->k_cache + (size_t)(u * n_ctx * D) * elt;
+    char *vb = (char *)c->v_cache + (size_t)(u * n_ctx * D) * elt;
+    for (int64_t j = 0; j < ra->n; j++) {
+        const int64_t ps = ra->src0 + j, pd = ra->dst0 + j;
+        float *k = row;
+        if (elt == 2) clex_k.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
+        else k = (float *)(kb + (size_t)(ps * D) * 4);
+        float *kd = elt == 2 ? row : (float *)(kb + (size_t)(pd * D) * 4);
+        rope_rotate(layout, kd, k, ra->cs + j * P * 2, (int32_t)P);
+        if (elt == 2) {
+            clex_k.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
+        } else if (pd != ps) {
+            memmove(kd + 2 * P, k + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
+        }
+        if (pd != ps) memmove(vb + (size_t)(pd * D) * elt, vb + (size_t)(ps * D) * elt, (size_t)D * elt);
+    }
+}
+
+/* For each (layer, kv head): keys at src0+j, rotated with old_inv at that position, become keys
+ * at dst0+j rotated with the current table. */
+static void rotate_job(void *varg, int ith, int nth) {
+    const rot_args *ra = varg;
+    const clex_ctx *c = ra->c;
+    rotation_angles(ra, ith, nth);
+    clex_pool_barrier(c->pool);
+    const int64_t units = (int64_t)c->m->hp.n_layer * c->m->hp.n_head_kv;
+    int64_t lo, hi;
+    split(units, ith, nth, &lo, &hi);
+    for (int64_t u = lo; u < hi; u++) rotate_unit(ra, u, ra->rows + (int64_t)ith * c->m->hp.head_dim);
+}
+
+static int rotate_run(clex_ctx *c, const float *old_inv, int32_t n, int32_t src0, int32_t dst0) {
+    if (n <= 0) return CLEX_OK;
+    const size_t n_cs = (size_t)n * (size_t)c->n_pairs * 2;
+    const size_t n_rows = (size_t)clex_pool_size(c->pool) * (size_t)c->m->hp.head_dim;
+    float *cs = malloc((n_cs + n_rows) * sizeof(float));
+    if (!cs) return clex_fail(CLEX_E_NOMEM, "out of memory rotating %d cached positions", n);
+    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs};
+    clex_pool_run(c->pool, rotate_job, &ra);
+    free(cs);
+    return CLEX_OK;
+}
+
+int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past) {
+    if (!c || !old_inv) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (n_past < 0 || n_past > c->n_ctx)
+        return clex_fail(CLEX_E_INVALID, "n_past %d outside the context of %d", n_past, c->n_ctx);
+    return rotate_run(c, old_inv, n_past, 0, 0);
+}
+
+int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discard) {
+    if (!c) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (n_past < 0 || n_past > c->n_ctx || n_keep < 0 || n_discard <= 0 || (int64_t)n_keep + n_discard > n_past)
+        return clex_fail(CLEX_E_INVALID, "bad context shift: n_past %d, keep %d, discard %d (context %d)", n_past,
+                         n_keep, n_discard, c->n_ctx);
+    return rotate_run(c, c->inv_freq, n_past - n_keep - n_discard, n_keep + n_discard, n_keep);
+}

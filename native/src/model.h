@@ -1,0 +1,142 @@
+/* The model and the context, and what the files that run them share (model.c, forward.c,
+ * attn.c, kv.c, matmul.c).
+ *
+ * KV cache: keys are stored after rotation (so decoding never re-rotates them), both caches as
+ * [layer][kv head][position][head_dim], float32 or f16 (clex_ctx_create's kv_type). With f16
+ * the new keys and values are rounded to half when stored; every product and sum stays float32.
+ */
+#ifndef CLEXRT_MODEL_H
+#define CLEXRT_MODEL_H
+
+#include "internal.h"
+
+/* Decoding splits each KV head's keys into up to this many chunks, so every thread works on a
+ * model with few KV heads; the chunks' partial results are combined afterwards (attn.c). */
+#define ATT_MAX_CHUNKS 16
+
+struct clex_model {
+    clex_hparams hp;
+    clex_tensor tok_embd;     /* [n_embd, n_vocab] */
+    clex_tensor output_norm;  /* [n_embd] */
+    clex_tensor output;       /* [n_embd, n_vocab]; the embeddings when tied */
+    clex_layer *layers;
+    uint64_t n_params;
+};
+
+struct clex_ctx {
+    const clex_model *m;
+    int32_t n_ctx, n_batch;
+    clex_pool *pool;
+    int32_t n_pairs;       /* n_rot / 2 */
+    float *inv_freq;       /* [n_pairs] the table new tokens are rotated with */
+    float kq_scale;        /* extra factor on q.k/sqrt(head_dim) (YaRN temperature); 1 by default */
+    void *k_cache;         /* [n_layer][n_head_kv][n_ctx][head_dim] of kv_type */
+    void *v_cache;         /* same */
+    int32_t kv_type;       /* CLEX_TYPE_F32 or CLEX_TYPE_F16 */
+    size_t kv_elt;         /* bytes per cached element */
+    uint64_t kv_bytes;
+    /* scratch for one batch of up to n_batch tokens */
+    float *x;              /* [B, n_embd] residual stream */
+    float *xn;             /* [B, max(n_embd, n_ff, q_dim)] normalised input of the next product */
+    float *q;              /* [B, n_head*head_dim] */
+    float *k;              /* [B, n_head_kv*head_dim] */
+    float *v;              /* [B, n_head_kv*head_dim] */
+    float *att;            /* [B, n_head*head_dim] */
+    float *gate;           /* [B, n_ff] (becomes act(gate) * up) */
+    float *up;             /* [B, n_ff] */
+    void *q8_0;            /* [B, max_k/32] */
+    void *q8_1;            /* [B, max_k/32] */
+    float *cs;             /* [B, n_pairs, 2] cos, sin of each token's angles */
+    float *scores;         /* [n_threads, n_ctx] */
+    float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
+    /* row chunks of matrix products are handed out dynamically, so a thread that the OS
+     * delays does not hold the others at the next barrier; step k uses counter k % 2 */
+    _Atomic int64_t chunk[2];
+};
+
+/* ---- small shared helpers ---- */
+
+/* thread ith's share [lo, hi) of n items */
+static inline void split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi) {
+    *lo = n * ith / nth;
+    *hi = n * (ith + 1) / nth;
+}
+
+static inline uint64_t row_bytes(const clex_type_traits *tr, int64_t ne0) {
+    return (uint64_t)(ne0 / tr->blck) * (uint64_t)tr->bytes;
+}
+
+/* Element offset of (layer, kv head, position) in either cache. */
+static inline int64_t kv_offset(const clex_ctx *c, int64_t l, int64_t h, int64_t pos) {
+    const clex_hparams *hp = &c->m->hp;
+    return (l * hp->n_head_kv + h) * c->n_ctx * hp->head_dim + pos * hp->head_dim;
+}
+
+/* Rotary position embedding of one head: pair i turns by the angle whose cos, sin are
+ * cs[2i], cs[2i+1]; the dimensions past the n_pairs pairs are kept. dst may be src. Which
+ * elements form pair i is the model's rope_layout:
+ *   CLEX_ROPE_ADJACENT (GGUF llama):  2i, 2i+1
+ *       x(2i)'   = x(2i) cos a - x(2i+1) sin a
+ *       x(2i+1)' = x(2i) sin a + x(2i+1) cos a
+ *   (CLEX_ROPE_NEOX would pair i with i + n_pairs; check_hparams refuses it until then.) */
+static inline void rope_rotate(int32_t layout, float *dst, const float *src, const float *cs, int32_t n_pairs) {
+    switch (layout) {
+    case CLEX_ROPE_ADJACENT:
+    default:
+        for (int32_t i = 0; i < n_pairs; i++) {
+            const float c = cs[2 * i], s = cs[2 * i + 1];
+            const float a = src[2 * i], b = src[2 * i + 1];
+            dst[2 * i] = a * c - b * s;
+            dst[2 * i + 1] = a * s + b * c;
+        }
+        break;
+    }
+}
+
+/* ---- model.c ---- */
+/* t must be [ne0, ne1] (ne1 = 0: a vector) of a type the forward pass runs (F32 if f32_only),
+ * with nbytes to match; `what` names it when t->name is NULL. */
+int clex_check_tensor(const clex_tensor *t, const char *what, int64_t ne0, int64_t ne1, int f32_only);
+
+/* ---- matmul.c: activations and row products ---- */
+
+/* quantized copies of one activation matrix, one per activation type a consumer needs */
+typedef struct {
+    const float *f32;   /* [T, K] */
+    void *q8_0;         /* [T, K/32] block_q8_0 */
+    void *q8_1;         /* [T, K/32] block_q8_1 */
+    int64_t k;
+} clex_acts;
+
+/* Convert rows [t0, t1) of x [T, k] into every activation type the consumers want. */
+void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int64_t t1, int need0, int need1,
+                       void *buf0, void *buf1);
+/* the same activations from row t0 on */
+clex_acts clex_acts_from(const clex_acts *a, int64_t t0);
+int clex_needs_act(const clex_tensor *w, int32_t act_type);   /* w's rows pair with act_type */
+/* y[t, r] (+)= W[r, :] . x[t, :]  for rows [r0, r1) and all n_tok tokens */
+void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
+                      int accumulate, int64_t r0, int64_t r1);
+
+/* Dynamic row scheduling for one step of the forward pass. Every thread calls clex_sched_begin
+ * with the same step number; thread 0 clears the counter the *next* step will use (nobody
+ * touches it until after the barrier that ends this step). */
+typedef struct {
+    _Atomic int64_t *ctr;
+    int64_t rows, chunk;
+} clex_sched;
+
+clex_sched clex_sched_begin(clex_ctx *c, int *step, int ith, int nth, int64_t rows);
+int clex_sched_next(clex_sched *sc, int64_t *lo, int64_t *hi);
+
+/* ---- attn.c ---- */
+/* Causal attention of the batch's queries (c->q, rotated, [T, n_head*head_dim]) over layer l's
+ * cache (positions < n_past + t + 1 for token t) into c->att. A step of the forward job: every
+ * thread calls it; the caller puts a barrier after it. */
+void clex_attention(clex_ctx *c, int l, int64_t T, int64_t n_past, int ith, int nth);
+
+/* ---- kv.c ---- */
+/* Store token row k (rotated) and v of kv head h at position pos of layer l's cache. */
+void clex_kv_store(clex_ctx *c, int l, int64_t h, int64_t pos, const float *k, const float *v);
+
+#endif
