@@ -55,6 +55,21 @@ class HParams:
     n_expert_used: int = 0
     clex: ClexTables | None = field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def llama(cls, *, n_vocab: int, n_embd: int, n_layer: int, n_head: int, n_ff: int,
+              n_ctx_train: int, n_head_kv: int | None = None, head_dim: int | None = None,
+              rope_freq_base: float = DEFAULT_FREQ_BASE, rms_norm_eps: float = DEFAULT_EPS,
+              tied_embeddings: bool = False, **arch) -> "HParams":
+        """A LLaMA-shaped description with the usual derived values filled in (a head is
+        n_embd / n_head wide and fully rotated; no rope scaling): what tests and tools that
+        build models of their own start from."""
+        head_dim = head_dim or n_embd // n_head
+        return cls(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                   n_head_kv=n_head_kv or n_head, n_ff=n_ff, head_dim=head_dim, n_rot=head_dim,
+                   n_ctx_train=n_ctx_train, rope_freq_base=rope_freq_base, rms_norm_eps=rms_norm_eps,
+                   rope_scaling_type=None, rope_scaling_factor=None, tied_embeddings=tied_embeddings,
+                   **arch)
+
     @property
     def eps(self) -> float:
         return DEFAULT_EPS if self.rms_norm_eps is None else self.rms_norm_eps
