@@ -7,9 +7,16 @@ generating is at most file size + KV cache + 64 MiB.
 
     python benchmarks/bench_vs_llamacpp.py [--model PATH] [--llama-bench PATH] [-t 2]
                                            [-p 512] [-n 128] [-r 3] [--rounds 3] [--json OUT]
+                                           [--baseline DIR]
 
 llama-bench is found from --llama-bench, $LLAMA_BENCH, or PATH. Build it from the llama-cpp-python
 sdist (docs/performance.md has the commands); it is never part of this repository.
+
+--baseline DIR runs another clexrt checkout (with its core built in place, e.g. a `git worktree`
+of an older commit with its _native*.so) in the same rounds, so an old build and the new one
+are compared in one run: `git worktree add /tmp/old REV && cp clexrt/_native*.so /tmp/old/clexrt/`
+works while the C core is unchanged; otherwise build the old tree (`pip install -e` in its own venv,
+or `python native/build.py` there).
 """
 from __future__ import annotations
 
@@ -46,10 +53,16 @@ def llama_bench(exe, model, threads, p, n, reps):
     return res
 
 
-def clexrt_bench(model, threads, p, n, reps):
-    out = subprocess.run([sys.executable, "-m", "clexrt.cli", "bench", "-m", model, "-t", str(threads),
+def clexrt_bench(model, threads, p, n, reps, tree=None):
+    """`clexrt bench --json` of this checkout, or of the checkout at `tree` (its own sources and
+    build first on the path)."""
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    code = "import sys; from clexrt.cli import main; main(sys.argv[1:])"
+    out = subprocess.run([sys.executable, "-c", code, "bench", "-m", model, "-t", str(threads),
                           "-p", str(p), "-n", str(n), "-r", str(reps), "--json"],
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+                         capture_output=True, text=True, check=True, cwd=tree or ROOT, env=env).stdout
     row = json.loads(out.strip().splitlines()[-1])
     return {"pp": row["pp_tps"], "tg": row["tg_tps"], "rss": row["peak_rss_bytes"], "kv": row["kv_bytes"],
             "isa": row["isa"]}
@@ -65,15 +78,21 @@ def main():
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--baseline", metavar="DIR", help="another clexrt checkout to run in the same rounds")
     a = ap.parse_args()
+    if a.baseline and not (Path(a.baseline) / "clexrt").is_dir():
+        sys.exit(f"--baseline {a.baseline}: not a clexrt checkout (no clexrt/ inside)")
     model = a.model or default_model()
     size = os.path.getsize(model)
-    ours, theirs = [], []
+    ours, theirs, base = [], [], []
     for i in range(a.rounds):
         if a.llama_bench:
             theirs.append(llama_bench(a.llama_bench, model, a.threads, a.p, a.n, a.reps))
+        if a.baseline:
+            base.append(clexrt_bench(model, a.threads, a.p, a.n, a.reps, tree=a.baseline))
         ours.append(clexrt_bench(model, a.threads, a.p, a.n, a.reps))
         print(f"round {i + 1}: clexrt pp{a.p} {ours[-1]['pp']:.1f} tg{a.n} {ours[-1]['tg']:.1f}"
+              + (f" | baseline pp{a.p} {base[-1]['pp']:.1f} tg{a.n} {base[-1]['tg']:.1f}" if base else "")
               + (f" | llama.cpp pp{a.p} {theirs[-1]['pp']:.1f} tg{a.n} {theirs[-1]['tg']:.1f}" if theirs else ""),
               flush=True)
     med = {k: statistics.median(r[k] for r in ours) for k in ("pp", "tg")}
@@ -82,6 +101,11 @@ def main():
     print(f"\nmodel {result['model']} ({size / 2**20:.1f} MiB), {a.threads} threads, medians of {a.rounds} rounds")
     print(f"{'':10} {'pp' + str(a.p):>10} {'tg' + str(a.n):>10}")
     print(f"{'clexrt':10} {med['pp']:>10.1f} {med['tg']:>10.1f}")
+    if base:
+        bm = {k: statistics.median(r[k] for r in base) for k in ("pp", "tg")}
+        result["baseline"] = {"tree": str(a.baseline), f"pp{a.p}": bm["pp"], f"tg{a.n}": bm["tg"]}
+        print(f"{'baseline':10} {bm['pp']:>10.1f} {bm['tg']:>10.1f}")
+        print(f"{'new/base':10} {med['pp'] / bm['pp']:>10.2f}x {med['tg'] / bm['tg']:>9.2f}x")
     if theirs:
         lm = {k: statistics.median(r[k] for r in theirs) for k in ("pp", "tg")}
         result["llama.cpp"] = {f"pp{a.p}": lm["pp"], f"tg{a.n}": lm["tg"], "build": theirs[0]["version"]}
