@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 NATIVE  := $(wildcard native/src/*.c native/src/arch/*/*.c native/include/*.h native/build.py)
 
-.PHONY: install test test-fast chat bench asan fuzz fuzz-c kbench neon-check train-clex clean
+.PHONY: install test test-fast chat bench asan fuzz fuzz-c kbench neon-check train-clex stress-ctrl-c clean
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ kbench:
 	@mkdir -p build
 	$(CC) -O2 -std=c11 -D_GNU_SOURCE -pthread -Inative/include tools/kbench.c native/src/*.c native/src/arch/x86/*.c native/src/arch/arm/*.c -lm -o build/kbench
 	build/kbench 0.5 && build/kbench 64
+
+# Ctrl-C in `clexrt chat` under CPU load (after make install): tests/test_chat_sigint.py 50 times in
+# a row (RUNS=n for another count), each run with its own busy loop per core; every Ctrl-C at a
+# random moment of a reply must stop it within one token. Prints N/50 and a summary.
+stress-ctrl-c:
+	tools/sigint_stress.sh $(RUNS)
 
 # The C core under AddressSanitizer + UBSan, with the tests that drive it (CI runs this).
 ASAN_TESTS ?= tests/test_kernels.py tests/test_forward.py tests/test_gguf_fuzz.py tests/test_robustness.py

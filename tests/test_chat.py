@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from clexrt.cli.repl import ChatParams, Conversation, Repl, TurnStats, parse_param, rope_label
+from clexrt.cli.conversation import ChatParams, Conversation, TurnStats, parse_param, rope_label
+from clexrt.cli.repl import Repl
 from clexrt.errors import ContextFullError
 
 THREADS = "2"
@@ -96,7 +97,7 @@ def test_interrupt_before_the_reply_drops_the_message(conv):
     def emit(s):
         raise AssertionError("nothing may be shown")
 
-    import clexrt.cli.repl as cr
+    import clexrt.cli.conversation as cr
     real = cr.Generation
 
     class Stopped(real):
@@ -255,6 +256,41 @@ def test_commands_save_load_and_errors(conv, tmp_path):
     repl.handle("/clear is text in a block", literal=True)      # what a """ block gives
     assert said == ["/clear is text in a block"] and out.getvalue()[n:] == "ok\n"
     assert repl.handle("/exit") is False and repl.handle("/bye") is False
+
+
+def test_ctrl_c_in_the_loop_never_escapes(conv):
+    """Ctrl-C at the prompt, after a reply's own handling, and while a notice is written: each is
+    one more Ctrl-C; two in a row at an empty prompt quit (run returns 0, raises nothing)."""
+    class Out(io.StringIO):
+        cut = True
+
+        def write(self, s):
+            if self.cut and "(interrupted)" in s:        # a Ctrl-C while this is written
+                self.cut = False
+                raise KeyboardInterrupt
+            return super().write(s)
+
+    out = Out()
+    repl = Repl(conv, out=out, stats=False, history_file=None, color=False)
+    script = iter([KeyboardInterrupt, ("hello", False), ("/help", False),
+                   KeyboardInterrupt, KeyboardInterrupt])
+
+    def read():
+        step = next(script)
+        if step is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return step
+
+    def say(text, emit):
+        emit("partial")
+        raise KeyboardInterrupt
+
+    repl.read, conv.say = read, say
+    assert repl.run() == 0
+    hint = "\n(Ctrl-C again to quit, or /exit)\n"
+    got = out.getvalue()
+    assert got.startswith(hint + "partial" + hint + "  /help")
+    assert got.count(hint) == 3 and got.endswith("multi-line message\n" + hint + "\n")
 
 
 def test_missing_default_model_is_one_line(monkeypatch, capsys):

@@ -25,7 +25,7 @@ NO_DEFAULT = ("the default model (SmolLM2-135M-Instruct) is not installed: run "
 def _check(name):
     """A click callback that holds an option to /set's rules."""
     def check(ctx, param, value):
-        from .repl import parse_param
+        from .conversation import parse_param
 
         try:
             return parse_param(name, value)[1]
@@ -78,10 +78,8 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
 def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens,
         n_ctx, threads, rope, clex_mode, kv_policy, kv_type, history_file):
     """Chat with MODEL in the terminal. Piped stdin is one message; only the reply is printed."""
-    from .repl import ChatParams, Conversation, Repl, rope_label
-    from ..text.chat_template import ChatTemplate
-    from ..engine.model import Model
-    from ..text.tokenizer import Tokenizer
+    from .conversation import ChatParams
+    from .repl import ctrl_c_raises
 
     if model_name is None:
         path = smollm2_path()
@@ -89,31 +87,51 @@ def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, se
             raise ClexError(NO_DEFAULT)
     else:
         path = resolve_model(model_name)
-    interactive = sys.stdin.isatty()
-    piped_text = None
-    if not interactive:
-        piped_text = sys.stdin.read()
-        if not piped_text.strip():
+    params = ChatParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                        repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
+    model_kw = dict(n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
+                    kv_policy=kv_policy, kv_type=kv_type)
+    if not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if not text.strip():
             raise ClexError("stdin is empty: there is no message to answer")
-    model = Model(path, n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
-                  kv_policy=kv_policy, kv_type=kv_type)
+        _run(path, model_kw, params, system, lambda conv, info: _answer_once(conv, text))
+        return
+    # At the keyboard Ctrl-C is ours (stop a reply, leave a line, quit), from the start, even
+    # where SIGINT came ignored or blocked (repl.ctrl_c_raises); a script's background job
+    # reading a pipe keeps what it was given.
+    with ctrl_c_raises():
+        _run(path, model_kw, params, system,
+             lambda conv, info: _repl(conv, info, path, history_file))
+
+
+def _run(path, model_kw, params, system, then) -> None:
+    """Opens the model, makes the Conversation, calls then(conv, info), closes the model."""
+    from .conversation import Conversation
+    from ..engine.model import Model
+    from ..text.chat_template import ChatTemplate
+    from ..text.tokenizer import Tokenizer
+
+    model = Model(path, **model_kw)
     try:
         tokenizer = Tokenizer.from_metadata(model.metadata)
         template = ChatTemplate.from_metadata(model.metadata)
-        params = ChatParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
         conv = Conversation(model, tokenizer, template, params, system=system)
-        if not interactive:
-            _answer_once(conv, piped_text)
-            return
-        info = _model_info(model, path, template)
-        banner = (f"clexrt chat: {os.path.basename(path)}, context {model.n_ctx} tokens, "
-                  f"{rope_label(model)}\n"
-                  f"/help lists the commands; \"\"\" starts multi-line input; "
-                  f"Ctrl-C stops a reply; Ctrl-D or /exit quits.")
-        Repl(conv, info=info, history_file=history_file or None, banner=banner).run()
+        then(conv, _model_info(model, path, template))
     finally:
         model.close()
+
+
+def _repl(conv, info, path: str, history_file) -> None:
+    from .conversation import rope_label
+    from .repl import Repl
+
+    model = conv.model
+    banner = (f"clexrt chat: {os.path.basename(path)}, context {model.n_ctx} tokens, "
+              f"{rope_label(model)}\n"
+              f"/help lists the commands; \"\"\" starts multi-line input; "
+              f"Ctrl-C stops a reply; Ctrl-D or /exit quits.")
+    Repl(conv, info=info, history_file=history_file or None, banner=banner).run()
 
 
 def _answer_once(conv, text: str) -> None:
