@@ -254,9 +254,9 @@ def test_info_shows_clex_tables(tmp_path):
         from clexrt.rope.tables import bake_clex
     except ImportError:
         pytest.skip("the converter is not importable")
-    cfg = tm.TinyConfig()
-    inv = 1.0 / (cfg.rope_base ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
-    md = bake_clex(ClexODE(inv.astype(np.float32)), train_length=cfg.n_ctx, max_factor=4,
+    cfg = tm.tiny_hparams()
+    inv = 1.0 / (cfg.freq_base ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
+    md = bake_clex(ClexODE(inv.astype(np.float32)), train_length=cfg.n_ctx_train, max_factor=4,
                        init="ntk")
 
     def extra(wr):
@@ -277,7 +277,7 @@ def test_info_shows_clex_tables(tmp_path):
     r = run("info", str(path), "--json")
     assert r.exit_code == 0, r.output
     c = json.loads(r.stdout)["clex"]
-    assert c["train_length"] == cfg.n_ctx and c["max_factor"] == 4 and c["act"] == "tanh"
+    assert c["train_length"] == cfg.n_ctx_train and c["max_factor"] == 4 and c["act"] == "tanh"
     assert c["grid"][0] == 1.0 and c["grid"][-1] == 4.0
     r = run("info", str(path))
     assert r.exit_code == 0, r.output

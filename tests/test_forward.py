@@ -103,7 +103,7 @@ def test_kv_type_is_checked(tiny_files):
 
 
 def test_tied_embeddings_and_threads(tmp_path):
-    cfg = tm.TinyConfig(tied=True, n_head_kv=4)
+    cfg = tm.tiny_hparams(tied_embeddings=True, n_head_kv=4)
     p = tmp_path / "tied.gguf"
     tm.write_tiny(p, "f16", cfg)
     ids = [1, 5, 9, 3, 7]
@@ -116,7 +116,7 @@ def test_tied_embeddings_and_threads(tmp_path):
 def test_rope_freqs_and_linear_scaling(tmp_path):
     """rope_freqs.weight divides each frequency and rope.scaling.type=linear divides by the
     factor, as llama.cpp reads them."""
-    cfg = tm.TinyConfig()
+    cfg = tm.tiny_hparams()
     factors = np.linspace(1.0, 4.0, cfg.head_dim // 2).astype(np.float32)
 
     def extra(w):
@@ -126,7 +126,7 @@ def test_rope_freqs_and_linear_scaling(tmp_path):
 
     p = tmp_path / "ropefreqs.gguf"
     tm.write_tiny(p, "f32", cfg, extra=extra)
-    inv = tm.rope_table(cfg.rope_base, cfg.head_dim).astype(np.float64) / factors / 2.0
+    inv = tm.rope_table(cfg.freq_base, cfg.head_dim).astype(np.float64) / factors / 2.0
     ids = list(range(20))
     w = tm.read_weights(p)
     ref = tm.reference_forward(w, cfg, ids, inv_freq=inv.astype(np.float32))
@@ -148,11 +148,11 @@ def smollm2_ref(smollm2, tmp_path_factory):
     w = tm.read_weights(smollm2)
     f32 = tmp_path_factory.mktemp("smol") / "smollm2-f32.gguf"
     wr = gguf.GGUFWriter(str(f32), "llama")
-    for key, v in (("context_length", cfg.n_ctx), ("embedding_length", cfg.n_embd), ("block_count", cfg.n_layer),
+    for key, v in (("context_length", cfg.n_ctx_train), ("embedding_length", cfg.n_embd), ("block_count", cfg.n_layer),
                    ("feed_forward_length", cfg.n_ff), ("attention.head_count", cfg.n_head),
                    ("attention.head_count_kv", cfg.n_head_kv), ("rope.dimension_count", cfg.head_dim)):
         wr.add_uint32(f"llama.{key}", v)
-    wr.add_float32("llama.rope.freq_base", cfg.rope_base)
+    wr.add_float32("llama.rope.freq_base", cfg.freq_base)
     wr.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.eps)
     for name, arr in w.items():
         wr.add_tensor(name, arr.astype(np.float32))
@@ -199,10 +199,9 @@ def test_missing_tensor_is_named(tmp_path):
 
 def test_shape_disagreeing_with_hparams(tmp_path):
     p = tmp_path / "shape.gguf"
-    tm.write_tiny(p, "f32", extra=lambda w: None, cfg=tm.TinyConfig())
+    tm.write_tiny(p, "f32", extra=lambda w: None, cfg=tm.tiny_hparams())
     # rewrite with a wrong head count: q rows no longer match
     p2 = tmp_path / "shape2.gguf"
-    cfg = tm.TinyConfig()
     import gguf
     r = gguf.GGUFReader(str(p))
     wr = gguf.GGUFWriter(str(p2), "llama")

@@ -12,13 +12,13 @@ from clexrt import Model
 from clexrt.cli.perplexity import cmd, perplexity
 from clexrt.convert import convert_hf
 from clexrt.errors import ClexError
-from tinymodel import TinyConfig, read_weights, reference_forward, write_tiny
+from tinymodel import read_weights, reference_forward, tiny_hparams, write_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("ppl") / "tiny.gguf"
-    cfg = write_tiny(path, "f32", TinyConfig(n_ctx=64))
+    cfg = write_tiny(path, "f32", tiny_hparams(n_ctx_train=64))
     return str(path), cfg, read_weights(path)
 
 

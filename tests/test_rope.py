@@ -176,9 +176,9 @@ def test_integer_factors_are_the_baked_tables(clex_case):
 # the schedule inside Model, on a plain (non-CLEX) tiny GGUF
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tinymodel import TinyConfig, write_tiny
+    from tinymodel import tiny_hparams, write_tiny
     path = tmp_path_factory.mktemp("rope") / "tiny.gguf"
-    write_tiny(path, "f32", TinyConfig(n_ctx=32))
+    write_tiny(path, "f32", tiny_hparams(n_ctx_train=32))
     return str(path)
 
 
@@ -206,7 +206,7 @@ def test_recompute_decoding_equals_the_full_forward(tiny, method):
 def test_yarn_temperature_scales_attention_logits(tiny):
     """YaRN at N = 3L: the YaRN table and q.k scaled by attn_factor^2, against the numpy reference."""
     from clexrt import Model
-    from tinymodel import TinyConfig, read_weights, reference_forward
+    from tinymodel import read_weights, reference_forward, tiny_hparams
     ids = np.random.default_rng(2).integers(0, 96, 96)
     with Model(tiny, n_ctx=96, rope="yarn") as m:
         got = m.logits(ids)
@@ -214,10 +214,10 @@ def test_yarn_temperature_scales_attention_logits(tiny):
     assert st["t"] == 3.0 and st["attn_factor"] == pytest.approx(rope.yarn_attn_factor(3.0))
     assert st["attn_factor"] > 1.1
     w = read_weights(tiny)
-    want = reference_forward(w, TinyConfig(n_ctx=32), ids, inv_freq=table, kq_scale=st["attn_factor"] ** 2)
+    want = reference_forward(w, tiny_hparams(n_ctx_train=32), ids, inv_freq=table, kq_scale=st["attn_factor"] ** 2)
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
     # without the temperature the logits are measurably different: the scale is really applied
-    plain = reference_forward(w, TinyConfig(n_ctx=32), ids, inv_freq=table)
+    plain = reference_forward(w, tiny_hparams(n_ctx_train=32), ids, inv_freq=table)
     assert np.abs(got - plain).max() > 1e-2
 
 

@@ -24,7 +24,7 @@ import tokenizer as tc_tok  # noqa: E402
 import train as tc_train  # noqa: E402
 from corpus import split_files  # noqa: E402
 
-TINY = {"vocab_size": 512, "dim": 64, "n_layers": 2, "n_heads": 2, "ffn": 96, "max_len": 32}
+TINY = {"n_vocab": 512, "n_embd": 64, "n_layer": 2, "n_head": 2, "n_ff": 96, "n_ctx_train": 32}
 
 
 def test_split_is_deterministic_and_by_file():
@@ -37,8 +37,19 @@ def test_split_is_deterministic_and_by_file():
     assert split_files(names, seed=8, test_bytes=10_000, sizes=sizes)[1] != te
 
 
+def test_config_is_the_runtime_hparams_and_round_trips():
+    from clexrt.gguf.schema import HParams
+    c = tc_model.Config.make(**TINY, max_factor=4)
+    assert isinstance(c.hparams, HParams) and c.hparams == HParams.llama(**TINY)
+    assert c.hparams.head_dim == 32 and c.max_factor == 4
+    assert tc_model.Config.from_dict(json.loads(json.dumps(c.to_dict()))) == c     # a checkpoint's "config"
+    assert tc_model.Config().hparams == HParams.llama(**tc_model.DEFAULT_SHAPE)
+    with pytest.raises(ValueError, match="plain LLaMA"):
+        tc_model.Config.make(**TINY, n_head_kv=1)
+
+
 def test_clex_training_draw_follows_the_official_recipe(monkeypatch):
-    c = tc_model.Config(**TINY)
+    c = tc_model.Config.make(**TINY)
     layer = tc_model.ClexLayer(c)
     solved = []
     monkeypatch.setattr(layer, "solve", lambda times: solved.append(times) or torch.stack([layer.inv_freq] * 2))
@@ -57,9 +68,9 @@ def test_clex_training_draw_follows_the_official_recipe(monkeypatch):
 
 
 def test_zero_network_ode_is_ntk_scaling():
-    c = tc_model.Config(**TINY)
+    c = tc_model.Config.make(**TINY)
     layer = tc_model.ClexLayer(c)          # ode_down_proj starts at zero
-    d, h = c.head_dim, c.head_dim // 2
+    d, h = c.hparams.head_dim, c.hparams.head_dim // 2
     j = torch.arange(h, dtype=torch.float64)
     with torch.no_grad():
         rows = layer.solve([float(t) for t in range(1, c.max_factor + 1)]).double()
@@ -74,7 +85,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train_clex")
     text = (TOOLS / "data" / "test.txt").read_text(encoding="utf-8")[:60_000]
     (tmp / "train.txt").write_text(text, encoding="utf-8")
-    tok = tc_tok.train_tokenizer(str(tmp / "train.txt"), str(tmp / "tok"), TINY["vocab_size"])
+    tok = tc_tok.train_tokenizer(str(tmp / "train.txt"), str(tmp / "tok"), TINY["n_vocab"])
     sp = spm.SentencePieceProcessor(model_file=tok)
     np.save(tmp / "ids.npy", tc_tok.encode_file(sp, str(tmp / "train.txt")))
     common = ["--data", str(tmp / "ids.npy"), "--batch", "4", "--ckpt-every", "2"]
@@ -95,14 +106,14 @@ def test_stages_train_and_share_the_data(trained):
     base = _losses(tmp / "base" / "log.jsonl")
     assert len(base) == 4 and all(math.isfinite(x) for x in base)
     # the base learned: lower loss than its (same-seed) initialisation on fixed windows
-    cfg = tc_model.Config(**TINY)
+    cfg = tc_model.Config.make(**TINY)
     init = tc_train.build("base", None, cfg, 0)
     after = tc_train.build("base", str(tmp / "base" / "model.pt"), cfg, 0)
-    x = tc_train.draw_batch(np.load(tmp / "ids.npy"), 8, cfg.max_len, torch.Generator().manual_seed(5))
+    x = tc_train.draw_batch(np.load(tmp / "ids.npy"), 8, cfg.hparams.n_ctx_train, torch.Generator().manual_seed(5))
 
     def loss(m):
         with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(m(x[:, :-1]).reshape(-1, cfg.vocab_size),
+            return float(torch.nn.functional.cross_entropy(m(x[:, :-1]).reshape(-1, cfg.hparams.n_vocab),
                                                            x[:, 1:].reshape(-1)))
     assert loss(after) < loss(init) - 0.1, (loss(init), loss(after))
     clex = [json.loads(x) for x in open(tmp / "clex" / "log.jsonl")]
@@ -113,7 +124,7 @@ def test_stages_train_and_share_the_data(trained):
     assert all(r["t"] == 1 for r in twin) and any(r["t"] > 1 for r in clex)
     sd = torch.load(tmp / "clex" / "model.pt", weights_only=False)["state_dict"]
     assert sd["model.clex_layer.proj_func.ode_down_proj"].abs().max() > 0      # the ODE network learned
-    assert infos["clex"]["tokens"] == infos["twin"]["tokens"] == 4 * 4 * TINY["max_len"]
+    assert infos["clex"]["tokens"] == infos["twin"]["tokens"] == 4 * 4 * TINY["n_ctx_train"]
 
 
 def test_a_killed_run_resumes_to_the_same_model(trained, tmp_path):
@@ -139,14 +150,14 @@ def test_exported_clex_folder_converts_and_runs_like_pytorch(trained, tmp_path):
                                     "act": "tanh", "factor": 1}
     gguf = tmp_path / "smoke.gguf"
     convert_hf(str(hf), str(gguf), outtype="f32", progress=False)
-    m = tc_model.TinyLlama(tc_model.Config(**TINY), clex=True)
+    m = tc_model.TinyLlama(tc_model.Config.make(**TINY), clex=True)
     m.load_state_dict(torch.load(tmp / "clex" / "model.pt", weights_only=False)["state_dict"])
     m.eval()
     sp = spm.SentencePieceProcessor(model_file=tok)
     ids = [1] + sp.encode((TOOLS / "data" / "test.txt").read_text(encoding="utf-8")[60_000:70_000])[:95]
     with Model(str(gguf), rope="clex", clex_mode="ceil") as cm:
         got = cm.logits(ids)
-    t = math.ceil(len(ids) / TINY["max_len"])                                  # 3: past L
+    t = math.ceil(len(ids) / TINY["n_ctx_train"])                                  # 3: past L
     with torch.no_grad():
         want = m(torch.tensor([ids]), None, m.model.clex_layer.table(t))[0].numpy()
         plain = m(torch.tensor([ids]))[0].numpy()

@@ -2,39 +2,32 @@
 
 The files are written with gguf-py's GGUFWriter and quantized with gguf-py's numpy quantizers;
 the reference reads them back with gguf-py's GGUFReader and dequantizer and runs textbook math
-in float64. None of it goes through clexrt's own reader or C code.
+in float64. None of it goes through clexrt's own reader or C code; the shape is clexrt's HParams
+(a plain dataclass, the runtime's one model description).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from clexrt.gguf.schema import HParams
+
 WTYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0,
           "q4_1": QT.Q4_1}
 
 
-@dataclass
-class TinyConfig:
-    n_vocab: int = 96
-    n_embd: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    n_head_kv: int = 2
-    n_ff: int = 128
-    n_ctx: int = 256
-    rope_base: float = 10000.0
-    eps: float = 1e-5
-    tied: bool = False
-
-    @property
-    def head_dim(self):
-        return self.n_embd // self.n_head
+TINY = {"n_vocab": 96, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 128,
+        "n_ctx_train": 256}
 
 
-def _weights(cfg: TinyConfig, seed: int) -> dict[str, np.ndarray]:
+def tiny_hparams(**overrides) -> HParams:
+    """The tiny LLaMA's shape (GQA 4:2, base 10000, eps 1e-5, untied); `overrides` are
+    HParams.llama's arguments."""
+    return HParams.llama(**{**TINY, **overrides})
+
+
+def _weights(cfg: HParams, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     E, F, V = cfg.n_embd, cfg.n_ff, cfg.n_vocab
     qd, kvd = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
@@ -56,26 +49,26 @@ def _weights(cfg: TinyConfig, seed: int) -> dict[str, np.ndarray]:
         w[p + "ffn_up.weight"] = mat(F, E)
         w[p + "ffn_down.weight"] = mat(E, F)
     w["output_norm.weight"] = (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32)
-    if not cfg.tied:
+    if not cfg.tied_embeddings:
         w["output.weight"] = mat(V, E)
     return w
 
 
-def write_tiny(path, wtype: str = "f32", cfg: TinyConfig | None = None, seed: int = 0,
-               extra=None, override_types: dict | None = None, drop: tuple = ()) -> TinyConfig:
+def write_tiny(path, wtype: str = "f32", cfg: HParams | None = None, seed: int = 0,
+               extra=None, override_types: dict | None = None, drop: tuple = ()) -> HParams:
     """Write a tiny LLaMA GGUF: 2-D weights in `wtype`, norms in F32. `extra(writer)` may add
     keys; `override_types` maps tensor name -> gguf type name for one-off types; `drop` omits
     tensors (for error tests)."""
-    cfg = cfg or TinyConfig()
+    cfg = cfg or tiny_hparams()
     wr = gguf.GGUFWriter(str(path), "llama")
-    wr.add_context_length(cfg.n_ctx)
+    wr.add_context_length(cfg.n_ctx_train)
     wr.add_embedding_length(cfg.n_embd)
     wr.add_block_count(cfg.n_layer)
     wr.add_feed_forward_length(cfg.n_ff)
     wr.add_head_count(cfg.n_head)
     wr.add_head_count_kv(cfg.n_head_kv)
-    wr.add_rope_dimension_count(cfg.head_dim)
-    wr.add_rope_freq_base(cfg.rope_base)
+    wr.add_rope_dimension_count(cfg.n_rot)
+    wr.add_rope_freq_base(cfg.freq_base)
     wr.add_layer_norm_rms_eps(cfg.eps)
     if extra:
         extra(wr)
@@ -112,8 +105,8 @@ def read_weights(path) -> dict[str, np.ndarray]:
     return out
 
 
-def config_from_gguf(path, tied: bool = True) -> TinyConfig:
-    """The shape of a real LLaMA GGUF (read by gguf-py) as a TinyConfig for reference_forward."""
+def config_from_gguf(path, tied: bool = True) -> HParams:
+    """The shape of a real LLaMA GGUF (read by gguf-py) as HParams for reference_forward."""
     r = gguf.GGUFReader(str(path))
 
     def num(key):
@@ -121,11 +114,12 @@ def config_from_gguf(path, tied: bool = True) -> TinyConfig:
         return f.parts[f.data[0]][0].item()
 
     emb = next(t for t in r.tensors if t.name == "token_embd.weight")
-    return TinyConfig(n_vocab=int(emb.shape[1]), n_embd=num("llama.embedding_length"),
-                      n_layer=num("llama.block_count"), n_head=num("llama.attention.head_count"),
-                      n_head_kv=num("llama.attention.head_count_kv"), n_ff=num("llama.feed_forward_length"),
-                      rope_base=num("llama.rope.freq_base"), eps=num("llama.attention.layer_norm_rms_epsilon"),
-                      tied=tied, n_ctx=num("llama.context_length"))
+    return HParams.llama(n_vocab=int(emb.shape[1]), n_embd=num("llama.embedding_length"),
+                         n_layer=num("llama.block_count"), n_head=num("llama.attention.head_count"),
+                         n_head_kv=num("llama.attention.head_count_kv"), n_ff=num("llama.feed_forward_length"),
+                         rope_freq_base=num("llama.rope.freq_base"),
+                         rms_norm_eps=num("llama.attention.layer_norm_rms_epsilon"),
+                         tied_embeddings=tied, n_ctx_train=num("llama.context_length"))
 
 
 def rope_table(base: float, n_rot: int) -> np.ndarray:
@@ -156,7 +150,7 @@ def quantize_activations(x: np.ndarray, act: str | None) -> np.ndarray:
 ACT_OF = {"f32": None, "f16": None, "bf16": None, "q8_0": "q8_0", "q4_0": "q8_0", "q4_1": "q8_1"}
 
 
-def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
+def reference_forward(w: dict, cfg: HParams, ids, inv_freq=None, n_rot=None,
                       act: str | None = None, kq_scale: float = 1.0, kv_f16: bool = False) -> np.ndarray:
     """Textbook LLaMA forward in float64: [len(ids), n_vocab] logits. Rotary pairs are adjacent
     (GGUF layout) and position p turns pair i by p * inv_freq[i] (angles from float32 products,
@@ -164,9 +158,9 @@ def reference_forward(w: dict, cfg: TinyConfig, ids, inv_freq=None, n_rot=None,
     matrix product's input to 8-bit blocks first, as integer products of quantized weights do.
     kq_scale multiplies every attention logit q.k/sqrt(d) (YaRN's temperature: mscale^2).
     kv_f16 rounds the rotated keys and the values to IEEE half, as an f16 KV cache stores them."""
-    E, H, HKV, D = cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim
-    n_rot = n_rot or D
-    inv = rope_table(cfg.rope_base, n_rot) if inv_freq is None else np.asarray(inv_freq, np.float32)
+    H, HKV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
+    n_rot = n_rot or cfg.n_rot
+    inv = rope_table(cfg.freq_base, n_rot) if inv_freq is None else np.asarray(inv_freq, np.float32)
     ids = np.asarray(ids)
     T = len(ids)
     pos = np.arange(T, dtype=np.float32)

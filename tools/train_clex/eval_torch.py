@@ -36,7 +36,7 @@ BOS = 1
 
 def load(model_pt: str) -> TinyLlama:
     src = torch.load(model_pt, map_location="cpu", weights_only=False)
-    cfg = Config(**src["config"])
+    cfg = Config.from_dict(src["config"])
     m = TinyLlama(cfg, clex=any(k.startswith("model.clex_layer.") for k in src["state_dict"]))
     m.load_state_dict(src["state_dict"])
     return m.eval()
@@ -45,7 +45,7 @@ def load(model_pt: str) -> TinyLlama:
 def table(model: TinyLlama, method: str, n: int) -> tuple[torch.Tensor, float, float]:
     """(inverse frequencies, t, attention scale on q.k) for a sequence of n tokens."""
     c = model.c
-    L = c.max_len
+    L = c.hparams.n_ctx_train
     base = model.model.clex_layer.inv_freq if model.is_clex else model.rope_inv_freq
     t = float(max(1, -(-n // L)))
     if method == "none":

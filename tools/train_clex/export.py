@@ -20,6 +20,9 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model import Config  # noqa: E402
+
 
 def write_safetensors(path: str, tensors: dict) -> None:
     """The safetensors format: u64 header length, JSON header (padded to 8 bytes), raw F32 data."""
@@ -40,21 +43,22 @@ def write_safetensors(path: str, tensors: dict) -> None:
             f.write(b)
 
 
-def hf_config(cfg: dict, clex: bool, name: str) -> dict:
+def hf_config(cfg: Config, clex: bool, name: str) -> dict:
+    hp = cfg.hparams
     c = {
         "_name_or_path": name,
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": cfg["vocab_size"], "hidden_size": cfg["dim"], "intermediate_size": cfg["ffn"],
-        "num_hidden_layers": cfg["n_layers"], "num_attention_heads": cfg["n_heads"],
-        "num_key_value_heads": cfg["n_heads"], "max_position_embeddings": cfg["max_len"],
-        "rms_norm_eps": cfg["rms_eps"], "rope_theta": cfg["rope_theta"], "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+        "vocab_size": hp.n_vocab, "hidden_size": hp.n_embd, "intermediate_size": hp.n_ff,
+        "num_hidden_layers": hp.n_layer, "num_attention_heads": hp.n_head,
+        "num_key_value_heads": hp.n_head_kv, "max_position_embeddings": hp.n_ctx_train,
+        "rms_norm_eps": hp.eps, "rope_theta": hp.freq_base, "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": hp.tied_embeddings,
         "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02, "torch_dtype": "float32",
         "rope_scaling": None,
     }
     if clex:
-        c["rope_scaling"] = {"type": "clex", "max_factor": cfg["max_factor"], "param_factor": cfg["param_factor"],
-                             "time_dt": cfg["time_dt"], "act": cfg["act"], "factor": 1}
+        c["rope_scaling"] = {"type": "clex", "max_factor": cfg.max_factor, "param_factor": cfg.param_factor,
+                             "time_dt": cfg.time_dt, "act": cfg.act, "factor": 1}
         c["log_scale"] = False
     return c
 
@@ -68,7 +72,7 @@ TOKENIZER_CONFIG = {
 
 def export(model_pt: str, tokenizer_model: str, out: str, name: str) -> dict:
     src = torch.load(model_pt, map_location="cpu", weights_only=False)
-    sd, cfg = src["state_dict"], src["config"]
+    sd, cfg = src["state_dict"], Config.from_dict(src["config"])
     clex = any(k.startswith("model.clex_layer.") for k in sd)
     os.makedirs(out, exist_ok=True)
     write_safetensors(os.path.join(out, "model.safetensors"), sd)
@@ -77,7 +81,7 @@ def export(model_pt: str, tokenizer_model: str, out: str, name: str) -> dict:
         json.dump(conf, f, indent=2)
     shutil.copyfile(tokenizer_model, os.path.join(out, "tokenizer.model"))
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
-        json.dump(dict(TOKENIZER_CONFIG, model_max_length=cfg["max_len"]), f, indent=2)
+        json.dump(dict(TOKENIZER_CONFIG, model_max_length=cfg.hparams.n_ctx_train), f, indent=2)
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": 1, "eos_token_id": 2}, f, indent=2)
     return conf

@@ -6,46 +6,72 @@ stored inv_freq, and dy/dt = act((y + log n(t)) @ up) @ down + n'(t)/n(t) with n
 frequencies of base 10000 * (2t-1)^(d/(d-2)) (10000 hard-coded, as there). It is solved with
 torchdiffeq's fixed-step "rk4" (the 3/8 rule) in float32, step `time_dt`.
 Parameter and buffer names are the Hugging Face ones, so export is a rename-free state_dict.
+The hyper-parameters are clexrt's HParams (Config.hparams: the runtime's one model description);
+the base table and the NTK base are clexrt.rope's.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLEX_NTK_BASE = 10000.0
+from clexrt.gguf.schema import HParams
+from clexrt.rope import CLEX_NTK_BASE
+from clexrt.rope import base_inv_freq as _base_inv_freq
+
+# The trained models' shape (HParams.llama's arguments); L = n_ctx_train, the training length.
+DEFAULT_SHAPE = {"n_vocab": 4096, "n_embd": 256, "n_layer": 4, "n_head": 4, "n_ff": 704, "n_ctx_train": 128}
+_LLAMA_ARGS = tuple(n for n, p in inspect.signature(HParams.llama).parameters.items()
+                    if p.kind == p.KEYWORD_ONLY)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    vocab_size: int = 4096
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    ffn: int = 704
-    max_len: int = 128           # L: the training length, max_position_embeddings
-    rms_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    # CLEX (used only by the CLEX fine-tune)
+    """The model's hyper-parameters as the runtime's one description (clexrt HParams) and what
+    only training needs: the CLEX fine-tune's ODE (max_factor, param_factor, act, time_dt)."""
+    hparams: HParams = field(default_factory=lambda: HParams.llama(**DEFAULT_SHAPE))
     max_factor: int = 8
     param_factor: int = 1
     act: str = "tanh"
     time_dt: float = 0.01
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def __post_init__(self):
+        hp = self.hparams
+        if (hp.n_head_kv != hp.n_head or hp.head_dim * hp.n_head != hp.n_embd or hp.n_rot != hp.head_dim
+                or hp.tied_embeddings or hp.rope_scaling_type is not None
+                or (hp.arch, hp.norm, hp.ffn, hp.parallel_residual, hp.n_expert)
+                != ("llama", "rms", "swiglu", False, 0)):
+            raise ValueError(f"TinyLlama is a plain LLaMA (untied, no GQA, n_embd / n_head wide heads, "
+                             f"fully rotated): {hp}")
+
+    @classmethod
+    def make(cls, **kw) -> "Config":
+        """From flat keywords: HParams.llama's arguments over DEFAULT_SHAPE, and the CLEX ones
+        (what train.py --config takes)."""
+        shape = {k: kw.pop(k) for k in _LLAMA_ARGS if k in kw}
+        return cls(HParams.llama(**{**DEFAULT_SHAPE, **shape}), **kw)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What a checkpoint stores as "config": {"hparams": every HParams field but the GGUF's
+        clex tables, and the CLEX keys}."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hparams"}
+        d["hparams"] = {f.name: getattr(self.hparams, f.name) for f in fields(HParams)
+                        if f.name != "clex"}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        return cls(HParams(**d.pop("hparams")), **d)
 
 
 def base_inv_freq(d: int, theta: float) -> torch.Tensor:
-    """1 / theta^(2j/d) in float32, computed as the official code and transformers compute it."""
-    return 1.0 / (theta ** (torch.arange(0, d, 2).float() / d))
+    """1 / theta^(2j/d) in float32 as transformers computes it (clexrt.rope's "hf" table)."""
+    return torch.from_numpy(_base_inv_freq(theta, d, convention="hf"))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -73,11 +99,12 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
-        self.nh, self.hd = c.n_heads, c.head_dim
-        self.q_proj = nn.Linear(c.dim, c.dim, bias=False)
-        self.k_proj = nn.Linear(c.dim, c.dim, bias=False)
-        self.v_proj = nn.Linear(c.dim, c.dim, bias=False)
-        self.o_proj = nn.Linear(c.dim, c.dim, bias=False)
+        hp = c.hparams
+        self.nh, self.hd = hp.n_head, hp.head_dim
+        self.q_proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
+        self.k_proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
+        self.v_proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
+        self.o_proj = nn.Linear(hp.n_embd, hp.n_embd, bias=False)
 
     def forward(self, x, cos, sin, attn_scale: float = 1.0):
         b, n, _ = x.shape
@@ -93,9 +120,10 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
-        self.gate_proj = nn.Linear(c.dim, c.ffn, bias=False)
-        self.up_proj = nn.Linear(c.dim, c.ffn, bias=False)
-        self.down_proj = nn.Linear(c.ffn, c.dim, bias=False)
+        hp = c.hparams
+        self.gate_proj = nn.Linear(hp.n_embd, hp.n_ff, bias=False)
+        self.up_proj = nn.Linear(hp.n_embd, hp.n_ff, bias=False)
+        self.down_proj = nn.Linear(hp.n_ff, hp.n_embd, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -106,8 +134,8 @@ class Layer(nn.Module):
         super().__init__()
         self.self_attn = Attention(c)
         self.mlp = MLP(c)
-        self.input_layernorm = RMSNorm(c.dim, c.rms_eps)
-        self.post_attention_layernorm = RMSNorm(c.dim, c.rms_eps)
+        self.input_layernorm = RMSNorm(c.hparams.n_embd, c.hparams.eps)
+        self.post_attention_layernorm = RMSNorm(c.hparams.n_embd, c.hparams.eps)
 
     def forward(self, x, cos, sin, attn_scale=1.0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_scale)
@@ -148,8 +176,8 @@ class ClexLayer(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
         self.c = c
-        self.register_buffer("inv_freq", base_inv_freq(c.head_dim, c.rope_theta))
-        self.proj_func = ODEFunc(c.head_dim, c.param_factor, c.act)
+        self.register_buffer("inv_freq", base_inv_freq(c.hparams.head_dim, c.hparams.freq_base))
+        self.proj_func = ODEFunc(c.hparams.head_dim, c.param_factor, c.act)
 
     def solve(self, times: list[float]) -> torch.Tensor:
         """exp(y(t)) for each t in `times` (increasing, starting at 1.0): [len(times), d/2]."""
@@ -182,14 +210,15 @@ class TinyLlama(nn.Module):
     def __init__(self, c: Config, clex: bool = False):
         super().__init__()
         self.c = c
+        hp = c.hparams
         self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(c.vocab_size, c.dim)
-        self.model.layers = nn.ModuleList(Layer(c) for _ in range(c.n_layers))
-        self.model.norm = RMSNorm(c.dim, c.rms_eps)
+        self.model.embed_tokens = nn.Embedding(hp.n_vocab, hp.n_embd)
+        self.model.layers = nn.ModuleList(Layer(c) for _ in range(hp.n_layer))
+        self.model.norm = RMSNorm(hp.n_embd, hp.eps)
         if clex:
             self.model.clex_layer = ClexLayer(c)
-        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.register_buffer("rope_inv_freq", base_inv_freq(c.head_dim, c.rope_theta), persistent=False)
+        self.lm_head = nn.Linear(hp.n_embd, hp.n_vocab, bias=False)
+        self.register_buffer("rope_inv_freq", base_inv_freq(hp.head_dim, hp.freq_base), persistent=False)
         self.apply(self._init)
 
     @staticmethod

@@ -82,19 +82,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop (checkpoint written) after this many steps, as if killed; rerun to resume")
     ap.add_argument("--no-bf16", action="store_true", help="float32 matmuls")
-    ap.add_argument("--config", default="{}", help="JSON overrides of model.Config (base only)")
+    ap.add_argument("--config", default="{}", help="JSON overrides (base only): HParams.llama's arguments "
+                    "(n_vocab, n_embd, n_layer, n_head, n_ff, n_ctx_train, ...) and the CLEX keys of model.Config")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.stage != "base" and not a.init:
         ap.error(f"{a.stage} needs --init")
     os.makedirs(a.out, exist_ok=True)
     if a.init:
-        cfg = Config(**torch.load(a.init, map_location="cpu", weights_only=False)["config"])
+        cfg = Config.from_dict(torch.load(a.init, map_location="cpu", weights_only=False)["config"])
     else:
-        cfg = Config(**json.loads(a.config))
+        cfg = Config.make(**json.loads(a.config))
     ids = np.load(a.data)
-    if int(ids.max()) >= cfg.vocab_size:
-        raise SystemExit(f"token id {int(ids.max())} >= vocab_size {cfg.vocab_size}")
+    if int(ids.max()) >= cfg.hparams.n_vocab:
+        raise SystemExit(f"token id {int(ids.max())} >= n_vocab {cfg.hparams.n_vocab}")
     model = build(a.stage, a.init, cfg, a.seed)
     lr, lr_min, warmup, wd = DEFAULTS[a.stage]
     if a.lr:
@@ -121,7 +122,7 @@ def main(argv=None) -> dict:
         step = c["step"]
         print(f"resumed from {ckpt} at step {step}", flush=True)
     log = open(os.path.join(a.out, "log.jsonl"), "a")
-    n = cfg.max_len
+    n = cfg.hparams.n_ctx_train
     t_start = time.time()
     model.train()
     while step < a.steps:
@@ -135,7 +136,7 @@ def main(argv=None) -> dict:
             t, pos, inv = model.model.clex_layer.train_draw(n, pos_gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not a.no_bf16):
             logits = model(x[:, :-1], pos, inv)
-        loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), x[:, 1:].reshape(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, cfg.hparams.n_vocab), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
