@@ -261,7 +261,8 @@ def _log(rec) -> None:
 
 def _burst(child, term, rng) -> None:
     """Two Ctrl-Cs a few milliseconds apart during a reply: the second lands while the first
-    is being answered (or at the prompt). The chat must take both and go on."""
+    is being answered (then "(interrupted)" cuts "(stopped)" and the stats short) or at the
+    prompt (the hint). The chat must take both and go on."""
     start = len(term.text)
     child.sendline(STORY)
     begin = term.until(r"dragon\.\n", start).end()
@@ -269,7 +270,7 @@ def _burst(child, term, rng) -> None:
     _ctrl_c(child)
     time.sleep(rng.uniform(0.0, 0.03))
     _ctrl_c(child)
-    term.until(r"\(stopped\)\n", begin)
+    term.until(r"\((stopped|interrupted)\)\n", begin)
     term.drain(0.3)
     start = len(term.text)
     child.sendline("/show params")                   # the prompt still works
