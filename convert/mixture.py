@@ -36,13 +36,8 @@ _BASE_TYPE: dict[str, int] = {
     "IQ4_NL": IQ4_NL, "IQ4_XS": IQ4_XS,
 }
 
-# general.file_type ids are taken from clexrt.gguf.constants.FILE_TYPES. That table does not
-# name the two IQ4 file types yet; llama.h numbers them 25 (IQ4_NL) and 30 (IQ4_XS). They fill
-# the gap only while the shared table lacks them, so the shared table wins once it has them.
-_IDS_NOT_IN_CONSTANTS = {"IQ4_NL": 25, "IQ4_XS": 30}
+# general.file_type ids come from clexrt.gguf.constants.FILE_TYPES (llama.h's llama_ftype)
 _FILE_TYPE_ID = {name: fid for fid, name in _FILE_TYPE_NAMES.items()}
-for _name, _fid in _IDS_NOT_IN_CONSTANTS.items():
-    _FILE_TYPE_ID.setdefault(_name, _fid)
 
 #: file type name -> general.file_type id, for the file types choose_types() knows
 FILE_TYPES: dict[str, int] = {name: _FILE_TYPE_ID[name] for name in _BASE_TYPE}
