@@ -238,7 +238,7 @@ def write_golden(ll, meta: dict, out: Path) -> None:
     for name in TYPES:
         arrays[name] = quantize_llama(ll, name, x)
         arrays[name + "_imat"] = quantize_llama(ll, name, x, imp)
-    meta = dict(meta, dists=list(DISTS), seed=GOLDEN_SEED, n_per_row=GOLDEN_WIDTH, types=list(TYPES),
+    meta = dict(meta, dists=list(DISTS), seed=GOLDEN_SEED, n_per_row=GOLDEN_WIDTH, types=list(TYPES), numpy=np.__version__,
                 generated_by="python tools/kquantize_check.py --write-golden",
                 layout="x: [dist, n_per_row] float32 (one row per dist, in 'dists' order); imatrix: "
                        "[n_per_row]; <type>: llama.cpp's bytes of x without an importance matrix, "
