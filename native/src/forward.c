@@ -102,15 +102,12 @@ static void embed(fwd *f) {
 static void norm_step(fwd *f, const float *w_norm, const clex_tensor *const *cons, int ncons, int64_t t0) {
     clex_ctx *c = f->c;
     const int64_t E = f->hp->n_embd;
-    int need0 = 0, need1 = 0;
-    for (int i = 0; i < ncons; i++) {
-        need0 |= clex_needs_act(cons[i], CLEX_TYPE_Q8_0);
-        need1 |= clex_needs_act(cons[i], CLEX_TYPE_Q8_1);
-    }
+    unsigned need = 0;
+    for (int i = 0; i < ncons; i++) need |= clex_act_need(cons[i]);
     int64_t lo, hi;
     split(f->T - t0, f->ith, f->nth, &lo, &hi);
     for (int64_t t = t0 + lo; t < t0 + hi; t++) norm_row(f->hp, c->xn + t * E, c->x + t * E, w_norm);
-    clex_prepare_acts(&f->a, c->xn, E, t0 + lo, t0 + hi, need0, need1, c->q8_0, c->q8_1);
+    clex_prepare_acts(&f->a, c->xn, E, t0 + lo, t0 + hi, need, c->act);
     sync(f);
 }
 
@@ -126,8 +123,7 @@ static void product(fwd *f, const clex_tensor *w, const clex_acts *a, int64_t n_
 static void add_to_residual(fwd *f, const clex_tensor *w, const float *in, int64_t k) {
     int64_t lo, hi;
     split(f->T, f->ith, f->nth, &lo, &hi);
-    clex_prepare_acts(&f->a, in, k, lo, hi, clex_needs_act(w, CLEX_TYPE_Q8_0), clex_needs_act(w, CLEX_TYPE_Q8_1),
-                      f->c->q8_0, f->c->q8_1);
+    clex_prepare_acts(&f->a, in, k, lo, hi, clex_act_need(w), f->c->act);
     sync(f);
     product(f, w, &f->a, f->T, f->c->x, f->hp->n_embd, 1);
     sync(f);

@@ -7,38 +7,40 @@
 
 /* ------------------------------------------------------------------ activations */
 
-void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int64_t t1, int need0, int need1,
-                       void *buf0, void *buf1) {
+unsigned clex_act_need(const clex_tensor *w) {
+    const int slot = clex_act_slot(clex_traits(w->type)->vec_dot_type);
+    return slot < 0 ? 0u : 1u << slot;
+}
+
+/* bytes of one row of k activations in slot s */
+static inline uint64_t act_row_bytes(int s, int64_t k) { return row_bytes(clex_traits(clex_act_type(s)), k); }
+
+void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int64_t t1, unsigned need,
+                       void *const bufs[CLEX_ACT_N]) {
     a->f32 = x;
     a->k = k;
-    a->q8_0 = buf0;
-    a->q8_1 = buf1;
-    const int64_t nb = k / QK;
-    for (int64_t t = t0; t < t1; t++) {
-        if (need0) clex_k.from_float[CLEX_TYPE_Q8_0](x + t * k, (block_q8_0 *)buf0 + t * nb, k);
-        if (need1) clex_k.from_float[CLEX_TYPE_Q8_1](x + t * k, (block_q8_1 *)buf1 + t * nb, k);
+    for (int s = 0; s < CLEX_ACT_N; s++) {
+        a->q[s] = bufs[s];
+        if (!(need & (1u << s))) continue;
+        const clex_from_float_fn quant = clex_k.from_float[clex_act_type(s)];
+        const uint64_t rb = act_row_bytes(s, k);
+        for (int64_t t = t0; t < t1; t++) quant(x + t * k, (uint8_t *)bufs[s] + (uint64_t)t * rb, k);
     }
 }
 
 clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
     clex_acts r = *a;
     r.f32 = a->f32 + t0 * a->k;
-    r.q8_0 = (block_q8_0 *)a->q8_0 + t0 * (a->k / QK);
-    r.q8_1 = (block_q8_1 *)a->q8_1 + t0 * (a->k / QK);
+    for (int s = 0; s < CLEX_ACT_N; s++)
+        if (a->q[s]) r.q[s] = (uint8_t *)a->q[s] + (uint64_t)t0 * act_row_bytes(s, a->k);
     return r;
 }
 
+/* token t's activations in `type` (the weight's vec_dot_type) */
 static const void *act_row(const clex_acts *a, int32_t type, int64_t t) {
-    const int64_t nb = a->k / QK;
-    switch (type) {
-    case CLEX_TYPE_Q8_0: return (const block_q8_0 *)a->q8_0 + t * nb;
-    case CLEX_TYPE_Q8_1: return (const block_q8_1 *)a->q8_1 + t * nb;
-    default: return a->f32 + t * a->k;
-    }
-}
-
-int clex_needs_act(const clex_tensor *w, int32_t act_type) {
-    return clex_traits(w->type)->vec_dot_type == act_type;
+    const int s = clex_act_slot(type);
+    if (s < 0) return a->f32 + t * a->k;
+    return (const uint8_t *)a->q[s] + (uint64_t)t * act_row_bytes(s, a->k);
 }
 
 /* ------------------------------------------------------------------ row products */
@@ -134,21 +136,21 @@ int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, i
     int rc = clex_check_tensor(w, "weight", w->ne[0], ne1, 0);
     if (rc) return rc;
     const int64_t k = w->ne[0];
-    void *b0 = NULL, *b1 = NULL;
-    const int32_t vt = clex_traits(w->type)->vec_dot_type;
-    if (vt == CLEX_TYPE_Q8_0 && !(b0 = calloc((size_t)(n_tok * (k / QK)), sizeof(block_q8_0))))
-        return clex_fail(CLEX_E_NOMEM, "out of memory");
-    if (vt == CLEX_TYPE_Q8_1 && !(b1 = calloc((size_t)(n_tok * (k / QK)), sizeof(block_q8_1))))
-        return clex_fail(CLEX_E_NOMEM, "out of memory");
+    void *bufs[CLEX_ACT_N] = {NULL};
+    const int slot = clex_act_slot(clex_traits(w->type)->vec_dot_type);
+    if (slot >= 0) {   /* the one activation type w reads */
+        const uint64_t bytes = (uint64_t)n_tok * act_row_bytes(slot, k);
+        if (bytes > SIZE_MAX || !(bufs[slot] = calloc(1, (size_t)(bytes ? bytes : 1))))
+            return clex_fail(CLEX_E_NOMEM, "out of memory");
+    }
     mm_args ma = {w, {0}, n_tok, ne1, y};
-    clex_prepare_acts(&ma.a, x, k, 0, n_tok, vt == CLEX_TYPE_Q8_0, vt == CLEX_TYPE_Q8_1, b0, b1);
+    clex_prepare_acts(&ma.a, x, k, 0, n_tok, clex_act_need(w), bufs);
     clex_pool *pool;
     rc = clex_pool_create(n_threads > 0 ? n_threads : 1, &pool);
     if (!rc) {
         clex_pool_run(pool, mm_job, &ma);
         clex_pool_free(pool);
     }
-    free(b0);
-    free(b1);
+    if (slot >= 0) free(bufs[slot]);
     return rc;
 }

@@ -204,8 +204,9 @@ void clex_ctx_free(clex_ctx *c) {
     if (!c) return;
     clex_pool_free(c->pool);
     void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q, c->k, c->v, c->att,
-                    c->gate, c->up, c->q8_0, c->q8_1, c->cs, c->scores, c->part};
+                    c->gate, c->up, c->cs, c->scores, c->part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    for (int s = 0; s < CLEX_ACT_N; s++) free(c->act[s]);
     free(c);
 }
 
@@ -218,6 +219,30 @@ static uint64_t kv_elements(const clex_hparams *hp, int32_t n_ctx, size_t elt) {
         if (__builtin_mul_overflow(kv_elems, dims[i], &kv_elems) || kv_elems > (uint64_t)SIZE_MAX / 2 / 2 / elt)
             return 0;
     return kv_elems;
+}
+
+/* w's row length, if it is longer than the one kept for its activation slot (maxk) */
+static void note_act_row(const clex_tensor *w, int64_t maxk[CLEX_ACT_N]) {
+    const int s = clex_act_slot(clex_traits(w->type)->vec_dot_type);
+    if (s >= 0 && w->ne[0] > maxk[s]) maxk[s] = w->ne[0];
+}
+
+/* Each activation type's scratch: B rows of the longest row of the weights paired with it (the
+ * model's products only), nothing for a type no weight reads. */
+static void alloc_acts(clex_ctx *c, int *fail) {
+    const clex_model *m = c->m;
+    int64_t maxk[CLEX_ACT_N] = {0};
+    note_act_row(&m->output, maxk);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const clex_layer *L = &m->layers[l];
+        const clex_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) note_act_row(ws[i], maxk);
+    }
+    for (int s = 0; s < CLEX_ACT_N; s++) {
+        if (!maxk[s]) continue;
+        const clex_type_traits *t = clex_traits(clex_act_type(s));
+        c->act[s] = xcalloc((size_t)c->n_batch * (size_t)(maxk[s] / t->blck), (size_t)t->bytes, fail);
+    }
 }
 
 /* the KV cache and the scratch for batches of n_batch tokens; 0 when an allocation failed */
@@ -240,8 +265,7 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     c->att = xcalloc(B * qd, sizeof(float), &fail);
     c->gate = xcalloc(B * F, sizeof(float), &fail);
     c->up = xcalloc(B * F, sizeof(float), &fail);
-    c->q8_0 = xcalloc(B * (maxk / QK + 1), sizeof(block_q8_0), &fail);
-    c->q8_1 = xcalloc(B * (maxk / QK + 1), sizeof(block_q8_1), &fail);
+    alloc_acts(c, &fail);
     c->cs = xcalloc(B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
     c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);

@@ -10,6 +10,25 @@
 
 #include "internal.h"
 
+/* The quantized activation types, as slots of clex_acts and of the context's scratch: one
+ * activation matrix is converted once per type that the weights reading it pair with. */
+enum { CLEX_ACT_Q8_0, CLEX_ACT_Q8_1, CLEX_ACT_Q8_K, CLEX_ACT_N };
+
+/* the slot of activation type `type`; -1 for a float one (F32: no conversion) */
+static inline int clex_act_slot(int32_t type) {
+    switch (type) {
+    case CLEX_TYPE_Q8_0: return CLEX_ACT_Q8_0;
+    case CLEX_TYPE_Q8_1: return CLEX_ACT_Q8_1;
+    case CLEX_TYPE_Q8_K: return CLEX_ACT_Q8_K;
+    default: return -1;
+    }
+}
+
+/* the activation type of slot s */
+static inline int32_t clex_act_type(int s) {
+    return s == CLEX_ACT_Q8_0 ? CLEX_TYPE_Q8_0 : s == CLEX_ACT_Q8_1 ? CLEX_TYPE_Q8_1 : CLEX_TYPE_Q8_K;
+}
+
 /* Decoding splits each KV head's keys into up to this many chunks, so every thread works on a
  * model with few KV heads; the chunks' partial results are combined afterwards (attn.c). */
 #define ATT_MAX_CHUNKS 16
@@ -44,8 +63,8 @@ struct clex_ctx {
     float *att;            /* [B, n_head*head_dim] */
     float *gate;           /* [B, n_ff] (becomes act(gate) * up) */
     float *up;             /* [B, n_ff] */
-    void *q8_0;            /* [B, max_k/32] */
-    void *q8_1;            /* [B, max_k/32] */
+    void *act[CLEX_ACT_N]; /* [B, k/blck] blocks of each activation type, k the longest row of
+                            * the weights paired with it; NULL when no weight is */
     float *cs;             /* [B, n_pairs, 2] cos, sin of each token's angles */
     float *scores;         /* [n_threads, n_ctx] */
     float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
@@ -102,18 +121,19 @@ int clex_check_tensor(const clex_tensor *t, const char *what, int64_t ne0, int64
 
 /* quantized copies of one activation matrix, one per activation type a consumer needs */
 typedef struct {
-    const float *f32;   /* [T, K] */
-    void *q8_0;         /* [T, K/32] block_q8_0 */
-    void *q8_1;         /* [T, K/32] block_q8_1 */
+    const float *f32;      /* [T, K] */
+    void *q[CLEX_ACT_N];   /* [T, K/blck] blocks of the slot's type (valid where prepared) */
     int64_t k;
 } clex_acts;
 
-/* Convert rows [t0, t1) of x [T, k] into every activation type the consumers want. */
-void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int64_t t1, int need0, int need1,
-                       void *buf0, void *buf1);
+/* The slots (bit 1 << slot) that weight w's products read: its activation type's; 0 for float. */
+unsigned clex_act_need(const clex_tensor *w);
+/* Convert rows [t0, t1) of x [T, k] into every activation type of `need`, into bufs[slot]
+ * (rows of k / block blocks; k a whole number of blocks of each such type). */
+void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int64_t t1, unsigned need,
+                       void *const bufs[CLEX_ACT_N]);
 /* the same activations from row t0 on */
 clex_acts clex_acts_from(const clex_acts *a, int64_t t0);
-int clex_needs_act(const clex_tensor *w, int32_t act_type);   /* w's rows pair with act_type */
 /* y[t, r] (+)= W[r, :] . x[t, :]  for rows [r0, r1) and all n_tok tokens */
 void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1);
