@@ -184,9 +184,9 @@ def test_smollm2_q4_1_against_numpy(smollm2, smollm2_ref):
 # ---------------------------------------------------------------------------- bad input
 
 def test_unsupported_type_is_named(tmp_path):
-    p = tmp_path / "q5.gguf"
-    tm.write_tiny(p, "f32", override_types={"blk.1.ffn_up.weight": "Q5_0"})
-    with pytest.raises(ModelError, match=r"blk\.1\.ffn_up\.weight.*Q5_0"):
+    p = tmp_path / "mxfp4.gguf"
+    tm.write_tiny(p, "f32", override_types={"blk.1.ffn_up.weight": "MXFP4"})
+    with pytest.raises(ModelError, match=r"blk\.1\.ffn_up\.weight.*MXFP4"):
         Model(p)
 
 

@@ -12,6 +12,9 @@ from clexrt.engine import native as _lib
 from clexrt.engine.native import ffi, lib
 
 TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3}
+# run but not written by this build (no quantizer): tests/test_kquants.py holds them to gguf-py
+RUN_ONLY = {"q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20,
+            "iq4_xs": 23}
 ISAS = [i for i in _lib.supported_isas()]
 
 
@@ -42,11 +45,12 @@ def dequantize(q: np.ndarray, type_id: int, n: int) -> np.ndarray:
 
 def test_block_sizes_match_gguf():
     from gguf.constants import GGML_QUANT_SIZES
-    for name, t in TYPES.items():
+    for name, t in {**TYPES, **RUN_ONLY}.items():
         assert (lib.clex_type_block_size(t), lib.clex_type_block_bytes(t)) == GGML_QUANT_SIZES[QT(t)], name
         assert lib.clex_type_supported(t)
-    assert not lib.clex_type_supported(6)        # Q5_0: known to GGUF, not run here
+    assert not lib.clex_type_supported(16)       # IQ2_XXS: known to GGUF, not run here
     assert not lib.clex_type_supported(9)        # Q8_1: activations only
+    assert not lib.clex_type_supported(15)       # Q8_K: activations only
 
 
 def test_type_table_is_ggmls():
@@ -62,22 +66,26 @@ def test_type_table_is_ggmls():
         assert lib.clex_type_name(t) == ffi.NULL, t
         assert lib.clex_type_block_size(t) == lib.clex_type_block_bytes(t) == 0, t
     run = [t for t in range(lib.CLEX_TYPE_COUNT) if lib.clex_type_supported(t)]
-    assert sorted(run) == sorted(TYPES.values())
+    assert sorted(run) == sorted([*TYPES.values(), *RUN_ONLY.values()])
     listed = ffi.string(lib.clex_supported_weight_types()).decode()
     assert listed == ", ".join(ffi.string(lib.clex_type_name(t)).decode() for t in run)
     assert [lib.clex_kv_type_supported(t) for t in (0, 1, 2, 8, 30, -1)] == [1, 1, 0, 0, 0, 0]
 
 
 def test_size_only_types_have_no_conversions():
-    """Q4_K is named and sized, but has no conversion here: refused, and the message says so."""
-    t = lib.CLEX_TYPE_Q4_K
+    """IQ2_XXS is named and sized, but has no conversion here: refused, and the message says so."""
+    t = lib.CLEX_TYPE_IQ2_XXS
     x = np.zeros(256, np.float32)
     buf = np.zeros(lib.clex_type_block_bytes(t), np.uint8)
     for rc in (lib.clex_quantize_row(t, ptr(x, "float *"), ptr(buf), 256),
                lib.clex_quantize_act(t, ptr(x, "float *"), ptr(buf), 256),
                lib.clex_dequantize_row(t, ptr(buf), ptr(x, "float *"), 256),
                lib.clex_vec_dot(t, 256, ptr(buf), ptr(buf), ffi.new("float *"))):
-        assert rc == lib.CLEX_E_UNSUPPORTED and "Q4_K has no" in _lib.last_error()
+        assert rc == lib.CLEX_E_UNSUPPORTED and "IQ2_XXS has no" in _lib.last_error()
+    # an activation type has a quantizer but no dot product (Q8_K as Q8_1)
+    q8k = np.zeros(292, np.uint8)
+    assert lib.clex_vec_dot(15, 256, ptr(q8k), ptr(q8k), ffi.new("float *")) == lib.CLEX_E_UNSUPPORTED
+    assert "Q8_K has no dot product" in _lib.last_error()
 
 
 def test_fp16_conversion_exhaustive():
@@ -121,12 +129,13 @@ def test_reference_quantizers_match_gguf_py(name):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("act", [8, 9])   # Q8_0, Q8_1 activations
+@pytest.mark.parametrize("act", [8, 9, 15])   # Q8_0, Q8_1, Q8_K activations
 def test_activation_quantizers_bit_exact(isa, act):
     """The forward pass quantizes activations with the ISA's from_float; it must give the same
-    bytes as the reference, including exact .5 ties (roundf rounds half away from zero)."""
+    bytes as the reference, including exact .5 ties (roundf rounds half away from zero for
+    Q8_0/Q8_1; Q8_K rounds half to even, as ggml's)."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal(32 * 300).astype(np.float32)
+    x = rng.standard_normal(256 * 38).astype(np.float32)
     x[:32] = np.arange(-16, 16) * 0.5      # ties after scaling
     x[32:64] = 0.0
     a = quantize(x, act)                     # the reference quantizer
@@ -136,21 +145,35 @@ def test_activation_quantizers_bit_exact(isa, act):
     assert (a == b).all()
 
 
+def weight_rows(name, rng, rows, n):
+    """[rows, n] weights of type `name` as blocks: quantized Gaussians, or (RUN_ONLY types,
+    which this build cannot write) random blocks of the same scale"""
+    if name in RUN_ONLY:
+        import tinymodel as tm
+        return tm.scaled_blocks(QT(RUN_ONLY[name]), rows, n, rng, 1.0).reshape(-1)
+    return quantize(rng.standard_normal((rows, n)).astype(np.float32), TYPES[name])
+
+
 def _dot_case(name, rng, n):
-    t = TYPES[name]
-    w = rng.standard_normal(n).astype(np.float32)
+    t = {**TYPES, **RUN_ONLY}[name]
     x = rng.standard_normal(n).astype(np.float32)
-    wq = quantize(w, t)
+    wq = weight_rows(name, rng, 1, n)
     at = lib.clex_type_vec_dot_type(t)
     xq = quantize(x, at) if at != 0 else x
     return t, wq, xq
 
 
+def _lengths(name):
+    """row lengths: odd block counts and a long row, in the type's blocks (32 or 256)"""
+    blck = lib.clex_type_block_size({**TYPES, **RUN_ONLY}[name])
+    return (32, 64, 96, 576, 4096 + 32 * 3) if blck <= 32 else (256, 768, 4096 + 256 * 3)
+
+
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("name", list(TYPES))
+@pytest.mark.parametrize("name", list(TYPES) + list(RUN_ONLY))
 def test_vec_dot_matches_scalar(isa, name):
     rng = np.random.default_rng(4)
-    for n in (32, 64, 96, 576, 4096 + 32 * 3):
+    for n in _lengths(name):
         t, wq, xq = _dot_case(name, rng, n)
         out = ffi.new("float *")
         _lib.set_isa("scalar")
@@ -168,24 +191,25 @@ def test_vec_dot_matches_scalar(isa, name):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("name", list(TYPES))
-@pytest.mark.parametrize("K", [128, 160])
-def test_matmul_threads_and_isa(isa, name, K):
+@pytest.mark.parametrize("name", list(TYPES) + list(RUN_ONLY))
+@pytest.mark.parametrize("nb", [4, 5])
+def test_matmul_threads_and_isa(isa, name, nb):
     """The row-blocked multi-threaded product equals the textbook product of the dequantized
-    values: 9 tokens take the four-row kernels twice and the one-row kernel once; K = 160 has
-    an odd number of blocks (the kernels' tails)."""
+    values: 9 tokens take the four-row kernels twice and the one-row kernel once; nb = 5 blocks
+    per row is an odd number of blocks (the kernels' tails); K = nb blocks of 32 (128, 160) or
+    of 256 (the K-quants' super-blocks)."""
     rng = np.random.default_rng(5)
     N, T = 37, 9
-    t = TYPES[name]
-    W = rng.standard_normal((N, K)).astype(np.float32)
-    Wq = np.concatenate([quantize(W[r], t) for r in range(N)])
+    t = {**TYPES, **RUN_ONLY}[name]
+    K = nb * max(32, lib.clex_type_block_size(t))
+    Wq = weight_rows(name, rng, N, K)
     X = rng.standard_normal((T, K)).astype(np.float32)
     ct = ffi.new("clex_tensor *", dict(type=t, n_dims=2, data=ptr(Wq), nbytes=Wq.nbytes))
     ct.ne[0], ct.ne[1] = K, N
     _lib.set_isa(isa)
     Y = np.zeros((T, N), np.float32)
     _lib.check(lib.clex_matmul(ct, ptr(X, "float *"), T, ptr(Y, "float *"), 3))
-    Wd = np.stack([dequantize(quantize(W[r], t), t, K) for r in range(N)]).astype(np.float64)
+    Wd = dequantize(Wq, t, N * K).reshape(N, K).astype(np.float64)
     at = lib.clex_type_vec_dot_type(t)
     Xd = np.stack([dequantize(quantize(X[i], at), at, K) if at else X[i] for i in range(T)]).astype(np.float64)
     ref = Xd @ Wd.T

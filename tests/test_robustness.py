@@ -398,7 +398,7 @@ def _hostile_files(d):
     kvs["llama.attention.head_count"] = (VT.UINT32, 3)
     put("bad-heads", build_gguf(kvs, content.tensors).data)
     tensors = dict(content.tensors)
-    tensors["blk.0.ffn_gate.weight"] = RawTensor((32, 64), 6, bytes(22 * 64))     # Q5_0
+    tensors["blk.0.ffn_gate.weight"] = RawTensor((32, 64), 39, bytes(17 * 64))    # MXFP4
     put("unsupported-type", build_gguf(content.kvs, tensors).data)
     return files
 

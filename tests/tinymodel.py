@@ -17,6 +17,65 @@ WTYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0"
           "q4_1": QT.Q4_1}
 
 
+# Types gguf-py cannot quantize (or that clexrt runs but does not write): their tiny weights are
+# random blocks (random_blocks), scaled like the float weights they stand for (scaled_blocks).
+BLOCK_WTYPES = {"q5_0": QT.Q5_0, "q5_1": QT.Q5_1, "iq4_nl": QT.IQ4_NL, "q2_k": QT.Q2_K, "q3_k": QT.Q3_K,
+                "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K, "iq4_xs": QT.IQ4_XS}
+
+# Byte offsets of the fp16 fields of each block type: the scale d, then the minimum (dmin, or
+# Q5_1's m) where the type has one. Everything else in a block is codes and sub-block scales,
+# any bytes of which are valid.
+FP16_FIELDS = {QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.IQ4_NL: (0,), QT.Q2_K: (80, 82), QT.Q3_K: (108,),
+               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,), QT.IQ4_XS: (0,)}
+
+# 256 for the K-quants' super-blocks: a model of them needs every row length a multiple of it
+TINY_K = {"n_vocab": 260, "n_embd": 256, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 512,
+          "n_ctx_train": 256}
+
+
+def random_halves(rng, n: int) -> np.ndarray:
+    """n random finite IEEE halves (as uint16): every sign, exponent and mantissa but Inf/NaN."""
+    h = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+    return np.where((h & 0x7C00) == 0x7C00, h & np.uint16(0x83FF), h).astype(np.uint16)
+
+
+def random_blocks(qtype: QT, n_blocks: int, rng, halves=None) -> np.ndarray:
+    """[n_blocks, block bytes] of valid random blocks: random codes and sub-block scales, the fp16
+    fields from `halves` ([n_blocks, n fields] uint16) or random finite halves."""
+    from gguf.constants import GGML_QUANT_SIZES
+    nbytes = GGML_QUANT_SIZES[qtype][1]
+    b = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
+    offs = FP16_FIELDS[qtype]
+    if halves is None:
+        halves = random_halves(rng, n_blocks * len(offs)).reshape(n_blocks, len(offs))
+    for i, o in enumerate(offs):
+        b[:, o:o + 2] = np.ascontiguousarray(halves[:, i]).astype(np.uint16).view(np.uint8).reshape(n_blocks, 2)
+    return b
+
+
+def _set_halves(b: np.ndarray, qtype: QT, *values) -> None:
+    """every block's fp16 fields (d, then the minimum) = values"""
+    for o, v in zip(FP16_FIELDS[qtype], values):
+        b[:, o:o + 2] = np.full(len(b), v, np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def scaled_blocks(qtype: QT, rows: int, cols: int, rng, std: float) -> np.ndarray:
+    """[rows, bytes per row] random blocks whose values have mean ~0 and standard deviation ~std:
+    one d (and minimum) for the whole tensor, chosen from what the random codes give."""
+    from gguf.constants import GGML_QUANT_SIZES
+    b = random_blocks(qtype, rows * cols // GGML_QUANT_SIZES[qtype][0], rng)
+    _set_halves(b, qtype, 1.0, 0.0)
+    a = gguf.quants.dequantize(b, qtype).astype(np.float64)          # the values for d = 1
+    m, ratio = 0.0, 0.0
+    if len(FP16_FIELDS[qtype]) == 2:
+        _set_halves(b, qtype, 0.0, 1.0)
+        m = gguf.quants.dequantize(b, qtype).astype(np.float64)      # ... for a minimum of 1
+        ratio = -a.mean() / m.mean() if m.mean() != 0 else 0.0
+    d = std / max(float((a + ratio * m).std()), 1e-30)
+    _set_halves(b, qtype, d, d * ratio)
+    return b.reshape(rows, -1)
+
+
 TINY = {"n_vocab": 96, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 128,
         "n_ctx_train": 256}
 
@@ -58,7 +117,8 @@ def write_tiny(path, wtype: str = "f32", cfg: HParams | None = None, seed: int =
                extra=None, override_types: dict | None = None, drop: tuple = ()) -> HParams:
     """Write a tiny LLaMA GGUF: 2-D weights in `wtype`, norms in F32. `extra(writer)` may add
     keys; `override_types` maps tensor name -> gguf type name for one-off types; `drop` omits
-    tensors (for error tests)."""
+    tensors (for error tests). The float weights are quantized by gguf-py; for a type of
+    BLOCK_WTYPES they are replaced by random blocks of the same scale (scaled_blocks)."""
     cfg = cfg or tiny_hparams()
     wr = gguf.GGUFWriter(str(path), "llama")
     wr.add_context_length(cfg.n_ctx_train)
@@ -72,13 +132,16 @@ def write_tiny(path, wtype: str = "f32", cfg: HParams | None = None, seed: int =
     wr.add_layer_norm_rms_eps(cfg.eps)
     if extra:
         extra(wr)
+    rng = np.random.default_rng(seed + 1000)   # the random blocks of the block types
     for name, arr in _weights(cfg, seed).items():
         if name in drop:
             continue
-        t = WTYPES[wtype] if arr.ndim == 2 else QT.F32
+        t = {**WTYPES, **BLOCK_WTYPES}[wtype] if arr.ndim == 2 else QT.F32
         if override_types and name in override_types:
             t = QT[override_types[name]]
-        if t == QT.F32:
+        if t in FP16_FIELDS:
+            wr.add_tensor(name, scaled_blocks(t, *arr.shape, rng, float(arr.std())), raw_dtype=t)
+        elif t == QT.F32:
             wr.add_tensor(name, arr)
         elif t == QT.F16:
             wr.add_tensor(name, arr.astype(np.float16))
@@ -130,13 +193,34 @@ def _round_away(x):
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
+def quantize_q8_K(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's Q8_K activations from the format's definition, in float32: per 256 values, the
+    first value of largest magnitude `max`, iscale = -127/max, codes = round half to even of
+    iscale*x (at most 127; 0 where the product is not a number in range, which only Inf and NaN
+    make, as ggml's rounding trick gives), d = 1/iscale; an all-zero block has d = 0. Returns
+    (codes [nb, 256], d [nb])."""
+    b = x.astype(np.float32).reshape(-1, 256)
+    mx = b[np.arange(len(b)), np.abs(b).argmax(axis=1)]
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        iscale = np.where(mx != 0, np.float32(-127) / mx, np.float32(0)).astype(np.float32)
+        d = np.where(mx != 0, np.float32(1) / iscale, np.float32(0)).astype(np.float32)
+        p = (iscale[:, None] * b).astype(np.float32)
+        ok = np.abs(p) <= 127.5
+    q = np.where(ok, np.minimum(np.rint(np.where(ok, p, 0)), 127), 0)
+    return q, d
+
+
 def quantize_activations(x: np.ndarray, act: str | None) -> np.ndarray:
     """What the llama.cpp-style integer product does to its float input: 8-bit blocks of 32 with
-    scale amax/127, the scale kept as fp16 (q8_0, paired with Q8_0/Q4_0 weights) or float32
-    (q8_1, paired with Q4_1). Computed from the format's definition, in float32."""
+    scale amax/127, the scale kept as fp16 (q8_0, paired with Q8_0/Q4_0/Q5_0/IQ4_NL weights) or
+    float32 (q8_1, paired with Q4_1/Q5_1); or ggml's Q8_K super-blocks of 256 (q8_K, paired with
+    the K-quants and IQ4_XS). Computed from the formats' definitions, in float32."""
     if act is None:
         return x
     shape = x.shape
+    if act == "q8_K":
+        q, d = quantize_q8_K(x)
+        return (q * d[:, None]).astype(np.float64).reshape(shape)
     b = x.astype(np.float32).reshape(-1, 32)
     d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
@@ -147,7 +231,16 @@ def quantize_activations(x: np.ndarray, act: str | None) -> np.ndarray:
     return (q * d).astype(np.float64).reshape(shape)
 
 
-ACT_OF = {"f32": None, "f16": None, "bf16": None, "q8_0": "q8_0", "q4_0": "q8_0", "q4_1": "q8_1"}
+ACT_OF = {"f32": None, "f16": None, "bf16": None, "q8_0": "q8_0", "q4_0": "q8_0", "q4_1": "q8_1",
+          "q5_0": "q8_0", "q5_1": "q8_1", "iq4_nl": "q8_0", "q2_k": "q8_K", "q3_k": "q8_K", "q4_k": "q8_K",
+          "q5_k": "q8_K", "q6_k": "q8_K", "iq4_xs": "q8_K"}
+
+
+def acts_of_file(path) -> dict[str, str | None]:
+    """tensor name -> the activation rounding its products get (ACT_OF of its type), for a file
+    of mixed types."""
+    r = gguf.GGUFReader(str(path))
+    return {t.name: ACT_OF.get(t.tensor_type.name.lower()) for t in r.tensors}
 
 
 def reference_forward(w: dict, cfg: HParams, ids, inv_freq=None, n_rot=None,

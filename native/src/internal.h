@@ -61,7 +61,7 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
  * it implements and leaves the rest NULL; clex_kernels_install lays such a set over another.
  * clex_k is the selected set: scalar, then the chosen ISA's sets in order (AVX-512 over AVX2).
  * Per-type slots are indexed by type id: vec_dot and vec_dot4 by weight type (vec_dot4 may stay
- * NULL: then one row at a time), from_float by activation type (Q8_0, Q8_1). */
+ * NULL: then one row at a time), from_float by activation type (Q8_0, Q8_1, Q8_K). */
 #define CLEX_KERNEL_SLOTS(X)                                                                      \
     X(clex_axpy_fn, axpy_f32)                                                                     \
     X(clex_scores32_fn, scores32)                                                                 \
@@ -111,9 +111,30 @@ void clex_quantize_q4_1_ref(const float *x, void *y, int64_t n);
 void clex_vec_dot_q8_0_q8_0_generic(int64_t n, float *s, const void *w, const void *x);
 void clex_vec_dot_q4_0_q8_0_generic(int64_t n, float *s, const void *w, const void *x);
 void clex_vec_dot_q4_1_q8_1_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_q5_0_q8_0_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_q5_1_q8_1_generic(int64_t n, float *s, const void *w, const void *x);
 void clex_vec_dot_f32_generic(int64_t n, float *s, const void *w, const void *x);
 void clex_vec_dot_f16_f32_generic(int64_t n, float *s, const void *w, const void *x);
 void clex_vec_dot_bf16_f32_generic(int64_t n, float *s, const void *w, const void *x);
+/* the K-quants and Q8_K (quants_k.c) */
+void clex_quantize_q8_K_ref(const float *x, void *y, int64_t n);
+void clex_dequant_q8_K(const void *x, float *y, int64_t n);
+void clex_dequant_q2_K(const void *x, float *y, int64_t n);
+void clex_dequant_q3_K(const void *x, float *y, int64_t n);
+void clex_dequant_q4_K(const void *x, float *y, int64_t n);
+void clex_dequant_q5_K(const void *x, float *y, int64_t n);
+void clex_dequant_q6_K(const void *x, float *y, int64_t n);
+void clex_vec_dot_q2_K_q8_K_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_q3_K_q8_K_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_q4_K_q8_K_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_q5_K_q8_K_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_q6_K_q8_K_generic(int64_t n, float *s, const void *w, const void *x);
+/* the non-linear 4-bit types (iquants.c) */
+extern const int8_t clex_iq4nl_levels[16];
+void clex_dequant_iq4_nl(const void *x, float *y, int64_t n);
+void clex_dequant_iq4_xs(const void *x, float *y, int64_t n);
+void clex_vec_dot_iq4_nl_q8_0_generic(int64_t n, float *s, const void *w, const void *x);
+void clex_vec_dot_iq4_xs_q8_K_generic(int64_t n, float *s, const void *w, const void *x);
 void clex_axpy_f32_generic(int64_t n, float a, const float *x, float *y);
 void clex_scores32_generic(int64_t n, int64_t D, const float *q, const float *K, float scale, float *s);
 void clex_scores16_generic(int64_t n, int64_t D, const float *q, const clex_fp16 *K, float scale, float *s);

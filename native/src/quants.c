@@ -134,6 +134,36 @@ static void dequant_q4_1(const void *vx, float *y, int64_t n) {
         }
     }
 }
+/* the fifth bits of a Q5 block: bit j is value j's (little-endian, whatever the host) */
+static inline uint32_t q5_high_bits(const uint8_t qh[4]) {
+    return (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+}
+/* the 5-bit codes of value j and j + 16 */
+static inline int q5_lo(const uint8_t *qs, uint32_t h, int j) { return (qs[j] & 0x0F) | (int)((h >> j) & 1) << 4; }
+static inline int q5_hi(const uint8_t *qs, uint32_t h, int j) { return (qs[j] >> 4) | (int)((h >> (j + 16)) & 1) << 4; }
+
+static void dequant_q5_0(const void *vx, float *y, int64_t n) {
+    const block_q5_0 *x = vx;
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = clex_fp16_to_fp32(x[i].d);
+        const uint32_t h = q5_high_bits(x[i].qh);
+        for (int j = 0; j < QK / 2; j++) {
+            y[i * QK + j] = d * (float)(q5_lo(x[i].qs, h, j) - 16);
+            y[i * QK + j + QK / 2] = d * (float)(q5_hi(x[i].qs, h, j) - 16);
+        }
+    }
+}
+static void dequant_q5_1(const void *vx, float *y, int64_t n) {
+    const block_q5_1 *x = vx;
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = clex_fp16_to_fp32(x[i].d), m = clex_fp16_to_fp32(x[i].m);
+        const uint32_t h = q5_high_bits(x[i].qh);
+        for (int j = 0; j < QK / 2; j++) {
+            y[i * QK + j] = d * (float)q5_lo(x[i].qs, h, j) + m;
+            y[i * QK + j + QK / 2] = d * (float)q5_hi(x[i].qs, h, j) + m;
+        }
+    }
+}
 static void dequant_f16(const void *vx, float *y, int64_t n) {
     const clex_fp16 *x = vx;
     for (int64_t i = 0; i < n; i++) y[i] = clex_fp16_to_fp32(x[i]);
@@ -187,6 +217,38 @@ void clex_vec_dot_q4_1_q8_1_generic(int64_t n, float *s, const void *vw, const v
     *s = sum;
 }
 
+void clex_vec_dot_q5_0_q8_0_generic(int64_t n, float *s, const void *vw, const void *vx) {
+    const block_q5_0 *w = vw;
+    const block_q8_0 *x = vx;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK; i++) {
+        const uint32_t h = q5_high_bits(w[i].qh);
+        int acc = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            acc += (q5_lo(w[i].qs, h, j) - 16) * x[i].qs[j];
+            acc += (q5_hi(w[i].qs, h, j) - 16) * x[i].qs[j + QK / 2];
+        }
+        sum += (float)acc * (clex_fp16_to_fp32(w[i].d) * clex_fp16_to_fp32(x[i].d));
+    }
+    *s = sum;
+}
+
+void clex_vec_dot_q5_1_q8_1_generic(int64_t n, float *s, const void *vw, const void *vx) {
+    const block_q5_1 *w = vw;
+    const block_q8_1 *x = vx;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK; i++) {
+        const uint32_t h = q5_high_bits(w[i].qh);
+        int acc = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            acc += q5_lo(w[i].qs, h, j) * x[i].qs[j];
+            acc += q5_hi(w[i].qs, h, j) * x[i].qs[j + QK / 2];
+        }
+        sum += (float)acc * (clex_fp16_to_fp32(w[i].d) * x[i].d) + clex_fp16_to_fp32(w[i].m) * x[i].s;
+    }
+    *s = sum;
+}
+
 void clex_vec_dot_f32_generic(int64_t n, float *s, const void *vw, const void *vx) {
     const float *w = vw, *x = vx;
     float sum = 0.0f;
@@ -216,30 +278,32 @@ void clex_axpy_f32_generic(int64_t n, float a, const float *x, float *y) {
 /* A type whose format this build knows by size only: named, no conversion, not run. */
 #define SIZE_ONLY(name, blck, bytes) {name, blck, bytes, -1, 0, NULL, NULL}
 
-/* Sizes as ggml defines them (gguf-py's GGML_QUANT_SIZES; tests/test_kernels.py compares). */
+/* Sizes as ggml defines them (gguf-py's GGML_QUANT_SIZES; tests/test_kernels.py compares).
+ * The weight types without a from_float_ref (Q5_*, the K-quants, IQ4_*) are run, not written:
+ * their reference quantizers are not part of this table yet. */
 static const clex_type_traits g_traits[CLEX_TYPE_COUNT] = {
     [CLEX_TYPE_F32] = {"F32", 1, 4, CLEX_TYPE_F32, 1, dequant_f32, copy_f32},
     [CLEX_TYPE_F16] = {"F16", 1, 2, CLEX_TYPE_F32, 1, dequant_f16, quantize_f16},
     [CLEX_TYPE_Q4_0] = {"Q4_0", QK, sizeof(block_q4_0), CLEX_TYPE_Q8_0, 1, dequant_q4_0, clex_quantize_q4_0_ref},
     [CLEX_TYPE_Q4_1] = {"Q4_1", QK, sizeof(block_q4_1), CLEX_TYPE_Q8_1, 1, dequant_q4_1, clex_quantize_q4_1_ref},
-    [CLEX_TYPE_Q5_0] = SIZE_ONLY("Q5_0", 32, 22),
-    [CLEX_TYPE_Q5_1] = SIZE_ONLY("Q5_1", 32, 24),
+    [CLEX_TYPE_Q5_0] = {"Q5_0", QK, sizeof(block_q5_0), CLEX_TYPE_Q8_0, 1, dequant_q5_0, NULL},
+    [CLEX_TYPE_Q5_1] = {"Q5_1", QK, sizeof(block_q5_1), CLEX_TYPE_Q8_1, 1, dequant_q5_1, NULL},
     [CLEX_TYPE_Q8_0] = {"Q8_0", QK, sizeof(block_q8_0), CLEX_TYPE_Q8_0, 1, dequant_q8_0, clex_quantize_q8_0_ref},
     [CLEX_TYPE_Q8_1] = {"Q8_1", QK, sizeof(block_q8_1), CLEX_TYPE_Q8_1, 0, dequant_q8_1, clex_quantize_q8_1_ref},
-    [CLEX_TYPE_Q2_K] = SIZE_ONLY("Q2_K", 256, 84),
-    [CLEX_TYPE_Q3_K] = SIZE_ONLY("Q3_K", 256, 110),
-    [CLEX_TYPE_Q4_K] = SIZE_ONLY("Q4_K", 256, 144),
-    [CLEX_TYPE_Q5_K] = SIZE_ONLY("Q5_K", 256, 176),
-    [CLEX_TYPE_Q6_K] = SIZE_ONLY("Q6_K", 256, 210),
-    [CLEX_TYPE_Q8_K] = SIZE_ONLY("Q8_K", 256, 292),
+    [CLEX_TYPE_Q2_K] = {"Q2_K", QK_K, sizeof(block_q2_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q2_K, NULL},
+    [CLEX_TYPE_Q3_K] = {"Q3_K", QK_K, sizeof(block_q3_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q3_K, NULL},
+    [CLEX_TYPE_Q4_K] = {"Q4_K", QK_K, sizeof(block_q4_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q4_K, NULL},
+    [CLEX_TYPE_Q5_K] = {"Q5_K", QK_K, sizeof(block_q5_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q5_K, NULL},
+    [CLEX_TYPE_Q6_K] = {"Q6_K", QK_K, sizeof(block_q6_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q6_K, NULL},
+    [CLEX_TYPE_Q8_K] = {"Q8_K", QK_K, sizeof(block_q8_K), CLEX_TYPE_Q8_K, 0, clex_dequant_q8_K, clex_quantize_q8_K_ref},
     [CLEX_TYPE_IQ2_XXS] = SIZE_ONLY("IQ2_XXS", 256, 66),
     [CLEX_TYPE_IQ2_XS] = SIZE_ONLY("IQ2_XS", 256, 74),
     [CLEX_TYPE_IQ3_XXS] = SIZE_ONLY("IQ3_XXS", 256, 98),
     [CLEX_TYPE_IQ1_S] = SIZE_ONLY("IQ1_S", 256, 50),
-    [CLEX_TYPE_IQ4_NL] = SIZE_ONLY("IQ4_NL", 32, 18),
+    [CLEX_TYPE_IQ4_NL] = {"IQ4_NL", QK, sizeof(block_iq4_nl), CLEX_TYPE_Q8_0, 1, clex_dequant_iq4_nl, NULL},
     [CLEX_TYPE_IQ3_S] = SIZE_ONLY("IQ3_S", 256, 110),
     [CLEX_TYPE_IQ2_S] = SIZE_ONLY("IQ2_S", 256, 82),
-    [CLEX_TYPE_IQ4_XS] = SIZE_ONLY("IQ4_XS", 256, 136),
+    [CLEX_TYPE_IQ4_XS] = {"IQ4_XS", QK_K, sizeof(block_iq4_xs), CLEX_TYPE_Q8_K, 1, clex_dequant_iq4_xs, NULL},
     [CLEX_TYPE_I8] = SIZE_ONLY("I8", 1, 1),
     [CLEX_TYPE_I16] = SIZE_ONLY("I16", 1, 2),
     [CLEX_TYPE_I32] = SIZE_ONLY("I32", 1, 4),
