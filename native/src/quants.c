@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kquantize.h"
 
 /* ------------------------------------------------------------------ reference quantizers */
 
@@ -279,31 +280,30 @@ void clex_axpy_f32_generic(int64_t n, float a, const float *x, float *y) {
 #define SIZE_ONLY(name, blck, bytes) {name, blck, bytes, -1, 0, NULL, NULL}
 
 /* Sizes as ggml defines them (gguf-py's GGML_QUANT_SIZES; tests/test_kernels.py compares).
- * The weight types without a from_float_ref (Q5_*, the K-quants, IQ4_*) are run, not written:
- * their reference quantizers are not part of this table yet. */
+ * The from_float_ref of Q5_*, the K-quants and IQ4_* are kquantize.c's (llama-quantize's blocks). */
 static const clex_type_traits g_traits[CLEX_TYPE_COUNT] = {
     [CLEX_TYPE_F32] = {"F32", 1, 4, CLEX_TYPE_F32, 1, dequant_f32, copy_f32},
     [CLEX_TYPE_F16] = {"F16", 1, 2, CLEX_TYPE_F32, 1, dequant_f16, quantize_f16},
     [CLEX_TYPE_Q4_0] = {"Q4_0", QK, sizeof(block_q4_0), CLEX_TYPE_Q8_0, 1, dequant_q4_0, clex_quantize_q4_0_ref},
     [CLEX_TYPE_Q4_1] = {"Q4_1", QK, sizeof(block_q4_1), CLEX_TYPE_Q8_1, 1, dequant_q4_1, clex_quantize_q4_1_ref},
-    [CLEX_TYPE_Q5_0] = {"Q5_0", QK, sizeof(block_q5_0), CLEX_TYPE_Q8_0, 1, dequant_q5_0, NULL},
-    [CLEX_TYPE_Q5_1] = {"Q5_1", QK, sizeof(block_q5_1), CLEX_TYPE_Q8_1, 1, dequant_q5_1, NULL},
+    [CLEX_TYPE_Q5_0] = {"Q5_0", QK, sizeof(block_q5_0), CLEX_TYPE_Q8_0, 1, dequant_q5_0, clex_quantize_q5_0_ref},
+    [CLEX_TYPE_Q5_1] = {"Q5_1", QK, sizeof(block_q5_1), CLEX_TYPE_Q8_1, 1, dequant_q5_1, clex_quantize_q5_1_ref},
     [CLEX_TYPE_Q8_0] = {"Q8_0", QK, sizeof(block_q8_0), CLEX_TYPE_Q8_0, 1, dequant_q8_0, clex_quantize_q8_0_ref},
     [CLEX_TYPE_Q8_1] = {"Q8_1", QK, sizeof(block_q8_1), CLEX_TYPE_Q8_1, 0, dequant_q8_1, clex_quantize_q8_1_ref},
-    [CLEX_TYPE_Q2_K] = {"Q2_K", QK_K, sizeof(block_q2_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q2_K, NULL},
-    [CLEX_TYPE_Q3_K] = {"Q3_K", QK_K, sizeof(block_q3_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q3_K, NULL},
-    [CLEX_TYPE_Q4_K] = {"Q4_K", QK_K, sizeof(block_q4_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q4_K, NULL},
-    [CLEX_TYPE_Q5_K] = {"Q5_K", QK_K, sizeof(block_q5_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q5_K, NULL},
-    [CLEX_TYPE_Q6_K] = {"Q6_K", QK_K, sizeof(block_q6_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q6_K, NULL},
+    [CLEX_TYPE_Q2_K] = {"Q2_K", QK_K, sizeof(block_q2_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q2_K, clex_quantize_q2_K_ref},
+    [CLEX_TYPE_Q3_K] = {"Q3_K", QK_K, sizeof(block_q3_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q3_K, clex_quantize_q3_K_ref},
+    [CLEX_TYPE_Q4_K] = {"Q4_K", QK_K, sizeof(block_q4_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q4_K, clex_quantize_q4_K_ref},
+    [CLEX_TYPE_Q5_K] = {"Q5_K", QK_K, sizeof(block_q5_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q5_K, clex_quantize_q5_K_ref},
+    [CLEX_TYPE_Q6_K] = {"Q6_K", QK_K, sizeof(block_q6_K), CLEX_TYPE_Q8_K, 1, clex_dequant_q6_K, clex_quantize_q6_K_ref},
     [CLEX_TYPE_Q8_K] = {"Q8_K", QK_K, sizeof(block_q8_K), CLEX_TYPE_Q8_K, 0, clex_dequant_q8_K, clex_quantize_q8_K_ref},
     [CLEX_TYPE_IQ2_XXS] = SIZE_ONLY("IQ2_XXS", 256, 66),
     [CLEX_TYPE_IQ2_XS] = SIZE_ONLY("IQ2_XS", 256, 74),
     [CLEX_TYPE_IQ3_XXS] = SIZE_ONLY("IQ3_XXS", 256, 98),
     [CLEX_TYPE_IQ1_S] = SIZE_ONLY("IQ1_S", 256, 50),
-    [CLEX_TYPE_IQ4_NL] = {"IQ4_NL", QK, sizeof(block_iq4_nl), CLEX_TYPE_Q8_0, 1, clex_dequant_iq4_nl, NULL},
+    [CLEX_TYPE_IQ4_NL] = {"IQ4_NL", QK, sizeof(block_iq4_nl), CLEX_TYPE_Q8_0, 1, clex_dequant_iq4_nl, clex_quantize_iq4_nl_ref},
     [CLEX_TYPE_IQ3_S] = SIZE_ONLY("IQ3_S", 256, 110),
     [CLEX_TYPE_IQ2_S] = SIZE_ONLY("IQ2_S", 256, 82),
-    [CLEX_TYPE_IQ4_XS] = {"IQ4_XS", QK_K, sizeof(block_iq4_xs), CLEX_TYPE_Q8_K, 1, clex_dequant_iq4_xs, NULL},
+    [CLEX_TYPE_IQ4_XS] = {"IQ4_XS", QK_K, sizeof(block_iq4_xs), CLEX_TYPE_Q8_K, 1, clex_dequant_iq4_xs, clex_quantize_iq4_xs_ref},
     [CLEX_TYPE_I8] = SIZE_ONLY("I8", 1, 1),
     [CLEX_TYPE_I16] = SIZE_ONLY("I16", 1, 2),
     [CLEX_TYPE_I32] = SIZE_ONLY("I32", 1, 4),
