@@ -416,17 +416,20 @@ def test_real_file_dequantizes_bit_exact(real_file):
 
 @pytest.mark.slow
 def test_real_llama_file_runs(real_file):
-    """A K-quant llama file (CLEXRT_KQUANT_GGUFS): logits near the numpy reference that rounds
-    the activations the same way (30 layers of 8-bit activations move logits by up to ~1, as
-    test_forward's SmolLM2 Q4_1 test says), the same predictions mostly."""
+    """A K-quant llama file (CLEXRT_KQUANT_GGUFS): logits nearer the numpy reference that rounds
+    the activations the same way than that reference is to float activations (over 30 layers
+    the code flips at float32 ties, k_refs says why, make the two another draw of the same
+    rounding: SmolLM2 Q4_K_M, 12 random tokens: 1.9 against 4.7), the same predictions mostly."""
     import gguf
     r = gguf.GGUFReader(real_file)
     if bytes(r.fields["general.architecture"].parts[-1]).decode() != "llama":
         pytest.skip("not a llama file: only its dequantization is checked")
     cfg = tm.config_from_gguf(real_file, tied=not any(t.name == "output.weight" for t in r.tensors))
     ids = list(np.random.default_rng(7).integers(0, cfg.n_vocab, 12))
-    ref = tm.reference_forward(tm.read_weights(real_file), cfg, ids, act=tm.acts_of_file(real_file))
+    w = tm.read_weights(real_file)
+    ref = tm.reference_forward(w, cfg, ids, act=tm.acts_of_file(real_file))
+    flt = tm.reference_forward(w, cfg, ids)
     with Model(real_file, n_ctx=64) as m:
         got = m.logits(ids)
-    assert np.abs(got - ref).max() < 2.0
+    assert np.abs(got - ref).max() < np.abs(flt - ref).max()
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
