@@ -12,7 +12,8 @@ from clexrt.engine import native as _lib
 from clexrt.engine.native import ffi, lib
 
 TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3}
-# run but not written by this build (no quantizer): tests/test_kquants.py holds them to gguf-py
+# the types whose weights these tests make as random blocks (any codes, not only those a quantizer
+# writes); tests/test_kquants.py holds them to gguf-py, tests/test_kquantize.py their writers
 RUN_ONLY = {"q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20,
             "iq4_xs": 23}
 ISAS = [i for i in _lib.supported_isas()]
@@ -146,8 +147,8 @@ def test_activation_quantizers_bit_exact(isa, act):
 
 
 def weight_rows(name, rng, rows, n):
-    """[rows, n] weights of type `name` as blocks: quantized Gaussians, or (RUN_ONLY types,
-    which this build cannot write) random blocks of the same scale"""
+    """[rows, n] weights of type `name` as blocks: quantized Gaussians, or (RUN_ONLY types)
+    random blocks of the same scale"""
     if name in RUN_ONLY:
         import tinymodel as tm
         return tm.scaled_blocks(QT(RUN_ONLY[name]), rows, n, rng, 1.0).reshape(-1)

@@ -1,4 +1,5 @@
-"""The weight types clexrt runs but does not write (Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS) and
+"""The weight types of ggml's K-quant files (Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS), run from random
+blocks (any codes, not only those a quantizer writes: tests/test_kquantize.py holds the writers), and
 the K-quants' activation type Q8_K, against independent references:
 
 - dequantization: gguf-py's numpy dequantizers, bit for bit (compared as uint32), on random

@@ -17,7 +17,7 @@ WTYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0"
           "q4_1": QT.Q4_1}
 
 
-# Types gguf-py cannot quantize (or that clexrt runs but does not write): their tiny weights are
+# Types gguf-py cannot quantize (the K-quants, IQ4_*) and the 5-bit ones: their tiny weights are
 # random blocks (random_blocks), scaled like the float weights they stand for (scaled_blocks).
 BLOCK_WTYPES = {"q5_0": QT.Q5_0, "q5_1": QT.Q5_1, "iq4_nl": QT.IQ4_NL, "q2_k": QT.Q2_K, "q3_k": QT.Q3_K,
                 "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K, "iq4_xs": QT.IQ4_XS}
