@@ -375,6 +375,46 @@ static void q5_1_row_imat(const float *x, block_q5_1 *y, int64_t n, const float 
     }
 }
 
+/* ------------------------------------------------------------------ Q4_0, Q4_1 with importance */
+
+/* ggml's quantize_row_q4_0_impl / q4_1_impl: Q5_0's and Q5_1's searches with 4-bit codes. Without
+ * an importance matrix ggml uses the plain reference quantizers (quants.c's), so these take one. */
+static void pack4(const uint8_t *q, uint8_t *qs) {
+    for (int j = 0; j < QK / 2; ++j) qs[j] = (uint8_t)(q[j] | (q[j + QK / 2] << 4));
+}
+
+static void q4_0_row_imat(const float *x, block_q4_0 *y, int64_t n, const float *imp) {
+    const float sigma2 = sum_squares(n, x) / n;
+    float w[QK];
+    int8_t L[QK];
+    for (int64_t ib = 0; ib < n / QK; ++ib) {
+        imat_weights(QK, x + QK * ib, imp + QK * ib, sigma2, w);
+        y[ib].d = clex_fp32_to_fp16(fit_symmetric(QK, 8, x + QK * ib, L, w));
+        pack4((const uint8_t *)L, y[ib].qs);
+    }
+}
+
+static void q4_1_row_imat(const float *x, block_q4_1 *y, int64_t n, const float *imp) {
+    const float sigma2 = sum_squares(n, x) / n;
+    float w[QK], min;
+    uint8_t L[QK];
+    for (int64_t ib = 0; ib < n / QK; ++ib) {
+        imat_weights(QK, x + QK * ib, imp + QK * ib, sigma2, w);
+        const float d = fit_affine(QK, 15, x + QK * ib, w, L, &min, -0.9f, 0.05f, 36, 0);
+        y[ib].d = clex_fp32_to_fp16(d);
+        y[ib].m = clex_fp32_to_fp16(-min);
+        pack4(L, y[ib].qs);
+    }
+}
+
+void clex_quantize_q4_0_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imp) {
+    for (int64_t r = 0; r < nrows; ++r) q4_0_row_imat(x + r * n_per_row, (block_q4_0 *)y + r * (n_per_row / QK), n_per_row, imp);
+}
+
+void clex_quantize_q4_1_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imp) {
+    for (int64_t r = 0; r < nrows; ++r) q4_1_row_imat(x + r * n_per_row, (block_q4_1 *)y + r * (n_per_row / QK), n_per_row, imp);
+}
+
 /* ------------------------------------------------------------------ IQ4_NL, IQ4_XS */
 
 static const int8_t k_iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,

@@ -14,6 +14,9 @@
  * own quantize_row_iq4_nl_ref, which only rounds at the first scale (ggml uses it to copy
  * activations into an IQ4_NL cache), gives other bytes and is not what a file holds.
  *
+ * Q4_0, Q4_1: _imat only (ggml's quantize_row_q4_0_impl / q4_1_impl), imatrix not NULL; without
+ *     one, llama-quantize's blocks are quants.c's reference quantizers (clex_quantize_row).
+ *
  * Neither allocates nor fails; rows are quantized independently, so a caller may split the
  * rows of a tensor across threads. */
 #ifndef CLEXRT_KQUANTIZE_H
@@ -31,6 +34,8 @@ void clex_quantize_q5_K_ref(const float *x, void *y, int64_t n);
 void clex_quantize_q6_K_ref(const float *x, void *y, int64_t n);
 void clex_quantize_iq4_xs_ref(const float *x, void *y, int64_t n);
 
+void clex_quantize_q4_0_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imatrix);
+void clex_quantize_q4_1_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imatrix);
 void clex_quantize_q5_0_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imatrix);
 void clex_quantize_q5_1_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imatrix);
 void clex_quantize_iq4_nl_imat(const float *x, void *y, int64_t n_per_row, int64_t nrows, const float *imatrix);
