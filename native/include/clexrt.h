@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 6
+#define CLEX_ABI_VERSION 7
 
 enum {
     CLEX_OK = 0,
@@ -167,6 +167,14 @@ int64_t clex_type_block_bytes(int32_t type);    /* bytes per block; 0 if unknown
  * this build has no conversion for (the run types and Q8_1 have both directions). */
 int clex_quantize_row(int32_t type, const float *src, void *dst, int64_t n);
 int clex_dequantize_row(int32_t type, const void *src, float *dst, int64_t n);
+/* nrows rows of n_per_row floats (a whole number of blocks each) into dst, the blocks that
+ * llama-quantize writes (ggml_quantize_chunk): imatrix NULL, or one importance per column
+ * (n_per_row floats, shared by every row: llama-quantize's --imatrix entry for the tensor).
+ * Types whose ggml quantizer ignores importances (Q8_0, F16, BF16, F32) ignore it here too;
+ * clex_quantize_uses_imatrix(type) says which do not. Thread-safe; rows are independent. */
+int clex_quantize_rows(int32_t type, const float *src, void *dst, int64_t n_per_row, int64_t nrows,
+                       const float *imatrix);
+int clex_quantize_uses_imatrix(int32_t type);
 /* The conversion the forward pass applies to activations (current ISA); same bytes as
  * clex_quantize_row. */
 int clex_quantize_act(int32_t type, const float *src, void *dst, int64_t n);
