@@ -165,6 +165,11 @@ def _spawn(smollm2, tmp_path, case):
             "-c", "1024", "-n", str(MAX_TOKENS), "--history-file", str(tmp_path / "hist")]
     child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=60,
                           dimensions=(40, 200), preexec_fn=_inherit(case))
+    # The terminal throws away what the chat wrote and the test had not read yet when ^C
+    # raises SIGINT (unless NOFLSH): keep it, so the test sees every character of a reply.
+    attrs = termios.tcgetattr(child.child_fd)
+    attrs[3] |= termios.NOFLSH
+    termios.tcsetattr(child.child_fd, termios.TCSANOW, attrs)
     term = Term(child)
     term.until(r"/help lists the commands.*\n>>> ", 0, timeout=120)
     return child, term
@@ -247,7 +252,9 @@ def _one_reply(child, term, rng, reference, frozen: bool) -> dict:
     k_seen = bisect.bisect_right(shown, seen) - 1
     term.until(r">>> ", stats.end())
     child.sendline("/clear")
-    term.until(r"\(new conversation\)\n>>> ", stats.end())
+    at = term.until(r"\(new conversation\)\n>>> ", stats.end()).end()
+    _ctrl_c(child)                       # the moment the prompt shows (see _prompt_ctrl_c)
+    term.until(r"Ctrl-C again to quit[^\n]*\n>>> ", at, timeout=10)
     return {"mode": "frozen" if frozen else "live", "chars_seen": seen, "tokens_seen": k_seen,
             "tokens_generated": n_gen, "after": n_gen - k_seen, "latency_s": round(latency, 3)}
 
@@ -301,6 +308,73 @@ def test_ctrl_c_raises_whatever_sigint_was():
         signal.signal(signal.SIGINT, handler)
 
 
+def test_signals_looked_at_raises_a_ctrl_c_noted_in_another_thread():
+    """A SIGINT that lands in another thread while the main thread waits in select() (as
+    readline does at the prompt) only sets Python's flag; inside repl.signals_looked_at the
+    KeyboardInterrupt comes within a fraction of a second all the same, and on leaving it no
+    timer is left running."""
+    import select
+    import threading
+
+    from clexrt.cli.repl import signals_looked_at
+
+    def in_another_thread():
+        time.sleep(0.3)                              # the main thread waits in select() now
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGALRM)
+    r, w = os.pipe()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with signals_looked_at():
+                threading.Thread(target=in_another_thread).start()
+                select.select([r], [], [], 5)        # without the timer: 5 s, then raises
+        assert time.monotonic() - t0 < 2
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert signal.getsignal(signal.SIGALRM) == handler
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _tgkill(pid, tid, sig) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("no tgkill in this libc")
+    assert libc.tgkill(pid, tid, sig) == 0, os.strerror(ctypes.get_errno())
+
+
+def test_ctrl_c_that_lands_in_a_worker_thread_at_the_prompt(smollm2, tmp_path):
+    """What a Ctrl-C typed as the prompt shows may become (readline blocks SIGINT while it
+    draws the prompt, so the kernel gives it to another thread), made certain: SIGINT sent to
+    one of the chat's native worker threads while it waits at the prompt. The chat must answer
+    it (not wait for the next key, then eat that line)."""
+    child, term = _spawn(smollm2, tmp_path, "default")
+    try:
+        child.sendline("/set max_tokens 4")
+        start = len(term.text)
+        child.sendline("Hi")                         # the worker threads start with a reply
+        term.until(r"gen \d+ tok[^\n]*\n>>> ", start)
+        others = sorted(int(t) for t in os.listdir(f"/proc/{child.pid}/task")
+                        if int(t) != child.pid)
+        assert others, "the chat has no threads but the main one"
+        for tid in others:
+            start = len(term.text)
+            _tgkill(child.pid, tid, signal.SIGINT)
+            term.until(r"Ctrl-C again to quit[^\n]*\n>>> ", start, timeout=5)
+            start = len(term.text)
+            child.sendline("/stats on")              # the next line is not eaten
+            term.until(r"/stats on\n>>> ", start, timeout=10)
+        child.sendline("/exit")
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
 @pytest.mark.parametrize("case", ["default", "ignored", "blocked"])
 def test_each_ctrl_c_stops_the_reply_within_one_token(smollm2, reference, tmp_path, cpu_load,
                                                       case):
@@ -321,6 +395,9 @@ def test_each_ctrl_c_stops_the_reply_within_one_token(smollm2, reference, tmp_pa
         term.until(r"Ctrl-C again to quit[^\n]*\n>>> ", start)
         _ctrl_c(child)
         child.expect(pexpect.EOF, timeout=30)
+    except BaseException:
+        print(f"the terminal, last 4000 characters:\n{term.text[-4000:]}")
+        raise
     finally:
         child.close(force=True)
     assert child.exitstatus == 0, (child.exitstatus, child.signalstatus)

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 from ..errors import ClexError, ContextFullError
 from .conversation import PARAMS, Conversation, rope_label
 
-__all__ = ["Repl", "ctrl_c_raises"]
+__all__ = ["Repl", "ctrl_c_raises", "signals_looked_at"]
 
 
 @contextmanager
@@ -47,6 +47,57 @@ def ctrl_c_raises() -> Iterator[None]:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         if ours:
             signal.signal(signal.SIGINT, old)
+
+
+# input() looks at the signals noted while it waits this often (seconds): see signals_looked_at.
+SIGNAL_CHECK_S = 0.05
+
+
+def _looked_at(signum, frame) -> None:
+    """SIGALRM's handler inside signals_looked_at: nothing; being run is the point."""
+
+
+@contextmanager
+def signals_looked_at(interval: float = SIGNAL_CHECK_S) -> Iterator[None]:
+    """Inside, a SIGALRM every `interval` s makes a waiting input() look at the signals noted
+    meanwhile, so a Ctrl-C at the prompt raises within `interval` s wherever it landed.
+
+    CPython's readline waits for a key in select() and runs Python's signal handlers only when
+    that select() returns EINTR. A SIGINT that does not interrupt it is only noted (Python's C
+    handler sets a flag); select() then waits for the next key, so the Ctrl-C seems lost, and a
+    key later it eats that line. That happens to a Ctrl-C typed as soon as the prompt shows:
+    readline draws the prompt (rl_redisplay) and sets the terminal up (rl_prep_terminal) with
+    SIGINT blocked, so the kernel gives it to another thread (the native worker threads here)
+    or holds it until readline unblocks it, before the select(). On a busy machine the write
+    that shows the prompt hands the CPU to whoever waits for it, and the Ctrl-C comes in that
+    window. Reads and writes restart after this SIGALRM (SA_RESTART); select() never does."""
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer"):
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _looked_at)
+    signal.siginterrupt(signal.SIGALRM, False)
+    timer = signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    try:
+        yield
+    finally:
+        _undo(lambda: signal.setitimer(signal.ITIMER_REAL, *timer),
+              lambda: signal.signal(signal.SIGALRM, signal.SIG_DFL if old is None else old))
+
+
+def _undo(*steps) -> None:
+    """Runs every step (each may run twice) even if Ctrl-C comes in between, so no timer is
+    left running; a KeyboardInterrupt that came is raised at the end."""
+    interrupted = False
+    for step in steps:
+        while True:
+            try:
+                step()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 # -- the terminal -------------------------------------------------------------------------------
@@ -132,7 +183,8 @@ class Repl:
         each other's lines)."""
         rl = self._readline
         n = rl.get_current_history_length() if rl is not None else 0
-        line = input(prompt)
+        with signals_looked_at():
+            line = input(prompt)
         if rl is not None and self.history_file and hasattr(rl, "append_history_file") \
                 and rl.get_current_history_length() > n:
             try:
