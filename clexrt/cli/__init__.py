@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": ("clexrt.cli.generate", "Continue a prompt and stream the text."),
     "info": ("clexrt.cli.info", "Show what a GGUF file holds."),
     "perplexity": ("clexrt.cli.perplexity", "Perplexity against context length."),
+    "quantize": ("clexrt.cli.quantize", "Quantize a GGUF to a llama.cpp file type (Q4_K_M, ...)."),
 }
 
 
