@@ -19,13 +19,19 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from clexrt.errors import ConvertError
 from clexrt.gguf.constants import FILE_TYPES as GGUF_FILE_TYPES
 
+from . import native_rows
 from . import quantize as Q
+from .mixture import FILE_TYPES as FILE_TYPES_MIX
 
 ARCH = "llama"
-# general.file_type (llama.cpp's LLAMA_FTYPE) for each --outtype
+# --outtype: every 2-D weight in that type (convert_hf_to_gguf.py's meaning of q8_0) ...
 OUTTYPES = ("f32", "f16", "q4_0", "q4_1", "q8_0", "bf16")
+# ... or one of llama.cpp's file types beyond those, whose per-tensor types follow llama-quantize's
+# mixture (convert/mixture.py): q4_k_m, q6_k, ...
+MIX_OUTTYPES = tuple(n.lower() for n in FILE_TYPES_MIX if n.lower() not in OUTTYPES)
 # --outtype -> general.file_type
-FILE_TYPES = {name.lower(): ft for ft, name in GGUF_FILE_TYPES.items() if name.lower() in OUTTYPES}
+FILE_TYPES = {name.lower(): ft for ft, name in GGUF_FILE_TYPES.items()
+              if name.lower() in OUTTYPES + MIX_OUTTYPES}
 _NP_TYPES = {Q.F32_ID: np.float32, Q.F16_ID: np.float16}
 
 
@@ -54,6 +60,9 @@ class TensorPlan:
             raise ConvertError(f"tensor {self.name}: data has shape {list(a.shape)}, planned {list(self.shape)}")
         if self.type_id == Q.F32_ID:
             return np.ascontiguousarray(a, np.float32)
+        if self.type_id not in Q.TYPE_IDS.values():
+            # the types numpy does not quantize: llama-quantize's quantizers in the C core
+            return native_rows.quantize_array(a, self.type_id, name=self.name)
         # quantize in slabs of rows: the temporaries stay small next to the tensor itself
         rows = a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(1, -1)
         out = np.empty((rows.shape[0], Q.row_bytes(self.type_id, rows.shape[1])), np.uint8)
@@ -224,7 +233,8 @@ def write_plan(plan: Plan, out_path, progress: bool = True) -> None:
     os.chmod(tmp, 0o666 & ~umask)      # mkstemp's 0600 is for the temporary name, not the result
     writer = None
     try:
-        writer = GGUFWriter(tmp, ARCH)
+        arch = plan.kv.get("general.architecture", (ARCH,))[0]
+        writer = GGUFWriter(tmp, arch)
         if plan.alignment:
             writer.data_alignment = plan.alignment
         for k, (v, t, sub) in plan.kv.items():

@@ -9,7 +9,7 @@ from clexrt.rope.ode import ClexODE
 from clexrt.gguf.schema import hparams_metadata
 from clexrt.rope import base_inv_freq, bake_clex
 
-from .gguf_out import FILE_TYPES, OUTTYPES, Plan, TensorPlan, permute_qk, weight_type
+from .gguf_out import FILE_TYPES, MIX_OUTTYPES, OUTTYPES, Plan, TensorPlan, permute_qk, weight_type
 from .hf import HFCheckpoint
 
 # HF name (per layer) -> GGUF name
@@ -98,12 +98,29 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
     return md
 
 
+def _mixture_types(plan: Plan, outtype: str, hp) -> None:
+    """Each tensor's type as llama-quantize gives it when quantizing the F32 file to outtype."""
+    from collections import Counter
+
+    from .mixture import choose_types
+    from clexrt.gguf.constants import GGML_TYPES
+
+    entries = [(t.name, tuple(t.shape[::-1]), t.type_id) for t in plan.tensors]
+    types = choose_types(entries, outtype, "llama", hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert)
+    for t in plan.tensors:
+        t.type_id = types[t.name]
+    counts = Counter(GGML_TYPES[t.type_id][0] for t in plan.tensors)
+    plan.notes.append(f"{outtype.upper()}: llama-quantize's mixture: "
+                      + ", ".join(f"{n} {name}" for name, n in counts.most_common()))
+
+
 def build_plan(ckpt: HFCheckpoint, outtype: str = "f16", vocab_only: bool = False,
                clex_init: str | None = None, clex_max_factor: int | None = None) -> Plan:
     from .vocab import tokenizer_metadata
 
-    if outtype not in OUTTYPES:
-        raise ConvertError(f"unknown outtype {outtype!r}; supported: {', '.join(OUTTYPES)}")
+    outtype = outtype.lower() if isinstance(outtype, str) else outtype
+    if outtype not in OUTTYPES + MIX_OUTTYPES:
+        raise ConvertError(f"unknown outtype {outtype!r}; supported: {', '.join(OUTTYPES + MIX_OUTTYPES)}")
     cfg = ckpt.config
     plan = Plan()
     ignored = [] if vocab_only else ckpt.check_tensors()
@@ -111,7 +128,7 @@ def build_plan(ckpt: HFCheckpoint, outtype: str = "f16", vocab_only: bool = Fals
     plan.add("general.name", cfg.name or "model")
     if not vocab_only:
         plan.add("general.file_type", FILE_TYPES[outtype])
-        if outtype in ("q8_0", "q4_0", "q4_1"):
+        if outtype not in ("f32", "f16", "bf16"):
             plan.add("general.quantization_version", 2)
     for key, value in hparams_metadata(cfg.hparams).items():
         plan.add(key, value)
@@ -122,7 +139,11 @@ def build_plan(ckpt: HFCheckpoint, outtype: str = "f16", vocab_only: bool = Fals
     if not vocab_only:
         for k, v in _clex_keys(ckpt, clex_init, clex_max_factor, plan.notes).items():
             plan.add(k, v)
-        plan.tensors = _tensor_plans(ckpt, outtype, plan.notes)
+        if outtype in MIX_OUTTYPES:
+            plan.tensors = _tensor_plans(ckpt, "f32", plan.notes)
+            _mixture_types(plan, outtype, cfg.hparams)
+        else:
+            plan.tensors = _tensor_plans(ckpt, outtype, plan.notes)
     if ignored:
         plan.notes.append(f"ignored: {', '.join(ignored)}")
     return plan

@@ -7,6 +7,10 @@ import time
 import click
 
 OUTTYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]
+# llama.cpp's other file types (the per-tensor mixture of llama-quantize); the list is
+# convert/gguf_out.py's MIX_OUTTYPES, spelled out here so that --help needs no import
+MIX_OUTTYPES = ["q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s",
+                "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"]
 
 
 def _report(plan, out, t0, dry_run):
@@ -25,9 +29,11 @@ def _report(plan, out, t0, dry_run):
 @click.argument("hf_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--outfile", "out", type=click.Path(dir_okay=False),
               help="Output GGUF (default: HF_DIR/<name>-<outtype>.gguf).")
-@click.option("--outtype", type=click.Choice(OUTTYPES), default="f16", show_default=True,
-              help="Type of the 2-D weights; norms stay f32. Block types fall back to f16 for rows "
-                   "not a multiple of 32.")
+@click.option("--outtype", type=click.Choice(OUTTYPES + MIX_OUTTYPES, case_sensitive=False), default="f16",
+              show_default=True,
+              help="f32 f16 bf16 q8_0 q4_0 q4_1: the type of every 2-D weight (norms stay f32; block "
+                   "types fall back to f16 for rows not a multiple of 32). The others are llama.cpp's "
+                   "file types, each tensor typed as llama-quantize would (as `clexrt quantize`).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (metadata, tensors, types); write nothing.")
 @click.option("--vocab-only", is_flag=True, help="Write the tokenizer and hyper-parameters only.")
 @click.option("--clex-init", type=click.Choice(["ode", "ntk"]), default=None,
