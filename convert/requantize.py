@@ -187,6 +187,8 @@ def quantize_gguf(src, out, file_type: str, imatrix=None, n_threads: int | None 
     from .gguf_clexify import open_gguf
 
     file_type = resolve_file_type(file_type)
+    if not os.path.isfile(src):
+        raise ConvertError(f"no such file: {src}")
     if out is not None and os.path.exists(out) and os.path.exists(src) and os.path.samefile(src, out):
         raise ConvertError("the output would overwrite the input: choose another path")
     im = load_imatrix(imatrix) if imatrix is not None else None
