@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include "../../internal.h"
+#include "x86_k.h"
 
 static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -317,13 +318,19 @@ static const clex_kernels avx2_set = {
         [CLEX_TYPE_Q8_0] = vec_dot_q8_0,
         [CLEX_TYPE_Q4_0] = vec_dot_q4_0,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
+        CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DOT)
     },
     .vec_dot4 = {
         [CLEX_TYPE_Q8_0] = vec_dot_q8_0_x4,
         [CLEX_TYPE_Q4_0] = vec_dot_q4_0_x4,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
+        CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DOT4)
     },
-    .from_float = {[CLEX_TYPE_Q8_0] = quant_q8_0, [CLEX_TYPE_Q8_1] = quant_q8_1},
+    .from_float = {
+        [CLEX_TYPE_Q8_0] = quant_q8_0,
+        [CLEX_TYPE_Q8_1] = quant_q8_1,
+        [CLEX_TYPE_Q8_K] = clex_avx2_quantize_q8_K,
+    },
     .axpy_f32 = axpy_f32,
     .scores32 = scores32_avx2,
     .scores16 = scores16_avx2,

@@ -1,0 +1,351 @@
+/* AVX2 + FMA + F16C kernels of the K-quants (Q2_K .. Q6_K) and IQ4_XS against Q8_K activations,
+ * and the Q8_K activation quantizer (x86_k.h says what they hold to).
+ *
+ * A super-block of 256 values is unpacked into unsigned byte codes in the activations' order,
+ * 32 per register (nibbles by and/shift, the extra high bits shifted into place); each register
+ * meets the activation bytes in maddubs (unsigned x signed -> int16 pairs), and one madd with
+ * the sub-block scales as int16 applies the scales and sums the pairs into int32 lanes, so the
+ * whole super-block is summed in integers. Code offsets (Q3_K's -4, Q6_K's -32) and the
+ * minimums (Q2_K, Q4_K, Q5_K) go through the activations' bsums: one madd per super-block. Then
+ * one float multiply-add per super-block with d(weight) * d(activation). IQ4_XS's signed levels
+ * (a pshufb lookup) take the sign trick: |w| as the unsigned operand, w's sign moved onto x. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#include <immintrin.h>
+
+#include "../../internal.h"
+#include "x86_k.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
+INLINE __m256i ld(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE __m128i ld16(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 unsigned codes . 32 activation bytes, times the int16 scales v per pair: 8 int32 */
+INLINE __m256i dot_scaled(__m256i u, const int8_t *x, __m256i v) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, ld(x)), v);
+}
+
+/* int16 lane j of a register whose two halves are alike, in all 16 lanes */
+INLINE __m256i lane16(__m256i v, int j) {
+    return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)(0x0100 + 0x0202 * j)));
+}
+
+/* Sub-blocks of 16 (Q2_K, Q3_K, Q6_K): the scales of 32 values, sub-blocks 2c and 2c + 1, one
+ * per 128-bit half, from `half`: the 8 int16 scales of c's half of the super-block in both
+ * halves of the register */
+INLINE __m256i pair16(__m256i half, int c) {
+    const int q = c & 3;
+    return _mm256_shuffle_epi8(half, _mm256_setr_m128i(_mm_set1_epi16((short)(0x0100 + 0x0404 * q)),
+                                                       _mm_set1_epi16((short)(0x0302 + 0x0404 * q))));
+}
+
+/* acc += (wd * xd) * isum */
+INLINE __m256 fscale(__m256 acc, float wd, float xd, __m256i isum) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(wd * xd), _mm256_cvtepi32_ps(isum), acc);
+}
+
+/* ------------------------------------------------------------------ Q4_K, Q5_K */
+
+/* the 8 6-bit scales (bytes 0..7) and minimums (bytes 8..15) of a Q4_K / Q5_K super-block:
+ * quants_k.c's k4_scale_min for all j at once, on the 12 bytes as three little-endian words */
+INLINE __m128i k4_scales(const uint8_t s[K_SCALE_SIZE]) {
+    uint32_t u[3];
+    memcpy(u, s, sizeof u);
+    const uint32_t m6 = 0x3F3F3F3F, m4 = 0x0F0F0F0F, m2 = 0x03030303;
+    return _mm_setr_epi32((int)(u[0] & m6), (int)((u[2] & m4) | ((u[0] >> 6) & m2) << 4),
+                          (int)(u[1] & m6), (int)(((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4));
+}
+
+/* Q4_K (five = 0) or Q5_K (five = 1): each 32 bytes of qs hold sub-blocks 2k (low nibbles) and
+ * 2k + 1 (high); Q5_K's fifth bit of sub-block j, value l, is bit j of qh[l]. */
+INLINE void k45_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R, int five) {
+    const block_q4_K *w4 = vw;
+    const block_q5_K *w5 = vw;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    const __m128i mpair = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    __m256 acc[4];
+    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m128i sm = k4_scales(five ? w5[i].scales : w4[i].scales);
+        const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, mpair));   /* m[t / 2] */
+        const uint8_t *qs = five ? w5[i].qs : w4[i].qs;
+        __m256i hb = five ? ld(w5[i].qh) : _mm256_setzero_si256();
+        __m256i isum[4];
+        for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i q = ld(qs + 32 * k);
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) {   /* bits 2k, 2k + 1 of qh: bits 0, 1 of hb by now */
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b4));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
+            const __m256i vlo = lane16(sc, 2 * k), vhi = lane16(sc, 2 * k + 1);
+            for (int j = 0; j < R; j++) {
+                const int8_t *xq = x[j][i].qs + 64 * k;
+                isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(dot_scaled(lo, xq, vlo), dot_scaled(hi, xq + 32, vhi)));
+            }
+        }
+        const float wd = h2f(five ? w5[i].d : w4[i].d), wm = h2f(five ? w5[i].dmin : w4[i].dmin);
+        for (int j = 0; j < R; j++) {
+            const __m256i msum = _mm256_madd_epi16(ld(x[j][i].bsums), mins);
+            acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_set1_ps(wm * x[j][i].d), _mm256_cvtepi32_ps(msum), acc[j]);
+        }
+    }
+    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+}
+
+#define Q4K_ROWS(n, s, w, x, R) k45_rows(n, s, w, x, R, 0)
+#define Q5K_ROWS(n, s, w, x, R) k45_rows(n, s, w, x, R, 1)
+CLEX_X86_K_DEFINE(clex_avx2, Q4_K, block_q8_K, Q4K_ROWS)
+CLEX_X86_K_DEFINE(clex_avx2, Q5_K, block_q8_K, Q5K_ROWS)
+
+/* ------------------------------------------------------------------ Q6_K */
+
+/* Each half of 128 values: ql bytes A = [0, 32), B = [32, 64) and qh bytes H = [0, 32) of the
+ * half; values 32q + l have the nibble (q < 2: low, else high) of (q odd ? B : A)[l] and bits
+ * 2q, 2q + 1 of H[l] as bits 4, 5. Codes u - 32: the -32 through the bsums. */
+INLINE void q6k_codes(const uint8_t *ql, const uint8_t *qh, __m256i u[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    const __m256i a = ld(ql), b = ld(ql + 32), h = ld(qh);
+    u[0] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m2));
+    u[1] = _mm256_or_si256(_mm256_and_si256(b, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m2));
+    u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(h, m2));
+    u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(h, 2), m2));
+}
+
+INLINE void q6k_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R) {
+    const block_q6_K *w = vw;
+    __m256 acc[4];
+    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(ld16(w[i].scales));
+        const __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));   /* -32 sc */
+        __m256i isum[4];
+        for (int j = 0; j < R; j++) isum[j] = _mm256_madd_epi16(ld(x[j][i].bsums), off);
+        for (int h = 0; h < 2; h++) {
+            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            __m256i u[4];
+            q6k_codes(w[i].ql + 64 * h, w[i].qh + 32 * h, u);
+            for (int q = 0; q < 4; q++) {
+                const __m256i v = pair16(half, q);
+                for (int j = 0; j < R; j++)
+                    isum[j] = _mm256_add_epi32(isum[j], dot_scaled(u[q], x[j][i].qs + 128 * h + 32 * q, v));
+            }
+        }
+        const float wd = h2f(w[i].d);
+        for (int j = 0; j < R; j++) acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
+    }
+    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+}
+
+CLEX_X86_K_DEFINE(clex_avx2, Q6_K, block_q8_K, q6k_rows)
+
+/* ------------------------------------------------------------------ Q2_K, Q3_K */
+
+/* Q3_K's 16 scales minus 32, as bytes: quants_k.c's q3_scales on the 12 bytes as three words */
+INLINE __m128i q3_scales16(const uint8_t s[12]) {
+    uint32_t a[3];
+    memcpy(a, s, sizeof a);
+    const uint32_t m4 = 0x0F0F0F0F, m2 = 0x03030303;
+    const __m128i v = _mm_setr_epi32((int)((a[0] & m4) | (a[2] & m2) << 4),
+                                     (int)((a[1] & m4) | ((a[2] >> 2) & m2) << 4),
+                                     (int)(((a[0] >> 4) & m4) | ((a[2] >> 4) & m2) << 4),
+                                     (int)(((a[1] >> 4) & m4) | ((a[2] >> 6) & m2) << 4));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+/* Q2_K (three = 0) or Q3_K (1): 32 bytes of qs per half of 128 values, value 32p + l of a half
+ * in bits 2p, 2p + 1 of byte l; Q3_K's third bit of value v is bit v / 32 of hmask[v % 32] and
+ * its code is (low | bit << 2) - 4 (the -4 through the bsums); Q2_K's minimums go through them. */
+INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R, int three) {
+    const block_q2_K *w2 = vw;
+    const block_q3_K *w3 = vw;
+    const __m256i m2 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
+    __m256 acc[4];
+    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m256i sc16, mins;   /* Q3_K: -4 sc (the offset); Q2_K: the minimums */
+        if (three) {
+            sc16 = _mm256_cvtepi8_epi16(q3_scales16(w3[i].scales));
+            mins = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 2));
+        } else {
+            const __m128i raw = ld16(w2[i].scales), m4 = _mm_set1_epi8(0x0F);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+            mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+        }
+        const uint8_t *qs = three ? w3[i].qs : w2[i].qs;
+        __m256i hb = three ? ld(w3[i].hmask) : _mm256_setzero_si256();
+        __m256i isum[4];
+        for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            __m256i q = ld(qs + 32 * h);
+            for (int p = 0; p < 4; p++) {
+                __m256i u = _mm256_and_si256(q, m2);
+                q = _mm256_srli_epi16(q, 2);
+                if (three) {   /* bit 4h + p of hmask: bit 0 of hb by now */
+                    u = _mm256_or_si256(u, _mm256_and_si256(_mm256_slli_epi16(hb, 2), b2));
+                    hb = _mm256_srli_epi16(hb, 1);
+                }
+                const __m256i v = pair16(half, p);
+                for (int j = 0; j < R; j++)
+                    isum[j] = _mm256_add_epi32(isum[j], dot_scaled(u, x[j][i].qs + 128 * h + 32 * p, v));
+            }
+        }
+        const float wd = h2f(three ? w3[i].d : w2[i].d);
+        for (int j = 0; j < R; j++) {
+            const __m256i msum = _mm256_madd_epi16(ld(x[j][i].bsums), mins);
+            if (three) acc[j] = fscale(acc[j], wd, x[j][i].d, _mm256_add_epi32(isum[j], msum));
+            else {
+                acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
+                acc[j] = _mm256_fnmadd_ps(_mm256_set1_ps(h2f(w2[i].dmin) * x[j][i].d), _mm256_cvtepi32_ps(msum), acc[j]);
+            }
+        }
+    }
+    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+}
+
+#define Q2K_ROWS(n, s, w, x, R) k23_rows(n, s, w, x, R, 0)
+#define Q3K_ROWS(n, s, w, x, R) k23_rows(n, s, w, x, R, 1)
+CLEX_X86_K_DEFINE(clex_avx2, Q2_K, block_q8_K, Q2K_ROWS)
+CLEX_X86_K_DEFINE(clex_avx2, Q3_K, block_q8_K, Q3K_ROWS)
+
+/* ------------------------------------------------------------------ IQ4_XS */
+
+/* the 8 scales minus 32 as int16, in both halves */
+INLINE __m256i iq4xs_scales(const block_iq4_xs *b) {
+    int16_t sc[8];
+    for (int j = 0; j < 8; j++)
+        sc[j] = (int16_t)((((b->scales_l[j >> 1] >> (4 * (j & 1))) & 0x0F) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32);
+    return _mm256_broadcastsi128_si256(ld16(sc));
+}
+
+INLINE void iq4xs_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R) {
+    const block_iq4_xs *w = vw;
+    const __m256i lv = _mm256_broadcastsi128_si256(ld16(clex_iq4nl_levels)), m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[4];
+    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc = iq4xs_scales(&w[i]);
+        __m256i isum[4];
+        for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {   /* sub-blocks 2k, 2k + 1: 16 bytes each, low then high nibbles */
+            const __m256i q = ld(w[i].qs + 32 * k);
+            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const __m256i l0 = _mm256_shuffle_epi8(lv, _mm256_permute2x128_si256(lo, hi, 0x20));
+            const __m256i l1 = _mm256_shuffle_epi8(lv, _mm256_permute2x128_si256(lo, hi, 0x31));
+            const __m256i a0 = _mm256_sign_epi8(l0, l0), a1 = _mm256_sign_epi8(l1, l1);
+            const __m256i v0 = lane16(sc, 2 * k), v1 = lane16(sc, 2 * k + 1);
+            for (int j = 0; j < R; j++) {
+                const int8_t *xq = x[j][i].qs + 64 * k;
+                const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(ld(xq), l0));
+                const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(ld(xq + 32), l1));
+                isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_madd_epi16(p0, v0), _mm256_madd_epi16(p1, v1)));
+            }
+        }
+        const float wd = h2f(w[i].d);
+        for (int j = 0; j < R; j++) acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
+    }
+    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+}
+
+CLEX_X86_K_DEFINE(clex_avx2, IQ4_XS, block_q8_K, iq4xs_rows)
+
+/* ------------------------------------------------------------------ Q8_K quantizer */
+
+/* The largest |x| of 256 (NaN never chosen: max_ps returns its second operand, the running
+ * maximum, when the first is NaN, as the reference's `>` skips it), then the first value of that
+ * magnitude, sign kept; 0 when all are zero. */
+INLINE float q8k_max(const float *x) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absmask), m);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    if (amax == 0.0f) return 0.0f;
+    const __m256 va = _mm256_set1_ps(amax);
+    for (int k = 0; k < QK_K / 8; k++) {
+        const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absmask), va, _CMP_EQ_OQ));
+        if (hit) return x[8 * k + __builtin_ctz((unsigned)hit)];
+    }
+    return 0.0f;   /* not reached: amax is one of the |x| */
+}
+
+/* 8 codes: nearest(iscale * x), half to even, at most 127; 0 where the product is not a number
+ * within [-127.5, 127.5] (the reference's q8k_code) */
+INLINE __m256i q8k_codes8(const float *x, __m256 vis) {
+    const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(x), vis);
+    const __m256 absf = _mm256_and_ps(f, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+    const __m256i ok = _mm256_castps_si256(_mm256_cmp_ps(absf, _mm256_set1_ps(127.5f), _CMP_LE_OQ));
+    const __m256i q = _mm256_cvttps_epi32(_mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm256_and_si256(_mm256_min_epi32(q, _mm256_set1_epi32(127)), ok);
+}
+
+/* four sums of 16 codes (t[k] = the two vectors of 8 of sum k added) -> int32 x 4 */
+INLINE __m128i sums4(const __m256i t[4]) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(t[0], t[1]), _mm256_hadd_epi32(t[2], t[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+INLINE void q8k_block(const float *x, block_q8_K *y) {
+    const float max = q8k_max(x);
+    if (max == 0.0f) {
+        memset(y, 0, sizeof *y);
+        return;
+    }
+    const float iscale = -127.0f / max;
+    const __m256 vis = _mm256_set1_ps(iscale);
+    __m128i sums[4];
+    for (int g = 0; g < 4; g++) {   /* 64 codes: 2 x 32 stored, 4 bsums */
+        __m256i t[4];
+        for (int h = 0; h < 2; h++) {
+            const float *xb = x + 64 * g + 32 * h;
+            __m256i q[4];
+            for (int k = 0; k < 4; k++) q[k] = q8k_codes8(xb + 8 * k, vis);
+            t[2 * h] = _mm256_add_epi32(q[0], q[1]);
+            t[2 * h + 1] = _mm256_add_epi32(q[2], q[3]);
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y->qs + 64 * g + 32 * h), p);
+        }
+        sums[g] = sums4(t);
+    }
+    _mm_storeu_si128((__m128i *)y->bsums, _mm_packs_epi32(sums[0], sums[1]));
+    _mm_storeu_si128((__m128i *)(y->bsums + 8), _mm_packs_epi32(sums[2], sums[3]));
+    y->d = 1.0f / iscale;
+}
+
+void clex_avx2_quantize_q8_K(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++) q8k_block(x + i * QK_K, &y[i]);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif

@@ -1,0 +1,44 @@
+/* The x86 kernels of the K-quant files' weight types (Q5_0, Q5_1, IQ4_NL with Q8_0 / Q8_1
+ * activations; Q2_K .. Q6_K and IQ4_XS with Q8_K) and the Q8_K activation quantizer, defined in
+ * avx2_q5.c, avx2_k.c (AVX2 + FMA + F16C) and avx512_k.c (AVX-512 F/BW/VL/DQ + VNNI), listed in
+ * the sets of avx2.c and avx512.c. Each holds to its *_generic twin (quants.c, quants_k.c,
+ * iquants.c): the integer sums exactly, the float scaling up to summation order; the four-row
+ * kernel (dot4) runs each row through the same operations as the one-row kernel (dot), so the
+ * two give the same bits. The quantizer is bit-exact with clex_quantize_q8_K_ref. */
+#ifndef CLEXRT_X86_K_H
+#define CLEXRT_X86_K_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CLEX_X86_K_KERNELS(PFX, X) \
+    X(PFX, Q5_0) X(PFX, Q5_1) X(PFX, IQ4_NL) X(PFX, Q2_K) X(PFX, Q3_K) X(PFX, Q4_K) X(PFX, Q5_K) \
+    X(PFX, Q6_K) X(PFX, IQ4_XS)
+
+#define CLEX_X86_K_DECLARE(PFX, T)                                                              \
+    void PFX##_dot_##T(int64_t n, float *s, const void *w, const void *x);                        \
+    void PFX##_dot4_##T(int64_t n, float *s, const void *w, const void *x, size_t xstride);
+
+CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DECLARE)
+CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DECLARE)
+
+/* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
+void clex_avx2_quantize_q8_K(const float *x, void *y, int64_t n);
+
+/* the table entries: [CLEX_TYPE_Q4_K] = clex_avx2_dot_Q4_K, ... */
+#define CLEX_X86_K_DOT(PFX, T) [CLEX_TYPE_##T] = PFX##_dot_##T,
+#define CLEX_X86_K_DOT4(PFX, T) [CLEX_TYPE_##T] = PFX##_dot4_##T,
+
+/* the two kernels of one type from one body: BODY(n, s, w, x rows, R) for R = 1 and 4 */
+#define CLEX_X86_K_DEFINE(PFX, T, XT, BODY)                                                     \
+    void PFX##_dot_##T(int64_t n, float *s, const void *w, const void *x) {                       \
+        const XT *xr[1] = {(const XT *)x};                                                        \
+        BODY(n, s, w, xr, 1);                                                                     \
+    }                                                                                             \
+    void PFX##_dot4_##T(int64_t n, float *s, const void *w, const void *x, size_t xstride) {      \
+        const XT *xr[4];                                                                          \
+        for (int j = 0; j < 4; j++) xr[j] = (const XT *)((const uint8_t *)x + j * xstride);       \
+        BODY(n, s, w, xr, 4);                                                                     \
+    }
+
+#endif
