@@ -1,10 +1,15 @@
 /* Kernel micro-benchmark: one matrix-vector product over a matrix of a given size, per type and
- * ISA, reporting GB/s of weights streamed; then the same matrix against a batch of 64 tokens
- * (prefill: the four-row kernels), as ns per weight block per token.
- * Build: make kbench; run: build/kbench [MiB]. */
+ * ISA, reporting GB/s of weights streamed and ns per weight block (the type's own block: 32
+ * values, or 256 for the K-quants and IQ4_XS); then the same matrix against a batch of 64 tokens
+ * (prefill: the four-row kernels), as ns per weight block per token; then the activation
+ * quantizers, ns per 256 values.
+ * Rows are 576 values (SmolLM2's width) for the 32-value types, 1536 (its FFN width, a multiple
+ * of 256) for the super-block types. Each figure is the fastest of the runs in half a second.
+ * Build: make kbench; run: build/kbench [MiB] [TYPE ...] (e.g. build/kbench 8 Q4_K Q6_K). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "../native/include/clexrt.h"
@@ -31,49 +36,85 @@ static void stream_read(const unsigned char *p, size_t n) {
     printf("plain read, 1 thread   %7.1f MiB  %8.3f ms  %6.2f GB/s\n", n / 1048576.0, best * 1e3, n / best / 1e9);
 }
 
-int main(int argc, char **argv) {
-    const double mib = argc > 1 ? atof(argv[1]) : 64;
-    const int types[] = {CLEX_TYPE_Q4_1, CLEX_TYPE_Q8_0, CLEX_TYPE_Q4_0, CLEX_TYPE_F16};
-    const int64_t K = 576;
-    enum { T = 64 };
-    float *x = malloc(K * T * 4), *row = malloc(K * 4);
-    for (int i = 0; i < K * T; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
-    for (int i = 0; i < K; i++) row[i] = (float)rand() / RAND_MAX - 0.5f;
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-        const int t = types[ti];
-        const int64_t rb = K / clex_type_block_size(t) * clex_type_block_bytes(t);
-        const int64_t N = (int64_t)(mib * 1048576 / rb);
-        unsigned char *w = malloc(N * rb);
-        for (int64_t r = 0; r < N; r++) clex_quantize_row(t, row, w + r * rb, K);
-        clex_tensor ct = {t, 2, {K, N, 1, 1}, w, (uint64_t)(N * rb), "w"};
-        float *y = malloc(N * 4 * T);
+/* the fastest of the products of W with T tokens run in half a second */
+static double best_matmul(const clex_tensor *ct, const float *x, int64_t T, float *y) {
+    clex_matmul(ct, x, T, y, 1);
+    double best = 1e9, start = now();
+    while (now() - start < 0.5) {
+        const double t0 = now();
+        clex_matmul(ct, x, T, y, 1);
+        const double dt = now() - t0;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+enum { T = 64 };
+
+static void bench_type(int t, double mib, const float *x, const float *row, int yardstick) {
+    const int64_t blck = clex_type_block_size(t), K = blck == 256 ? 1536 : 576;
+    const int64_t rb = K / blck * clex_type_block_bytes(t);
+    const int64_t N = (int64_t)(mib * 1048576 / rb);
+    unsigned char *w = malloc(N * rb);
+    float *y = malloc(N * 4 * T);
+    for (int64_t r = 0; r < N; r++) clex_quantize_row(t, row, w + r * rb, K);
+    clex_tensor ct = {t, 2, {K, N, 1, 1}, w, (uint64_t)(N * rb), "w"};
+    const double blocks = (double)N * K / blck;
+    for (int isa = 0; isa <= 3; isa++) {
+        if (!clex_isa_supported(isa)) continue;
+        clex_set_isa(isa);
+        const double s = best_matmul(&ct, x, 1, y), sb = best_matmul(&ct, x, T, y);
+        printf("%-6s %-7s %7.1f MiB  %8.3f ms  %6.2f GB/s  %6.2f ns/block  batch of %d: %6.2f ns/block/token\n",
+               clex_type_name(t), clex_isa_name(isa), N * rb / 1048576.0, s * 1e3, N * rb / s / 1e9,
+               s * 1e9 / blocks, T, sb * 1e9 / blocks / T);
+    }
+    if (yardstick) stream_read(w, (size_t)(N * rb));
+    free(w);
+    free(y);
+}
+
+/* the activation quantizers (what each token's row costs before the products) */
+static void bench_act(const float *x) {
+    static const int acts[] = {CLEX_TYPE_Q8_0, CLEX_TYPE_Q8_1, CLEX_TYPE_Q8_K};
+    const int64_t n = 1536 * T;
+    unsigned char *buf = malloc(n / 32 * 40);
+    for (size_t a = 0; a < sizeof acts / sizeof acts[0]; a++) {
         for (int isa = 0; isa <= 3; isa++) {
             if (!clex_isa_supported(isa)) continue;
             clex_set_isa(isa);
-            clex_matmul(&ct, x, 1, y, 1);
-            /* the fastest of many runs: the machine is shared and noisy */
-            double s = 1e9, start = now();
-            while (now() - start < 0.5) {
+            double best = 1e9, start = now();
+            while (now() - start < 0.25) {
                 const double t0 = now();
-                clex_matmul(&ct, x, 1, y, 1);
+                clex_quantize_act(acts[a], x, buf, n);
                 const double dt = now() - t0;
-                if (dt < s) s = dt;
+                if (dt < best) best = dt;
             }
-            double sb = 1e9;
-            start = now();
-            while (now() - start < 0.5) {
-                const double t0 = now();
-                clex_matmul(&ct, x, T, y, 1);
-                const double dt = now() - t0;
-                if (dt < sb) sb = dt;
-            }
-            printf("%-5s %-7s %7.1f MiB  %8.3f ms  %6.2f GB/s  %5.2f ns/block  batch of %d: %5.2f ns/block/token\n",
-                   clex_type_name(t), clex_isa_name(isa), N * rb / 1048576.0, s * 1e3, N * rb / s / 1e9,
-                   s * 1e9 / (N * K / 32.0), T, sb * 1e9 / (N * K / 32.0) / T);
+            printf("act %-5s %-7s %6.1f ns per 256 values\n", clex_type_name(acts[a]), clex_isa_name(isa),
+                   best * 1e9 / (n / 256.0));
         }
-        if (ti == 0) stream_read(w, (size_t)(N * rb));
-        free(w);
-        free(y);
     }
+    free(buf);
+}
+
+int main(int argc, char **argv) {
+    const double mib = argc > 1 ? atof(argv[1]) : 64;
+    static const int all[] = {CLEX_TYPE_Q4_1, CLEX_TYPE_Q8_0, CLEX_TYPE_Q4_0, CLEX_TYPE_F16, CLEX_TYPE_Q4_K,
+                              CLEX_TYPE_Q6_K, CLEX_TYPE_Q5_0, CLEX_TYPE_Q5_K, CLEX_TYPE_Q3_K, CLEX_TYPE_Q2_K,
+                              CLEX_TYPE_IQ4_XS, CLEX_TYPE_IQ4_NL, CLEX_TYPE_Q5_1};
+    const int64_t K = 1536;
+    float *x = malloc(K * T * 4), *row = malloc(K * 4);
+    for (int i = 0; i < K * T; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (int i = 0; i < K; i++) row[i] = (float)rand() / RAND_MAX - 0.5f;
+    int first = 1;
+    for (size_t ti = 0; ti < sizeof all / sizeof all[0]; ti++) {
+        int want = argc <= 2;
+        for (int a = 2; a < argc; a++) want |= strcmp(argv[a], clex_type_name(all[ti])) == 0;
+        if (!want) continue;
+        bench_type(all[ti], mib, x, row, first);
+        first = 0;
+    }
+    if (argc <= 2) bench_act(x);
+    free(x);
+    free(row);
     return 0;
 }

@@ -80,7 +80,7 @@ INLINE void k45_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
     const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
     const __m128i mpair = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     __m256 acc[4];
-    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         const __m128i sm = k4_scales(five ? w5[i].scales : w4[i].scales);
         const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
@@ -88,8 +88,8 @@ INLINE void k45_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
         const uint8_t *qs = five ? w5[i].qs : w4[i].qs;
         __m256i hb = five ? ld(w5[i].qh) : _mm256_setzero_si256();
         __m256i isum[4];
-        for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
-        for (int k = 0; k < 4; k++) {
+        CLEX_UNROLL for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
+        CLEX_UNROLL for (int k = 0; k < 4; k++) {
             const __m256i q = ld(qs + 32 * k);
             __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             if (five) {   /* bits 2k, 2k + 1 of qh: bits 0, 1 of hb by now */
@@ -98,19 +98,19 @@ INLINE void k45_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
                 hb = _mm256_srli_epi16(hb, 2);
             }
             const __m256i vlo = lane16(sc, 2 * k), vhi = lane16(sc, 2 * k + 1);
-            for (int j = 0; j < R; j++) {
+            CLEX_UNROLL for (int j = 0; j < R; j++) {
                 const int8_t *xq = x[j][i].qs + 64 * k;
                 isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(dot_scaled(lo, xq, vlo), dot_scaled(hi, xq + 32, vhi)));
             }
         }
         const float wd = h2f(five ? w5[i].d : w4[i].d), wm = h2f(five ? w5[i].dmin : w4[i].dmin);
-        for (int j = 0; j < R; j++) {
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
             const __m256i msum = _mm256_madd_epi16(ld(x[j][i].bsums), mins);
             acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
             acc[j] = _mm256_fnmadd_ps(_mm256_set1_ps(wm * x[j][i].d), _mm256_cvtepi32_ps(msum), acc[j]);
         }
     }
-    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
 }
 
 #define Q4K_ROWS(n, s, w, x, R) k45_rows(n, s, w, x, R, 0)
@@ -136,26 +136,26 @@ INLINE void q6k_codes(const uint8_t *ql, const uint8_t *qh, __m256i u[4]) {
 INLINE void q6k_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R) {
     const block_q6_K *w = vw;
     __m256 acc[4];
-    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         const __m256i sc16 = _mm256_cvtepi8_epi16(ld16(w[i].scales));
         const __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));   /* -32 sc */
         __m256i isum[4];
-        for (int j = 0; j < R; j++) isum[j] = _mm256_madd_epi16(ld(x[j][i].bsums), off);
-        for (int h = 0; h < 2; h++) {
-            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+        CLEX_UNROLL for (int j = 0; j < R; j++) isum[j] = _mm256_madd_epi16(ld(x[j][i].bsums), off);
+        CLEX_UNROLL for (int h = 0; h < 2; h++) {
+            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             __m256i u[4];
             q6k_codes(w[i].ql + 64 * h, w[i].qh + 32 * h, u);
-            for (int q = 0; q < 4; q++) {
+            CLEX_UNROLL for (int q = 0; q < 4; q++) {
                 const __m256i v = pair16(half, q);
-                for (int j = 0; j < R; j++)
+                CLEX_UNROLL for (int j = 0; j < R; j++)
                     isum[j] = _mm256_add_epi32(isum[j], dot_scaled(u[q], x[j][i].qs + 128 * h + 32 * q, v));
             }
         }
         const float wd = h2f(w[i].d);
-        for (int j = 0; j < R; j++) acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
+        CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
     }
-    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
 }
 
 CLEX_X86_K_DEFINE(clex_avx2, Q6_K, block_q8_K, q6k_rows)
@@ -182,7 +182,7 @@ INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
     const block_q3_K *w3 = vw;
     const __m256i m2 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
     __m256 acc[4];
-    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         __m256i sc16, mins;   /* Q3_K: -4 sc (the offset); Q2_K: the minimums */
         if (three) {
@@ -196,11 +196,11 @@ INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
         const uint8_t *qs = three ? w3[i].qs : w2[i].qs;
         __m256i hb = three ? ld(w3[i].hmask) : _mm256_setzero_si256();
         __m256i isum[4];
-        for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+        CLEX_UNROLL for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
+        CLEX_UNROLL for (int h = 0; h < 2; h++) {
+            const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             __m256i q = ld(qs + 32 * h);
-            for (int p = 0; p < 4; p++) {
+            CLEX_UNROLL for (int p = 0; p < 4; p++) {
                 __m256i u = _mm256_and_si256(q, m2);
                 q = _mm256_srli_epi16(q, 2);
                 if (three) {   /* bit 4h + p of hmask: bit 0 of hb by now */
@@ -208,12 +208,12 @@ INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
                     hb = _mm256_srli_epi16(hb, 1);
                 }
                 const __m256i v = pair16(half, p);
-                for (int j = 0; j < R; j++)
+                CLEX_UNROLL for (int j = 0; j < R; j++)
                     isum[j] = _mm256_add_epi32(isum[j], dot_scaled(u, x[j][i].qs + 128 * h + 32 * p, v));
             }
         }
         const float wd = h2f(three ? w3[i].d : w2[i].d);
-        for (int j = 0; j < R; j++) {
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
             const __m256i msum = _mm256_madd_epi16(ld(x[j][i].bsums), mins);
             if (three) acc[j] = fscale(acc[j], wd, x[j][i].d, _mm256_add_epi32(isum[j], msum));
             else {
@@ -222,7 +222,7 @@ INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
             }
         }
     }
-    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
 }
 
 #define Q2K_ROWS(n, s, w, x, R) k23_rows(n, s, w, x, R, 0)
@@ -235,7 +235,7 @@ CLEX_X86_K_DEFINE(clex_avx2, Q3_K, block_q8_K, Q3K_ROWS)
 /* the 8 scales minus 32 as int16, in both halves */
 INLINE __m256i iq4xs_scales(const block_iq4_xs *b) {
     int16_t sc[8];
-    for (int j = 0; j < 8; j++)
+    CLEX_UNROLL for (int j = 0; j < 8; j++)
         sc[j] = (int16_t)((((b->scales_l[j >> 1] >> (4 * (j & 1))) & 0x0F) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32);
     return _mm256_broadcastsi128_si256(ld16(sc));
 }
@@ -244,19 +244,19 @@ INLINE void iq4xs_rows(int64_t n, float *s, const void *vw, const block_q8_K *co
     const block_iq4_xs *w = vw;
     const __m256i lv = _mm256_broadcastsi128_si256(ld16(clex_iq4nl_levels)), m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[4];
-    for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
         const __m256i sc = iq4xs_scales(&w[i]);
         __m256i isum[4];
-        for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
-        for (int k = 0; k < 4; k++) {   /* sub-blocks 2k, 2k + 1: 16 bytes each, low then high nibbles */
+        CLEX_UNROLL for (int j = 0; j < R; j++) isum[j] = _mm256_setzero_si256();
+        CLEX_UNROLL for (int k = 0; k < 4; k++) {   /* sub-blocks 2k, 2k + 1: 16 bytes each, low then high nibbles */
             const __m256i q = ld(w[i].qs + 32 * k);
             const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             const __m256i l0 = _mm256_shuffle_epi8(lv, _mm256_permute2x128_si256(lo, hi, 0x20));
             const __m256i l1 = _mm256_shuffle_epi8(lv, _mm256_permute2x128_si256(lo, hi, 0x31));
             const __m256i a0 = _mm256_sign_epi8(l0, l0), a1 = _mm256_sign_epi8(l1, l1);
             const __m256i v0 = lane16(sc, 2 * k), v1 = lane16(sc, 2 * k + 1);
-            for (int j = 0; j < R; j++) {
+            CLEX_UNROLL for (int j = 0; j < R; j++) {
                 const int8_t *xq = x[j][i].qs + 64 * k;
                 const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(ld(xq), l0));
                 const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(ld(xq + 32), l1));
@@ -264,9 +264,9 @@ INLINE void iq4xs_rows(int64_t n, float *s, const void *vw, const block_q8_K *co
             }
         }
         const float wd = h2f(w[i].d);
-        for (int j = 0; j < R; j++) acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
+        CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = fscale(acc[j], wd, x[j][i].d, isum[j]);
     }
-    for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = hsum8(acc[j]);
 }
 
 CLEX_X86_K_DEFINE(clex_avx2, IQ4_XS, block_q8_K, iq4xs_rows)
@@ -318,12 +318,12 @@ INLINE void q8k_block(const float *x, block_q8_K *y) {
     const float iscale = -127.0f / max;
     const __m256 vis = _mm256_set1_ps(iscale);
     __m128i sums[4];
-    for (int g = 0; g < 4; g++) {   /* 64 codes: 2 x 32 stored, 4 bsums */
+    CLEX_UNROLL for (int g = 0; g < 4; g++) {   /* 64 codes: 2 x 32 stored, 4 bsums */
         __m256i t[4];
-        for (int h = 0; h < 2; h++) {
+        CLEX_UNROLL for (int h = 0; h < 2; h++) {
             const float *xb = x + 64 * g + 32 * h;
             __m256i q[4];
-            for (int k = 0; k < 4; k++) q[k] = q8k_codes8(xb + 8 * k, vis);
+            CLEX_UNROLL for (int k = 0; k < 4; k++) q[k] = q8k_codes8(xb + 8 * k, vis);
             t[2 * h] = _mm256_add_epi32(q[0], q[1]);
             t[2 * h + 1] = _mm256_add_epi32(q[2], q[3]);
             __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));

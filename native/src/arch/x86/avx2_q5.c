@@ -74,7 +74,7 @@ INLINE void signed32_block(const void *w, int64_t i, int iq, const block_q8_0 *c
     float wd;
     const __m256i wq = signed_block(w, i, iq, &wd);
     const __m256i aw = _mm256_sign_epi8(wq, wq);
-    for (int j = 0; j < R; j++) {
+    CLEX_UNROLL for (int j = 0; j < R; j++) {
         const __m256 d = _mm256_set1_ps(wd * h2f(x[j][i].d));
         acc[j][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_signed(aw, wq, x[j][i].qs)), acc[j][c]);
     }
@@ -83,14 +83,14 @@ INLINE void signed32_block(const void *w, int64_t i, int iq, const block_q8_0 *c
 INLINE void signed32_rows(int64_t n, float *s, const void *w, const block_q8_0 *const *x, int R, int iq) {
     const int64_t nb = n / QK;
     __m256 acc[4][2];
-    for (int j = 0; j < R; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2) {
         signed32_block(w, i, iq, x, R, acc, 0);
         signed32_block(w, i + 1, iq, x, R, acc, 1);
     }
     if (i < nb) signed32_block(w, i, iq, x, R, acc, 0);
-    for (int j = 0; j < R; j++) s[j] = hsum8(_mm256_add_ps(acc[j][0], acc[j][1]));
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = hsum8(_mm256_add_ps(acc[j][0], acc[j][1]));
 }
 
 #define Q5_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, 0)
@@ -103,7 +103,7 @@ INLINE void q5_1_block(const block_q5_1 *w, int64_t i, const block_q8_1 *const *
                        float *accm, int c) {
     const __m256i u = _mm256_or_si256(nibbles(w[i].qs), _mm256_and_si256(bit_bytes(w[i].qh), _mm256_set1_epi8(16)));
     const float wd = h2f(w[i].d), wm = h2f(w[i].m);
-    for (int j = 0; j < R; j++) {
+    CLEX_UNROLL for (int j = 0; j < R; j++) {
         const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, ld(x[j][i].qs)), _mm256_set1_epi16(1));
         acc[j][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd * x[j][i].d), _mm256_cvtepi32_ps(p), acc[j][c]);
         accm[j] += wm * x[j][i].s;
@@ -115,7 +115,7 @@ INLINE void q5_1_rows(int64_t n, float *s, const void *vw, const block_q8_1 *con
     const int64_t nb = n / QK;
     __m256 acc[4][2];
     float accm[4];
-    for (int j = 0; j < R; j++) {
+    CLEX_UNROLL for (int j = 0; j < R; j++) {
         acc[j][0] = acc[j][1] = _mm256_setzero_ps();
         accm[j] = 0.0f;
     }
@@ -125,7 +125,7 @@ INLINE void q5_1_rows(int64_t n, float *s, const void *vw, const block_q8_1 *con
         q5_1_block(w, i + 1, x, R, acc, accm, 1);
     }
     if (i < nb) q5_1_block(w, i, x, R, acc, accm, 0);
-    for (int j = 0; j < R; j++) s[j] = hsum8(_mm256_add_ps(acc[j][0], acc[j][1])) + accm[j];
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = hsum8(_mm256_add_ps(acc[j][0], acc[j][1])) + accm[j];
 }
 
 CLEX_X86_K_DEFINE(clex_avx2, Q5_1, block_q8_1, q5_1_rows)

@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include "../../internal.h"
+#include "x86_k.h"
 
 static inline float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
 
@@ -183,16 +184,18 @@ static const clex_kernels avx512_vnni = {
         [CLEX_TYPE_Q8_0] = vec_dot_q8_0_vnni,
         [CLEX_TYPE_Q4_0] = vec_dot_q4_0_vnni,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
+        CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT)
     },
     .vec_dot4 = {
         [CLEX_TYPE_Q8_0] = vec_dot_q8_0_x4_vnni,
         [CLEX_TYPE_Q4_0] = vec_dot_q4_0_x4_vnni,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
+        CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT4)
     },
 };
 
-/* without VNNI, Q4_1 and the four-row kernels keep their AVX2 versions: faster than 512-bit
- * maddubs */
+/* without VNNI, Q4_1, the four-row kernels and the K-quant files' types (avx512_k.c) keep their
+ * AVX2 versions: faster than 512-bit maddubs */
 static const clex_kernels avx512_bw = {
     .vec_dot = {
         [CLEX_TYPE_F32] = vec_dot_f32,

@@ -25,6 +25,10 @@ CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DECLARE)
 /* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
 void clex_avx2_quantize_q8_K(const float *x, void *y, int64_t n);
 
+/* complete unrolling of the loops over rows and sub-blocks, whatever the optimisation level
+ * (the bodies index register arrays by the loop variables) */
+#define CLEX_UNROLL _Pragma("GCC unroll 8")
+
 /* the table entries: [CLEX_TYPE_Q4_K] = clex_avx2_dot_Q4_K, ... */
 #define CLEX_X86_K_DOT(PFX, T) [CLEX_TYPE_##T] = PFX##_dot_##T,
 #define CLEX_X86_K_DOT4(PFX, T) [CLEX_TYPE_##T] = PFX##_dot4_##T,

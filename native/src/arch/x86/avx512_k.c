@@ -1,0 +1,401 @@
+/* AVX-512 (F, BW, VL, DQ) + VNNI kernels of the K-quant files' weight types: Q5_0, Q5_1 and
+ * IQ4_NL against Q8_0 / Q8_1 activations, Q2_K .. Q6_K and IQ4_XS against Q8_K (x86_k.h says
+ * what they hold to). Installed by avx512.c only on a CPU with VNNI; without it these types keep
+ * their AVX2 kernels.
+ *
+ * Super-block types: 64 codes per register, in the activations' order, so the activations load
+ * as they lie: 32 bytes of packed codes are broadcast to both halves and a masked shift moves the
+ * upper half's bits down (Q4_K's high nibbles, Q2_K / Q3_K's next plane), the extra high bits
+ * come from a byte test against each half's bit into a masked add (Q3_K, Q5_K) or from shifts
+ * (Q6_K). maddubs (unsigned codes x signed activations -> int16 pairs) and one VNNI dpwssd
+ * (pairs x int16 sub-block scales, summed into int32) take each register into the super-block's
+ * integer sum; the scales reach each lane by one vpermw. Offsets and minimums go through the
+ * bsums as in avx2_k.c. The 32-value types run two blocks per register into VNNI dpbusd, the
+ * fifth bits straight from qh into a byte mask. */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#endif
+
+#include <immintrin.h>
+
+#include "../../internal.h"
+#include "x86_k.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
+INLINE __m512i ld64(const void *p) { return _mm512_loadu_si512(p); }
+INLINE __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE __m128i ld16(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+INLINE __m512i bcast32(const void *p) { return _mm512_broadcast_i64x4(ld32(p)); }
+
+/* 32 bytes of nibbles: the low nibbles in the low half, the high ones in the high half */
+INLINE __m512i nib64(const uint8_t *p) {
+    const __m512i q = bcast32(p);
+    return _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 4), _mm512_set1_epi8(0x0F));
+}
+
+/* the byte a in the low half, b in the high half */
+INLINE __m512i halves8(int a, int b) {
+    return _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_set1_epi8((char)a), _mm512_set1_epi8((char)b));
+}
+
+/* int16 scales for 64 values: sub-blocks of 32 (lanes 2k, 2k + 1 of sc) or of 16 (4c .. 4c + 3) */
+INLINE __m512i scales32(__m512i sc, int k) {
+    const __m512i idx = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)(2 * k)), _mm512_set1_epi16((short)(2 * k + 1)));
+    return _mm512_permutexvar_epi16(idx, sc);
+}
+INLINE __m512i scales16(__m512i sc, int c) {
+    const long long w = 0x0001000100010001ll;
+    const __m512i idx = _mm512_add_epi16(_mm512_set_epi64(3 * w, 3 * w, 2 * w, 2 * w, w, w, 0, 0), _mm512_set1_epi16((short)(4 * c)));
+    return _mm512_permutexvar_epi16(idx, sc);
+}
+
+/* acc += maddubs(u, x) . v  (int16 pairs times int16 scales, into int32) */
+INLINE __m512i dot_scaled(__m512i acc, __m512i u, const int8_t *x, __m512i v) {
+    return _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, ld64(x)), v);
+}
+
+INLINE __m512 fscale(__m512 acc, float wd, float xd, __m512i isum) {
+    return _mm512_fmadd_ps(_mm512_set1_ps(wd * xd), _mm512_cvtepi32_ps(isum), acc);
+}
+
+/* acc -= (wm * xd) * msum, msum's 8 lanes */
+INLINE __m512 fmins(__m512 acc, float wm, float xd, __m256i msum) {
+    return _mm512_fnmadd_ps(_mm512_set1_ps(wm * xd), _mm512_zextps256_ps512(_mm256_cvtepi32_ps(msum)), acc);
+}
+
+INLINE void finish(float *s, const __m512 *acc, int R) {
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = _mm512_reduce_add_ps(acc[j]);
+}
+
+/* ------------------------------------------------------------------ Q4_K, Q5_K */
+
+/* avx2_k.c's k4_scales: scales in bytes 0..7, minimums in 8..15 */
+INLINE __m128i k4_scales(const uint8_t s[K_SCALE_SIZE]) {
+    uint32_t u[3];
+    memcpy(u, s, sizeof u);
+    const uint32_t m6 = 0x3F3F3F3F, m4 = 0x0F0F0F0F, m2 = 0x03030303;
+    return _mm_setr_epi32((int)(u[0] & m6), (int)((u[2] & m4) | ((u[0] >> 6) & m2) << 4),
+                          (int)(u[1] & m6), (int)(((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4));
+}
+
+/* the 4 registers of codes of a Q4_K / Q5_K super-block and their scales */
+INLINE void k45_unpack(const uint8_t *qs, const uint8_t *qh, __m512i sc, int five, __m512i u[4], __m512i v[4]) {
+    const __m512i hb = five ? bcast32(qh) : _mm512_setzero_si512();
+    CLEX_UNROLL for (int k = 0; k < 4; k++) {
+        u[k] = nib64(qs + 32 * k);
+        if (five) u[k] = _mm512_mask_add_epi8(u[k], _mm512_test_epi8_mask(hb, halves8(1 << (2 * k), 1 << (2 * k + 1))),
+                                              u[k], _mm512_set1_epi8(16));
+        v[k] = scales32(sc, k);
+    }
+}
+
+INLINE void k45_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R, int five) {
+    const block_q4_K *w4 = vw;
+    const block_q5_K *w5 = vw;
+    const __m128i mpair = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    __m512 acc[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m128i sm = k4_scales(five ? w5[i].scales : w4[i].scales);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, mpair));   /* m[t / 2] */
+        __m512i u[4], v[4];
+        k45_unpack(five ? w5[i].qs : w4[i].qs, five ? w5[i].qh : NULL, _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm)),
+                   five, u, v);
+        const float wd = h2f(five ? w5[i].d : w4[i].d), wm = h2f(five ? w5[i].dmin : w4[i].dmin);
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
+            __m512i isum = _mm512_setzero_si512();
+            CLEX_UNROLL for (int k = 0; k < 4; k++) isum = dot_scaled(isum, u[k], x[j][i].qs + 64 * k, v[k]);
+            acc[j] = fscale(acc[j], wd, x[j][i].d, isum);
+            acc[j] = fmins(acc[j], wm, x[j][i].d, _mm256_madd_epi16(ld32(x[j][i].bsums), mins));
+        }
+    }
+    finish(s, acc, R);
+}
+
+#define Q4K_ROWS(n, s, w, x, R) k45_rows(n, s, w, x, R, 0)
+#define Q5K_ROWS(n, s, w, x, R) k45_rows(n, s, w, x, R, 1)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q4_K, block_q8_K, Q4K_ROWS)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_K, block_q8_K, Q5K_ROWS)
+
+/* ------------------------------------------------------------------ Q6_K */
+
+/* avx2_k.c's layout: per half of 128 values, ql bytes [0, 64) give the low nibbles of values
+ * 0..63 and the high nibbles of 64..127; qh byte l gives bits 4, 5 of values l, 32 + l, 64 + l,
+ * 96 + l from its bit pairs 0, 1, 2, 3 */
+INLINE void q6k_unpack(const block_q6_K *b, __m512i u[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+    CLEX_UNROLL for (int h = 0; h < 2; h++) {
+        const __m512i q = ld64(b->ql + 64 * h), hb = bcast32(b->qh + 32 * h);
+        const __m512i t = _mm512_mask_srli_epi16(hb, 0xFFFF0000u, hb, 2);
+        u[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_slli_epi16(t, 4), m2));
+        u[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), _mm512_and_si512(t, m2));
+    }
+}
+
+INLINE void q6k_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R) {
+    const block_q6_K *w = vw;
+    __m512 acc[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(ld16(w[i].scales));
+        const __m256i off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));   /* -32 sc */
+        __m512i u[4], v[4];
+        q6k_unpack(&w[i], u);
+        CLEX_UNROLL for (int c = 0; c < 4; c++) v[c] = scales16(_mm512_castsi256_si512(sc16), c);
+        const float wd = h2f(w[i].d);
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
+            __m512i isum = _mm512_zextsi256_si512(_mm256_madd_epi16(ld32(x[j][i].bsums), off));
+            CLEX_UNROLL for (int c = 0; c < 4; c++) isum = dot_scaled(isum, u[c], x[j][i].qs + 64 * c, v[c]);
+            acc[j] = fscale(acc[j], wd, x[j][i].d, isum);
+        }
+    }
+    finish(s, acc, R);
+}
+
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q6_K, block_q8_K, q6k_rows)
+
+/* ------------------------------------------------------------------ Q2_K, Q3_K */
+
+/* avx2_k.c's q3_scales16: the 16 scales minus 32, as bytes */
+INLINE __m128i q3_scales16(const uint8_t s[12]) {
+    uint32_t a[3];
+    memcpy(a, s, sizeof a);
+    const uint32_t m4 = 0x0F0F0F0F, m2 = 0x03030303;
+    const __m128i v = _mm_setr_epi32((int)((a[0] & m4) | (a[2] & m2) << 4),
+                                     (int)((a[1] & m4) | ((a[2] >> 2) & m2) << 4),
+                                     (int)(((a[0] >> 4) & m4) | ((a[2] >> 4) & m2) << 4),
+                                     (int)(((a[1] >> 4) & m4) | ((a[2] >> 6) & m2) << 4));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+/* the 2-bit planes: register c holds planes 2 (c % 2), 2 (c % 2) + 1 of half c / 2; Q3_K's
+ * third bit of value 64c + l is bit 2c (l < 32) or 2c + 1 of hmask[l % 32] */
+INLINE void k23_unpack(const uint8_t *qs, const uint8_t *hmask, int three, __m512i u[4]) {
+    const __m512i m2 = _mm512_set1_epi8(3);
+    CLEX_UNROLL for (int h = 0; h < 2; h++) {
+        const __m512i q = bcast32(qs + 32 * h);
+        const __m512i t = _mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 2);
+        u[2 * h] = _mm512_and_si512(t, m2);
+        u[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(t, 4), m2);
+    }
+    if (three) {
+        const __m512i hb = bcast32(hmask);
+        CLEX_UNROLL for (int c = 0; c < 4; c++)
+            u[c] = _mm512_mask_add_epi8(u[c], _mm512_test_epi8_mask(hb, halves8(1 << (2 * c), 1 << (2 * c + 1))), u[c],
+                                        _mm512_set1_epi8(4));
+    }
+}
+
+/* Q3_K: mins = -4 sc (the code offset, into the integer sum); Q2_K: the minimums (times dmin) */
+INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R, int three) {
+    const block_q2_K *w2 = vw;
+    const block_q3_K *w3 = vw;
+    __m512 acc[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m256i sc16, mins;
+        if (three) {
+            sc16 = _mm256_cvtepi8_epi16(q3_scales16(w3[i].scales));
+            mins = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 2));
+        } else {
+            const __m128i raw = ld16(w2[i].scales), m4 = _mm_set1_epi8(0x0F);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+            mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+        }
+        __m512i u[4], v[4];
+        k23_unpack(three ? w3[i].qs : w2[i].qs, three ? w3[i].hmask : NULL, three, u);
+        CLEX_UNROLL for (int c = 0; c < 4; c++) v[c] = scales16(_mm512_castsi256_si512(sc16), c);
+        const float wd = h2f(three ? w3[i].d : w2[i].d), wm = three ? 0.0f : h2f(w2[i].dmin);
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
+            const __m256i msum = _mm256_madd_epi16(ld32(x[j][i].bsums), mins);
+            __m512i isum = three ? _mm512_zextsi256_si512(msum) : _mm512_setzero_si512();
+            CLEX_UNROLL for (int c = 0; c < 4; c++) isum = dot_scaled(isum, u[c], x[j][i].qs + 64 * c, v[c]);
+            acc[j] = fscale(acc[j], wd, x[j][i].d, isum);
+            if (!three) acc[j] = fmins(acc[j], wm, x[j][i].d, msum);
+        }
+    }
+    finish(s, acc, R);
+}
+
+#define Q2K_ROWS(n, s, w, x, R) k23_rows(n, s, w, x, R, 0)
+#define Q3K_ROWS(n, s, w, x, R) k23_rows(n, s, w, x, R, 1)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q2_K, block_q8_K, Q2K_ROWS)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q3_K, block_q8_K, Q3K_ROWS)
+
+/* ------------------------------------------------------------------ IQ4_XS */
+
+INLINE __m128i iq4xs_scales(const block_iq4_xs *b) {
+    int16_t sc[8];
+    for (int j = 0; j < 8; j++)
+        sc[j] = (int16_t)((((b->scales_l[j >> 1] >> (4 * (j & 1))) & 0x0F) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32);
+    return ld16(sc);
+}
+
+/* 32 bytes of two 16-byte sub-blocks -> their 64 levels in order: the 128-bit lanes [A, A, B, B],
+ * the odd lanes shifted to their high nibbles, then the table lookup */
+INLINE __m512i iq4_levels64(const uint8_t *qs, __m512i lv) {
+    const __m512i q = _mm512_castsi256_si512(ld32(qs));
+    const __m512i qq = _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(1, 1, 0, 0));
+    const __m512i nib = _mm512_and_si512(_mm512_mask_srli_epi16(qq, 0xFF00FF00u, qq, 4), _mm512_set1_epi8(0x0F));
+    return _mm512_shuffle_epi8(lv, nib);
+}
+
+INLINE void iq4xs_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R) {
+    const block_iq4_xs *w = vw;
+    const __m512i lv = _mm512_broadcast_i32x4(ld16(clex_iq4nl_levels));
+    __m512 acc[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m512i sc = _mm512_castsi128_si512(iq4xs_scales(&w[i]));
+        __m512i a[4], v[4];
+        __mmask64 neg[4];
+        CLEX_UNROLL for (int k = 0; k < 4; k++) {
+            const __m512i l = iq4_levels64(w[i].qs + 32 * k, lv);
+            a[k] = _mm512_abs_epi8(l);
+            neg[k] = _mm512_movepi8_mask(l);
+            v[k] = scales32(sc, k);
+        }
+        const float wd = h2f(w[i].d);
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
+            __m512i isum = _mm512_setzero_si512();
+            CLEX_UNROLL for (int k = 0; k < 4; k++) {
+                const __m512i xq = ld64(x[j][i].qs + 64 * k);
+                const __m512i sx = _mm512_mask_sub_epi8(xq, neg[k], _mm512_setzero_si512(), xq);
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(a[k], sx), v[k]);
+            }
+            acc[j] = fscale(acc[j], wd, x[j][i].d, isum);
+        }
+    }
+    finish(s, acc, R);
+}
+
+CLEX_X86_K_DEFINE(clex_avx512vnni, IQ4_XS, block_q8_K, iq4xs_rows)
+
+/* ------------------------------------------------------------------ Q5_0, IQ4_NL, Q5_1 */
+
+/* the nibbles of blocks a and b: [a low | a high | b low | b high], 16 bytes each */
+INLINE __m512i nibbles2(const uint8_t *a, const uint8_t *b) {
+    const __m512i q = _mm512_castsi256_si512(_mm256_set_m128i(ld16(b), ld16(a)));
+    const __m512i qq = _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(1, 1, 0, 0));
+    return _mm512_and_si512(_mm512_mask_srli_epi16(qq, 0xFF00FF00u, qq, 4), _mm512_set1_epi8(0x0F));
+}
+
+INLINE __m512i load2(const void *a, const void *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(ld32(a)), ld32(b), 1);
+}
+
+/* the fifth bits of blocks a and b as a byte mask (bit j of qh is value j's) */
+INLINE __mmask64 bits2(const uint8_t *qa, const uint8_t *qb) {
+    uint32_t a, b;
+    memcpy(&a, qa, 4);
+    memcpy(&b, qb, 4);
+    return _cvtu64_mask64((uint64_t)a | (uint64_t)b << 32);
+}
+
+/* a signed type's blocks i and i1 (i1 = i for a lone last block: the row step masks it off) */
+typedef struct {
+    __m512i w;          /* |w| */
+    __mmask64 neg;      /* the negative weights */
+    __m128i dh;         /* the two d as halves: lanes 0, 1 */
+} pair32;
+
+INLINE __m128i two_halves(const clex_fp16 *a, const clex_fp16 *b) {
+    return _mm_insert_epi16(_mm_cvtsi32_si128(*a), *b, 1);
+}
+
+INLINE pair32 signed_pair(const void *vw, int64_t i, int64_t i1, int iq) {
+    pair32 p;
+    __m512i w;
+    if (iq) {
+        const block_iq4_nl *b = vw;
+        w = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(ld16(clex_iq4nl_levels)), nibbles2(b[i].qs, b[i1].qs));
+        p.dh = two_halves(&b[i].d, &b[i1].d);
+    } else {   /* q - 16: the nibble, minus 16 where the fifth bit is clear */
+        const block_q5_0 *b = vw;
+        const __m512i nib = nibbles2(b[i].qs, b[i1].qs);
+        w = _mm512_mask_sub_epi8(nib, _knot_mask64(bits2(b[i].qh, b[i1].qh)), nib, _mm512_set1_epi8(16));
+        p.dh = two_halves(&b[i].d, &b[i1].d);
+    }
+    p.w = _mm512_abs_epi8(w);
+    p.neg = _mm512_movepi8_mask(w);
+    return p;
+}
+
+/* [d(w_i) d(x_i) ... ] -> d(w_i) * d(x_i) in lanes 0..7, d(w_i1) * d(x_i1) in 8..15 */
+INLINE __m512 pair_scales(const pair32 *p, const block_q8_0 *x, int64_t i, int64_t i1) {
+    const __m128 f = _mm_cvtph_ps(_mm_unpacklo_epi32(p->dh, two_halves(&x[i].d, &x[i1].d)));
+    const __m128 d = _mm_mul_ps(f, _mm_movehl_ps(f, f));
+    return _mm512_permutexvar_ps(_mm512_mask_blend_epi32(0xFF00, _mm512_setzero_si512(), _mm512_set1_epi32(1)),
+                                 _mm512_castps128_ps512(d));
+}
+
+INLINE __m512 signed_pair_row(__m512 acc, const pair32 *p, const block_q8_0 *x, int64_t i, int64_t i1, __mmask16 keep) {
+    const __m512i xq = load2(x[i].qs, x[i1].qs);
+    const __m512i sx = _mm512_mask_sub_epi8(xq, p->neg, _mm512_setzero_si512(), xq);
+    const __m512 prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), p->w, sx));
+    return _mm512_mask3_fmadd_ps(pair_scales(p, x, i, i1), prod, acc, keep);
+}
+
+INLINE void signed32_rows(int64_t n, float *s, const void *w, const block_q8_0 *const *x, int R, int iq) {
+    const int64_t nb = n / QK;
+    __m512 acc[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i += 2) {
+        const int64_t i1 = i + 1 < nb ? i + 1 : i;
+        const __mmask16 keep = i + 1 < nb ? 0xFFFF : 0x00FF;
+        const pair32 p = signed_pair(w, i, i1, iq);
+        CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = signed_pair_row(acc[j], &p, x[j], i, i1, keep);
+    }
+    finish(s, acc, R);
+}
+
+#define Q5_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, 0)
+#define IQ4_NL_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, 1)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_0, block_q8_0, Q5_0_ROWS)
+CLEX_X86_K_DEFINE(clex_avx512vnni, IQ4_NL, block_q8_0, IQ4_NL_ROWS)
+
+/* the d of block a in the low 8 lanes, b's in the high 8 */
+INLINE __m512 scales2(float a, float b) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+/* Q5_1: (d * xd) * sum(q x) + m * xs per block */
+INLINE void q5_1_rows(int64_t n, float *s, const void *vw, const block_q8_1 *const *x, int R) {
+    const block_q5_1 *w = vw;
+    const int64_t nb = n / QK;
+    __m512 acc[4];
+    float accm[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps(), accm[j] = 0.0f;
+    for (int64_t i = 0; i < nb; i += 2) {
+        const int64_t i1 = i + 1 < nb ? i + 1 : i;
+        const __mmask16 keep = i + 1 < nb ? 0xFFFF : 0x00FF;
+        const __m512i nib = nibbles2(w[i].qs, w[i1].qs);
+        const __m512i u = _mm512_mask_add_epi8(nib, bits2(w[i].qh, w[i1].qh), nib, _mm512_set1_epi8(16));
+        const float d0 = h2f(w[i].d), d1 = h2f(w[i1].d), m0 = h2f(w[i].m), m1 = i + 1 < nb ? h2f(w[i1].m) : 0.0f;
+        CLEX_UNROLL for (int j = 0; j < R; j++) {
+            const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, load2(x[j][i].qs, x[j][i1].qs));
+            const __m512 d = scales2(d0 * x[j][i].d, d1 * x[j][i1].d);
+            acc[j] = _mm512_mask3_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc[j], keep);
+            accm[j] += m0 * x[j][i].s + m1 * x[j][i1].s;
+        }
+    }
+    finish(s, acc, R);
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] += accm[j];
+}
+
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_1, block_q8_1, q5_1_rows)
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#endif
