@@ -235,3 +235,42 @@ def test_isa_selection_env(tmp_path):
         e = dict(os.environ, **env)
         out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == want
+
+
+# the x86 four-row kernels that run each row through the one-row kernel's operations
+# (native/src/arch/x86/x86_k.h): their products are bit for bit the one-row kernel's
+X86_SAME_BITS = {"avx2": set(RUN_ONLY), "avx512": set(RUN_ONLY) | {"q8_0", "q4_0"}}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(TYPES) + list(RUN_ONLY))
+def test_four_row_kernel_matches_one_row_kernel(isa, name):
+    """Prefill (clex_matmul with 4 tokens: one weight row against four activation rows per pass)
+    against the one-row kernel per token (clex_vec_dot), on rows whose block counts take every
+    path of the kernels: 31 = 16 + 8 + 4 + 2 + 1 blocks of 32, 18 = 16 + 2 (SmolLM2's 576), or
+    3 super-blocks. Within the summation-order tolerance; bit for bit where the kernel says so."""
+    rng = np.random.default_rng(6)
+    t = {**TYPES, **RUN_ONLY}[name]
+    at = lib.clex_type_vec_dot_type(t)
+    blck = lib.clex_type_block_size(t)
+    N, T = 5, 4
+    for nb in ((31, 18) if blck <= 32 else (3,)):
+        K = nb * max(32, blck)
+        Wq = weight_rows(name, rng, N, K).reshape(N, -1)
+        X = rng.standard_normal((T, K)).astype(np.float32)
+        ct = ffi.new("clex_tensor *", dict(type=t, n_dims=2, data=ptr(Wq), nbytes=Wq.nbytes))
+        ct.ne[0], ct.ne[1] = K, N
+        _lib.set_isa(isa)
+        Y = np.zeros((T, N), np.float32)
+        _lib.check(lib.clex_matmul(ct, ptr(X, "float *"), T, ptr(Y, "float *"), 1))
+        one = np.zeros((T, N), np.float32)
+        out = ffi.new("float *")
+        for i in range(T):
+            xq = quantize(X[i], at) if at else X[i]
+            for r in range(N):
+                _lib.check(lib.clex_vec_dot(t, K, ptr(Wq[r]), ptr(xq), out))
+                one[i, r] = out[0]
+        scale = np.abs(Y).max() + 1e-30
+        assert np.abs(Y - one).max() <= 1e-5 * scale * np.sqrt(K / 32), (isa, name, nb)
+        if name in X86_SAME_BITS.get(isa, ()):
+            assert np.array_equal(Y.view(np.uint32), one.view(np.uint32)), (isa, name, nb)

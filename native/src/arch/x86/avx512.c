@@ -1,6 +1,7 @@
 /* AVX-512 (F, BW, VL, DQ) kernels: two quantized blocks per 512-bit register, with the VNNI
- * dot-product instruction where the CPU has it. Installed over the AVX2 set, so any slot the
- * tables at the end leave NULL keeps its AVX2 version. */
+ * dot-product instruction where the CPU has it (the VNNI Q8_0 / Q4_0 kernels and those of the
+ * K-quant files' types are avx512_k.c's). Installed over the AVX2 set, so any slot the tables at
+ * the end leave NULL keeps its AVX2 version. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -38,10 +39,7 @@ static inline __m512 scales2(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
 }
 
-/* unsigned x signed bytes, summed in groups of four into 16 int32 lanes */
-static inline __m512i dpbusd_vnni(__m512i u, __m512i s) {
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
-}
+/* unsigned x signed bytes, summed in groups of four into 16 int32 lanes (without VNNI) */
 static inline __m512i dpbusd_plain(__m512i u, __m512i s) {
     return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
 }
@@ -91,48 +89,7 @@ static void vec_dot_q4_0_##SUF(int64_t n, float *s, const void *vw, const void *
     *s = sum;                                                                                   \
 }
 
-/* One weight row against four activation rows (prefill): the weight blocks are loaded, unpacked
- * and split into |w| and sign once, then meet each activation row. Each row's sums run in the
- * order of the one-row kernel above, so both give the same bits. WQ(i) yields the signed int8
- * weights of blocks i, i+1; TAIL is the generic one-block kernel. */
-#define DEFINE_X4(NAME, WBLOCK, WQ, TAIL, DP)                                                    \
-static void NAME(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {          \
-    const WBLOCK *w = vw;                                                                       \
-    const block_q8_0 *x[4];                                                                     \
-    for (int j = 0; j < 4; j++) x[j] = (const block_q8_0 *)((const uint8_t *)vx + j * xstride); \
-    const int64_t nb = n / QK;                                                                  \
-    __m512 acc[4];                                                                              \
-    for (int j = 0; j < 4; j++) acc[j] = _mm512_setzero_ps();                                   \
-    int64_t i = 0;                                                                              \
-    for (; i + 1 < nb; i += 2) {                                                                \
-        const __m512i wq = WQ(i);                                                               \
-        const __m512i aw = _mm512_abs_epi8(wq);                                                 \
-        const __mmask64 neg = _mm512_movepi8_mask(wq);                                          \
-        const float wd0 = h2f(w[i].d), wd1 = h2f(w[i + 1].d);                                   \
-        for (int j = 0; j < 4; j++) {                                                           \
-            const __m512i xq = load2(x[j][i].qs, x[j][i + 1].qs);                               \
-            const __m512i sx = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);       \
-            const __m512 d = scales2(wd0 * h2f(x[j][i].d), wd1 * h2f(x[j][i + 1].d));           \
-            acc[j] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(DP(aw, sx)), acc[j]);                \
-        }                                                                                       \
-    }                                                                                           \
-    for (int j = 0; j < 4; j++) {                                                               \
-        s[j] = _mm512_reduce_add_ps(acc[j]);                                                    \
-        if (i < nb) {                                                                           \
-            float t;                                                                            \
-            TAIL(QK, &t, w + i, x[j] + i);                                                      \
-            s[j] += t;                                                                          \
-        }                                                                                       \
-    }                                                                                           \
-}
-
-#define Q8_0_W(i) load2(w[(i)].qs, w[(i) + 1].qs)
-#define Q4_0_W(i) _mm512_sub_epi8(nibbles2(w[(i)].qs, w[(i) + 1].qs), _mm512_set1_epi8(8))
-
-DEFINE_KERNELS(vnni, dpbusd_vnni)
 DEFINE_KERNELS(bw, dpbusd_plain)
-DEFINE_X4(vec_dot_q8_0_x4_vnni, block_q8_0, Q8_0_W, clex_vec_dot_q8_0_q8_0_generic, dpbusd_vnni)
-DEFINE_X4(vec_dot_q4_0_x4_vnni, block_q4_0, Q4_0_W, clex_vec_dot_q4_0_q8_0_generic, dpbusd_vnni)
 
 static void vec_dot_f32(int64_t n, float *s, const void *vw, const void *vx) {
     const float *a = vw, *b = vx;
@@ -181,14 +138,14 @@ static const clex_kernels avx512_vnni = {
     .vec_dot = {
         [CLEX_TYPE_F32] = vec_dot_f32,
         [CLEX_TYPE_F16] = vec_dot_f16,
-        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_vnni,
-        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_vnni,
+        [CLEX_TYPE_Q8_0] = clex_avx512vnni_dot_Q8_0,
+        [CLEX_TYPE_Q4_0] = clex_avx512vnni_dot_Q4_0,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
         CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT)
     },
     .vec_dot4 = {
-        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_x4_vnni,
-        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_x4_vnni,
+        [CLEX_TYPE_Q8_0] = clex_avx512vnni_dot4_Q8_0,
+        [CLEX_TYPE_Q4_0] = clex_avx512vnni_dot4_Q4_0,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
         CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT4)
     },

@@ -299,66 +299,115 @@ INLINE __mmask64 bits2(const uint8_t *qa, const uint8_t *qb) {
     return _cvtu64_mask64((uint64_t)a | (uint64_t)b << 32);
 }
 
-/* a signed type's blocks i and i1 (i1 = i for a lone last block: the row step masks it off) */
-typedef struct {
-    __m512i w;          /* |w| */
-    __mmask64 neg;      /* the negative weights */
-    __m128i dh;         /* the two d as halves: lanes 0, 1 */
-} pair32;
+/* The scales d(w) * d(x) of 16 blocks at a time: the fp16 fields gathered four to a 64-bit word
+ * in general-purpose registers (no vector port), converted with one instruction, multiplied
+ * once; each pair of blocks then takes its two with one permute. */
 
-INLINE __m128i two_halves(const clex_fp16 *a, const clex_fp16 *b) {
-    return _mm_insert_epi16(_mm_cvtsi32_si128(*a), *b, 1);
+/* the fp16 fields at p + k * stride, k < cnt (zero beyond), as 16 halves; no early exit, so
+ * that with a constant cnt the loop unrolls into straight code */
+INLINE __m256i halves16(const void *p, size_t stride, int cnt) {
+    uint64_t q[4] = {0, 0, 0, 0};
+    CLEX_UNROLL for (int k = 0; k < 16; k++) {
+        uint16_t h = 0;
+        if (k < cnt) memcpy(&h, (const uint8_t *)p + k * stride, 2);
+        q[k >> 2] |= (uint64_t)h << (16 * (k & 3));
+    }
+    return _mm256_setr_epi64x((long long)q[0], (long long)q[1], (long long)q[2], (long long)q[3]);
 }
 
-INLINE pair32 signed_pair(const void *vw, int64_t i, int64_t i1, int iq) {
-    pair32 p;
-    __m512i w;
-    if (iq) {
-        const block_iq4_nl *b = vw;
-        w = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(ld16(clex_iq4nl_levels)), nibbles2(b[i].qs, b[i1].qs));
-        p.dh = two_halves(&b[i].d, &b[i1].d);
-    } else {   /* q - 16: the nibble, minus 16 where the fifth bit is clear */
+INLINE __m512 block_scales16(const void *p, size_t stride, int cnt) { return _mm512_cvtph_ps(halves16(p, stride, cnt)); }
+
+/* the scale of pair p (blocks 2p, 2p + 1 of the 16) in lanes 0..7 and 8..15 (the permute
+ * indices from memory: loads are cheaper than building them) */
+static const int32_t pair_idx[8][16] __attribute__((aligned(64))) = {
+#define PAIR_IDX(p) {2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, \
+                     2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1}
+    PAIR_IDX(0), PAIR_IDX(1), PAIR_IDX(2), PAIR_IDX(3), PAIR_IDX(4), PAIR_IDX(5), PAIR_IDX(6), PAIR_IDX(7),
+#undef PAIR_IDX
+};
+
+INLINE __m512 pair_scale(__m512 d16, int p) {
+    return _mm512_permutexvar_ps(_mm512_load_si512(pair_idx[p]), d16);
+}
+
+/* acc += d * (|w| . (x with w's signs)) for the pair of activation blocks at xa, xb; the upper
+ * half only where keep says (a lone last block) */
+INLINE __m512 signed_pair_row(__m512 acc, __m512i aw, __mmask64 neg, const int8_t *xa, const int8_t *xb, __m512 d,
+                              __mmask16 keep) {
+    const __m512i xq = load2(xa, xb);
+    const __m512i sx = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
+    const __m512 prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx));
+    return _mm512_mask3_fmadd_ps(d, prod, acc, keep);
+}
+
+/* the signed int8 weights of blocks i, i1 (Q8_0 as they are; Q4_0 nibble - 8; Q5_0 code - 16;
+ * IQ4_NL levels) */
+enum { W_Q8_0, W_Q4_0, W_Q5_0, W_IQ4_NL };
+
+INLINE size_t signed_stride(int wt) {
+    return wt == W_Q8_0 ? sizeof(block_q8_0) : wt == W_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q4_0);
+}
+
+INLINE __m512i signed_weights(const void *vw, int64_t i, int64_t i1, int wt) {
+    switch (wt) {
+    case W_Q8_0: return load2(((const block_q8_0 *)vw)[i].qs, ((const block_q8_0 *)vw)[i1].qs);
+    case W_Q4_0: {
+        const block_q4_0 *b = vw;
+        return _mm512_sub_epi8(nibbles2(b[i].qs, b[i1].qs), _mm512_set1_epi8(8));
+    }
+    case W_Q5_0: {   /* the nibble, minus 16 where the fifth bit is clear */
         const block_q5_0 *b = vw;
         const __m512i nib = nibbles2(b[i].qs, b[i1].qs);
-        w = _mm512_mask_sub_epi8(nib, _knot_mask64(bits2(b[i].qh, b[i1].qh)), nib, _mm512_set1_epi8(16));
-        p.dh = two_halves(&b[i].d, &b[i1].d);
+        return _mm512_mask_sub_epi8(nib, _knot_mask64(bits2(b[i].qh, b[i1].qh)), nib, _mm512_set1_epi8(16));
     }
-    p.w = _mm512_abs_epi8(w);
-    p.neg = _mm512_movepi8_mask(w);
-    return p;
+    default: {
+        const block_iq4_nl *b = vw;
+        return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(ld16(clex_iq4nl_levels)), nibbles2(b[i].qs, b[i1].qs));
+    }
+    }
 }
 
-/* [d(w_i) d(x_i) ... ] -> d(w_i) * d(x_i) in lanes 0..7, d(w_i1) * d(x_i1) in 8..15 */
-INLINE __m512 pair_scales(const pair32 *p, const block_q8_0 *x, int64_t i, int64_t i1) {
-    const __m128 f = _mm_cvtph_ps(_mm_unpacklo_epi32(p->dh, two_halves(&x[i].d, &x[i1].d)));
-    const __m128 d = _mm_mul_ps(f, _mm_movehl_ps(f, f));
-    return _mm512_permutexvar_ps(_mm512_mask_blend_epi32(0xFF00, _mm512_setzero_si512(), _mm512_set1_epi32(1)),
-                                 _mm512_castps128_ps512(d));
+/* blocks i0 .. i0 + cnt - 1 (cnt <= 16) of every row */
+INLINE void signed32_group(const void *w, int64_t i0, int cnt, int wt, const block_q8_0 *const *x, int R, __m512 *acc) {
+    const size_t ws = signed_stride(wt);
+    const __m512 wd = block_scales16((const uint8_t *)w + i0 * ws, ws, cnt);
+    __m512 d16[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) d16[j] = _mm512_mul_ps(wd, block_scales16(&x[j][i0].d, sizeof(block_q8_0), cnt));
+    CLEX_UNROLL for (int p = 0; p < 8; p++) {
+        if (2 * p < cnt) {
+            const int64_t i = i0 + 2 * p, i1 = 2 * p + 1 < cnt ? i + 1 : i;
+            const __mmask16 keep = 2 * p + 1 < cnt ? 0xFFFF : 0x00FF;
+            const __m512i wq = signed_weights(w, i, i1, wt);
+            const __m512i aw = _mm512_abs_epi8(wq);
+            const __mmask64 neg = _mm512_movepi8_mask(wq);
+            CLEX_UNROLL for (int j = 0; j < R; j++)
+                acc[j] = signed_pair_row(acc[j], aw, neg, x[j][i].qs, x[j][i1].qs, pair_scale(d16[j], p), keep);
+        }
+    }
 }
 
-INLINE __m512 signed_pair_row(__m512 acc, const pair32 *p, const block_q8_0 *x, int64_t i, int64_t i1, __mmask16 keep) {
-    const __m512i xq = load2(x[i].qs, x[i1].qs);
-    const __m512i sx = _mm512_mask_sub_epi8(xq, p->neg, _mm512_setzero_si512(), xq);
-    const __m512 prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), p->w, sx));
-    return _mm512_mask3_fmadd_ps(pair_scales(p, x, i, i1), prod, acc, keep);
-}
-
-INLINE void signed32_rows(int64_t n, float *s, const void *w, const block_q8_0 *const *x, int R, int iq) {
+INLINE void signed32_rows(int64_t n, float *s, const void *w, const block_q8_0 *const *x, int R, int wt) {
     const int64_t nb = n / QK;
     __m512 acc[4];
     CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < nb; i += 2) {
-        const int64_t i1 = i + 1 < nb ? i + 1 : i;
-        const __mmask16 keep = i + 1 < nb ? 0xFFFF : 0x00FF;
-        const pair32 p = signed_pair(w, i, i1, iq);
-        CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = signed_pair_row(acc[j], &p, x[j], i, i1, keep);
-    }
+    int64_t i0 = 0;
+    for (; i0 + 16 <= nb; i0 += 16) signed32_group(w, i0, 16, wt, x, R, acc);
+    /* the rest as groups of 8, 4, 2, 1: each a constant count, so straight code */
+    CLEX_UNROLL for (int g = 8; g >= 1; g /= 2)
+        if ((nb - i0) & g) {
+            signed32_group(w, i0, g, wt, x, R, acc);
+            i0 += g;
+        }
     finish(s, acc, R);
 }
 
-#define Q5_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, 0)
-#define IQ4_NL_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, 1)
+#define Q5_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_Q5_0)
+#define IQ4_NL_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_IQ4_NL)
+#define Q8_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_Q8_0)
+#define Q4_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_Q4_0)
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_0, block_q8_0, Q5_0_ROWS)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q8_0, block_q8_0, Q8_0_ROWS)
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q4_0, block_q8_0, Q4_0_ROWS)
 CLEX_X86_K_DEFINE(clex_avx512vnni, IQ4_NL, block_q8_0, IQ4_NL_ROWS)
 
 /* the d of block a in the low 8 lanes, b's in the high 8 */

@@ -21,13 +21,16 @@
 
 CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DECLARE)
 CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DECLARE)
+/* and the AVX-512 VNNI Q8_0 and Q4_0 kernels, the 32-value types' scheme of avx512_k.c */
+CLEX_X86_K_DECLARE(clex_avx512vnni, Q8_0)
+CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
 
 /* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
 void clex_avx2_quantize_q8_K(const float *x, void *y, int64_t n);
 
 /* complete unrolling of the loops over rows and sub-blocks, whatever the optimisation level
  * (the bodies index register arrays by the loop variables) */
-#define CLEX_UNROLL _Pragma("GCC unroll 8")
+#define CLEX_UNROLL _Pragma("GCC unroll 16")
 
 /* the table entries: [CLEX_TYPE_Q4_K] = clex_avx2_dot_Q4_K, ... */
 #define CLEX_X86_K_DOT(PFX, T) [CLEX_TYPE_##T] = PFX##_dot_##T,
