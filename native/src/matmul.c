@@ -36,30 +36,35 @@ clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
     return r;
 }
 
-/* token t's activations in `type` (the weight's vec_dot_type) */
-static const void *act_row(const clex_acts *a, int32_t type, int64_t t) {
-    const int s = clex_act_slot(type);
-    if (s < 0) return a->f32 + t * a->k;
-    return (const uint8_t *)a->q[s] + (uint64_t)t * act_row_bytes(s, a->k);
-}
-
 /* ------------------------------------------------------------------ row products */
 
 #define ROW_BLOCK 16   /* weight rows kept hot in L1 while every token of the batch passes */
 
-/* rows [rs, re) against tokens [t, t + 4) with the four-row kernel */
-static void rows_x4(const clex_tensor *w, const clex_acts *a, int64_t t, float *y, int64_t ystride, int accumulate,
-                    int64_t rs, int64_t re) {
+/* One weight matrix against prepared activations, everything the row loops need looked up once
+ * per call: weight rows (base, rb bytes apart), activation rows (x, xb bytes apart), kernels. */
+typedef struct {
+    const uint8_t *base, *x;
+    uint64_t rb, xb;
+    int64_t k;
+    clex_vec_dot_fn dot;
+    clex_vec_dot4_fn dot4;   /* NULL: one row at a time */
+} row_op;
+
+static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
     const clex_type_traits *tr = clex_traits(w->type);
-    const clex_vec_dot4_fn dot4 = clex_k.vec_dot4[w->type];
-    const int64_t k = w->ne[0];
-    const uint64_t rb = row_bytes(tr, k);
-    const uint8_t *base = w->data;
-    const void *xr = act_row(a, tr->vec_dot_type, t);
-    const size_t xstride = (const uint8_t *)act_row(a, tr->vec_dot_type, t + 1) - (const uint8_t *)xr;
+    const int s = clex_act_slot(tr->vec_dot_type);
+    row_op op = {w->data, s < 0 ? (const uint8_t *)a->f32 : (const uint8_t *)a->q[s], row_bytes(tr, w->ne[0]),
+                 s < 0 ? (uint64_t)a->k * sizeof(float) : act_row_bytes(s, a->k), w->ne[0],
+                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type]};
+    return op;
+}
+
+/* rows [rs, re) against tokens [t, t + 4) with the four-row kernel */
+static void rows_x4(const row_op *op, int64_t t, float *y, int64_t ystride, int accumulate, int64_t rs, int64_t re) {
+    const void *xr = op->x + (uint64_t)t * op->xb;
     for (int64_t r = rs; r < re; r++) {
         float s4[4];
-        dot4(k, s4, base + (uint64_t)r * rb, xr, xstride);
+        op->dot4(op->k, s4, op->base + (uint64_t)r * op->rb, xr, (size_t)op->xb);
         for (int j = 0; j < 4; j++) {
             float *yr = y + (t + j) * ystride + r;
             *yr = accumulate ? *yr + s4[j] : s4[j];
@@ -69,23 +74,18 @@ static void rows_x4(const clex_tensor *w, const clex_acts *a, int64_t t, float *
 
 void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
-    const clex_type_traits *tr = clex_traits(w->type);
-    const int64_t k = w->ne[0];
-    const uint64_t rb = row_bytes(tr, k);
-    const uint8_t *base = w->data;
-    const clex_vec_dot_fn dot = clex_k.vec_dot[w->type];
-    const int four = clex_k.vec_dot4[w->type] != NULL;
+    const row_op op = row_op_for(w, a);
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
         int64_t t = 0;
-        if (four)
-            for (; t + 4 <= n_tok; t += 4) rows_x4(w, a, t, y, ystride, accumulate, rs, re);
+        if (op.dot4)
+            for (; t + 4 <= n_tok; t += 4) rows_x4(&op, t, y, ystride, accumulate, rs, re);
         for (; t < n_tok; t++) {
-            const void *xr = act_row(a, tr->vec_dot_type, t);
+            const void *xr = op.x + (uint64_t)t * op.xb;
             float *yr = y + t * ystride;
             for (int64_t r = rs; r < re; r++) {
                 float s;
-                dot(k, &s, base + (uint64_t)r * rb, xr);
+                op.dot(op.k, &s, op.base + (uint64_t)r * op.rb, xr);
                 yr[r] = accumulate ? yr[r] + s : s;
             }
         }
