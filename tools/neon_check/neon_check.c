@@ -1,4 +1,4 @@
-/* neon_check: the NEON kernel set (native/src/arch/arm/neon.c) against the scalar reference.
+/* neon_check: the NEON kernel set (native/src/arch/arm/) against the scalar reference.
  *
  * Built for aarch64 together with the C core's sources and run under qemu-aarch64 by run.sh
  * (docs/neon.md). Checks:
@@ -16,7 +16,12 @@
  *     Q4_0 / Q4_1 (and mixed) weights, clex_eval under CLEX_ISA_SCALAR and CLEX_ISA_NEON,
  *     every logit within 1e-4 of the row's largest magnitude, with the quantized activations
  *     kept in lock-step across rounding-tie flips (see check_e2e); plus a free-running
- *     two-thread run, strict for the float weight types.
+ *     two-thread run, strict for the float weight types; the same for Q5_0 / Q5_1 / IQ4_NL
+ *     models and (E = 256) Q2_K .. Q6_K / IQ4_XS and a Q4_K/Q6_K mix, Q8_K activations kept in
+ *     lock-step too;
+ *   - check_types.c: the Q8_K quantizer byte for byte, and vec_dot / vec_dot4 of the types
+ *     issue 13 added (plus the four-row kernels of Q8_0, Q4_0, Q4_1), both variants.
+ * The original checks run first and draw the same random numbers as before the new ones.
  * Prints "N passed, N failed"; exit status 1 on any failure.
  *
  * Usage: neon_check [--expect-dotprod=0|1] [--seed=N]
@@ -28,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"   /* -I native/src (run.sh) */
+#include "neon_check.h"
 
 #if !defined(CLEX_NEON)
 #error "neon_check is built for aarch64 with NEON (see tools/neon_check/run.sh)"
@@ -51,7 +56,7 @@ typedef struct {
     double worst;   /* largest |err| / allowed seen */
 } stat_t;
 
-#define MAX_STATS 64
+#define MAX_STATS 160
 static stat_t g_stats[MAX_STATS];
 static int g_nstats;
 
@@ -63,7 +68,7 @@ static stat_t *stat_get(const char *name) {
     return &g_stats[g_nstats++];
 }
 
-static void record(const char *name, int ok, double ratio, const char *fmt, ...) {
+void record(const char *name, int ok, double ratio, const char *fmt, ...) {
     stat_t *st = stat_get(name);
     st->n++;
     if (ratio > st->worst) st->worst = ratio;
@@ -82,32 +87,32 @@ static void record(const char *name, int ok, double ratio, const char *fmt, ...)
 
 /* ------------------------------------------------------------------ random numbers (fixed seed) */
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 
-static uint64_t rnd_u64(void) {   /* splitmix64 */
+uint64_t rnd_u64(void) {   /* splitmix64 */
     uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
-static double rnd_unit(void) { return (double)(rnd_u64() >> 11) * (1.0 / 9007199254740992.0); }
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd_u64() % (uint64_t)(hi - lo + 1)); }
-static double rnd_normal(void) {
+double rnd_unit(void) { return (double)(rnd_u64() >> 11) * (1.0 / 9007199254740992.0); }
+int rnd_int(int lo, int hi) { return lo + (int)(rnd_u64() % (uint64_t)(hi - lo + 1)); }
+double rnd_normal(void) {
     double u = rnd_unit(), v = rnd_unit();
     if (u < 1e-300) u = 1e-300;
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
 }
-static float rnd_scale(double lo10, double hi10) { return (float)pow(10.0, lo10 + (hi10 - lo10) * rnd_unit()); }
+float rnd_scale(double lo10, double hi10) { return (float)pow(10.0, lo10 + (hi10 - lo10) * rnd_unit()); }
 
 /* a finite half with random sign, exponent and mantissa (subnormals included) */
-static clex_fp16 rnd_half(void) {
+clex_fp16 rnd_half(void) {
     const uint16_t sign = (uint16_t)((rnd_u64() & 1) << 15);
     const uint16_t exp = (uint16_t)rnd_int(0, 30);
     const uint16_t man = (uint16_t)(rnd_u64() & 0x3FF);
     return (clex_fp16)(sign | (exp << 10) | man);
 }
 /* a half of moderate magnitude (normal range, 2^-14 .. 2^6) */
-static clex_fp16 rnd_half_mid(void) {
+clex_fp16 rnd_half_mid(void) {
     const uint16_t sign = (uint16_t)((rnd_u64() & 1) << 15);
     return (clex_fp16)(sign | ((uint16_t)rnd_int(1, 21) << 10) | (uint16_t)(rnd_u64() & 0x3FF));
 }
@@ -182,8 +187,6 @@ static void gen_half_safe(float *x, int64_t n, int per_block) {
 
 /* ------------------------------------------------------------------ checks: quantizers */
 
-#define MAX_BLOCKS 131   /* 4096 + 96 elements */
-#define MAX_N (MAX_BLOCKS * QK)
 
 static void check_quantizers(const clex_kernels *nk) {
     static float x[MAX_N];
@@ -212,7 +215,7 @@ static void check_quantizers(const clex_kernels *nk) {
 
 /* ------------------------------------------------------------------ checks: quantized dots */
 
-static double sum_abs_products(int32_t wtype, const void *w, int32_t xtype, const void *x, int64_t n) {
+double sum_abs_products(int32_t wtype, const void *w, int32_t xtype, const void *x, int64_t n) {
     static float wf[MAX_N + 64], xf[MAX_N + 64];
     if (clex_dequantize_row(wtype, w, wf, n) || clex_dequantize_row(xtype, x, xf, n)) {
         fprintf(stderr, "dequantize failed: %s\n", clex_last_error());
@@ -223,7 +226,7 @@ static double sum_abs_products(int32_t wtype, const void *w, int32_t xtype, cons
     return s;
 }
 
-static void compare_dot(const char *name, clex_vec_dot_fn ref_fn, clex_vec_dot_fn neon_fn, int32_t wtype,
+void compare_dot(const char *name, clex_vec_dot_fn ref_fn, clex_vec_dot_fn neon_fn, int32_t wtype,
                         const void *w, int32_t xtype, const void *x, int64_t n, const char *mode) {
     float r = NAN, v = NAN;
     ref_fn(n, &r, w, x);
@@ -491,33 +494,67 @@ static act_rec *g_recs;
 static size_t g_nrecs, g_caprecs, g_replay_pos;
 static int g_mode;   /* 0 off, 1 record, 2 replay */
 static long g_flips, g_replaced, g_replay_bad;
-static clex_from_float_fn g_real_q8_0, g_real_q8_1;
+static clex_from_float_fn g_real_q8_0, g_real_q8_1, g_real_q8_K;
 
 static size_t act_bytes(int32_t type, int64_t k) {
+    if (type == CLEX_TYPE_Q8_K) return (size_t)(k / QK_K) * sizeof(block_q8_K);
     return (size_t)(k / QK) * (type == CLEX_TYPE_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q8_1));
+}
+
+/* block b's scale, codes and (the recorded run's) 1/scale as the reference computes it */
+static int act_block(int32_t type, const uint8_t *q, int64_t b, const float *x, float *d, const int8_t **qs,
+                     float *id) {
+    if (type == CLEX_TYPE_Q8_K) {
+        const block_q8_K *y = (const block_q8_K *)q + b;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+        *d = y->d, *qs = y->qs, *id = amax ? -127.0f / max : 0.0f;
+        return QK_K;
+    }
+    if (type == CLEX_TYPE_Q8_0) {
+        const block_q8_0 *y = (const block_q8_0 *)q + b;
+        *d = clex_fp16_to_fp32(y->d), *qs = y->qs;
+    } else {
+        const block_q8_1 *y = (const block_q8_1 *)q + b;
+        *d = y->d, *qs = y->qs;
+    }
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float dd = amax / 127.0f;
+    *id = dd ? 1.0f / dd : 0.0f;
+    return QK;
+}
+
+/* a Q8_K block's bsums are the sums of its own codes */
+static int bsums_consistent(const block_q8_K *y) {
+    for (int g = 0; g < QK_K / 16; g++) {
+        int sum = 0;
+        for (int l = 0; l < 16; l++) sum += y->qs[16 * g + l];
+        if (sum != y->bsums[g]) return 0;
+    }
+    return 1;
 }
 
 /* differing blocks explained by tie flips? counts the flipped elements */
 static int flips_explained(int32_t type, int64_t k, const float *xs, const uint8_t *qs_rec, const uint8_t *qn,
                            long *flips) {
-    for (int64_t b = 0; b < k / QK; b++) {
-        const float *x = xs + b * QK;
-        float dr, dn;
+    const int64_t bs = type == CLEX_TYPE_Q8_K ? QK_K : QK;
+    for (int64_t b = 0; b < k / bs; b++) {
+        const float *x = xs + b * bs;
+        float dr, dn, id;
         const int8_t *a, *c;
-        if (type == CLEX_TYPE_Q8_0) {
-            const block_q8_0 *br = (const block_q8_0 *)qs_rec + b, *bn = (const block_q8_0 *)qn + b;
-            dr = clex_fp16_to_fp32(br->d), dn = clex_fp16_to_fp32(bn->d);
-            a = br->qs, c = bn->qs;
-        } else {
-            const block_q8_1 *br = (const block_q8_1 *)qs_rec + b, *bn = (const block_q8_1 *)qn + b;
-            dr = br->d, dn = bn->d;
-            a = br->qs, c = bn->qs;
-        }
+        act_block(type, qs_rec, b, x, &dr, &a, &id);
+        act_block(type, qn, b, x, &dn, &c, &id);
         if (fabsf(dr - dn) > 1e-5f * fmaxf(fabsf(dr), fabsf(dn))) return 0;
-        float amax = 0.0f;   /* the recorded run's id, as the reference computed it */
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-        for (int j = 0; j < QK; j++) {
+        if (type == CLEX_TYPE_Q8_K && !bsums_consistent((const block_q8_K *)qn + b)) return 0;
+        if (type == CLEX_TYPE_Q8_1) {   /* s = d * sum(qs) follows the codes */
+            int sum = 0;
+            for (int j = 0; j < QK; j++) sum += c[j];
+            const block_q8_1 *yn = (const block_q8_1 *)qn + b;
+            if (yn->s != yn->d * (float)sum) return 0;
+        }
+        for (int j = 0; j < bs; j++) {
             if (a[j] == c[j]) continue;
             const double v = (double)x[j] * id;
             if (abs(a[j] - c[j]) != 1 || fabs(fabs(v - floor(v)) - 0.5) > 1e-3) return 0;
@@ -528,7 +565,7 @@ static int flips_explained(int32_t type, int64_t k, const float *xs, const uint8
 }
 
 static void hook(int32_t type, const float *x, void *y, int64_t n) {
-    (type == CLEX_TYPE_Q8_0 ? g_real_q8_0 : g_real_q8_1)(x, y, n);
+    (type == CLEX_TYPE_Q8_0 ? g_real_q8_0 : type == CLEX_TYPE_Q8_1 ? g_real_q8_1 : g_real_q8_K)(x, y, n);
     const size_t nb = act_bytes(type, n);
     if (g_mode == 1) {
         if (g_nrecs == g_caprecs) {
@@ -559,17 +596,21 @@ static void hook(int32_t type, const float *x, void *y, int64_t n) {
 }
 static void hook_q8_0(const float *x, void *y, int64_t n) { hook(CLEX_TYPE_Q8_0, x, y, n); }
 static void hook_q8_1(const float *x, void *y, int64_t n) { hook(CLEX_TYPE_Q8_1, x, y, n); }
+static void hook_q8_K(const float *x, void *y, int64_t n) { hook(CLEX_TYPE_Q8_K, x, y, n); }
 
 static void hooks_install(int mode) {
     /* the selected kernel table (core.c) is plain data; clex_set_isa rewrites these slots */
     if (mode) {
         g_real_q8_0 = QUANT(&clex_k, Q8_0);
         g_real_q8_1 = QUANT(&clex_k, Q8_1);
+        g_real_q8_K = QUANT(&clex_k, Q8_K);
         QUANT(&clex_k, Q8_0) = hook_q8_0;
         QUANT(&clex_k, Q8_1) = hook_q8_1;
+        QUANT(&clex_k, Q8_K) = hook_q8_K;
     } else {
         QUANT(&clex_k, Q8_0) = g_real_q8_0;
         QUANT(&clex_k, Q8_1) = g_real_q8_1;
+        QUANT(&clex_k, Q8_K) = g_real_q8_K;
     }
     g_mode = mode;
 }
@@ -632,84 +673,114 @@ static double logit_ratio(const float *a, const float *b, int rows, int V, int *
     return worst;
 }
 
-static void check_e2e(void) {
+static int is_float_type(int32_t t) { return t == CLEX_TYPE_F32 || t == CLEX_TYPE_F16 || t == CLEX_TYPE_BF16; }
+
+/* the weights of t->types (tok_embd, output, wq, wk, wv, wo, gate, up, down; types[9] = tied) */
+static int build_tiny(tiny_t *t, clex_model **m) {
+    const clex_hparams *hp = &t->hp;
+    const int64_t E = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    clex_tensor tok = make_weight(t, t->types[0], E, hp->n_vocab, 1.0, "token_embd");
+    clex_tensor onorm = make_norm(t, E, "output_norm");
+    clex_tensor out = t->types[9] ? (clex_tensor){0} : make_weight(t, t->types[1], E, hp->n_vocab, 0.3, "output");
+    clex_layer layers[2];
+    for (int l = 0; l < hp->n_layer; l++) {
+        clex_layer *L = &layers[l];
+        L->attn_norm = make_norm(t, E, "attn_norm");
+        L->wq = make_weight(t, t->types[2], E, qd, 0.25, "attn_q");
+        L->wk = make_weight(t, t->types[3], E, kvd, 0.25, "attn_k");
+        L->wv = make_weight(t, t->types[4], E, kvd, 0.25, "attn_v");
+        L->wo = make_weight(t, t->types[5], qd, E, 0.15, "attn_output");
+        L->ffn_norm = make_norm(t, E, "ffn_norm");
+        L->w_gate = make_weight(t, t->types[6], E, F, 0.2, "ffn_gate");
+        L->w_up = make_weight(t, t->types[7], E, F, 0.2, "ffn_up");
+        L->w_down = make_weight(t, t->types[8], F, E, 0.15, "ffn_down");
+    }
+    return clex_model_create(hp, &tok, &onorm, t->types[9] ? NULL : &out, layers, m);
+}
+
+/* one model: the lock-step check (one thread), then the free-running two-thread run, strict
+ * where nothing is quantized */
+static void e2e_case(tiny_t *t, const char *sname) {
+    const clex_hparams *hp = &t->hp;
+    int quantized = !t->types[9] && !is_float_type(t->types[1]);
+    for (int i = 2; i < 9; i++) quantized |= !is_float_type(t->types[i]);
+    clex_model *m;
+    if (build_tiny(t, &m)) {
+        record(sname, 0, INFINITY, "model_create: %s", clex_last_error());
+        return;
+    }
+    const int rows = E2E_PROMPT + E2E_DECODE, V = hp->n_vocab;
+    float *ls = calloc((size_t)rows * V, sizeof(float));
+    float *ln = calloc((size_t)rows * V, sizeof(float));
+    int bad_row = -1;
+    recs_clear();
+    int rc = run_model(m, hp, CLEX_ISA_SCALAR, 1, 1, ls) | run_model(m, hp, CLEX_ISA_NEON, 1, 2, ln);
+    const int same_calls = g_replay_pos == g_nrecs;
+    double ratio = rc ? -1.0 : logit_ratio(ls, ln, rows, V, &bad_row);
+    record(sname, !rc && same_calls && g_replay_bad == 0 && ratio >= 0.0 && ratio <= 1.0, ratio < 0 ? INFINITY : ratio,
+           "rc %d, activation calls %zu/%zu, unexplained activation differences %ld, "
+           "worst row %d: |scalar - neon| / (1e-4 * max|logit|) = %.3g",
+           rc, g_replay_pos, g_nrecs, g_replay_bad, bad_row, ratio);
+    const long flips = g_flips, replaced = g_replaced;
+    const size_t calls = g_nrecs;
+    recs_clear();
+    rc = run_model(m, hp, CLEX_ISA_SCALAR, 2, 0, ls) | run_model(m, hp, CLEX_ISA_NEON, 2, 0, ln);
+    ratio = rc ? -1.0 : logit_ratio(ls, ln, rows, V, &bad_row);
+    printf("  %-26s activation rows %3zu, replayed %3ld (tie flips %ld); free-running worst |diff|/(1e-4 max) %.3g%s\n",
+           sname, calls, replaced, flips, ratio, quantized ? " (info)" : "");
+    if (!quantized || rc || ratio < 0.0) {
+        char *fname = malloc(strlen(sname) + 16);
+        sprintf(fname, "%s 2 threads", sname);
+        record(fname, !rc && ratio >= 0.0 && ratio <= 1.0, ratio < 0 ? INFINITY : ratio, "rc %d, worst row %d: ratio %.3g",
+               rc, bad_row, ratio);
+    }
+    free(ls);
+    free(ln);
+    clex_model_free(m);
+    for (int i = 0; i < t->nbufs; i++) free(t->bufs[i]);
+}
+
+/* the original models (E 64): one per type, then two mixed ones */
+static void e2e_small(void) {
     static const int32_t all[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_BF16,
                                   CLEX_TYPE_Q8_0, CLEX_TYPE_Q4_0, CLEX_TYPE_Q4_1};
-    const int n_cfg = 6 + 2;   /* one per type, then two mixed */
-    printf("end to end (free-running, 2 threads; informational where activations are quantized):\n");
-    for (int cfg = 0; cfg < n_cfg; cfg++) {
+    for (int cfg = 0; cfg < 6 + 2; cfg++) {
         tiny_t t = {0};
         t.hp = (clex_hparams){.n_vocab = 96, .n_embd = 64, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
                               .head_dim = 16, .n_rot = cfg == 6 ? 12 : 16, .n_ff = 96, .rms_eps = 1e-5f};
-        const clex_hparams *hp = &t.hp;
         for (int i = 0; i < 9; i++) t.types[i] = cfg < 6 ? all[cfg] : all[(i + cfg) % 6];
         t.types[9] = cfg == 7;   /* tied output */
-        const int64_t E = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
-        const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
-        clex_tensor tok = make_weight(&t, t.types[0], E, hp->n_vocab, 1.0, "token_embd");
-        clex_tensor onorm = make_norm(&t, E, "output_norm");
-        clex_tensor out = t.types[9] ? (clex_tensor){0} : make_weight(&t, t.types[1], E, hp->n_vocab, 0.3, "output");
-        clex_layer layers[2];
-        int quantized = 0;
-        for (int i = 2; i < 9; i++) quantized |= t.types[i] != CLEX_TYPE_F32 && t.types[i] != CLEX_TYPE_F16 &&
-                                                 t.types[i] != CLEX_TYPE_BF16;
-        quantized |= !t.types[9] && t.types[1] != CLEX_TYPE_F32 && t.types[1] != CLEX_TYPE_F16 &&
-                     t.types[1] != CLEX_TYPE_BF16;
-        for (int l = 0; l < hp->n_layer; l++) {
-            clex_layer *L = &layers[l];
-            L->attn_norm = make_norm(&t, E, "attn_norm");
-            L->wq = make_weight(&t, t.types[2], E, qd, 0.25, "attn_q");
-            L->wk = make_weight(&t, t.types[3], E, kvd, 0.25, "attn_k");
-            L->wv = make_weight(&t, t.types[4], E, kvd, 0.25, "attn_v");
-            L->wo = make_weight(&t, t.types[5], qd, E, 0.15, "attn_output");
-            L->ffn_norm = make_norm(&t, E, "ffn_norm");
-            L->w_gate = make_weight(&t, t.types[6], E, F, 0.2, "ffn_gate");
-            L->w_up = make_weight(&t, t.types[7], E, F, 0.2, "ffn_up");
-            L->w_down = make_weight(&t, t.types[8], F, E, 0.15, "ffn_down");
-        }
         char name[96];
         if (cfg < 6) snprintf(name, sizeof name, "e2e %s", clex_type_name(all[cfg]));
         else snprintf(name, sizeof name, "e2e mixed%s%s", cfg == 6 ? " n_rot<head_dim" : "", t.types[9] ? " tied" : "");
-        const char *sname = strdup(name);
-        clex_model *m;
-        if (clex_model_create(hp, &tok, &onorm, t.types[9] ? NULL : &out, layers, &m)) {
-            record(sname, 0, INFINITY, "model_create: %s", clex_last_error());
-            continue;
-        }
-        const int rows = E2E_PROMPT + E2E_DECODE, V = hp->n_vocab;
-        float *ls = calloc((size_t)rows * V, sizeof(float));
-        float *ln = calloc((size_t)rows * V, sizeof(float));
-        int bad_row;
-
-        /* lock-step, one thread: the check */
-        recs_clear();
-        int rc = run_model(m, hp, CLEX_ISA_SCALAR, 1, 1, ls) | run_model(m, hp, CLEX_ISA_NEON, 1, 2, ln);
-        const int same_calls = g_replay_pos == g_nrecs;
-        double ratio = rc ? -1.0 : logit_ratio(ls, ln, rows, V, &bad_row);
-        record(sname, !rc && same_calls && g_replay_bad == 0 && ratio >= 0.0 && ratio <= 1.0, ratio < 0 ? INFINITY : ratio,
-               "rc %d, activation calls %zu/%zu, unexplained activation differences %ld, "
-               "worst row %d: |scalar - neon| / (1e-4 * max|logit|) = %.3g",
-               rc, g_replay_pos, g_nrecs, g_replay_bad, bad_row, ratio);
-        const long flips = g_flips, replaced = g_replaced;
-        const size_t calls = g_nrecs;
-        recs_clear();
-
-        /* free-running, two threads: strict where nothing is quantized, else reported */
-        rc = run_model(m, hp, CLEX_ISA_SCALAR, 2, 0, ls) | run_model(m, hp, CLEX_ISA_NEON, 2, 0, ln);
-        ratio = rc ? -1.0 : logit_ratio(ls, ln, rows, V, &bad_row);
-        printf("  %-26s activation rows %3zu, replayed %3ld (tie flips %ld); free-running worst |diff|/(1e-4 max) %.3g%s\n",
-               sname, calls, replaced, flips, ratio, quantized ? " (info)" : "");
-        if (!quantized || rc || ratio < 0.0) {
-            char *fname = malloc(strlen(sname) + 16);
-            sprintf(fname, "%s 2 threads", sname);
-            record(fname, !rc && ratio >= 0.0 && ratio <= 1.0, ratio < 0 ? INFINITY : ratio,
-                   "rc %d, worst row %d: ratio %.3g", rc, bad_row, ratio);
-        }
-        free(ls);
-        free(ln);
-        clex_model_free(m);
-        for (int i = 0; i < t.nbufs; i++) free(t.bufs[i]);
+        e2e_case(&t, strdup(name));
     }
+}
+
+/* issue 13's types: the 32-value ones at E 64, the 256-value ones (and a Q4_K_M-like mix:
+ * Q6_K attn_v, ffn_down and output) at E = n_ff = 256, head_dim 64, one layer */
+static void e2e_new_types(void) {
+    static const int32_t types[] = {CLEX_TYPE_Q5_0, CLEX_TYPE_Q5_1, CLEX_TYPE_IQ4_NL, CLEX_TYPE_Q2_K, CLEX_TYPE_Q3_K,
+                                    CLEX_TYPE_Q4_K, CLEX_TYPE_Q5_K, CLEX_TYPE_Q6_K, CLEX_TYPE_IQ4_XS, -1};
+    for (size_t c = 0; c < sizeof types / sizeof types[0]; c++) {
+        const int32_t ty = types[c];
+        const int k = ty < 0 || clex_type_block_size(ty) == QK_K;
+        tiny_t t = {0};
+        t.hp = (clex_hparams){.n_vocab = 96, .n_embd = k ? 256 : 64, .n_layer = k ? 1 : 2, .n_head = 4, .n_head_kv = 2,
+                              .head_dim = k ? 64 : 16, .n_rot = k ? 64 : 16, .n_ff = k ? 256 : 96, .rms_eps = 1e-5f};
+        for (int i = 0; i < 9; i++) t.types[i] = ty >= 0 ? ty : (i == 1 || i == 4 || i == 8) ? CLEX_TYPE_Q6_K : CLEX_TYPE_Q4_K;
+        char name[96];
+        if (ty >= 0) snprintf(name, sizeof name, "e2e %s", clex_type_name(ty));
+        else snprintf(name, sizeof name, "e2e mixed Q4_K/Q6_K");
+        e2e_case(&t, strdup(name));
+    }
+}
+
+static void check_e2e(void) {
+    printf("end to end (free-running, 2 threads; informational where activations are quantized):\n");
+    e2e_small();
+    e2e_new_types();
     clex_set_isa(CLEX_ISA_NEON);
 }
 
@@ -771,22 +842,31 @@ static int check_dispatch(clex_kernels *widen, clex_kernels *sdot, clex_kernels 
     printf("cpu dotprod (HWCAP_ASIMDDP): %s; SDOT kernels in this build: %s; clex_kernels_neon uses: %s\n",
            cpu_dp ? "yes" : "no", build, DOT(autoset, Q8_0) == DOT(sdot, Q8_0) && have_sdot ? "sdot" : "widen");
 
+    /* every slot NEON implements holds a NEON kernel, and the integer ones all come from the table
+     * the CPU should run */
+    static const int32_t dot_types[] = {CLEX_TYPE_Q8_0, CLEX_TYPE_Q4_0, CLEX_TYPE_Q4_1, CLEX_TYPE_Q5_0,
+                                        CLEX_TYPE_Q5_1, CLEX_TYPE_IQ4_NL, CLEX_TYPE_Q2_K, CLEX_TYPE_Q3_K,
+                                        CLEX_TYPE_Q4_K, CLEX_TYPE_Q5_K, CLEX_TYPE_Q6_K, CLEX_TYPE_IQ4_XS};
+    int uses_sdot = have_sdot, uses_widen = 1;
+    for (size_t i = 0; i < sizeof dot_types / sizeof dot_types[0]; i++) {
+        const int32_t t = dot_types[i];
+        record("dispatch: every slot is a NEON kernel", autoset->vec_dot[t] && autoset->vec_dot[t] != gk->vec_dot[t],
+               0.0, "vec_dot[%s] kept the generic kernel or is NULL", clex_type_name(t));
+        record("dispatch: every slot is a NEON kernel", autoset->vec_dot4[t] != NULL, 0.0, "vec_dot4[%s] is NULL",
+               clex_type_name(t));
+        uses_sdot &= autoset->vec_dot[t] == sdot->vec_dot[t] && autoset->vec_dot4[t] == sdot->vec_dot4[t];
+        uses_widen &= autoset->vec_dot[t] == widen->vec_dot[t] && autoset->vec_dot4[t] == widen->vec_dot4[t];
+    }
 #define SLOT(name, f) {name, autoset->f != NULL && autoset->f != gk->f}
     const struct { const char *name; int ok; } slots[] = {
-        SLOT("q8_0", vec_dot[CLEX_TYPE_Q8_0]), SLOT("q4_0", vec_dot[CLEX_TYPE_Q4_0]),
-        SLOT("q4_1", vec_dot[CLEX_TYPE_Q4_1]), SLOT("q4_1_x4", vec_dot4[CLEX_TYPE_Q4_1]),
         SLOT("f32", vec_dot[CLEX_TYPE_F32]), SLOT("f16", vec_dot[CLEX_TYPE_F16]), SLOT("bf16", vec_dot[CLEX_TYPE_BF16]),
         SLOT("quant_q8_0", from_float[CLEX_TYPE_Q8_0]), SLOT("quant_q8_1", from_float[CLEX_TYPE_Q8_1]),
-        SLOT("axpy_f32", axpy_f32),
+        SLOT("quant_q8_K", from_float[CLEX_TYPE_Q8_K]), SLOT("axpy_f32", axpy_f32),
     };
 #undef SLOT
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         record("dispatch: every slot is a NEON kernel", slots[i].ok, 0.0, "slot %s kept the generic kernel or is NULL",
                slots[i].name);
-    const int uses_sdot = have_sdot && DOT(autoset, Q8_0) == DOT(sdot, Q8_0) && DOT(autoset, Q4_0) == DOT(sdot, Q4_0) &&
-                          DOT(autoset, Q4_1) == DOT(sdot, Q4_1) && DOT4(autoset, Q4_1) == DOT4(sdot, Q4_1);
-    const int uses_widen = DOT(autoset, Q8_0) == DOT(widen, Q8_0) && DOT(autoset, Q4_0) == DOT(widen, Q4_0) &&
-                           DOT(autoset, Q4_1) == DOT(widen, Q4_1) && DOT4(autoset, Q4_1) == DOT4(widen, Q4_1);
     record("dispatch: sdot exactly when available", want_sdot ? uses_sdot : uses_widen, 0.0,
            "want %s", want_sdot ? "sdot" : "widen");
     if (g_expect_dotprod >= 0)
@@ -816,6 +896,11 @@ int main(int argc, char **argv) {
     check_float_kernels(&gk, &autoset);
     check_api();
     check_e2e();
+    /* issue 13's types and the Q8_K quantizer (check_types.c), last: the checks above draw the
+     * same random numbers as before them */
+    check_quantizer_q8_K(&autoset);
+    check_type_dots("widen", &gk, &widen);
+    if (run_sdot) check_type_dots("sdot", &gk, &sdot);
 
     printf("\n%-44s %7s %6s %12s\n", "check", "cases", "failed", "worst/allowed");
     for (int i = 0; i < g_nstats; i++)

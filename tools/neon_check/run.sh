@@ -7,12 +7,19 @@
 #   base     -march=armv8-a (the default)   under -cpu max        SDOT kernels chosen at run time
 #                                           under -cpu cortex-a53 no dotprod: widening kernels only
 #   dotprod  -march=armv8.2-a+dotprod       under -cpu max        SDOT compiled in natively
-# plus two static checks: the x86 files compile to nothing for aarch64, and in the base build
-# SDOT instructions appear only inside the *_sdot functions.
+# and, when asked for (CONFIGS), the same sources compiled by clang (linked by CC):
+#   clang          default -march              under -cpu max     widening kernels only (clang
+#                                                                 builds no run-time SDOT table)
+#   clang-dotprod  -march=armv8.2-a+dotprod    under -cpu max     SDOT compiled in natively
+# plus static checks: the x86 files compile to nothing for aarch64, and in the base build SDOT
+# instructions appear only in neon_sdot.c's object (the table installed on HWCAP_ASIMDDP), which
+# has them.
 #
 # Environment: CC (default aarch64-linux-gnu-gcc), QEMU (default qemu-aarch64),
 #              OUT (build folder, default build/neon_check), OPT (default -O2),
-#              CONFIGS (default "base dotprod"), SRC (tree whose native/ is built, default .).
+#              CONFIGS (default "base dotprod"; also "clang", "clang-dotprod"),
+#              CLANG (default clang, run with --target=aarch64-linux-gnu),
+#              SRC (tree whose native/ is built, default .).
 # Prints "N passed, N failed" (all runs together) and exits non-zero on any failure.
 set -u
 cd "$(dirname "$0")/../.."
@@ -22,6 +29,7 @@ QEMU=${QEMU:-qemu-aarch64}
 OUT=${OUT:-build/neon_check}
 OPT=${OPT:--O2}
 CONFIGS=${CONFIGS:-base dotprod}
+CLANG=${CLANG:-clang}
 OBJDUMP=${OBJDUMP:-${CC%gcc}objdump}
 NM=${NM:-${CC%gcc}nm}
 
@@ -33,7 +41,7 @@ for tool in "$CC" "$QEMU" "$OBJDUMP" "$NM"; do
 done
 
 CFLAGS="$OPT -std=c11 -pthread -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter"
-HARNESS=tools/neon_check/neon_check.c
+HARNESS=$(ls tools/neon_check/*.c | sort)
 # SRC: the tree whose native/ is checked (default: this checkout; e.g. a `git archive` snapshot)
 SRC=${SRC:-.}
 SOURCES=$(ls "$SRC"/native/src/*.c "$SRC"/native/src/arch/*/*.c | sort)
@@ -43,15 +51,15 @@ failed=0
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 
-build() {   # build NAME MARCH -> $OUT/NAME/neon_check
-    local name=$1 march=$2 dir="$OUT/$1" objs="" src obj extra
+build() {   # build NAME MARCH [COMPILER] -> $OUT/NAME/neon_check (linked by CC)
+    local name=$1 march=$2 cc=${3:-$CC} dir="$OUT/$1" objs="" src obj extra
     rm -rf "$dir"
     mkdir -p "$dir"
     for src in $SOURCES $HARNESS; do
         obj="$dir/$(basename "$(dirname "$src")")_$(basename "${src%.c}").o"
         extra=""
-        case "$src" in *arch/arm/neon.c) extra="-Werror" ;; esac
-        if ! "$CC" $CFLAGS $march $extra -I "$SRC/native/src" -c "$src" -o "$obj"; then
+        case "$src" in *arch/arm/*.c) extra="-Werror" ;; esac
+        if ! $cc $CFLAGS $march $extra -I "$SRC/native/src" -I tools/neon_check -c "$src" -o "$obj"; then
             bad "[$name] compile $src"
             return 1
         fi
@@ -61,7 +69,7 @@ build() {   # build NAME MARCH -> $OUT/NAME/neon_check
         bad "[$name] link"
         return 1
     fi
-    ok "[$name] build ($CC $OPT ${march:-(default -march)})"
+    ok "[$name] build (${cc%% *} $OPT ${march:-(default -march)})"
 }
 
 static_checks() {   # static_checks NAME
@@ -72,13 +80,17 @@ static_checks() {   # static_checks NAME
         if [ -z "$syms" ]; then ok "[$1] $(basename "$f") is empty for aarch64"
         else bad "[$1] $(basename "$f") defines symbols for aarch64: $syms"; fi
     done
-    # every SDOT instruction sits in a function whose name ends in _sdot
-    local stray
-    stray=$("$OBJDUMP" -d "$dir/arm_neon.o" | awk '
-        /^[0-9a-f]+ <.*>:$/ { fn = $2 }
-        /\tsdot\t/ { if (fn !~ /_sdot>:$/) print fn }' | sort -u)
-    if [ -z "$stray" ]; then ok "[$1] SDOT only inside the *_sdot kernels"
+    # SDOT instructions only in neon_sdot.c's object, and there
+    local stray n_sdot
+    stray=$(for f in "$dir"/*.o; do
+        case "$f" in */arm_neon_sdot.o) continue ;; esac
+        "$OBJDUMP" -d "$f" | grep -q $'\tsdot\t' && basename "$f"
+    done)
+    n_sdot=$("$OBJDUMP" -d "$dir/arm_neon_sdot.o" | grep -c $'\tsdot\t')
+    if [ -z "$stray" ]; then ok "[$1] SDOT only in arm_neon_sdot.o (the HWCAP-selected table)"
     else bad "[$1] SDOT outside the run-time-selected kernels: $stray"; fi
+    if [ "$n_sdot" -gt 0 ]; then ok "[$1] arm_neon_sdot.o has $n_sdot SDOT instructions"
+    else bad "[$1] arm_neon_sdot.o has no SDOT instruction"; fi
 }
 
 run() {   # run NAME CPU EXPECT_DOTPROD
@@ -114,6 +126,13 @@ for cfg in $CONFIGS; do
     dotprod)
         if build dotprod "-march=armv8.2-a+dotprod"; then
             run dotprod max 1
+        fi ;;
+    clang | clang-dotprod)
+        march=""
+        [ "$cfg" = clang-dotprod ] && march="-march=armv8.2-a+dotprod"
+        if ! command -v "$CLANG" >/dev/null 2>&1; then bad "[$cfg] '$CLANG' not found"
+        elif build "$cfg" "$march" "$CLANG --target=aarch64-linux-gnu"; then
+            run "$cfg" max 1
         fi ;;
     *) bad "unknown config '$cfg'" ;;
     esac
