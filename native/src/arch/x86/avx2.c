@@ -1,7 +1,8 @@
 /* AVX2 + FMA + F16C kernels. Compiled for that target regardless of the build's baseline and
  * only installed after the CPU was checked (core.c: clex_isa_supported). Each function matches
  * its *_generic twin (quants.c, attn.c) up to float summation order; the quantizers are
- * bit-exact. The set is the table at the end of the file. */
+ * bit-exact. The set is the table at the end of the file; the Q8_0 / Q4_0 kernels and those of
+ * the K-quant files' types are in avx2_q5.c and avx2_k.c (x86_k.h). */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -24,100 +25,6 @@ static inline float hsum_ps(__m256 v) {
 }
 
 static inline float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
-
-/* 32 signed x 32 signed bytes -> 8 int32 partial sums, as floats */
-static inline __m256 dot_i8(__m256i x, __m256i y) {
-    const __m256i ax = _mm256_sign_epi8(x, x);
-    const __m256i sy = _mm256_sign_epi8(y, x);
-    const __m256i p16 = _mm256_maddubs_epi16(ax, sy);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-/* 16 bytes of nibbles -> 32 bytes: values 0..15 then 16..31 (the GGUF block order) */
-static inline __m256i unpack_nibbles(const uint8_t *qs) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    const __m128i m = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(q, m);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
-    return _mm256_set_m128i(hi, lo);
-}
-
-static void vec_dot_q8_0(int64_t n, float *s, const void *vw, const void *vx) {
-    const block_q8_0 *w = vw, *x = vx;
-    const int64_t nb = n / QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
-        const __m256 d1 = _mm256_set1_ps(h2f(w[i + 1].d) * h2f(x[i + 1].d));
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w[i].qs);
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[i].qs);
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)w[i + 1].qs);
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[i + 1].qs);
-        acc0 = _mm256_fmadd_ps(d0, dot_i8(w0, x0), acc0);
-        acc1 = _mm256_fmadd_ps(d1, dot_i8(w1, x1), acc1);
-    }
-    for (; i < nb; i++) {
-        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
-        acc0 = _mm256_fmadd_ps(d0, dot_i8(_mm256_loadu_si256((const __m256i *)w[i].qs),
-                                          _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
-    }
-    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
-}
-
-static void vec_dot_q4_0(int64_t n, float *s, const void *vw, const void *vx) {
-    const block_q4_0 *w = vw;
-    const block_q8_0 *x = vx;
-    const int64_t nb = n / QK;
-    const __m256i off = _mm256_set1_epi8(8);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
-        const __m256 d1 = _mm256_set1_ps(h2f(w[i + 1].d) * h2f(x[i + 1].d));
-        const __m256i w0 = _mm256_sub_epi8(unpack_nibbles(w[i].qs), off);
-        const __m256i w1 = _mm256_sub_epi8(unpack_nibbles(w[i + 1].qs), off);
-        acc0 = _mm256_fmadd_ps(d0, dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
-        acc1 = _mm256_fmadd_ps(d1, dot_i8(w1, _mm256_loadu_si256((const __m256i *)x[i + 1].qs)), acc1);
-    }
-    for (; i < nb; i++) {
-        const __m256 d0 = _mm256_set1_ps(h2f(w[i].d) * h2f(x[i].d));
-        const __m256i w0 = _mm256_sub_epi8(unpack_nibbles(w[i].qs), off);
-        acc0 = _mm256_fmadd_ps(d0, dot_i8(w0, _mm256_loadu_si256((const __m256i *)x[i].qs)), acc0);
-    }
-    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
-}
-
-/* One Q8_0 or Q4_0 weight row against four activation rows (prefill): each weight block is
- * loaded (and unpacked), and its |w| taken, once for the four rows. */
-static inline void q8_x4_block(__m256i wq, float wd, const block_q8_0 *const x[4], int64_t i, __m256 acc[4]) {
-    const __m256i aw = _mm256_sign_epi8(wq, wq);
-    for (int j = 0; j < 4; j++) {
-        const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[j][i].qs), wq);
-        const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
-        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(wd * h2f(x[j][i].d)), _mm256_cvtepi32_ps(p32), acc[j]);
-    }
-}
-
-static void vec_dot_q8_0_x4(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {
-    const block_q8_0 *w = vw, *x[4];
-    for (int j = 0; j < 4; j++) x[j] = (const block_q8_0 *)((const uint8_t *)vx + j * xstride);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < n / QK; i++)
-        q8_x4_block(_mm256_loadu_si256((const __m256i *)w[i].qs), h2f(w[i].d), x, i, acc);
-    for (int j = 0; j < 4; j++) s[j] = hsum_ps(acc[j]);
-}
-
-static void vec_dot_q4_0_x4(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {
-    const block_q4_0 *w = vw;
-    const block_q8_0 *x[4];
-    for (int j = 0; j < 4; j++) x[j] = (const block_q8_0 *)((const uint8_t *)vx + j * xstride);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    const __m256i off = _mm256_set1_epi8(8);
-    for (int64_t i = 0; i < n / QK; i++)
-        q8_x4_block(_mm256_sub_epi8(unpack_nibbles(w[i].qs), off), h2f(w[i].d), x, i, acc);
-    for (int j = 0; j < 4; j++) s[j] = hsum_ps(acc[j]);
-}
 
 static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
     const __m128i one = _mm_set1_epi16(1);
@@ -315,14 +222,14 @@ static const clex_kernels avx2_set = {
         [CLEX_TYPE_F32] = vec_dot_f32,
         [CLEX_TYPE_F16] = vec_dot_f16,
         [CLEX_TYPE_BF16] = vec_dot_bf16,
-        [CLEX_TYPE_Q8_0] = vec_dot_q8_0,
-        [CLEX_TYPE_Q4_0] = vec_dot_q4_0,
+        [CLEX_TYPE_Q8_0] = clex_avx2_dot_Q8_0,
+        [CLEX_TYPE_Q4_0] = clex_avx2_dot_Q4_0,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
         CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DOT)
     },
     .vec_dot4 = {
-        [CLEX_TYPE_Q8_0] = vec_dot_q8_0_x4,
-        [CLEX_TYPE_Q4_0] = vec_dot_q4_0_x4,
+        [CLEX_TYPE_Q8_0] = clex_avx2_dot4_Q8_0,
+        [CLEX_TYPE_Q4_0] = clex_avx2_dot4_Q4_0,
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
         CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DOT4)
     },

@@ -232,12 +232,22 @@ CLEX_X86_K_DEFINE(clex_avx2, Q3_K, block_q8_K, Q3K_ROWS)
 
 /* ------------------------------------------------------------------ IQ4_XS */
 
-/* the 8 scales minus 32 as int16, in both halves */
+/* the 8 scales minus 32 as int16, in both halves: lane j takes nibble j % 2 of scales_l[j / 2]
+ * and bits 2j, 2j + 1 of scales_h (the 8 bytes from scales_h on, loaded as one word; the shifts
+ * per lane in 32-bit lanes, then packed) */
 INLINE __m256i iq4xs_scales(const block_iq4_xs *b) {
-    int16_t sc[8];
-    CLEX_UNROLL for (int j = 0; j < 8; j++)
-        sc[j] = (int16_t)((((b->scales_l[j >> 1] >> (4 * (j & 1))) & 0x0F) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32);
-    return _mm256_broadcastsi128_si256(ld16(sc));
+    uint64_t u;
+    memcpy(&u, &b->scales_h, 8);
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_cvtsi64_si128((long long)u));
+    const __m256i lo = _mm256_shuffle_epi8(v, _mm256_setr_epi8(2, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1,
+                                                              4, -1, -1, -1, 4, -1, -1, -1, 5, -1, -1, -1, 5, -1, -1, -1));
+    const __m256i hi = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, -1, -1, 0, 1, -1, -1, 0, 1, -1, -1, 0, 1, -1, -1,
+                                                              0, 1, -1, -1, 0, 1, -1, -1, 0, 1, -1, -1, 0, 1, -1, -1));
+    const __m256i l4 = _mm256_and_si256(_mm256_srlv_epi32(lo, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)), _mm256_set1_epi32(0x0F));
+    const __m256i h2 = _mm256_and_si256(_mm256_srlv_epi32(hi, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), _mm256_set1_epi32(3));
+    const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(l4, _mm256_slli_epi32(h2, 4)), _mm256_set1_epi32(32));
+    const __m128i s16 = _mm_packs_epi32(_mm256_castsi256_si128(sc), _mm256_extracti128_si256(sc, 1));
+    return _mm256_broadcastsi128_si256(s16);
 }
 
 INLINE void iq4xs_rows(int64_t n, float *s, const void *vw, const block_q8_K *const *x, int R) {

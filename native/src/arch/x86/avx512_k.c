@@ -65,9 +65,21 @@ INLINE __m512 fscale(__m512 acc, float wd, float xd, __m512i isum) {
     return _mm512_fmadd_ps(_mm512_set1_ps(wd * xd), _mm512_cvtepi32_ps(isum), acc);
 }
 
-/* acc -= (wm * xd) * msum, msum's 8 lanes */
-INLINE __m512 fmins(__m512 acc, float wm, float xd, __m256i msum) {
-    return _mm512_fnmadd_ps(_mm512_set1_ps(wm * xd), _mm512_zextps256_ps512(_mm256_cvtepi32_ps(msum)), acc);
+/* the super-block scale and minimum scale [d, dmin] (adjacent fp16) as floats in lanes 0, 1 */
+INLINE __m128 load_dmin(const clex_fp16 *dm) {
+    uint32_t u;
+    memcpy(&u, dm, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)u));
+}
+
+/* acc += (d xd) isum - (dmin xd) msum in one conversion and one multiply-add: isum's 16 lanes
+ * folded to 8 beside -msum's 8, the two scales [d, dmin] xd spread beside each other */
+INLINE __m512 fscale_min(__m512 acc, __m128 wdm, float xd, __m512i isum, __m256i msum) {
+    const __m256i i8 = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(i8), _mm256_sub_epi32(_mm256_setzero_si256(), msum), 1);
+    const __m512i idx = _mm512_mask_blend_epi32(0xFF00, _mm512_setzero_si512(), _mm512_set1_epi32(1));
+    const __m512 sc = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wdm, _mm_set1_ps(xd))));
+    return _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(both), acc);
 }
 
 INLINE void finish(float *s, const __m512 *acc, int R) {
@@ -108,12 +120,11 @@ INLINE void k45_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
         __m512i u[4], v[4];
         k45_unpack(five ? w5[i].qs : w4[i].qs, five ? w5[i].qh : NULL, _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm)),
                    five, u, v);
-        const float wd = h2f(five ? w5[i].d : w4[i].d), wm = h2f(five ? w5[i].dmin : w4[i].dmin);
+        const __m128 wdm = load_dmin(five ? &w5[i].d : &w4[i].d);
         CLEX_UNROLL for (int j = 0; j < R; j++) {
             __m512i isum = _mm512_setzero_si512();
             CLEX_UNROLL for (int k = 0; k < 4; k++) isum = dot_scaled(isum, u[k], x[j][i].qs + 64 * k, v[k]);
-            acc[j] = fscale(acc[j], wd, x[j][i].d, isum);
-            acc[j] = fmins(acc[j], wm, x[j][i].d, _mm256_madd_epi16(ld32(x[j][i].bsums), mins));
+            acc[j] = fscale_min(acc[j], wdm, x[j][i].d, isum, _mm256_madd_epi16(ld32(x[j][i].bsums), mins));
         }
     }
     finish(s, acc, R);
@@ -212,13 +223,13 @@ INLINE void k23_rows(int64_t n, float *s, const void *vw, const block_q8_K *cons
         __m512i u[4], v[4];
         k23_unpack(three ? w3[i].qs : w2[i].qs, three ? w3[i].hmask : NULL, three, u);
         CLEX_UNROLL for (int c = 0; c < 4; c++) v[c] = scales16(_mm512_castsi256_si512(sc16), c);
-        const float wd = h2f(three ? w3[i].d : w2[i].d), wm = three ? 0.0f : h2f(w2[i].dmin);
+        const float wd = h2f(three ? w3[i].d : w2[i].d);
+        const __m128 wdm = three ? _mm_setzero_ps() : load_dmin(&w2[i].d);
         CLEX_UNROLL for (int j = 0; j < R; j++) {
             const __m256i msum = _mm256_madd_epi16(ld32(x[j][i].bsums), mins);
             __m512i isum = three ? _mm512_zextsi256_si512(msum) : _mm512_setzero_si512();
             CLEX_UNROLL for (int c = 0; c < 4; c++) isum = dot_scaled(isum, u[c], x[j][i].qs + 64 * c, v[c]);
-            acc[j] = fscale(acc[j], wd, x[j][i].d, isum);
-            if (!three) acc[j] = fmins(acc[j], wm, x[j][i].d, msum);
+            acc[j] = three ? fscale(acc[j], wd, x[j][i].d, isum) : fscale_min(acc[j], wdm, x[j][i].d, isum, msum);
         }
     }
     finish(s, acc, R);
@@ -231,11 +242,17 @@ CLEX_X86_K_DEFINE(clex_avx512vnni, Q3_K, block_q8_K, Q3K_ROWS)
 
 /* ------------------------------------------------------------------ IQ4_XS */
 
+/* the 8 scales minus 32 as int16: lane j takes nibble j % 2 of scales_l[j / 2] and bits 2j, 2j + 1
+ * of scales_h (the 8 bytes from scales_h on, loaded as one word) */
 INLINE __m128i iq4xs_scales(const block_iq4_xs *b) {
-    int16_t sc[8];
-    for (int j = 0; j < 8; j++)
-        sc[j] = (int16_t)((((b->scales_l[j >> 1] >> (4 * (j & 1))) & 0x0F) | ((b->scales_h >> (2 * j)) & 3) << 4) - 32);
-    return ld16(sc);
+    uint64_t u;
+    memcpy(&u, &b->scales_h, 8);
+    const __m128i v = _mm_cvtsi64_si128((long long)u);
+    const __m128i lo = _mm_shuffle_epi8(v, _mm_setr_epi8(2, -1, 2, -1, 3, -1, 3, -1, 4, -1, 4, -1, 5, -1, 5, -1));
+    const __m128i hi = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1));
+    const __m128i l4 = _mm_and_si128(_mm_srlv_epi16(lo, _mm_setr_epi16(0, 4, 0, 4, 0, 4, 0, 4)), _mm_set1_epi16(0x0F));
+    const __m128i h2 = _mm_and_si128(_mm_srlv_epi16(hi, _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)), _mm_set1_epi16(3));
+    return _mm_sub_epi16(_mm_or_si128(l4, _mm_slli_epi16(h2, 4)), _mm_set1_epi16(32));
 }
 
 /* 32 bytes of two 16-byte sub-blocks -> their 64 levels in order: the 128-bit lanes [A, A, B, B],

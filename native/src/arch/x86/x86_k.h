@@ -21,7 +21,9 @@
 
 CLEX_X86_K_KERNELS(clex_avx2, CLEX_X86_K_DECLARE)
 CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DECLARE)
-/* and the AVX-512 VNNI Q8_0 and Q4_0 kernels, the 32-value types' scheme of avx512_k.c */
+/* and the Q8_0 and Q4_0 kernels in the 32-value types' scheme (avx2_q5.c, avx512_k.c) */
+CLEX_X86_K_DECLARE(clex_avx2, Q8_0)
+CLEX_X86_K_DECLARE(clex_avx2, Q4_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q8_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
 
