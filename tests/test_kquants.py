@@ -434,3 +434,38 @@ def test_real_llama_file_runs(real_file):
         got = m.logits(ids)
     assert np.abs(got - ref).max() < np.abs(flt - ref).max()
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_q8_K_quantizer_edge_rows_bit_exact_on_every_isa(isa):
+    """The SIMD quantizers' own paths: the first value of largest magnitude decides the sign of d
+    (a -x before a +x of the same magnitude, in one vector of 8 and in different ones, and the
+    largest as the last value), NaN and infinities (codes 0 where the product is not a number in
+    range), ties that round half to even, and rows of several super-blocks."""
+    rows = []
+    for first, second in ((3, 5), (3, 200), (0, 255), (255, 0)):
+        r = np.random.default_rng(first).uniform(-1, 1, 256).astype(np.float32)
+        r[first], r[second] = -4.0, 4.0
+        rows.append(r)
+    r = np.linspace(-1, 1, 256).astype(np.float32)
+    r[255] = -2.0                                       # the largest last
+    rows.append(r)
+    for bad in (np.nan, np.inf, -np.inf):
+        r = np.random.default_rng(7).standard_normal(256).astype(np.float32)
+        r[17] = bad
+        rows.append(r)
+    r = np.zeros(256, np.float32)
+    r[:4] = [np.nan, np.nan, 0.0, -0.0]                 # only NaN and zeros: the zero block
+    rows.append(r)
+    r = (np.arange(256) % 9 - 4).astype(np.float32) * 0.5   # many ties at several scales
+    r[0] = 127.0
+    rows.append(r)
+    x = np.concatenate(rows)
+    ref = np.zeros(x.size // 256 * 292, np.uint8)
+    _lib.check(lib.clex_quantize_row(QT.Q8_K.value, ptr(x, "float *"), ptr(ref), x.size))
+    _lib.set_isa(isa)
+    got = quantize_act(x, QT.Q8_K.value)
+    assert np.array_equal(got, ref), np.nonzero(got != ref)[0][:8]
+    b = got.view(Q8K)
+    assert (b["d"][:3] > 0).all() and b["d"][3] < 0    # max = the first of -4, +4: d = -max / 127
+    assert b["d"][4] > 0 and b["qs"][4][255] == -127
