@@ -10,8 +10,9 @@
  * (Q6_K). maddubs (unsigned codes x signed activations -> int16 pairs) and one VNNI dpwssd
  * (pairs x int16 sub-block scales, summed into int32) take each register into the super-block's
  * integer sum; the scales reach each lane by one vpermw. Offsets and minimums go through the
- * bsums as in avx2_k.c. The 32-value types run two blocks per register into VNNI dpbusd, the
- * fifth bits straight from qh into a byte mask. */
+ * bsums as in avx2_k.c. The 32-value types (Q5_0, Q4_0, IQ4_NL, Q5_1) run two blocks per
+ * register into VNNI dpbusd, the fifth bits straight from qh into a byte mask, the block scales
+ * converted 16 at a time; Q8_0 runs signed32_body.h's 256-bit scheme with VNNI. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -297,6 +298,24 @@ CLEX_X86_K_DEFINE(clex_avx512vnni, IQ4_XS, block_q8_K, iq4xs_rows)
 
 /* ------------------------------------------------------------------ Q5_0, IQ4_NL, Q5_1 */
 
+/* the 256-bit scheme of avx2_q5.c (signed32_body.h) with VNNI: while no 512-bit instruction is
+ * in flight, port 1 stays open to vector work */
+INLINE __m256i ld(const void *p) { return ld32(p); }
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE __m256i dot_signed(__m256i aw, __m256i wq, const int8_t *x) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(ld(x), wq));
+}
+
+#include "signed32_body.h"
+
+
 /* the nibbles of blocks a and b: [a low | a high | b low | b high], 16 bytes each */
 INLINE __m512i nibbles2(const uint8_t *a, const uint8_t *b) {
     const __m512i q = _mm512_castsi256_si512(_mm256_set_m128i(ld16(b), ld16(a)));
@@ -357,15 +376,8 @@ INLINE __m512 signed_pair_row(__m512 acc, __m512i aw, __mmask64 neg, const int8_
     return _mm512_mask3_fmadd_ps(d, prod, acc, keep);
 }
 
-/* the signed int8 weights of blocks i, i1 (Q8_0 as they are; Q4_0 nibble - 8; Q5_0 code - 16;
- * IQ4_NL levels) */
-enum { W_Q8_0, W_Q4_0, W_Q5_0, W_IQ4_NL };
-
-INLINE size_t signed_stride(int wt) {
-    return wt == W_Q8_0 ? sizeof(block_q8_0) : wt == W_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q4_0);
-}
-
-INLINE __m512i signed_weights(const void *vw, int64_t i, int64_t i1, int wt) {
+/* the signed int8 weights of blocks i, i1 (signed32_body.h's kinds) */
+INLINE __m512i signed_weights2(const void *vw, int64_t i, int64_t i1, int wt) {
     switch (wt) {
     case W_Q8_0: return load2(((const block_q8_0 *)vw)[i].qs, ((const block_q8_0 *)vw)[i1].qs);
     case W_Q4_0: {
@@ -385,7 +397,8 @@ INLINE __m512i signed_weights(const void *vw, int64_t i, int64_t i1, int wt) {
 }
 
 /* blocks i0 .. i0 + cnt - 1 (cnt <= 16) of every row */
-INLINE void signed32_group(const void *w, int64_t i0, int cnt, int wt, const block_q8_0 *const *x, int R, __m512 *acc) {
+INLINE void signed32_group512(const void *w, int64_t i0, int cnt, int wt, const block_q8_0 *const *x, int R,
+                              __m512 *acc) {
     const size_t ws = signed_stride(wt);
     const __m512 wd = block_scales16((const uint8_t *)w + i0 * ws, ws, cnt);
     __m512 d16[4];
@@ -394,7 +407,7 @@ INLINE void signed32_group(const void *w, int64_t i0, int cnt, int wt, const blo
         if (2 * p < cnt) {
             const int64_t i = i0 + 2 * p, i1 = 2 * p + 1 < cnt ? i + 1 : i;
             const __mmask16 keep = 2 * p + 1 < cnt ? 0xFFFF : 0x00FF;
-            const __m512i wq = signed_weights(w, i, i1, wt);
+            const __m512i wq = signed_weights2(w, i, i1, wt);
             const __m512i aw = _mm512_abs_epi8(wq);
             const __mmask64 neg = _mm512_movepi8_mask(wq);
             CLEX_UNROLL for (int j = 0; j < R; j++)
@@ -403,25 +416,26 @@ INLINE void signed32_group(const void *w, int64_t i0, int cnt, int wt, const blo
     }
 }
 
-INLINE void signed32_rows(int64_t n, float *s, const void *w, const block_q8_0 *const *x, int R, int wt) {
+INLINE void signed32_rows512(int64_t n, float *s, const void *w, const block_q8_0 *const *x, int R, int wt) {
     const int64_t nb = n / QK;
     __m512 acc[4];
     CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = _mm512_setzero_ps();
     int64_t i0 = 0;
-    for (; i0 + 16 <= nb; i0 += 16) signed32_group(w, i0, 16, wt, x, R, acc);
+    for (; i0 + 16 <= nb; i0 += 16) signed32_group512(w, i0, 16, wt, x, R, acc);
     /* the rest as groups of 8, 4, 2, 1: each a constant count, so straight code */
     CLEX_UNROLL for (int g = 8; g >= 1; g /= 2)
         if ((nb - i0) & g) {
-            signed32_group(w, i0, g, wt, x, R, acc);
+            signed32_group512(w, i0, g, wt, x, R, acc);
             i0 += g;
         }
     finish(s, acc, R);
 }
 
-#define Q5_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_Q5_0)
-#define IQ4_NL_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_IQ4_NL)
+/* Q8_0 (no unpacking) runs faster in 256-bit registers, the others in 512-bit (measured) */
 #define Q8_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_Q8_0)
-#define Q4_0_ROWS(n, s, w, x, R) signed32_rows(n, s, w, x, R, W_Q4_0)
+#define Q5_0_ROWS(n, s, w, x, R) signed32_rows512(n, s, w, x, R, W_Q5_0)
+#define IQ4_NL_ROWS(n, s, w, x, R) signed32_rows512(n, s, w, x, R, W_IQ4_NL)
+#define Q4_0_ROWS(n, s, w, x, R) signed32_rows512(n, s, w, x, R, W_Q4_0)
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_0, block_q8_0, Q5_0_ROWS)
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q8_0, block_q8_0, Q8_0_ROWS)
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q4_0, block_q8_0, Q4_0_ROWS)
