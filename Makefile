@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
-NATIVE  := $(wildcard native/src/*.c native/src/arch/*/*.c native/include/*.h native/build.py)
+NATIVE  := $(wildcard native/src/*.c native/src/*.h native/src/arch/*.h native/src/arch/*/*.c native/src/arch/*/*.h native/include/*.h native/build.py)
 
 .PHONY: install test test-fast chat bench asan fuzz fuzz-c kbench neon-check train-clex stress-ctrl-c clean
 
