@@ -31,9 +31,16 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* 32 signed weights . one Q8_0 block of activations: the pair sums as 8 int32 lanes */
-INLINE __m256i dot_signed(__m256i aw, __m256i wq, const int8_t *x) {
-    const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(ld(x), wq));
+/* 32 signed weights . one Q8_0 block of activations (the sign trick into maddubs): the pair sums
+ * as 8 int32 lanes */
+typedef struct {
+    __m256i aw, wq;     /* |w|, w */
+} s32w;
+
+INLINE s32w s32_prep(__m256i wq) { return (s32w){_mm256_sign_epi8(wq, wq), wq}; }
+
+INLINE __m256i s32_dot(const s32w *w, const int8_t *x) {
+    const __m256i p = _mm256_maddubs_epi16(w->aw, _mm256_sign_epi8(ld(x), w->wq));
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 

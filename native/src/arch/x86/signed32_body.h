@@ -2,14 +2,14 @@
  * activations), shared by avx2_q5.c (maddubs) and avx512_k.c (VNNI): each includes this after
  * defining, with its own instruction set,
  *     INLINE (always-inline), ld (32-byte load), h2f, hsum8 and CLEX_UNROLL (x86_k.h), and
- *     static inline __m256i dot_signed(__m256i aw, __m256i wq, const int8_t *x);
+ *     s32w: a block's signed weights prepared for the rows (|w| and w's signs);
+ *     INLINE s32w s32_prep(__m256i wq);
+ *     INLINE __m256i s32_dot(const s32w *w, const int8_t *x);
  *         |w| . (x with w's signs) for one block: int32 lanes summing to the block's dot product.
  * A block unpacks into 32 bytes in the activations' order: nibbles by and/shift, the fifth bits
  * (bit j of qh is value j's) spread to bytes by a pshufb of the word and a compare with each
  * byte's bit, IQ4_NL's levels by a pshufb lookup. The block scales are converted eight at a
- * time: the fp16 fields gathered four to a 64-bit word in general-purpose registers, one
- * vcvtph2ps, one multiply; each block takes its lane with one permute. Two accumulators per row
- * alternate blocks, so no row waits on each multiply-add. */
+ * time. Two accumulators per row alternate blocks, so no row waits on each multiply-add. */
 
 /* 16 bytes of nibbles -> 32 bytes: values 0..15 (low nibbles), then 16..31 */
 INLINE __m256i nibbles(const uint8_t *qs) {
@@ -27,20 +27,28 @@ INLINE __m256i bit_bytes(const uint8_t *p) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel);
 }
 
-/* The scales d(w) * d(x) of 8 blocks at a time: the fp16 fields gathered four to a 64-bit word
- * in general-purpose registers, converted with one instruction and multiplied once; each block
- * then takes its lane with one permute. */
+/* The scales d(w) * d(x) of 8 blocks at a time: the fp16 fields inserted into one register
+ * (a load and a shuffle-port operation each, the port the rest leaves idle), converted with one
+ * instruction and multiplied once; each block then takes its lane with one permute. */
 
-/* the fp16 fields at p + k * stride, k < cnt (zero beyond); no early exit, so that with a
- * constant cnt the loop unrolls into straight code */
+/* the fp16 field of block k */
+INLINE int half_k(const void *p, size_t stride, int k) {
+    uint16_t h;
+    memcpy(&h, (const uint8_t *)p + k * stride, 2);
+    return h;
+}
+
+/* the fields of blocks 0 .. cnt - 1 (cnt <= 8), 0 beyond; with a constant cnt, only cnt inserts */
 INLINE __m256 block_scales8(const void *p, size_t stride, int cnt) {
-    uint64_t q[2] = {0, 0};
-    CLEX_UNROLL for (int k = 0; k < 8; k++) {
-        uint16_t h = 0;
-        if (k < cnt) memcpy(&h, (const uint8_t *)p + k * stride, 2);
-        q[k >> 2] |= (uint64_t)h << (16 * (k & 3));
-    }
-    return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
+    __m128i v = _mm_cvtsi32_si128(half_k(p, stride, 0));
+    if (cnt > 1) v = _mm_insert_epi16(v, half_k(p, stride, 1), 1);
+    if (cnt > 2) v = _mm_insert_epi16(v, half_k(p, stride, 2), 2);
+    if (cnt > 3) v = _mm_insert_epi16(v, half_k(p, stride, 3), 3);
+    if (cnt > 4) v = _mm_insert_epi16(v, half_k(p, stride, 4), 4);
+    if (cnt > 5) v = _mm_insert_epi16(v, half_k(p, stride, 5), 5);
+    if (cnt > 6) v = _mm_insert_epi16(v, half_k(p, stride, 6), 6);
+    if (cnt > 7) v = _mm_insert_epi16(v, half_k(p, stride, 7), 7);
+    return _mm256_cvtph_ps(v);
 }
 
 /* the signed int8 weights of block i: Q8_0 as they are, Q4_0 nibble - 8, Q5_0 code - 16,
@@ -74,11 +82,10 @@ INLINE void signed32_group(const void *w, int64_t i0, int cnt, int wt, const blo
     CLEX_UNROLL for (int j = 0; j < R; j++) d8[j] = _mm256_mul_ps(wd, block_scales8(&x[j][i0].d, sizeof(block_q8_0), cnt));
     CLEX_UNROLL for (int b = 0; b < 8; b++) {
         if (b < cnt) {
-            const __m256i wq = signed_weights(w, i0 + b, wt);
-            const __m256i aw = _mm256_sign_epi8(wq, wq);
+            const s32w pw = s32_prep(signed_weights(w, i0 + b, wt));
             CLEX_UNROLL for (int j = 0; j < R; j++) {
                 const __m256 d = _mm256_permutevar8x32_ps(d8[j], _mm256_set1_epi32(b));
-                acc[j][b & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_signed(aw, wq, x[j][i0 + b].qs)), acc[j][b & 1]);
+                acc[j][b & 1] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s32_dot(&pw, x[j][i0 + b].qs)), acc[j][b & 1]);
             }
         }
     }
