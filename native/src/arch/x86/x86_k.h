@@ -1,10 +1,12 @@
 /* The x86 kernels of the K-quant files' weight types (Q5_0, Q5_1, IQ4_NL with Q8_0 / Q8_1
- * activations; Q2_K .. Q6_K and IQ4_XS with Q8_K) and the Q8_K activation quantizer, defined in
- * avx2_q5.c, avx2_k.c (AVX2 + FMA + F16C) and avx512_k.c (AVX-512 F/BW/VL/DQ + VNNI), listed in
- * the sets of avx2.c and avx512.c. Each holds to its *_generic twin (quants.c, quants_k.c,
- * iquants.c): the integer sums exactly, the float scaling up to summation order; the four-row
- * kernel (dot4) runs each row through the same operations as the one-row kernel (dot), so the
- * two give the same bits. The quantizer is bit-exact with clex_quantize_q8_K_ref. */
+ * activations; Q2_K .. Q6_K and IQ4_XS with Q8_K), of Q8_0 and Q4_0, and the Q8_K activation
+ * quantizer, defined in avx2_q5.c, avx2_k.c (AVX2 + FMA + F16C) and avx512_k.c (AVX-512
+ * F/BW/VL/DQ + VNNI; a CPU with AVX-512 but no VNNI keeps the AVX2 ones), with the signed
+ * 32-value types' 256-bit body in signed32_body.h, and listed in the sets of avx2.c and
+ * avx512.c. Each holds to its *_generic twin (quants.c, quants_k.c, iquants.c): the integer sums
+ * exactly, the float scaling up to summation order; the four-row kernel (dot4) runs each row
+ * through the same operations as the one-row kernel (dot), so the two give the same bits
+ * (tests/test_kernels.py checks it). The quantizer is bit-exact with clex_quantize_q8_K_ref. */
 #ifndef CLEXRT_X86_K_H
 #define CLEXRT_X86_K_H
 
