@@ -274,3 +274,24 @@ def test_four_row_kernel_matches_one_row_kernel(isa, name):
         assert np.abs(Y - one).max() <= 1e-5 * scale * np.sqrt(K / 32), (isa, name, nb)
         if name in X86_SAME_BITS.get(isa, ()):
             assert np.array_equal(Y.view(np.uint32), one.view(np.uint32)), (isa, name, nb)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_attention_kernels_at_odd_head_dims(tmp_path, isa, kv_type):
+    """The attention kernels (scores over a run of keys, weighted sums of values) through the
+    forward pass at head dimensions the tiny models do not have: 24 and 40 (odd multiples of 8: a
+    vector ends half full), 128 (the widest run kept in registers) and 12 (not a multiple of 8:
+    the reference), against the float64 reference with the same KV rounding."""
+    import tinymodel as tm
+    from clexrt import Model
+    for n_embd, n_head in ((96, 4), (80, 2), (256, 2), (48, 4)):
+        cfg = tm.tiny_hparams(n_embd=n_embd, n_head=n_head, n_head_kv=n_head // 2 or 1, n_ff=2 * n_embd)
+        path = tmp_path / f"d{n_embd // n_head}.gguf"
+        tm.write_tiny(path, "f32", cfg)
+        ids = np.random.default_rng(8).integers(0, cfg.n_vocab, 37)
+        ref = tm.reference_forward(tm.read_weights(str(path)), cfg, ids, kv_f16=kv_type == "f16")
+        _lib.set_isa(isa)
+        with Model(str(path), n_threads=2, kv_type=kv_type, n_batch=16) as m:
+            got = m.logits(ids)
+        assert np.abs(got - ref).max() < 1e-3, (isa, kv_type, cfg.head_dim)

@@ -134,6 +134,87 @@ static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
 
 #include "q4_1_body.h"
 
+/* ---- attention over runs of cached keys (attn.c has the reference), avx2.c's scheme with 16
+ * floats per register: scores reduce eight keys at a time, weighted sums keep up to 128 output
+ * values in registers; a head dimension that is an odd multiple of 8 ends in a half vector
+ * (masked); other D go to the reference. ---- */
+
+static inline __m512 ldm32(const float *p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __m512 ldm16(const clex_fp16 *p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+
+/* eight 16-lane sums -> their eight totals */
+static inline __m256 hsum8x16(const __m512 a[8]) {
+    __m256 h[8];
+    for (int k = 0; k < 8; k++) h[k] = _mm256_add_ps(_mm512_castps512_ps256(a[k]), _mm512_extractf32x8_ps(a[k], 1));
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* the mask of vector i of a row of D (D a multiple of 8): all 16, or the last 8's half */
+static inline __mmask16 row_mask(int64_t D, int64_t i) { return D - i >= 16 ? 0xFFFF : 0x00FF; }
+
+#define SCORES512(NAME, T, LDM, REF)                                                           \
+static void NAME(int64_t n, int64_t D, const float *q, const T *K, float scale, float *s) {     \
+    if (D % 8) { REF(n, D, q, K, scale, s); return; }                                          \
+    const __m256 vs = _mm256_set1_ps(scale);                                                    \
+    int64_t p = 0;                                                                              \
+    for (; p + 8 <= n; p += 8) {                                                                \
+        const T *k0 = K + p * D;                                                                \
+        __m512 a[8];                                                                            \
+        CLEX_UNROLL for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();                     \
+        for (int64_t i = 0; i < D; i += 16) {                                                   \
+            const __mmask16 m = row_mask(D, i);                                                 \
+            const __m512 qi = ldm32(q + i, m);                                                  \
+            CLEX_UNROLL for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qi, LDM(k0 + j * D + i, m), a[j]); \
+        }                                                                                       \
+        _mm256_storeu_ps(s + p, _mm256_mul_ps(hsum8x16(a), vs));                                \
+    }                                                                                           \
+    for (; p < n; p++) {                                                                        \
+        __m512 a = _mm512_setzero_ps();                                                         \
+        for (int64_t i = 0; i < D; i += 16)                                                     \
+            a = _mm512_fmadd_ps(ldm32(q + i, row_mask(D, i)), LDM(K + p * D + i, row_mask(D, i)), a); \
+        s[p] = _mm512_reduce_add_ps(a) * scale;                                                 \
+    }                                                                                           \
+}
+
+/* out[0 .. 16m) (the last vector masked by last) += sum_p w[p] V[p][...]: inline, so that a
+ * constant m keeps o in registers */
+#define WSUM512_RUN(NAME, T, LDM)                                                              \
+static inline __attribute__((always_inline)) void NAME(int64_t n, int64_t D, const float *w, const T *V, \
+                                                       float *out, int m, __mmask16 last) {     \
+    __m512 o[8];                                                                                \
+    CLEX_UNROLL for (int j = 0; j < m; j++) o[j] = ldm32(out + 16 * j, j == m - 1 ? last : 0xFFFF); \
+    for (int64_t p = 0; p < n; p++) {                                                           \
+        const __m512 wp = _mm512_set1_ps(w[p]);                                                 \
+        const T *v = V + p * D;                                                                 \
+        CLEX_UNROLL for (int j = 0; j < m; j++)                                                 \
+            o[j] = _mm512_fmadd_ps(wp, LDM(v + 16 * j, j == m - 1 ? last : 0xFFFF), o[j]);      \
+    }                                                                                           \
+    CLEX_UNROLL for (int j = 0; j < m; j++) _mm512_mask_storeu_ps(out + 16 * j, j == m - 1 ? last : 0xFFFF, o[j]); \
+}
+
+#define WSUM512(NAME, RUN, T, REF)                                                             \
+static void NAME(int64_t n, int64_t D, const float *w, const T *V, float *out) {                \
+    if (D % 8) { REF(n, D, w, V, out); return; }                                               \
+    if (D == 64) { RUN(n, D, w, V, out, 4, 0xFFFF); return; }                                   \
+    if (D == 128) { RUN(n, D, w, V, out, 8, 0xFFFF); return; }                                  \
+    for (int64_t d0 = 0; d0 < D; d0 += 128) {                                                   \
+        const int64_t left = D - d0 < 128 ? D - d0 : 128;                                       \
+        RUN(n, D, w, V + d0, out + d0, (int)((left + 15) / 16), left % 16 ? 0x00FF : 0xFFFF);  \
+    }                                                                                           \
+}
+
+SCORES512(scores32_avx512, float, ldm32, clex_scores32_generic)
+SCORES512(scores16_avx512, clex_fp16, ldm16, clex_scores16_generic)
+WSUM512_RUN(wsum32_run, float, ldm32)
+WSUM512_RUN(wsum16_run, clex_fp16, ldm16)
+WSUM512(wsum32_avx512, wsum32_run, float, clex_wsum32_generic)
+WSUM512(wsum16_avx512, wsum16_run, clex_fp16, clex_wsum16_generic)
+
+#define ATTENTION_512 .scores32 = scores32_avx512, .scores16 = scores16_avx512, .wsum32 = wsum32_avx512, \
+                      .wsum16 = wsum16_avx512
+
 static const clex_kernels avx512_vnni = {
     .vec_dot = {
         [CLEX_TYPE_F32] = vec_dot_f32,
@@ -149,6 +230,7 @@ static const clex_kernels avx512_vnni = {
         [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
         CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT4)
     },
+    ATTENTION_512,
 };
 
 /* without VNNI, Q4_1, the four-row kernels and the K-quant files' types (avx512_k.c) keep their
@@ -160,6 +242,7 @@ static const clex_kernels avx512_bw = {
         [CLEX_TYPE_Q8_0] = vec_dot_q8_0_bw,
         [CLEX_TYPE_Q4_0] = vec_dot_q4_0_bw,
     },
+    ATTENTION_512,
 };
 
 const clex_kernels *clex_kernels_avx512(void) {
