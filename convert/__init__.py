@@ -15,7 +15,7 @@ def convert_hf(src, out=None, outtype: str = "f16", dry_run: bool = False, vocab
                clex_init: str | None = None, clex_max_factor: int | None = None, progress: bool = True):
     from .gguf_out import write_plan
     from .hf import HFCheckpoint
-    from .llama import build_plan
+    from .plan import build_plan
 
     plan = build_plan(HFCheckpoint(src), outtype=outtype, vocab_only=vocab_only,
                       clex_init=clex_init, clex_max_factor=clex_max_factor)

@@ -1,4 +1,4 @@
-"""Planning and writing a LLaMA GGUF: metadata, the q/k permutation, output types, CLEX keys,
+"""Planning and writing a GGUF: metadata, the q/k permutation, output types, CLEX keys,
 and a write that is atomic (temporary name, fsync, rename) and streams one tensor at a time.
 
 A conversion is a Plan: ordered metadata and a list of TensorPlans, each of which knows how to
@@ -118,7 +118,7 @@ def _infer(key, value):
         return GGUFValueType.STRING, None, value
     if isinstance(value, np.ndarray):
         sub = {np.dtype(np.float32): GGUFValueType.FLOAT32, np.dtype(np.int32): GGUFValueType.INT32,
-               np.dtype(np.uint32): GGUFValueType.UINT32}.get(value.dtype)
+               np.dtype(np.uint32): GGUFValueType.UINT32, np.dtype(bool): GGUFValueType.BOOL}.get(value.dtype)
         if sub is None:
             raise TypeError(f"{key}: cannot store an array of {value.dtype}")
         return GGUFValueType.ARRAY, sub, value.reshape(-1)

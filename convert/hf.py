@@ -1,4 +1,5 @@
-"""Reading a Hugging Face LLaMA checkpoint folder: config, weights (lazily), tokenizer files.
+"""Reading a Hugging Face checkpoint folder (any architecture of convert/arch.py): config,
+weights (lazily), tokenizer files.
 
 Weights come from model.safetensors, sharded safetensors (model.safetensors.index.json), or
 pytorch_model.bin(.index.json) when torch is importable. Nothing is read until asked for, and
@@ -16,10 +17,20 @@ import numpy as np
 from clexrt.errors import ConvertError
 from clexrt.gguf.schema import HParams
 
+from .arch import GLOBAL_TENSORS, OUTPUT_TENSOR, SUPPORTED_ARCHITECTURES, ArchSpec, arch_for, shape
 from .safetensors import Entry, SafetensorsFile, read_entry
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "CLEXLlamaForCausalLM")
+__all__ = ["HFConfig", "HFCheckpoint", "ClexConfig", "Llama3Rope", "SUPPORTED_ARCHITECTURES"]
+
 CLEX_KEYS = ("max_factor", "param_factor", "act", "time_dt")
+# rope_scaling type -> the fields it may have besides type/rope_type (clex's factor: the
+# official training writes factor 1, which nothing reads)
+ROPE_FIELDS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "clex": CLEX_KEYS + ("factor",),
+}
 # buffers some checkpoints carry that are recomputed at load time
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -35,21 +46,21 @@ def _read_json(path: str, what: str):
                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-def _pos_int(cfg: dict, key: str, default=None) -> int:
+def _pos_int(cfg: dict, key: str, default=None, where: str = "config.json") -> int:
     v = cfg.get(key, default)
     if v is None:
-        raise ConvertError(f"config.json: missing {key!r}")
+        raise ConvertError(f"{where}: missing {key!r}")
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ConvertError(f"config.json: {key!r} must be a positive integer, got {v!r}")
+        raise ConvertError(f"{where}: {key!r} must be a positive integer, got {v!r}")
     return v
 
 
-def _pos_float(cfg: dict, key: str, default=None) -> float:
+def _pos_float(cfg: dict, key: str, default=None, where: str = "config.json") -> float:
     v = cfg.get(key, default)
     if v is None:
-        raise ConvertError(f"config.json: missing {key!r}")
+        raise ConvertError(f"{where}: missing {key!r}")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ConvertError(f"config.json: {key!r} must be a positive number, got {v!r}")
+        raise ConvertError(f"{where}: {key!r} must be a positive number, got {v!r}")
     return float(v)
 
 
@@ -63,55 +74,52 @@ class ClexConfig:
 
 
 @dataclass(frozen=True)
+class Llama3Rope:
+    """rope_scaling type llama3 (Llama 3.1 / 3.2 / 3.3): baked as rope_freqs.weight."""
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
 class HFConfig:
     """config.json, checked: the model's hyper-parameters as the runtime describes them (the
     HParams that clexrt.gguf.schema reads back from the GGUF we write), plus what only the
-    converter needs."""
+    converter needs. `cfg` is config.json with transformers' defaults for the keys it omits."""
     hparams: HParams
+    arch: ArchSpec
     clex: ClexConfig | None = None
+    llama3: Llama3Rope | None = None
     name: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    cfg: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, cfg: dict, name: str = "") -> "HFConfig":
-        if not isinstance(cfg, dict):
+    def from_dict(cls, raw: dict, name: str = "") -> "HFConfig":
+        if not isinstance(raw, dict):
             raise ConvertError("config.json: not a JSON object")
-        archs = cfg.get("architectures")
-        if archs is not None:
-            if not isinstance(archs, list) or not archs:
-                raise ConvertError(f"config.json: 'architectures' must be a list, got {archs!r}")
-            if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-                raise ConvertError(f"unsupported architecture {', '.join(map(str, archs))}; "
-                                   f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-        elif cfg.get("model_type") != "llama":
-            raise ConvertError(f"unsupported model_type {cfg.get('model_type')!r} (no 'architectures'); "
-                               f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConvertError(f"config.json: hidden_act {act!r} is not supported (LLaMA uses 'silu')")
-        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-            raise ConvertError("config.json: attention/MLP biases are not supported")
+        spec = arch_for(raw)
+        cfg = {**spec.defaults, **raw}
+        act = cfg.get(spec.act_key, spec.act)
+        if act != spec.act:
+            raise ConvertError(f"config.json: {spec.act_key} {act!r} is not supported "
+                               f"({spec.name} uses {spec.act!r})")
+        for key in ("attention_bias", "mlp_bias"):
+            if cfg.get(key):
+                raise ConvertError(f"config.json: {key} true is not supported for {spec.name}")
+        if spec.check:
+            spec.check(cfg)
         n_embd = _pos_int(cfg, "hidden_size")
         n_head = _pos_int(cfg, "num_attention_heads")
         n_head_kv = _pos_int(cfg, "num_key_value_heads", n_head)
         if n_head % n_head_kv:
             raise ConvertError(f"config.json: num_attention_heads {n_head} is not a multiple of "
                                f"num_key_value_heads {n_head_kv}")
-        rs = cfg.get("rope_scaling")
-        clex, linear = None, None
-        if rs is not None:
-            if not isinstance(rs, dict):
-                raise ConvertError(f"config.json: rope_scaling must be an object, got {rs!r}")
-            kind = rs.get("type", rs.get("rope_type"))
-            if kind == "clex":
-                clex = _clex_config(rs, cfg)
-            elif kind == "linear":
-                linear = _pos_float(rs, "factor")
-            elif kind not in (None, "default"):
-                raise ConvertError(f"config.json: rope_scaling type {kind!r} is not supported; "
-                                   f"supported: clex, linear")
-        # the official CLEX code ignores a head_dim key (d = hidden_size / heads); transformers honours it
-        if clex or cfg.get("head_dim") is None:
+        kind, clex, linear, llama3 = _rope_scaling(cfg, spec)
+        # the official CLEX code (LLaMA) ignores a head_dim key (d = hidden_size / heads);
+        # transformers honours it
+        if (clex and spec.name == "llama") or cfg.get("head_dim") is None:
             if n_embd % n_head:
                 raise ConvertError(f"config.json: hidden_size {n_embd} is not a multiple of "
                                    f"num_attention_heads {n_head}")
@@ -127,33 +135,59 @@ class HFConfig:
             rope_freq_base=_pos_float(cfg, "rope_theta", 10000.0),
             rms_norm_eps=_pos_float(cfg, "rms_norm_eps", 1e-6),
             rope_scaling_type=None if linear is None else "linear", rope_scaling_factor=linear,
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
-        return cls(hparams=hp, clex=clex, name=name, raw=cfg)
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), arch=spec.gguf_arch,
+            rope_layout="adjacent" if spec.permute_qk else "neox", ffn=spec.ffn)
+        return cls(hparams=hp, arch=spec, clex=clex, llama3=llama3, name=name, raw=raw, cfg=cfg)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF tensor name -> shape (torch order: [out, in])."""
         hp = self.hparams
-        e, hd = hp.n_embd, hp.head_dim
-        shapes = {"model.embed_tokens.weight": (hp.n_vocab, e), "model.norm.weight": (e,)}
-        if not hp.tied_embeddings:
-            shapes["lm_head.weight"] = (hp.n_vocab, e)
+        tensors = GLOBAL_TENSORS + (() if hp.tied_embeddings else (OUTPUT_TENSOR,))
+        shapes = {hf: shape(kind, hp) for hf, _, kind in tensors}
         for i in range(hp.n_layer):
-            p = f"model.layers.{i}."
-            shapes.update({
-                p + "input_layernorm.weight": (e,), p + "post_attention_layernorm.weight": (e,),
-                p + "self_attn.q_proj.weight": (hp.n_head * hd, e),
-                p + "self_attn.k_proj.weight": (hp.n_head_kv * hd, e),
-                p + "self_attn.v_proj.weight": (hp.n_head_kv * hd, e),
-                p + "self_attn.o_proj.weight": (e, hp.n_head * hd),
-                p + "mlp.gate_proj.weight": (hp.n_ff, e), p + "mlp.up_proj.weight": (hp.n_ff, e),
-                p + "mlp.down_proj.weight": (e, hp.n_ff),
-            })
+            for hf, _, s in self.arch.layer_shapes(hp):
+                shapes[f"model.layers.{i}.{hf}"] = s
         if self.clex:
-            h, pd = hd // 2, self.clex.param_factor * hd
+            h, pd = hp.head_dim // 2, self.clex.param_factor * hp.head_dim
             shapes.update({"model.clex_layer.inv_freq": (h,),
                            "model.clex_layer.proj_func.ode_up_proj": (h, pd),
                            "model.clex_layer.proj_func.ode_down_proj": (pd, h)})
         return shapes
+
+
+def _rope_scaling(cfg: dict, spec: ArchSpec):
+    """(type, ClexConfig | None, linear factor | None, Llama3Rope | None) from rope_scaling."""
+    rs = cfg.get("rope_scaling")
+    if rs is None:
+        return None, None, None, None
+    if not isinstance(rs, dict):
+        raise ConvertError(f"config.json: rope_scaling must be an object, got {rs!r}")
+    kind = rs.get("rope_type", rs.get("type"))
+    if "type" in rs and "rope_type" in rs and rs["type"] != rs["rope_type"]:
+        raise ConvertError(f"config.json: rope_scaling type {rs['type']!r} and rope_type "
+                           f"{rs['rope_type']!r} differ")
+    kind = "default" if kind is None else kind
+    allowed = ("default",) + spec.rope_types
+    if kind not in allowed:
+        raise ConvertError(f"config.json: rope_scaling type {kind!r} is not supported for "
+                           f"{spec.name}; supported: {', '.join(allowed[1:])}")
+    unknown = [k for k in rs if k not in ("type", "rope_type") + ROPE_FIELDS[kind]]
+    if unknown:
+        raise ConvertError(f"config.json: rope_scaling field {unknown[0]!r} is not understood for "
+                           f"type {kind!r} (known: {', '.join(ROPE_FIELDS[kind]) or 'none'})")
+    where = "config.json rope_scaling"
+    if kind == "clex":
+        return kind, _clex_config(rs, cfg), None, None
+    if kind == "linear":
+        return kind, None, _pos_float(rs, "factor", where=where), None
+    if kind == "llama3":
+        r = Llama3Rope(*(_pos_float(rs, k, where=where) for k in ROPE_FIELDS["llama3"][:3]),
+                       _pos_int(rs, "original_max_position_embeddings", where=where))
+        if r.low_freq_factor >= r.high_freq_factor:
+            raise ConvertError(f"{where}: low_freq_factor {r.low_freq_factor} must be below "
+                               f"high_freq_factor {r.high_freq_factor}")
+        return kind, None, None, r
+    return kind, None, None, None
 
 
 def _clex_config(rs: dict, cfg: dict) -> ClexConfig:
@@ -307,7 +341,7 @@ class HFCheckpoint:
             if n.endswith(IGNORED_SUFFIXES) or (n == "lm_head.weight" and self.config.hparams.tied_embeddings):
                 ignored.append(n)
             else:
-                raise ConvertError(f"unexpected tensor {n!r} for {SUPPORTED_ARCHITECTURES[0]}")
+                raise ConvertError(f"unexpected tensor {n!r} for {self.config.arch.name}")
         return ignored
 
     # -- tokenizer files ---------------------------------------------------------------------

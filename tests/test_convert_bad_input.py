@@ -87,7 +87,16 @@ def _break(kind):
         "size mismatch": (edit_st(rewrite_header(size_mismatch)), "bytes of data"),
         "dtype": (edit_st(rewrite_header(dtype_i64)), "I64"),
         "shape vs config": (edit_config(lambda c: c.update(intermediate_size=96)), "config.json implies"),
-        "architecture": (edit_config(lambda c: c.update(architectures=["MistralForCausalLM"])), "LlamaForCausalLM"),
+        "architecture": (edit_config(lambda c: c.update(architectures=["FalconForCausalLM"])),
+                         "supported: LlamaForCausalLM, CLEXLlamaForCausalLM, MistralForCausalLM, "
+                         "Qwen2ForCausalLM, Gemma3ForCausalLM"),
+        "rope field": (edit_config(lambda c: c["rope_scaling"].update(beta_fast=32)), "beta_fast"),
+        "llama3 field": (edit_config(lambda c: c.update(rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "mscale": 1.0})), "mscale"),
+        "llama3 missing": (edit_config(lambda c: c.update(rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0})),
+            "original_max_position_embeddings"),
         "clex keys": (edit_config(lambda c: c["rope_scaling"].pop("param_factor")), "param_factor"),
         "clex act": (edit_config(lambda c: c["rope_scaling"].update(act="relu")), "relu"),
         "rope type": (edit_config(lambda c: c.update(rope_scaling={"type": "yarn", "factor": 2})), "yarn"),
@@ -101,7 +110,8 @@ def _break(kind):
 
 BAD = ["missing config", "missing weights", "missing tokenizer", "header length", "header not json",
        "offsets outside", "size mismatch", "dtype", "shape vs config", "architecture", "clex keys",
-       "clex act", "rope type", "bad json", "nan", "inf in ode", "bin without torch"]
+       "clex act", "rope type", "bad json", "nan", "inf in ode", "bin without torch", "rope field",
+       "llama3 field", "llama3 missing"]
 
 
 @pytest.mark.parametrize("kind", BAD)

@@ -1,4 +1,5 @@
-"""HF LLaMA (plain or CLEX) -> GGUF plan: tensor names, layouts, types and metadata."""
+"""HF checkpoint (any architecture of convert/arch.py, plain or CLEX) -> GGUF plan: tensor
+names, layouts, types and metadata."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,50 +10,68 @@ from clexrt.rope.ode import ClexODE
 from clexrt.gguf.schema import hparams_metadata
 from clexrt.rope import base_inv_freq, bake_clex
 
+from .arch import GLOBAL_TENSORS, OUTPUT_TENSOR, llama3_rope_factors
 from .gguf_out import FILE_TYPES, MIX_OUTTYPES, OUTTYPES, Plan, TensorPlan, permute_qk, weight_type
 from .hf import HFCheckpoint
 
-# HF name (per layer) -> GGUF name
-LAYER_MAP = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+
+def _transform(spec, hp, gguf_name: str):
+    """What llama.cpp's converter does to a weight on its way: the q/k permutation (rotate_half
+    to adjacent pairs) where the architecture rotates adjacent pairs, and the +1 of Gemma's norms."""
+    kind = gguf_name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
+    if spec.permute_qk and kind in ("attn_q", "attn_k"):
+        n = hp.n_head if kind == "attn_q" else hp.n_head_kv
+        return lambda a: permute_qk(a, n)
+    if spec.norm_offset and gguf_name.endswith("norm.weight"):
+        off = np.float32(spec.norm_offset)
+        return lambda a: a + off
+    return None
 
 
 def _tensor_plans(ckpt: HFCheckpoint, outtype: str, notes: list[str]) -> list[TensorPlan]:
     cfg = ckpt.config
+    hp, spec = cfg.hparams, cfg.arch
     plans: list[TensorPlan] = []
 
-    def add(gguf_name: str, hf_name: str, transform=None):
+    def add(gguf_name: str, hf_name: str):
         shape = ckpt.shape(hf_name)
         tid = weight_type(outtype, shape, gguf_name, notes)
 
-        def load(hf_name=hf_name, transform=transform):
+        def load(hf_name=hf_name, transform=_transform(spec, hp, gguf_name)):
             a = ckpt.load(hf_name)
             return transform(a) if transform else a
 
         plans.append(TensorPlan(gguf_name, tuple(shape), tid, load, source=hf_name))
 
-    add("token_embd.weight", "model.embed_tokens.weight")
-    for i in range(cfg.hparams.n_layer):
-        for hf, gg in LAYER_MAP.items():
-            tr = None
-            if hf == "self_attn.q_proj.weight":
-                tr = lambda a: permute_qk(a, cfg.hparams.n_head)      # noqa: E731
-            elif hf == "self_attn.k_proj.weight":
-                tr = lambda a: permute_qk(a, cfg.hparams.n_head_kv)   # noqa: E731
-            add(f"blk.{i}.{gg}", f"model.layers.{i}.{hf}", tr)
-    add("output_norm.weight", "model.norm.weight")
-    if not cfg.hparams.tied_embeddings:
-        add("output.weight", "lm_head.weight")
+    if cfg.llama3:
+        r = cfg.llama3
+        factors = llama3_rope_factors(hp.freq_base, hp.head_dim, r.factor, r.low_freq_factor,
+                                      r.high_freq_factor, r.original_max_position_embeddings)
+        plans.append(TensorPlan("rope_freqs.weight", factors.shape, weight_type(outtype, factors.shape, "rope_freqs.weight", notes),
+                                lambda: factors, source="rope_scaling llama3"))
+    tensors = GLOBAL_TENSORS + (() if hp.tied_embeddings else (OUTPUT_TENSOR,))
+    add(tensors[0][1], tensors[0][0])
+    for i in range(hp.n_layer):
+        for hf, gg, _ in spec.layer:
+            add(f"blk.{i}.{gg}", f"model.layers.{i}.{hf}")
+    for hf, gg, _ in tensors[1:]:
+        add(gg, hf)
     return plans
+
+
+def _arch_metadata(cfg, notes: list[str]) -> dict:
+    """The {arch}.* keys as llama.cpp's converter writes them for this architecture, and ours."""
+    hp, spec, a = cfg.hparams, cfg.arch, cfg.hparams.arch
+    md = hparams_metadata(hp)
+    if not spec.vocab_size_key:
+        md.pop(f"{a}.vocab_size", None)
+    if not spec.rope_dim_key:
+        md.pop(f"{a}.rope.dimension_count", None)
+    if spec.always_head_dim_key or cfg.cfg.get("head_dim") is not None:
+        md[f"{a}.attention.key_length"] = md[f"{a}.attention.value_length"] = hp.head_dim
+    if spec.extra_keys:
+        md.update(spec.extra_keys(cfg.cfg, hp, notes))
+    return md
 
 
 def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int | None,
@@ -70,8 +89,9 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
     if clex_init == "ode" and not cfg.clex:
         raise ConvertError("--clex-init ode needs a CLEX checkpoint (rope_scaling type 'clex'); "
                            "use --clex-init ntk for any other RoPE model")
-    if cfg.hparams.rope_scaling_type is not None:
-        raise ConvertError("CLEX tables cannot be combined with linear rope scaling")
+    if cfg.hparams.rope_scaling_type is not None or cfg.llama3:
+        kind = "llama3" if cfg.llama3 else cfg.hparams.rope_scaling_type
+        raise ConvertError(f"CLEX tables cannot be combined with {kind} rope scaling")
     if cfg.clex:
         inv = ckpt.load("model.clex_layer.inv_freq").astype(np.float32)
         if np.any(inv <= 0):
@@ -106,7 +126,7 @@ def _mixture_types(plan: Plan, outtype: str, hp) -> None:
     from clexrt.gguf.constants import GGML_TYPES
 
     entries = [(t.name, tuple(t.shape[::-1]), t.type_id) for t in plan.tensors]
-    types = choose_types(entries, outtype, "llama", hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert)
+    types = choose_types(entries, outtype, hp.arch, hp.n_layer, hp.n_head, hp.n_head_kv, hp.n_expert)
     for t in plan.tensors:
         t.type_id = types[t.name]
     counts = Counter(GGML_TYPES[t.type_id][0] for t in plan.tensors)
@@ -124,15 +144,17 @@ def build_plan(ckpt: HFCheckpoint, outtype: str = "f16", vocab_only: bool = Fals
     cfg = ckpt.config
     plan = Plan()
     ignored = [] if vocab_only else ckpt.check_tensors()
-    plan.add("general.architecture", "llama")
+    plan.add("general.architecture", cfg.hparams.arch)
     plan.add("general.name", cfg.name or "model")
     if not vocab_only:
         plan.add("general.file_type", FILE_TYPES[outtype])
         if outtype not in ("f32", "f16", "bf16"):
             plan.add("general.quantization_version", 2)
-    for key, value in hparams_metadata(cfg.hparams).items():
+    for key, value in _arch_metadata(cfg, plan.notes).items():
         plan.add(key, value)
     tok_md, tok_notes = tokenizer_metadata(ckpt)
+    if cfg.arch.tokenizer_keys:
+        tok_md.update(cfg.arch.tokenizer_keys(ckpt.has("tokenizer.model")))
     for k, v in tok_md.items():
         plan.add(k, v)
     plan.notes.extend(tok_notes)
