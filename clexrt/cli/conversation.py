@@ -308,6 +308,13 @@ class Conversation:
                 f"holds {self.n_ctx}; /clear starts a new conversation (or run with a larger -c)")
 
     # -- replies --------------------------------------------------------------------------------
+    def eog_ids(self) -> set[int]:
+        """What ends a reply: the vocabulary's end-of-generation ids and the chat format's own
+        end of turn (e.g. <end_of_turn>), even where the file does not mark it so."""
+        ids = set(self.tokenizer.eog_ids)
+        end_ids = getattr(self.template, "end_ids", None)
+        return ids | set(end_ids(self.tokenizer)) if end_ids else ids
+
     def say(self, text: str, emit: Callable[[str], None]) -> TurnStats:
         prompt = self.prompt_for(text)
         self._check_room(prompt)
@@ -328,7 +335,8 @@ class Conversation:
     def _reply(self, msgs: list[dict], prompt: list[int], emit) -> TurnStats:
         max_tokens = self.params.max_tokens if self.params.max_tokens > 0 else None
         gen = Generation(self.session, self.tokenizer, prompt, self.sampler,
-                         max_tokens=max_tokens, stop=list(getattr(self.template, "stop", [])))
+                         max_tokens=max_tokens, stop=list(getattr(self.template, "stop", [])),
+                         eog_ids=self.eog_ids())
         shown: list[str] = []
         interrupted = False
         try:

@@ -2,7 +2,8 @@
 
 Architecture, parameter count, quantization (the file type and a count of tensors per type),
 context length and shape, RoPE settings, the tokenizer (kind, pre-tokenizer, vocabulary size,
-special tokens), the chat template, and the CLEX tables if the file has them.
+special tokens), the chat template (the file's, or the built-in format its vocabulary points to,
+and why), and the CLEX tables if the file has them.
 """
 from __future__ import annotations
 
@@ -67,6 +68,17 @@ def _tokenizer_info(md: dict) -> dict:
     return info
 
 
+def _chat_format(md: dict) -> dict:
+    """Which chat template `clexrt chat` uses and why, and the texts that end its turns."""
+    from ..text.chat_template import ChatTemplate
+
+    try:
+        t = ChatTemplate.from_metadata(md)
+    except ClexError as e:              # a template that does not compile: still show the rest
+        return {"name": "file", "origin": "from the file", "error": str(e)}
+    return {"name": t.name, "origin": t.describe(), "end": list(t.end)}
+
+
 def describe(path: str) -> dict:
     """Everything `info` shows, as a JSON-ready dict."""
     from ..engine.model import unsupported_weight
@@ -109,6 +121,7 @@ def describe(path: str) -> dict:
                      "scaling_factor": a("rope.scaling.factor")},
             "tokenizer": _tokenizer_info(md),
             "chat_template": md.get("tokenizer.chat_template"),
+            "chat_format": _chat_format(md),
             "clex": _clex(md),
             "runnable": problem is None,
             "problem": problem,
@@ -147,16 +160,19 @@ def _print(d: dict) -> None:
                                             for k, v in t["special"].items()))
     if t.get("error"):
         echo(f"tokenizer error: {t['error']}")
-    tmpl = d["chat_template"]
+    tmpl, fmt = d["chat_template"], d["chat_format"]
+    ends = f"; a turn ends with {', '.join(fmt['end'])}" if fmt.get("end") else ""
     if tmpl:
         lines = tmpl.splitlines()
-        echo(f"chat template:   {len(tmpl)} chars")
+        echo(f"chat template:   from the file, {len(tmpl)} chars{ends}")
         for line in lines[:8]:
             echo(f"    {line}")
         if len(lines) > 8:
             echo(f"    ... ({len(lines) - 8} more lines; --json shows all)")
     else:
-        echo("chat template:   none (chat uses ChatML)")
+        echo(f"chat template:   none in the file; chat uses {fmt['origin']}{ends}")
+    if fmt.get("error"):
+        echo(f"template error:  {fmt['error']}")
     c = d["clex"]
     if c:
         echo("clex:")
@@ -169,11 +185,17 @@ def _print(d: dict) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model_name", metavar="MODEL")
+@click.argument("model_name", metavar="MODEL", required=False)
+@click.option("-m", "--model", "model_opt", default=None, metavar="MODEL",
+              help="The same as the MODEL argument (as the other commands take it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def cmd(model_name, as_json):
+def cmd(model_name, model_opt, as_json):
     """Show what the GGUF file MODEL (a path or an alias such as smollm2) holds."""
-    path = resolve_model(model_name)
+    if model_name and model_opt and model_name != model_opt:
+        raise click.UsageError("give MODEL once: as the argument or with -m")
+    if not (model_name or model_opt):
+        raise click.UsageError("which model? give a GGUF path or an alias (MODEL or -m MODEL)")
+    path = resolve_model(model_name or model_opt)
     d = describe(os.fspath(path))
     if as_json:
         click.echo(json.dumps(d, indent=2, ensure_ascii=False))

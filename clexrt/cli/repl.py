@@ -382,10 +382,13 @@ class Repl:
     def cmd_show(self, arg: str) -> None:
         what = arg.lower()
         if what == "info":
-            w = max((len(k) for k, _ in self.info), default=0)
-            for k, v in self.info + [("context used", f"{self.conv.n_used}/{self.conv.n_ctx} "
-                                                       f"tokens"),
-                                     ("rope", rope_label(self.conv.model)[5:])]:
+            # Which chat template is used, and why, is the template's to say.
+            rows = [(k, v) for k, v in self.info if k != "chat template"]
+            rows += [("chat template", _template_line(self.conv.template)),
+                     ("context used", f"{self.conv.n_used}/{self.conv.n_ctx} tokens"),
+                     ("rope", rope_label(self.conv.model)[5:])]
+            w = max(len(k) for k, _ in rows)
+            for k, v in rows:
                 self.write(f"  {k.ljust(max(w, 12))}  {v}\n")
         elif what == "params":
             for f in fields(self.conv.params):
@@ -395,8 +398,7 @@ class Repl:
                        f"{sys_text if sys_text is not None else '(template default)'}\n")
         elif what == "template":
             t = self.conv.template
-            if getattr(t, "is_fallback", False):
-                self.say("(the model has no chat template: ChatML is used)", "dim")
+            self.say(f"(chat template: {_template_line(t)})", "dim")
             self.write(t.source.rstrip("\n") + "\n")
         else:
             raise ValueError("usage: /show info|params|template")
@@ -433,6 +435,16 @@ class Repl:
         self.say(f"(loaded {len(self.conv.messages)} messages from {path})", "dim")
         for m in self.conv.messages[-2:]:
             self.say(f"{m['role']}: {_preview(m['content'])}", "dim")
+
+
+def _template_line(t) -> str:
+    """Which template a conversation uses and why, as ChatTemplate.describe() says it (from the
+    file; a built-in format and the special tokens it was detected from; ChatML as the last
+    resort)."""
+    describe = getattr(t, "describe", None)
+    if describe is not None:
+        return describe()
+    return "ChatML (the GGUF has none)" if getattr(t, "is_fallback", False) else "from the file"
 
 
 def _one_line(e: BaseException) -> str:

@@ -3,8 +3,16 @@
 The template (``tokenizer.chat_template``) runs in Jinja's immutable sandbox with the settings and
 helpers Hugging Face's ``apply_chat_template`` gives it (trim_blocks, lstrip_blocks,
 loopcontrols, ``raise_exception``, ``strftime_now``, a non-escaping ``tojson``; variables
-``messages``, ``bos_token``, ``eos_token``, ``add_generation_prompt``). Models without a
-template get ChatML, llama.cpp's fallback too.
+``messages``, ``bos_token``, ``eos_token``, ``add_generation_prompt``).
+
+A GGUF without a template gets the format of its model family, chosen from the special tokens
+of its vocabulary (``<start_of_turn>``/``<end_of_turn>``: Gemma, ``<|start_header_id|>``/
+``<|eot_id|>``: Llama 3, ...) as llama.cpp's llm_chat_detect_template chooses one from a
+template's text; ChatML when nothing matches. Each built-in format is our own short Jinja
+rendering of the family's official template (system message, generation prompt; no default
+system prompt and no tools). The text that ends the format's assistant turn (``<end_of_turn>``,
+``<|eot_id|>``, ...) ends a generation even where the file does not mark it end-of-generation
+(``end_ids``; ``stop`` holds those that are not tokens of the vocabulary).
 
 Special tokens are parsed in the template's own text and never in message contents, so a user
 who types ``<|im_end|>`` gets those characters, not the control token. How: the template is
@@ -22,12 +30,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..errors import ClexError
 
-__all__ = ["ChatTemplate", "TemplateError", "CHATML", "special_tokens_from_metadata"]
+__all__ = ["ChatTemplate", "TemplateError", "CHATML", "ChatFormat", "FORMATS", "detect_format",
+           "special_tokens_from_metadata"]
 
 CHATML = (
     "{% for message in messages %}"
@@ -35,6 +45,152 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# -- the built-in formats -------------------------------------------------------------------------
+# Raw strings: a '\n' below is Jinja's escape inside a Jinja string literal. A leading system
+# message is taken apart as `sys` (and the rest as `msgs`) by _SPLIT.
+_SPLIT = (r"{% set first = messages[0] if messages else {} %}"
+          r"{% set sys = first.content if first.role == 'system' else none %}"
+          r"{% set msgs = messages[1:] if sys is not none else messages %}")
+_END_EACH = r"{% endif %}{% endfor %}"
+
+
+def _gen(text: str) -> str:
+    return r"{% if add_generation_prompt %}{{ '" + text + r"' }}{% endif %}"
+
+
+def _mistral(space: str, trim: bool, v7: bool) -> str:
+    """[INST]-style formats. v3: the system text opens the last user message; v7: its own
+    [SYSTEM_PROMPT] block. `space`: ' ' with the SentencePiece vocabulary, '' with Tekken."""
+    reply = r"' ' + m.content | trim" if trim else f"'{space}' + m.content"
+    if v7:
+        return (r"{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}"
+                f"{{{{ '[SYSTEM_PROMPT]{space}' + m.content + '[/SYSTEM_PROMPT]' }}}}"
+                f"{{% elif m.role == 'user' %}}{{{{ '[INST]{space}' + m.content + '[/INST]' }}}}"
+                f"{{% elif m.role == 'assistant' %}}{{{{ {reply} + eos_token }}}}" + _END_EACH)
+    return (r"{{ bos_token }}" + _SPLIT + r"{% set ns = namespace(last=-1) %}"
+            r"{% for m in msgs %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}"
+            r"{% endif %}{% endfor %}{% for m in msgs %}{% if m.role == 'user' %}"
+            f"{{{{ '[INST]{space}' + (sys + '\\n\\n' if sys is not none and loop.index0 == "
+            r"ns.last else '') + m.content + '[/INST]' }}"
+            f"{{% elif m.role == 'assistant' %}}{{{{ {reply} + eos_token }}}}" + _END_EACH)
+
+
+_SOURCES = {
+    "chatml": CHATML,
+    "phi4": (r"{% for m in messages %}{{ '<|im_start|>' + m.role + '<|im_sep|>' + m.content + "
+             r"'<|im_end|>' }}{% endfor %}" + _gen("<|im_start|>assistant<|im_sep|>")),
+    # Gemma has no system turn: its text opens the first user turn (Gemma 3's own template).
+    "gemma": (r"{{ bos_token }}" + _SPLIT + r"{% for m in msgs %}{{ '<start_of_turn>' + "
+              r"('model' if m.role == 'assistant' else m.role) + '\n' + (sys + '\n\n' if "
+              r"loop.first and sys is not none else '') + m.content | trim + '<end_of_turn>\n' }}"
+              r"{% endfor %}" + _gen(r"<start_of_turn>model\n")),
+    # Gemma 4: a system turn; earlier replies lose their thought channels; no thinking.
+    "gemma4": (r"{{ bos_token }}" + _SPLIT + r"{% if sys is not none %}"
+               r"{{ '<|turn>system\n' + sys | trim + '<turn|>\n' }}{% endif %}"
+               r"{% for m in msgs %}{% if m.role == 'assistant' %}{% set ns = namespace(t='') %}"
+               r"{% for part in m.content.split('<channel|>') %}"
+               r"{% set ns.t = ns.t + part.split('<|channel>')[0] %}{% endfor %}"
+               r"{{ '<|turn>model\n' + ns.t | trim + '<turn|>\n' }}{% else %}"
+               r"{{ '<|turn>' + m.role + '\n' + m.content | trim + '<turn|>\n' }}" + _END_EACH
+               + _gen(r"<|turn>model\n<|channel>thought\n<channel|>")),
+    "llama3": (r"{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m.role + "
+               r"'<|end_header_id|>\n\n' + m.content | trim + '<|eot_id|>' }}{% endfor %}"
+               + _gen(r"<|start_header_id|>assistant<|end_header_id|>\n\n")),
+    "command-r": (r"{{ bos_token }}" + _SPLIT + r"{% if sys is not none %}"
+                  r"{{ '<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>' + sys + '<|END_OF_TURN_TOKEN|>' }}"
+                  r"{% endif %}{% for m in msgs %}{% if m.role in ('user', 'assistant') %}"
+                  r"{{ '<|START_OF_TURN_TOKEN|>' + ('<|USER_TOKEN|>' if m.role == 'user' else "
+                  r"'<|CHATBOT_TOKEN|>') + m.content | trim + '<|END_OF_TURN_TOKEN|>' }}"
+                  + _END_EACH + _gen("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>")),
+    # Phi-3.5's template: a system turn only when it says something; EOS closes a finished chat.
+    "phi3": (r"{% for m in messages %}{% if m.role in ('user', 'assistant') or m.role == "
+             r"'system' and m.content %}{{ '<|' + m.role + '|>\n' + m.content + '<|end|>\n' }}"
+             r"{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}"
+             r"{% else %}{{ eos_token }}{% endif %}"),
+    "deepseek3": (r"{{ bos_token }}{% for m in messages if m.role == 'system' %}{{ m.content }}"
+                  r"{% endfor %}{% for m in messages %}{% if m.role == 'user' %}"
+                  r"{{ '<｜User｜>' + m.content }}{% elif m.role == 'assistant' %}"
+                  r"{{ '<｜Assistant｜>' + m.content + '<｜end▁of▁sentence｜>' }}" + _END_EACH
+                  + _gen("<｜Assistant｜>")),
+    # deepseek-coder; its own template adds a long default system prompt, we add none.
+    "deepseek": (r"{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}"
+                 r"{{ m.content }}{% elif m.role == 'user' %}"
+                 r"{{ '### Instruction:\n' + m.content + '\n' }}{% elif m.role == 'assistant' %}"
+                 r"{{ '### Response:\n' + m.content + '\n<|EOT|>\n' }}" + _END_EACH
+                 + _gen(r"### Response:\n")),
+    "deepseek2": (r"{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}"
+                  r"{{ m.content + '\n\n' }}{% elif m.role == 'user' %}"
+                  r"{{ 'User: ' + m.content + '\n\n' }}{% elif m.role == 'assistant' %}"
+                  r"{{ 'Assistant: ' + m.content + eos_token }}" + _END_EACH
+                  + _gen("Assistant:")),
+    "granite": (r"{% for m in messages %}{{ '<|start_of_role|>' + m.role + '<|end_of_role|>' + "
+                r"m.content + '<|end_of_text|>\n' }}{% endfor %}"
+                + _gen("<|start_of_role|>assistant<|end_of_role|>")),
+    "mistral-v7": _mistral(" ", False, True),
+    "mistral-v7-tekken": _mistral("", False, True),
+    "mistral-v3": _mistral(" ", True, False),
+    "mistral-v3-tekken": _mistral("", False, False),
+}
+
+
+def _tekken(md: Mapping) -> bool:
+    return md.get("tokenizer.ggml.model") == "gpt2"
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A built-in format: `source` (Jinja), `needs` (the vocabulary texts that select it, all of
+    them), `end` (the texts that end an assistant turn), `when` (a further test on the GGUF
+    metadata)."""
+    name: str
+    needs: tuple[str, ...]
+    end: tuple[str, ...]
+    when: Callable[[Mapping], bool] | None = None
+
+    @property
+    def source(self) -> str:
+        return _SOURCES[self.name]
+
+
+# In detection order: the first whose tokens are all in the vocabulary wins, so a format whose
+# tokens include another's comes before it (phi4 before chatml, deepseek before deepseek2).
+FORMATS: tuple[ChatFormat, ...] = (
+    ChatFormat("gemma", ("<start_of_turn>", "<end_of_turn>"), ("<end_of_turn>",)),
+    ChatFormat("gemma4", ("<|turn>", "<turn|>"), ("<turn|>",)),
+    ChatFormat("llama3", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+               ("<|eot_id|>",)),
+    ChatFormat("command-r", ("<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>",
+                             "<|CHATBOT_TOKEN|>"), ("<|END_OF_TURN_TOKEN|>",)),
+    ChatFormat("phi4", ("<|im_start|>", "<|im_sep|>", "<|im_end|>"), ("<|im_end|>",)),
+    ChatFormat("chatml", ("<|im_start|>", "<|im_end|>"), ("<|im_end|>",)),
+    ChatFormat("deepseek3", ("<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"),
+               ("<｜end▁of▁sentence｜>",)),
+    ChatFormat("deepseek", ("<|EOT|>", "<｜end▁of▁sentence｜>"), ("<|EOT|>",)),
+    ChatFormat("deepseek2", ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+               ("<｜end▁of▁sentence｜>",)),
+    ChatFormat("phi3", ("<|user|>", "<|assistant|>", "<|end|>"), ("<|end|>",)),
+    ChatFormat("granite", ("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
+               ("<|end_of_text|>",)),
+    ChatFormat("mistral-v7-tekken", ("[INST]", "[/INST]", "[SYSTEM_PROMPT]"), ("</s>",), _tekken),
+    ChatFormat("mistral-v7", ("[INST]", "[/INST]", "[SYSTEM_PROMPT]"), ("</s>",)),
+    ChatFormat("mistral-v3-tekken", ("[INST]", "[/INST]"), ("</s>",), _tekken),
+    ChatFormat("mistral-v3", ("[INST]", "[/INST]"), ("</s>",)),
+)
+_BY_NAME = {f.name: f for f in FORMATS}
+CHATML_FORMAT = _BY_NAME["chatml"]
+
+
+def detect_format(md: Mapping) -> tuple[ChatFormat, str]:
+    """The built-in format for a GGUF's vocabulary, and why (for `clexrt info` and /show)."""
+    vocab = set(map(str, md.get("tokenizer.ggml.tokens") or ()))
+    for f in FORMATS:
+        if all(t in vocab for t in f.needs) and (f.when is None or f.when(md)):
+            why = f"{f.name}, detected from special tokens {', '.join(f.needs)}"
+            return f, why + (" in a BPE (Tekken) vocabulary" if f.when is _tekken else "")
+    return CHATML_FORMAT, "ChatML: nothing else matched"
+
 
 # GGUF tokenizer.ggml.token_type values that llama.cpp parses only when special=True.
 _TYPE_UNKNOWN, _TYPE_CONTROL = 2, 3
@@ -97,25 +253,50 @@ class ChatTemplate:
     """A compiled chat template plus what it needs to turn messages into ids.
 
     `special` maps the text of every token that only template text may produce (control tokens)
-    to its id; `stop` lists stop strings the template implies (the ChatML fallback on a model
-    whose vocabulary lacks <|im_end|> needs one).
+    to its id. Without a `source`, the built-in format `fmt` is used (ChatML if none is given);
+    `origin` says why (`describe()`). `end` lists the texts that end an assistant turn (the
+    built-in format's own by default): `end_ids(tokenizer)` are the ids among them that stop a
+    generation, `stop` the stop strings for those that are not tokens of the vocabulary (the
+    ChatML fallback on a vocabulary without <|im_end|>).
     """
 
     def __init__(self, source: str | None = None, bos_token: str = "", eos_token: str = "",
-                 special: Mapping[str, int] | None = None):
+                 special: Mapping[str, int] | None = None, *, fmt: ChatFormat | None = None,
+                 origin: str | None = None, end: Sequence[str] | None = None):
         from jinja2 import TemplateError as JinjaTemplateError
 
-        self.is_fallback = not source
-        self.source = source or CHATML
+        self.is_fallback = not source            # the file has none: a built-in format is used
+        self.format = None if source else (fmt or CHATML_FORMAT)
+        self.source = source or self.format.source
+        self.origin = origin or ("from the file" if source else
+                                 f"{self.format.name}, as asked" if fmt else
+                                 "ChatML: nothing else matched")
+        self.end = tuple(end) if end is not None else (self.format.end if self.format else ())
         self.bos_token = bos_token
         self.eos_token = eos_token
         try:
             self._template = _environment().from_string(self.source)
         except JinjaTemplateError as e:
             raise TemplateError(f"chat template does not compile: {e}") from e
+        # A built-in format's own tokens are parsed in its text whatever their type.
+        self._markers = (self.format.needs + self.format.end) if self.format else ()
         self._set_special(special or {})
         self._special_from = None        # the tokenizer `special` was last taken from
-        self.stop = ["<|im_end|>"] if self.is_fallback and "<|im_end|>" not in self.special else []
+        self.stop = [t for t in self.end if t not in self.special]
+
+    @property
+    def name(self) -> str:
+        """The built-in format's name, or "file"."""
+        return self.format.name if self.format else "file"
+
+    def describe(self) -> str:
+        """Which template is used and why, in one line."""
+        return self.origin
+
+    def end_ids(self, tokenizer) -> set[int]:
+        """The ids of the `end` texts in the tokenizer's vocabulary."""
+        find = getattr(tokenizer, "token_id", None)
+        return {int(i) for i in map(find, self.end) if i is not None} if find else set()
 
     def _set_special(self, special: Mapping[str, int]) -> None:
         self.special = dict(special)
@@ -136,19 +317,34 @@ class ChatTemplate:
                     t = text(i)
                     if t:
                         found.setdefault(t, i)
+            find = getattr(tokenizer, "token_id", None)
+            for t in self._markers if find else ():
+                if find(t) is not None:
+                    found.setdefault(t, int(find(t)))
             self._set_special(found)
         self._special_from = tokenizer
 
     @classmethod
     def from_metadata(cls, md: Mapping) -> "ChatTemplate":
-        tokens = md.get("tokenizer.ggml.tokens") or []
+        """The GGUF's own template; without one, the format its vocabulary points to."""
+        tokens = [str(t) for t in md.get("tokenizer.ggml.tokens") or ()]
 
         def text_of(key):
             i = md.get(key)
-            return str(tokens[int(i)]) if i is not None and 0 <= int(i) < len(tokens) else ""
+            return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else ""
 
-        return cls(md.get("tokenizer.chat_template"), text_of("tokenizer.ggml.bos_token_id"),
-                   text_of("tokenizer.ggml.eos_token_id"), special_tokens_from_metadata(md))
+        bos, eos = text_of("tokenizer.ggml.bos_token_id"), text_of("tokenizer.ggml.eos_token_id")
+        special = special_tokens_from_metadata(md)
+        fmt, why = detect_format(md)
+        source = md.get("tokenizer.chat_template")
+        if source:      # the file's template; its turns end as the vocabulary's format says
+            return cls(source, bos, eos, special,
+                       end=[t for t in fmt.end if isinstance(source, str) and t in source])
+        ids = {t: i for i, t in enumerate(tokens)}
+        for t in fmt.needs + fmt.end:
+            if t in ids:
+                special.setdefault(t, ids[t])
+        return cls(None, bos, eos, special, fmt=fmt, origin=why)
 
     # -- rendering ----------------------------------------------------------------------------
     def _render(self, messages, add_generation_prompt, extra) -> str:
