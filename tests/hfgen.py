@@ -1,6 +1,8 @@
-"""Tiny Hugging Face LLaMA checkpoints, generated with fixed seeds: complete folders with
-config.json, safetensors weights (written by our own writer), a SentencePiece tokenizer.model
-trained here, and tokenizer_config.json. Two kinds:
+"""Tiny Hugging Face checkpoints, generated with fixed seeds: complete folders with config.json,
+safetensors weights, a tokenizer and tokenizer_config.json.
+
+LLaMA checkpoints written by our own safetensors writer, with a SentencePiece tokenizer.model
+trained here (make_checkpoint). Two kinds:
 
 - plain: GQA, tied embeddings, bf16 weights in two safetensors shards with an index, and a
   vocab_size padded past the tokenizer's pieces;
@@ -9,6 +11,10 @@ trained here, and tokenizer_config.json. Two kinds:
 
 `make_checkpoint` returns the folder and the float32 weights exactly as stored (bf16-rounded
 where stored as bf16), for an independent reference forward.
+
+Checkpoints of every converted architecture (LLaMA, Llama 3 rope scaling, Mistral, Qwen2,
+Gemma 3; each also with CLEX) built by transformers' own classes (make_tf_checkpoint), which
+returns the model itself as the reference.
 """
 from __future__ import annotations
 
@@ -234,3 +240,169 @@ def torch_forward(w: dict[str, np.ndarray], spec: HFSpec, ids, inv_freq=None) ->
     x = rms(x, t["model.norm.weight"])
     out = t["model.embed_tokens.weight"] if spec.tied else t["lm_head.weight"]
     return (x @ out.T).float().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of every converted architecture, built by transformers' own model classes with a
+# fixed seed and written by save_pretrained (safetensors), with a SentencePiece tokenizer.model
+# (train_spm) or a byte-level BPE tokenizer.json trained here with the `tokenizers` library.
+
+# The Split regexes Llama 3 and Qwen2 ship in their tokenizer.json (facts of those files).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+BPE_SPECIALS = {"llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+                "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+_BPE_CACHE: dict[str, str] = {}
+
+
+def train_bpe(kind: str, vocab_size: int = 320) -> str:
+    """tokenizer.json text of a byte-level BPE shaped like Llama 3's (kind llama3: ignore_merges,
+    a template that adds <|begin_of_text|>) or Qwen2's (qwen2: nothing added)."""
+    if kind not in _BPE_CACHE:
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+        tok = Tokenizer(models.BPE(ignore_merges=kind == "llama3", byte_fallback=False))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT if kind == "llama3" else QWEN2_SPLIT),
+                                 behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=kind == "llama3", use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(CORPUS * 8, trainer)
+        specials = BPE_SPECIALS[kind]
+        tok.add_special_tokens(specials)
+        if kind == "llama3":
+            bos = specials[0]
+            tok.post_processor = processors.Sequence([
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                              special_tokens=[(bos, tok.token_to_id(bos))])])
+        else:
+            tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        _BPE_CACHE[kind] = tok.to_str()
+    return _BPE_CACHE[kind]
+
+
+@dataclass
+class TFSpec:
+    """One transformers checkpoint: `arch` llama | llama3 | mistral | qwen2 | gemma3, plus CLEX."""
+    arch: str
+    clex: bool = False
+    n_layer: int = 2
+    seed: int = 0
+    window: int | None = None       # sliding_window (mistral, gemma3)
+
+    @property
+    def name(self) -> str:
+        return self.arch + ("-clex" if self.clex else "")
+
+    @property
+    def tokenizer(self) -> str:
+        return "bpe" if self.arch in ("llama3", "qwen2") else "spm"
+
+
+def _tf_config(spec: TFSpec, n_vocab: int):
+    import transformers as T
+
+    common = dict(vocab_size=n_vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=spec.n_layer,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                  initializer_range=0.2)      # peaked attention: the logits feel every rotary frequency
+    if spec.arch == "llama":
+        return T.LlamaConfig(**common, rope_theta=10000.0), T.LlamaForCausalLM
+    if spec.arch == "llama3":
+        specials = dict(bos_token_id=n_vocab - 7, eos_token_id=n_vocab - 6)      # the BPE's added tokens
+        rs = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
+        specials["max_position_embeddings"] = 128       # past the original 64, as Llama 3.1's
+        return T.LlamaConfig(**{**common, **specials}, rope_theta=500000.0, rope_scaling=rs,
+                             tie_word_embeddings=True), T.LlamaForCausalLM
+    if spec.arch == "mistral":      # Mistral Nemo style: a head wider than hidden / heads
+        return T.MistralConfig(**common, head_dim=24, sliding_window=spec.window), T.MistralForCausalLM
+    if spec.arch == "qwen2":
+        specials = dict(bos_token_id=n_vocab - 7, eos_token_id=n_vocab - 5)
+        return T.Qwen2Config(**{**common, **specials}, rope_theta=1000000.0, tie_word_embeddings=True), \
+            T.Qwen2ForCausalLM
+    if spec.arch == "gemma3":
+        return T.Gemma3TextConfig(**common, head_dim=24, pad_token_id=0, query_pre_attn_scalar=20,
+                                  sliding_window=spec.window, final_logit_softcapping=30.0,
+                                  rope_theta=1000000.0, rope_local_base_freq=10000.0), T.Gemma3ForCausalLM
+    raise ValueError(spec.arch)
+
+
+def _write_tokenizer(folder: str, spec: TFSpec) -> int:
+    """The tokenizer files; returns the number of tokens the tokenizer has."""
+    def dump(name, obj):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+
+    if spec.tokenizer == "spm":
+        import sentencepiece as spm
+
+        model = train_spm()
+        with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+            f.write(model)
+        dump("tokenizer_config.json", {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+                                       "eos_token": {"content": "</s>", "special": True}, "unk_token": "<unk>",
+                                       "chat_template": CHAT_TEMPLATE, "model_max_length": 64})
+        return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+    text = train_bpe(spec.arch)
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(text)
+    specials = BPE_SPECIALS[spec.arch]
+    tc = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHAT_TEMPLATE, "model_max_length": 64}
+    if spec.arch == "llama3":
+        tc.update(bos_token=specials[0], eos_token=specials[1])
+    else:
+        tc.update(bos_token=None, eos_token=specials[2], pad_token=specials[0])
+    dump("tokenizer_config.json", tc)
+    return len(json.loads(text)["model"]["vocab"]) + len(specials)
+
+
+def make_tf_checkpoint(folder, spec: TFSpec):
+    """Writes a complete HF folder with transformers' save_pretrained; returns the model (float32,
+    eager attention, eval mode). A CLEX checkpoint is the plain one plus the CLEX layer (the
+    rotary inv_freq transformers computes and a seeded ODE network) and rope_scaling type clex."""
+    import torch
+
+    os.makedirs(folder, exist_ok=True)
+    n_tok = _write_tokenizer(os.fspath(folder), spec)
+    n_vocab = n_tok + 4 if spec.tokenizer == "bpe" else n_tok      # BPE: padded, as Llama 3's and Qwen2's are
+    cfg, cls = _tf_config(spec, n_vocab)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(1234 + spec.seed)
+    model = cls(cfg).eval()
+    with torch.no_grad():       # norms away from their init of 1 (0 for Gemma) so a wrong offset shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, safe_serialization=True)
+    if spec.clex:
+        _add_clex(folder, model, spec)
+    return model
+
+
+def _add_clex(folder, model, spec: TFSpec, max_factor: int = 4, param_factor: int = 1) -> None:
+    from safetensors.numpy import load_file
+
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    inv = model.model.rotary_emb.inv_freq.detach().float().numpy().copy()     # the global layers' rope
+    h = inv.size
+    rng = np.random.default_rng(2000 + spec.seed)
+    tensors["model.clex_layer.inv_freq"] = inv
+    tensors["model.clex_layer.proj_func.ode_up_proj"] = rng.uniform(
+        -1 / math.sqrt(h), 1 / math.sqrt(h), (h, 2 * h * param_factor)).astype(F32)
+    tensors["model.clex_layer.proj_func.ode_down_proj"] = (rng.standard_normal((2 * h * param_factor, h)) * 0.015).astype(F32)
+    write_safetensors(path, tensors, {"format": "pt"})
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["rope_scaling"] = {"type": "clex", "max_factor": max_factor, "param_factor": param_factor,
+                           "time_dt": 0.01, "act": "tanh", "factor": 1}
+    if spec.arch == "llama":
+        cfg["architectures"] = ["CLEXLlamaForCausalLM"]
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
