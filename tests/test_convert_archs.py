@@ -3,8 +3,8 @@ sliding window and a wide head, Qwen2, Gemma 3 with local and global layers; eac
 also with CLEX), on checkpoints that transformers' own model classes build and save
 (tests/hfgen.py make_tf_checkpoint), checked against two independent references:
 
-(a) llama.cpp's converter (convert_hf_to_gguf.py, where its source is present: CLEXRT_LLAMA_CPP_SRC
-    or the vendored copy) on the same folder: the same tensors (names, shapes, types, values
+(a) llama.cpp's converter (convert_hf_to_gguf.py, where its source is present; skipped where
+    not) on the same folder: the same tensors (names, shapes, types, values
     bit for bit) and the same values for every key it writes, ours adding only the keys listed
     in OURS_ONLY; a CLEX file is the plain file plus its clex.* keys;
 (b) transformers' logits for a short prompt and one longer than the sliding window (and, for
@@ -32,8 +32,10 @@ from clexrt.errors import ConvertError  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-LLAMA_CPP = Path(os.environ.get("CLEXRT_LLAMA_CPP_SRC",
-                                Path(__file__).resolve().parents[2] / "llama/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+# llama.cpp's source: CLEXRT_LLAMA_CPP_SRC, or the copy vendored in llama-cpp-python
+# (CLEXRT_LLAMA_CPP_PY, as tests/test_convert_llamacpp.py), or that copy beside this checkout
+_PY = os.environ.get("CLEXRT_LLAMA_CPP_PY") or Path(__file__).resolve().parents[2] / "llama/llama_cpp_python-0.3.36"
+LLAMA_CPP = Path(os.environ.get("CLEXRT_LLAMA_CPP_SRC") or Path(_PY) / "vendor/llama.cpp")
 PLAIN = ["llama", "llama3", "mistral", "qwen2", "gemma3"]
 CLEX = ["llama", "mistral", "qwen2", "gemma3"]
 SPECS = {"llama": hfgen.TFSpec("llama"), "llama3": hfgen.TFSpec("llama3"),
@@ -92,7 +94,7 @@ def llama_cpp(built, tmp_path_factory):
     args = [str(LLAMA_CPP)]
     for name in PLAIN:
         args += [str(built[name][0]), str(root / f"{name}.gguf")]
-    env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"), NO_LOCAL_GGUF="")
+    env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"))
     r = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return {name: root / f"{name}.gguf" for name in PLAIN}
