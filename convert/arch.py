@@ -169,9 +169,9 @@ def _gemma3_keys(cfg: dict, hp, notes: list) -> dict:
             md[f"{a}.attention.sliding_window_pattern"] = np.array(swa, dtype=bool)
             notes.append("layer_types differs from every-6th-layer-global: written as "
                          f"{a}.attention.sliding_window_pattern")
-    md[f"{a}.rope.freq_base_swa"] = _finite(cfg, "rope_local_base_freq")
-    if md[f"{a}.rope.freq_base_swa"] is None:
-        del md[f"{a}.rope.freq_base_swa"]
+    local_base = _finite(cfg, "rope_local_base_freq")      # the sliding layers' rope base
+    if local_base is not None:
+        md[f"{a}.rope.freq_base_swa"] = local_base
     final = _finite(cfg, "final_logit_softcapping")
     if final:
         md[f"{a}.final_logit_softcapping"] = final
