@@ -295,3 +295,48 @@ def test_attention_kernels_at_odd_head_dims(tmp_path, isa, kv_type):
         with Model(str(path), n_threads=2, kv_type=kv_type, n_batch=16) as m:
             got = m.logits(ids)
         assert np.abs(got - ref).max() < 1e-3, (isa, kv_type, cfg.head_dim)
+
+
+# The tile kernels of prefill (native/src/internal.h clex_tile_set; x86: avx512_tile.c,
+# avx2_tile.c), taken from 8 tokens on, against the scalar one-row kernels (the scalar set has no
+# tiles), per output. Shapes (blocks per row, rows, tokens) that take every edge of the 4 x 4
+# tiles: one block per row, an odd count (a lone last block), rows longer than one gemm call
+# (2048 values: split, the later pieces added to y), more rows than one packed block of rows,
+# tokens past one block of 256 (matmul.c's TILE_TOKENS); row and token counts not multiples of 4;
+# 7 tokens (the row kernels) beside 8.
+TILE_TYPES = ["q8_0", "q4_0", "q5_0", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"]
+TILE_SHAPES_32 = [(1, 5, 8), (1, 4, 7), (3, 6, 13), (18, 61, 9), (67, 9, 11), (18, 10, 261)]
+TILE_SHAPES_256 = [(1, 5, 8), (1, 3, 7), (3, 6, 13), (9, 7, 9), (6, 45, 10), (6, 6, 261)]
+
+
+def _matmul(t, Wq, N, K, X, threads):
+    ct = ffi.new("clex_tensor *", dict(type=t, n_dims=2, data=ptr(Wq), nbytes=Wq.nbytes))
+    ct.ne[0], ct.ne[1] = K, N
+    Y = np.zeros((X.shape[0], N), np.float32)
+    _lib.check(lib.clex_matmul(ct, ptr(X, "float *"), X.shape[0], ptr(Y, "float *"), threads))
+    return Y
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", TILE_TYPES)
+def test_tile_kernels_match_scalar(isa, name):
+    """Every output within the summation-order tolerance of the scalar kernels': |tile - scalar|
+    <= 1e-5 * sum_k |w x| + 1e-6 (dequantized, float64), and the scalar product within it of the
+    textbook product of the dequantized values."""
+    rng = np.random.default_rng(9)
+    t = {**TYPES, **RUN_ONLY}[name]
+    at = lib.clex_type_vec_dot_type(t)
+    blck = lib.clex_type_block_size(t)
+    for nb, N, T in TILE_SHAPES_32 if blck == 32 else TILE_SHAPES_256:
+        K = nb * blck
+        Wq = weight_rows(name, rng, N, K)
+        X = rng.standard_normal((T, K)).astype(np.float32)
+        _lib.set_isa("scalar")
+        ref = _matmul(t, Wq, N, K, X, 1)
+        _lib.set_isa(isa)
+        got = _matmul(t, Wq, N, K, X, 2)
+        Wd = dequantize(Wq, t, N * K).reshape(N, K).astype(np.float64)
+        Xd = np.stack([dequantize(quantize(X[i], at), at, K) for i in range(T)]).astype(np.float64)
+        bound = 1e-5 * (np.abs(Xd) @ np.abs(Wd).T) + 1e-6
+        assert (np.abs(got - ref) <= bound).all(), (isa, name, nb, N, T, np.abs(got - ref).max())
+        assert (np.abs(ref - Xd @ Wd.T) <= bound).all(), (name, nb, N, T)

@@ -42,6 +42,33 @@ typedef void (*clex_wsum16_fn)(int64_t n, int64_t D, const float *w, const clex_
 typedef void (*clex_to_f16_fn)(const float *x, clex_fp16 *y, int64_t n);
 typedef void (*clex_from_f16_fn)(const clex_fp16 *x, float *y, int64_t n);
 
+/* ---- tiled prefill (matmul.c) ----
+ * A weight type may have tile kernels: pack rewrites rows of its weights once into the kernel's
+ * own layout (codes unpacked, scales expanded), and gemm multiplies those packed rows by many
+ * activation rows in register tiles of several weight rows x several tokens, so that each
+ * weight block loaded serves several tokens and each activation block several rows.
+ *   bytes(n): bytes of one packed row of n values (n a multiple of the weight block, <= max_n);
+ *   pack(n, w, wstride, rows, dst): rows of n values, wstride bytes apart, into dst;
+ *   gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate): for r < rows, t < ntok,
+ *       y[t * ystride + r] (+)= packed row r . activation row t (x + t * xstride bytes).
+ * They hold to the scalar vec_dot as the row kernels do: integer sums exact, the float
+ * scaling up to summation order. */
+typedef size_t (*clex_tile_bytes_fn)(int64_t n);
+typedef void (*clex_tile_pack_fn)(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst);
+typedef void (*clex_tile_gemm_fn)(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride,
+                                  int64_t ntok, float *y, int64_t ystride, int accumulate);
+typedef struct {
+    clex_tile_bytes_fn bytes;   /* NULL: no tile kernels for this type */
+    clex_tile_pack_fn pack;
+    clex_tile_gemm_fn gemm;
+    int64_t max_n;              /* values per gemm call at most (matmul.c splits longer rows) */
+    int64_t min_tok;            /* with fewer tokens the row kernels are as fast */
+} clex_tile_kernel;
+
+typedef struct {
+    clex_tile_kernel type[CLEX_TYPE_COUNT];   /* by weight type */
+} clex_tile_set;
+
 /* ---- type traits: what a type is (quants.c) ---- */
 typedef struct {
     const char *name;          /* NULL: an id ggml does not define */
@@ -61,7 +88,8 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
  * it implements and leaves the rest NULL; clex_kernels_install lays such a set over another.
  * clex_k is the selected set: scalar, then the chosen ISA's sets in order (AVX-512 over AVX2).
  * Per-type slots are indexed by type id: vec_dot and vec_dot4 by weight type (vec_dot4 may stay
- * NULL: then one row at a time), from_float by activation type (Q8_0, Q8_1, Q8_K). */
+ * NULL: then one row at a time), from_float by activation type (Q8_0, Q8_1, Q8_K). The tile
+ * kernels come as one set per instruction set (tiles; NULL: none), laid over whole. */
 #define CLEX_KERNEL_SLOTS(X)                                                                      \
     X(clex_axpy_fn, axpy_f32)                                                                     \
     X(clex_scores32_fn, scores32)                                                                 \
@@ -69,7 +97,8 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
     X(clex_wsum32_fn, wsum32)                                                                     \
     X(clex_wsum16_fn, wsum16)                                                                     \
     X(clex_to_f16_fn, to_f16)                                                                     \
-    X(clex_from_f16_fn, from_f16)
+    X(clex_from_f16_fn, from_f16)                                                                 \
+    X(const clex_tile_set *, tiles)
 
 #define CLEX_KERNEL_FIELD(type, name) type name;
 typedef struct {

@@ -1,6 +1,7 @@
 /* Matrix products: activations prepared once per consumer type, rows of a weight matrix against
- * every token of a batch (the four-row kernels where a type has them), the forward pass's
- * dynamic row scheduling, and the standalone clex_matmul (tests, tools). */
+ * every token of a batch (the tile kernels where a type has them and the batch is long enough,
+ * else the four-row kernels where it has those), the forward pass's dynamic row scheduling, and
+ * the standalone clex_matmul (tests, tools). */
 #include <stdlib.h>
 
 #include "model.h"
@@ -39,6 +40,10 @@ clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
 /* ------------------------------------------------------------------ row products */
 
 #define ROW_BLOCK 16   /* weight rows kept hot in L1 while every token of the batch passes */
+/* The tile kernels' blocking: packed weight rows (as many as fit here) stay in L2 while up to
+ * TILE_TOKENS tokens pass, so that the tokens' activations and outputs stay in L2 as well. */
+#define TILE_SCRATCH (64u << 10)
+#define TILE_TOKENS 256
 
 /* One weight matrix against prepared activations, everything the row loops need looked up once
  * per call: weight rows (base, rb bytes apart), activation rows (x, xb bytes apart), kernels. */
@@ -48,6 +53,7 @@ typedef struct {
     int64_t k;
     clex_vec_dot_fn dot;
     clex_vec_dot4_fn dot4;   /* NULL: one row at a time */
+    const clex_type_traits *wt, *xt;   /* the weight and activation types */
 } row_op;
 
 static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
@@ -55,8 +61,46 @@ static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
     const int s = clex_act_slot(tr->vec_dot_type);
     row_op op = {w->data, s < 0 ? (const uint8_t *)a->f32 : (const uint8_t *)a->q[s], row_bytes(tr, w->ne[0]),
                  s < 0 ? (uint64_t)a->k * sizeof(float) : act_row_bytes(s, a->k), w->ne[0],
-                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type]};
+                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], tr,
+                 s < 0 ? NULL : clex_traits(tr->vec_dot_type)};
     return op;
+}
+
+/* the type's tile kernels, when it has them and the batch is long enough for them */
+static const clex_tile_kernel *tile_for(const clex_tensor *w, const row_op *op, int64_t n_tok) {
+    if (!clex_k.tiles || !op->xt) return NULL;
+    const clex_tile_kernel *tk = &clex_k.tiles->type[w->type];
+    return tk->bytes && n_tok >= tk->min_tok && tk->max_n >= op->wt->blck ? tk : NULL;
+}
+
+/* Rows [r0, r1) against every token with the tile kernels, TILE_TOKENS tokens at a time: the
+ * weights packed a block of rows at a time (as many as TILE_SCRATCH holds, a multiple of 4), a
+ * row longer than the kernel's max_n in pieces, each piece after the first added to y. Returns
+ * 0 (nothing done) when out of memory. */
+static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_tok, float *y, int64_t ystride,
+                      int accumulate, int64_t r0, int64_t r1) {
+    const int64_t kc = op->k <= tk->max_n ? op->k : tk->max_n / op->wt->blck * op->wt->blck;
+    const size_t pb = tk->bytes(kc);
+    int64_t nr = (int64_t)(TILE_SCRATCH / pb) / 4 * 4;
+    if (nr < 4) nr = 4;
+    void *buf = aligned_alloc(64, ((size_t)nr * pb + 63) / 64 * 64);
+    if (!buf) return 0;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {
+        const int64_t nt = n_tok - t0 < TILE_TOKENS ? n_tok - t0 : TILE_TOKENS;
+        const uint8_t *x = op->x + (uint64_t)t0 * op->xb;
+        float *yt = y + t0 * ystride;
+        for (int64_t rs = r0; rs < r1; rs += nr) {
+            const int64_t re = rs + nr < r1 ? rs + nr : r1;
+            for (int64_t k0 = 0; k0 < op->k; k0 += kc) {
+                const int64_t kn = op->k - k0 < kc ? op->k - k0 : kc;
+                tk->pack(kn, op->base + (uint64_t)rs * op->rb + row_bytes(op->wt, k0), (size_t)op->rb, re - rs, buf);
+                tk->gemm(kn, buf, re - rs, x + row_bytes(op->xt, k0), (size_t)op->xb, nt, yt + rs, ystride,
+                         accumulate || k0 > 0);
+            }
+        }
+    }
+    free(buf);
+    return 1;
 }
 
 /* rows [rs, re) against tokens [t, t + 4) with the four-row kernel */
@@ -75,6 +119,8 @@ static void rows_x4(const row_op *op, int64_t t, float *y, int64_t ystride, int 
 void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
     const row_op op = row_op_for(w, a);
+    const clex_tile_kernel *tk = tile_for(w, &op, n_tok);
+    if (tk && rows_tiled(tk, &op, n_tok, y, ystride, accumulate, r0, r1)) return;
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
         int64_t t = 0;

@@ -231,6 +231,7 @@ static const clex_kernels avx512_vnni = {
         CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT4)
     },
     ATTENTION_512,
+    .tiles = &clex_avx512vnni_tiles,
 };
 
 /* without VNNI, Q4_1, the four-row kernels and the K-quant files' types (avx512_k.c) keep their

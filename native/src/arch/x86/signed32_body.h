@@ -51,14 +51,8 @@ INLINE __m256 block_scales8(const void *p, size_t stride, int cnt) {
     return _mm256_cvtph_ps(v);
 }
 
-/* the signed int8 weights of block i: Q8_0 as they are, Q4_0 nibble - 8, Q5_0 code - 16,
- * IQ4_NL levels */
-enum { W_Q8_0, W_Q4_0, W_Q5_0, W_IQ4_NL };
-
-INLINE size_t signed_stride(int wt) {
-    return wt == W_Q8_0 ? sizeof(block_q8_0) : wt == W_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q4_0);
-}
-
+/* the signed int8 weights of block i (x86_k.h's kinds): Q8_0 as they are, Q4_0 nibble - 8,
+ * Q5_0 code - 16, IQ4_NL levels */
 INLINE __m256i signed_weights(const void *vw, int64_t i, int wt) {
     switch (wt) {
     case W_Q8_0: return ld(((const block_q8_0 *)vw)[i].qs);

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../../../include/quant.h"
+
 #define CLEX_X86_K_KERNELS(PFX, X) \
     X(PFX, Q5_0) X(PFX, Q5_1) X(PFX, IQ4_NL) X(PFX, Q2_K) X(PFX, Q3_K) X(PFX, Q4_K) X(PFX, Q5_K) \
     X(PFX, Q6_K) X(PFX, IQ4_XS)
@@ -29,8 +31,19 @@ CLEX_X86_K_DECLARE(clex_avx2, Q4_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q8_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
 
+/* the tile kernels of prefill (avx512_tile.c) */
+extern const clex_tile_set clex_avx512vnni_tiles;
+
 /* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
 void clex_avx2_quantize_q8_K(const float *x, void *y, int64_t n);
+
+/* the signed 32-value weight types (signed32_body.h, avx512_s32.h, the tile kernels): their
+ * weights are signed bytes times one fp16 scale per block */
+enum { W_Q8_0, W_Q4_0, W_Q5_0, W_IQ4_NL };
+
+static inline size_t signed_stride(int wt) {
+    return wt == W_Q8_0 ? sizeof(block_q8_0) : wt == W_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q4_0);
+}
 
 /* complete unrolling of the loops over rows and sub-blocks, whatever the optimisation level
  * (the bodies index register arrays by the loop variables) */
