@@ -331,7 +331,8 @@ def test_ctx_create_refuses_a_kv_size_that_wraps_64_bits():
         n += k
     pm = ffi.new("clex_model **")
     assert lib.clex_model_create(hp, ffi.new("clex_tensor *", tensor(one, [1, 1])),
-                                 ffi.new("clex_tensor *", tensor(one, [1])), ffi.NULL, layers, pm) == 0
+                                 ffi.new("clex_tensor *", tensor(one, [1])), ffi.NULL, ffi.NULL, ffi.NULL,
+                                 layers, pm) == 0
     model = ffi.gc(pm[0], lib.clex_model_free)
     pc = ffi.new("clex_ctx **")
     rc = lib.clex_ctx_create(model, 1 << 28, 1, 1, lib.CLEX_TYPE_F32, pc)

@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 7
+#define CLEX_ABI_VERSION 8
 
 enum {
     CLEX_OK = 0,
@@ -83,21 +83,19 @@ enum {
     CLEX_ISA_NEON = 3
 };
 
-/* The architecture as data (clex_hparams). Zero is LLaMA's choice everywhere; the other values
- * are named so that a later version can run them, and clex_model_create refuses each of them
- * with CLEX_E_UNSUPPORTED until then. */
+/* The architecture as data (clex_hparams, clex_layer). Zero is LLaMA's choice everywhere. */
 enum {
     CLEX_NORM_RMS = 0,          /* x * w / sqrt(mean(x^2) + eps) */
-    CLEX_NORM_LAYER = 1         /* (x - mean) * w / sqrt(var + eps) + b   (not implemented yet) */
+    CLEX_NORM_LAYER = 1         /* (x - mean) * w / sqrt(var + eps) + b */
 };
 enum {
     CLEX_ROPE_ADJACENT = 0,     /* pair i of a head is elements 2i, 2i+1 (GGUF llama) */
-    CLEX_ROPE_NEOX = 1          /* pair i is elements i, i + n_rot/2 (rotate-half; not implemented yet) */
+    CLEX_ROPE_NEOX = 1          /* pair i is elements i, i + n_rot/2 (rotate-half) */
 };
 enum {
     CLEX_FFN_SWIGLU = 0,        /* down(silu(gate(x)) * up(x)) */
-    CLEX_FFN_GEGLU = 1,         /* down(gelu(gate(x)) * up(x))   (not implemented yet) */
-    CLEX_FFN_GELU = 2           /* down(gelu(up(x))), no gate     (not implemented yet) */
+    CLEX_FFN_GEGLU = 1,         /* down(gelu(gate(x)) * up(x)), gelu the tanh approximation */
+    CLEX_FFN_GELU = 2           /* down(gelu(up(x))), no gate */
 };
 
 typedef struct clex_model clex_model;   /* weights + hyper-parameters (read-only once built) */
@@ -113,16 +111,28 @@ typedef struct {
     const char *name;     /* for error messages; may be NULL */
 } clex_tensor;
 
+/* One layer. The tensors after w_down are optional (data NULL: absent), all f32; an absent
+ * norm is no norm, an absent bias adds nothing. */
 typedef struct {
     clex_tensor attn_norm;   /* [n_embd] f32 */
     clex_tensor wq;          /* [n_embd, n_head*head_dim] */
     clex_tensor wk;          /* [n_embd, n_head_kv*head_dim] */
     clex_tensor wv;          /* [n_embd, n_head_kv*head_dim] */
     clex_tensor wo;          /* [n_head*head_dim, n_embd] */
-    clex_tensor ffn_norm;    /* [n_embd] f32 */
-    clex_tensor w_gate;      /* [n_embd, n_ff] */
+    clex_tensor ffn_norm;    /* [n_embd] f32; optional with a parallel residual (attn_norm's output is reused) */
+    clex_tensor w_gate;      /* [n_embd, n_ff]; absent for CLEX_FFN_GELU */
     clex_tensor w_up;        /* [n_embd, n_ff] */
     clex_tensor w_down;      /* [n_ff, n_embd] */
+    clex_tensor attn_norm_b; /* [n_embd] the layer norms' biases */
+    clex_tensor ffn_norm_b;
+    clex_tensor bq, bk, bv, bo;   /* the attention projections' biases ([rows of the product]) */
+    clex_tensor b_up, b_down;     /* the FFN's */
+    clex_tensor q_norm;      /* [head_dim]: RMS norm of each query head before the rope (Gemma 3) */
+    clex_tensor k_norm;      /* [head_dim]: and of each key head */
+    clex_tensor attn_post_norm;   /* [n_embd]: RMS norm of the attention output before the residual add */
+    clex_tensor ffn_post_norm;    /* [n_embd]: and of the FFN's */
+    int32_t n_swa;           /* 0: attends to every earlier position; n: to the last n (itself included) */
+    int32_t rope_set;        /* the context's rope table that rotates this layer: 0 .. n_rope_sets-1 */
 } clex_layer;
 
 typedef struct {
@@ -142,6 +152,11 @@ typedef struct {
     int32_t parallel_residual;  /* 0: x += attn(norm(x)), then x += ffn(norm(x)); 1: both read the same x */
     int32_t n_expert;       /* 0: a dense FFN; else experts per layer (mixture of experts) */
     int32_t n_expert_used;  /* experts each token uses: 0 when dense, else 1..n_expert */
+    float embd_scale;       /* the embeddings are multiplied by it (Gemma: sqrt(n_embd)); 0: 1 */
+    float attn_scale;       /* attention logits are q.k * attn_scale * kq_scale; 0: 1/sqrt(head_dim) */
+    float attn_softcap;     /* > 0: attention logits become c tanh(logit / c); 0: none */
+    float final_softcap;    /* > 0: the same on the output logits */
+    int32_t n_rope_sets;    /* rope tables per context (layers pick one: clex_layer.rope_set); 0: 1 */
 } clex_hparams;
 
 /* ---- library ---- */
@@ -187,8 +202,11 @@ int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float 
 int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, int32_t n_threads);
 
 /* ---- model ---- */
+/* output NULL (or data NULL): tied, the logits come from tok_embd; output_norm_b and output_b
+ * (f32 biases of the final norm and of the logits) may be NULL. */
 int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd,
-                      const clex_tensor *output_norm, const clex_tensor *output,
+                      const clex_tensor *output_norm, const clex_tensor *output_norm_b,
+                      const clex_tensor *output, const clex_tensor *output_b,
                       const clex_layer *layers, clex_model **out);
 void clex_model_free(clex_model *m);
 uint64_t clex_model_n_params(const clex_model *m);
@@ -207,13 +225,18 @@ uint64_t clex_ctx_kv_bytes(const clex_ctx *c);
 int32_t clex_ctx_kv_type(const clex_ctx *c);
 /* The rope table: n_rot/2 inverse frequencies; pair i of every head is rotated by
  * pos * inv_freq[i] (which elements form pair i: hp.rope_layout). Applies to tokens evaluated
- * from now on; cached keys keep the table they were rotated with (see clex_ctx_rerotate). */
+ * from now on; cached keys keep the table they were rotated with (see clex_ctx_rerotate).
+ * clex_ctx_set_rope sets table 0; _set_rope_set table `set` (the layers whose rope_set it is:
+ * Gemma 3's sliding-window layers have their own base). Every table starts as all zeros. */
 int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n);
-/* Attention logits are q.k * kq_scale / sqrt(head_dim); kq_scale defaults to 1 (YaRN's
+int clex_ctx_set_rope_set(clex_ctx *c, int32_t set, const float *inv_freq, int32_t n);
+/* Attention logits are q.k * kq_scale * hp.attn_scale (1/sqrt(head_dim) by default); kq_scale defaults to 1 (YaRN's
  * temperature sets it to mscale^2). Must be finite and positive; applies from the next eval. */
 int clex_ctx_set_attn_scale(clex_ctx *c, float kq_scale);
-/* Rotate the cached keys at positions [0, n_past) from table `old_inv` to the current table. */
+/* Rotate the cached keys at positions [0, n_past) from table `old_inv` to the current table
+ * (of the layers of table 0; _set: of table `set`). */
 int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past);
+int clex_ctx_rerotate_set(clex_ctx *c, int32_t set, const float *old_inv, int32_t n_past);
 /* Context shift: drop cached positions [n_keep, n_keep + n_discard) of [0, n_past), move the
  * later ones down and rotate their keys to the new positions (current table). */
 int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discard);

@@ -76,10 +76,12 @@ static kv_head kv_head_at(const clex_ctx *c, int l, int64_t hk) {
  * (scores, max, exp, sum, then the sum of (e/sum) * v). Otherwise part gets (max, sum of exp,
  * unnormalised sum of e * v) for the combination step. */
 static void attend_head(int64_t D, const float *q, const kv_head *kv, int64_t p0, int64_t p1,
-                        float scale, float *sc, float *out, float *part) {
+                        float scale, float cap, float *sc, float *out, float *part) {
     const int64_t n = p1 - p0;
     if (kv->k16) clex_k.scores16(n, D, q, kv->k16 + p0 * D, scale, sc);
     else clex_k.scores32(n, D, q, kv->k32 + p0 * D, scale, sc);
+    if (cap > 0.0f)   /* soft-capping: c tanh(s / c) */
+        for (int64_t i = 0; i < n; i++) sc[i] = cap * tanhf(sc[i] / cap);
     float m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = sc[i] > m ? sc[i] : m;
     double acc = 0.0;
@@ -130,23 +132,30 @@ static void combine_chunks(const clex_ctx *c, int64_t h, int64_t chunks) {
 
 /* ------------------------------------------------------------------ the attention step */
 
+/* The first key position token `pos` attends to: 0, or with a sliding window of n_swa the
+ * oldest of the last n_swa positions (itself included). */
+static int64_t first_key(int64_t pos, int32_t n_swa) {
+    return n_swa > 0 && pos + 1 > n_swa ? pos + 1 - n_swa : 0;
+}
+
 void clex_attention(clex_ctx *c, int l, int64_t T, int64_t n_past, int ith, int nth) {
     const clex_hparams *hp = &c->m->hp;
     const int64_t D = hp->head_dim, H = hp->n_head, HKV = hp->n_head_kv, qd = H * D;
     const int64_t grp = H / HKV;
-    const int64_t chunks = attn_chunks(T, HKV, n_past + 1, nth);
-    const float scale = c->kq_scale / sqrtf((float)D);
+    const int32_t n_swa = c->m->layers[l].n_swa;
+    const int64_t chunks = attn_chunks(T, HKV, n_past + 1 - first_key(n_past, n_swa), nth);
+    const float scale = c->kq_scale * (hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D));
     float *scores = c->scores + (int64_t)ith * c->n_ctx;
     int64_t lo, hi;
     split(T * HKV * chunks, ith, nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) {
         const int64_t t = j / (HKV * chunks), hk = (j / chunks) % HKV, ch = j % chunks;
-        const int64_t n_keys = n_past + t + 1;
-        const int64_t p0 = n_keys * ch / chunks, p1 = n_keys * (ch + 1) / chunks;
+        const int64_t k0 = first_key(n_past + t, n_swa), n_keys = n_past + t + 1 - k0;
+        const int64_t p0 = k0 + n_keys * ch / chunks, p1 = k0 + n_keys * (ch + 1) / chunks;
         const kv_head kv = kv_head_at(c, l, hk);
         for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
-            attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, scores, c->att + t * qd + h * D,
-                        chunks > 1 ? c->part + (h * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
+            attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, hp->attn_softcap, scores,
+                        c->att + t * qd + h * D, chunks > 1 ? c->part + (h * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
     }
     if (chunks > 1) {   /* combine the chunks of each head (T = 1) */
         clex_pool_barrier(c->pool);

@@ -4,16 +4,19 @@
  * every thread walks the same steps and takes its share of each (rows of a matrix product,
  * tokens of a norm, (token, head) pairs of attention), with a barrier between steps:
  *
- *   embed               x = tok_embd[tokens]; the rope angles of each token's position
+ *   embed               x = tok_embd[tokens] (* embd_scale); the rope angles of each token's
+ *                       position under each rope table
  *   for each layer:
- *     attention_block   n = norm(x); q, k, v = wq n, wk n, wv n; rotate q, k; cache k, v;
- *                       x += wo attention(q, cached k, cached v)
- *     ffn_block         n = norm(x); x += w_down (silu(w_gate n) * w_up n)
- *   output              logits = output norm(x), for the last token or all of them
+ *     attention_block   n = norm(x); q, k, v = wq n + bq, ...; q, k = qk-norm(q, k) per head;
+ *                       rotate q, k; cache k, v; a = wo attention(q, cached k, v) + bo;
+ *                       x += post-norm(a)
+ *     ffn_block         n = norm(x); x += post-norm(w_down act(w_gate n, w_up n) + b_down)
+ *   output              logits = output(norm(x)) (+ bias, soft-capped), last token or all
  *
- * The architecture fields of clex_hparams are read where they matter: the norm (norm_row), the
- * rope (rope_rotate, model.h), the FFN's activation (ffn_act) and the residual wiring (layer).
- * clex_model_create refuses the values none of them implements yet.
+ * The architecture fields of clex_hparams / clex_layer are read where they matter: the norm
+ * (norm_row), the rope layout (rope_rotate, model.h), the FFN's activation (ffn_act), the
+ * residual wiring (layer), and the optional tensors (biases, q/k norms, post-norms: absent ones
+ * do nothing).
  */
 #include <math.h>
 #include <string.h>
@@ -43,6 +46,8 @@ typedef struct {
 
 static void sync(const fwd *f) { clex_pool_barrier(f->c->pool); }
 
+static const float *opt(const clex_tensor *t) { return (const float *)t->data; }
+
 /* ------------------------------------------------------------------ the architecture's choices */
 
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
@@ -52,84 +57,137 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-/* The norm (hp->norm_kind) of one row of the residual stream. */
-static void norm_row(const clex_hparams *hp, float *out, const float *x, const float *w) {
-    switch (hp->norm_kind) {
-    case CLEX_NORM_RMS:
-    default:   /* the only kind check_hparams admits yet; CLEX_NORM_LAYER would add a bias */
-        rmsnorm(out, x, w, hp->n_embd, hp->rms_eps);
-        break;
-    }
+/* (x - mean) / sqrt(var + eps) * w + b, b optional */
+static void layernorm(float *out, const float *x, const float *w, const float *b, int64_t n, float eps) {
+    double sum = 0.0, ss = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    const double mean = sum / (double)n;
+    for (int64_t i = 0; i < n; i++) ss += ((double)x[i] - mean) * ((double)x[i] - mean);
+    const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps)), fm = (float)mean;
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - fm) * scale * w[i] + (b ? b[i] : 0.0f);
 }
 
-/* The FFN's activation (hp->ffn_kind) over rows [lo, hi) of one token: gate = act(gate) * up. */
+/* The norm (hp->norm_kind) of one row of the residual stream; b: the layer norm's bias or NULL. */
+static void norm_row(const clex_hparams *hp, float *out, const float *x, const float *w, const float *b) {
+    if (hp->norm_kind == CLEX_NORM_LAYER) layernorm(out, x, w, b, hp->n_embd, hp->rms_eps);
+    else rmsnorm(out, x, w, hp->n_embd, hp->rms_eps);
+}
+
+/* GELU, the tanh approximation (GPT-2's, Gemma's gelu_pytorch_tanh, Phi-2's gelu_new) */
+static inline float gelu(float x) {
+    const float k = 0.7978845608028654f;   /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+/* The FFN's activation (hp->ffn_kind) over rows [lo, hi) of one token: g = act(g) * u, or
+ * g = act(g) for the ungated GELU MLP (whose up projection was written into g). */
 static void ffn_act(const clex_hparams *hp, float *g, const float *u, int64_t lo, int64_t hi) {
     switch (hp->ffn_kind) {
+    case CLEX_FFN_GEGLU:
+        for (int64_t r = lo; r < hi; r++) g[r] = gelu(g[r]) * u[r];
+        break;
+    case CLEX_FFN_GELU:
+        for (int64_t r = lo; r < hi; r++) g[r] = gelu(g[r]);
+        break;
     case CLEX_FFN_SWIGLU:
-    default:   /* the only kind check_hparams admits yet (GeGLU: gelu(gate); GELU: no gate) */
+    default:
         for (int64_t r = lo; r < hi; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
         break;
     }
 }
 
+/* y[t, lo..hi) += b[lo..hi) for T tokens of rows `rows` apart (b NULL: nothing) */
+static void add_bias(float *y, int64_t rows, int64_t T, const float *b, int64_t lo, int64_t hi) {
+    if (!b) return;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = lo; r < hi; r++) y[t * rows + r] += b[r];
+}
+
 /* ------------------------------------------------------------------ steps */
 
 /* cos, sin of the angles pos * inv_freq[i] of one position */
-static void rope_angles(const clex_ctx *c, float pos, float *cs) {
-    for (int32_t i = 0; i < c->n_pairs; i++) {
-        const float ang = pos * c->inv_freq[i];
+static void rope_angles(const float *inv_freq, int32_t n_pairs, float pos, float *cs) {
+    for (int32_t i = 0; i < n_pairs; i++) {
+        const float ang = pos * inv_freq[i];
         cs[2 * i] = cosf(ang);
         cs[2 * i + 1] = sinf(ang);
     }
 }
 
-/* x = the tokens' embeddings; cs = the angles of their positions */
+/* x = the tokens' embeddings (scaled); their positions' angles under every rope table */
 static void embed(fwd *f) {
     clex_ctx *c = f->c;
     const int64_t E = f->hp->n_embd;
     const clex_type_traits *tr = clex_traits(f->m->tok_embd.type);
     const uint64_t rb = row_bytes(tr, E);
+    const float es = f->hp->embd_scale;
     int64_t lo, hi;
     split(f->T, f->ith, f->nth, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
-        tr->to_float((const uint8_t *)f->m->tok_embd.data + (uint64_t)f->fa->tokens[t] * rb, c->x + t * E, E);
-        rope_angles(c, (float)(f->fa->n_past + t), c->cs + t * c->n_pairs * 2);
+        float *x = c->x + t * E;
+        tr->to_float((const uint8_t *)f->m->tok_embd.data + (uint64_t)f->fa->tokens[t] * rb, x, E);
+        if (es != 0.0f && es != 1.0f)
+            for (int64_t i = 0; i < E; i++) x[i] *= es;
+        for (int s = 0; s < f->m->n_sets; s++)
+            rope_angles(c->inv_freq + (int64_t)s * c->n_pairs, c->n_pairs, (float)(f->fa->n_past + t),
+                        set_angles(c, s, t));
     }
     sync(f);
 }
 
 /* xn = norm(x) for tokens [t0, T), prepared for the products that read it (cons) */
-static void norm_step(fwd *f, const float *w_norm, const clex_tensor *const *cons, int ncons, int64_t t0) {
+static void norm_step(fwd *f, const clex_tensor *w_norm, const clex_tensor *b_norm, const clex_tensor *const *cons,
+                      int ncons, int64_t t0) {
     clex_ctx *c = f->c;
     const int64_t E = f->hp->n_embd;
     unsigned need = 0;
     for (int i = 0; i < ncons; i++) need |= clex_act_need(cons[i]);
     int64_t lo, hi;
     split(f->T - t0, f->ith, f->nth, &lo, &hi);
-    for (int64_t t = t0 + lo; t < t0 + hi; t++) norm_row(f->hp, c->xn + t * E, c->x + t * E, w_norm);
+    for (int64_t t = t0 + lo; t < t0 + hi; t++) norm_row(f->hp, c->xn + t * E, c->x + t * E, opt(w_norm), opt(b_norm));
     clex_prepare_acts(&f->a, c->xn, E, t0 + lo, t0 + hi, need, c->act);
     sync(f);
 }
 
-/* y (+)= w a for n_tok tokens into rows of `rows` floats, the rows shared out dynamically */
-static void product(fwd *f, const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t rows,
-                    int accumulate) {
+/* y (+)= w a (+ b) for n_tok tokens into rows of `rows` floats, the rows shared out dynamically */
+static void product(fwd *f, const clex_tensor *w, const clex_tensor *b, const clex_acts *a, int64_t n_tok, float *y,
+                    int64_t rows, int accumulate) {
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(f->c, &f->step, f->ith, f->nth, rows);
-    while (clex_sched_next(&sc, &lo, &hi)) clex_matmul_rows(w, a, n_tok, y, rows, accumulate, lo, hi);
+    while (clex_sched_next(&sc, &lo, &hi)) {
+        clex_matmul_rows(w, a, n_tok, y, rows, accumulate, lo, hi);
+        add_bias(y, rows, n_tok, opt(b), lo, hi);
+    }
 }
 
-/* x += w in, for in [T, k]: a block's output projection, added to the residual stream */
-static void add_to_residual(fwd *f, const clex_tensor *w, const float *in, int64_t k) {
+/* dst += post-norm(w in + b), for in [T, k]: a block's output projection, added to the residual
+ * stream (dst: x, or the parallel residual's buffer, which accumulate = 0 overwrites). Without
+ * a post-norm the product accumulates into dst directly; with one it goes through xn (free
+ * here: the block's input was read) and each token's row is normalised and added. */
+static void project_out(fwd *f, const clex_tensor *w, const clex_tensor *b, const clex_tensor *post, const float *in,
+                        int64_t k, float *dst, int accumulate) {
+    clex_ctx *c = f->c;
+    const int64_t E = f->hp->n_embd;
     int64_t lo, hi;
     split(f->T, f->ith, f->nth, &lo, &hi);
-    clex_prepare_acts(&f->a, in, k, lo, hi, clex_act_need(w), f->c->act);
+    clex_prepare_acts(&f->a, in, k, lo, hi, clex_act_need(w), c->act);
     sync(f);
-    product(f, w, &f->a, f->T, f->c->x, f->hp->n_embd, 1);
+    if (!post->data) {
+        product(f, w, b, &f->a, f->T, dst, E, accumulate);
+        sync(f);
+        return;
+    }
+    product(f, w, b, &f->a, f->T, c->xn, E, 0);
+    sync(f);
+    for (int64_t t = lo; t < hi; t++) {
+        float *y = c->xn + t * E, *d = dst + t * E;
+        rmsnorm(y, y, opt(post), E, f->hp->rms_eps);
+        for (int64_t i = 0; i < E; i++) d[i] = accumulate ? d[i] + y[i] : y[i];
+    }
     sync(f);
 }
 
-/* q, k, v = wq n, wk n, wv n, the three matrices' rows one space under one schedule */
+/* q, k, v = wq n + bq, wk n + bk, wv n + bv, the three matrices' rows one space under one schedule */
 static void qkv_step(fwd *f, const clex_layer *L) {
     clex_ctx *c = f->c;
     const int64_t D = f->hp->head_dim, T = f->T;
@@ -138,17 +196,33 @@ static void qkv_step(fwd *f, const clex_layer *L) {
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(c, &f->step, f->ith, f->nth, b3);
     while (clex_sched_next(&sc, &lo, &hi)) {
-        if (lo < b1) clex_matmul_rows(&L->wq, &f->a, T, c->q, qd, 0, lo, hi < b1 ? hi : b1);
-        if (hi > b1 && lo < b2)
-            clex_matmul_rows(&L->wk, &f->a, T, c->k, kvd, 0, (lo > b1 ? lo : b1) - b1, (hi < b2 ? hi : b2) - b1);
-        if (hi > b2)
-            clex_matmul_rows(&L->wv, &f->a, T, c->v, kvd, 0, (lo > b2 ? lo : b2) - b2, (hi < b3 ? hi : b3) - b2);
+        if (lo < b1) {
+            const int64_t r1 = hi < b1 ? hi : b1;
+            clex_matmul_rows(&L->wq, &f->a, T, c->q, qd, 0, lo, r1);
+            add_bias(c->q, qd, T, opt(&L->bq), lo, r1);
+        }
+        if (hi > b1 && lo < b2) {
+            const int64_t r0 = (lo > b1 ? lo : b1) - b1, r1 = (hi < b2 ? hi : b2) - b1;
+            clex_matmul_rows(&L->wk, &f->a, T, c->k, kvd, 0, r0, r1);
+            add_bias(c->k, kvd, T, opt(&L->bk), r0, r1);
+        }
+        if (hi > b2) {
+            const int64_t r0 = (lo > b2 ? lo : b2) - b2, r1 = (hi < b3 ? hi : b3) - b2;
+            clex_matmul_rows(&L->wv, &f->a, T, c->v, kvd, 0, r0, r1);
+            add_bias(c->v, kvd, T, opt(&L->bv), r0, r1);
+        }
     }
     sync(f);
 }
 
+/* one head of q or k: its RMS norm (if the layer has one), then the rotation */
+static void head_rope(const clex_hparams *hp, float *h, const float *norm, const float *cs, int32_t P) {
+    if (norm) rmsnorm(h, h, norm, hp->head_dim, hp->rms_eps);
+    rope_rotate(hp->rope_layout, h, h, cs, P);
+}
+
 /* rotate the new keys and append them and the values to layer l's cache; rotate the queries */
-static void rope_step(fwd *f, int l) {
+static void rope_step(fwd *f, const clex_layer *L, int l) {
     clex_ctx *c = f->c;
     const clex_hparams *hp = f->hp;
     const int64_t D = hp->head_dim, H = hp->n_head, HKV = hp->n_head_kv, kvd = HKV * D;
@@ -158,23 +232,27 @@ static void rope_step(fwd *f, int l) {
     for (int64_t j = lo; j < hi; j++) {
         const int64_t t = j / HKV, h = j % HKV;
         float *ks = c->k + t * kvd + h * D;
-        rope_rotate(hp->rope_layout, ks, ks, c->cs + t * P * 2, P);
+        head_rope(hp, ks, opt(&L->k_norm), set_angles(c, L->rope_set, t), P);
         clex_kv_store(c, l, h, f->fa->n_past + t, ks, c->v + t * kvd + h * D);
     }
     split(f->T * H, f->ith, f->nth, &lo, &hi);
-    for (int64_t j = lo; j < hi; j++) rope_rotate(hp->rope_layout, c->q + j * D, c->q + j * D, c->cs + (j / H) * P * 2, P);
+    for (int64_t j = lo; j < hi; j++) head_rope(hp, c->q + j * D, opt(&L->q_norm), set_angles(c, L->rope_set, j / H), P);
     sync(f);
 }
 
-/* gate = act(w_gate n) * (w_up n), the rows shared out dynamically */
+/* gate = act(w_gate n + b, w_up n + b_up), the rows shared out dynamically (no gate: the up
+ * projection goes into `gate` and the activation works on it alone) */
 static void gate_up_step(fwd *f, const clex_layer *L) {
     clex_ctx *c = f->c;
     const int64_t F = f->hp->n_ff, T = f->T;
+    const int gated = f->hp->ffn_kind != CLEX_FFN_GELU;
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(c, &f->step, f->ith, f->nth, F);
     while (clex_sched_next(&sc, &lo, &hi)) {
-        clex_matmul_rows(&L->w_gate, &f->a, T, c->gate, F, 0, lo, hi);
-        clex_matmul_rows(&L->w_up, &f->a, T, c->up, F, 0, lo, hi);
+        float *up = gated ? c->up : c->gate;
+        if (gated) clex_matmul_rows(&L->w_gate, &f->a, T, c->gate, F, 0, lo, hi);
+        clex_matmul_rows(&L->w_up, &f->a, T, up, F, 0, lo, hi);
+        add_bias(up, F, T, opt(&L->b_up), lo, hi);
         for (int64_t t = 0; t < T; t++) ffn_act(f->hp, c->gate + t * F, c->up + t * F, lo, hi);
     }
     sync(f);
@@ -182,46 +260,65 @@ static void gate_up_step(fwd *f, const clex_layer *L) {
 
 /* ------------------------------------------------------------------ blocks */
 
-static void attention_block(fwd *f, const clex_layer *L, int l) {
+/* the attention block; its output goes to dst (x, accumulated; or the parallel buffer) */
+static void attention_block(fwd *f, const clex_layer *L, int l, float *dst, int accumulate) {
     const clex_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
-    norm_step(f, L->attn_norm.data, qkv, 3, 0);
+    norm_step(f, &L->attn_norm, &L->attn_norm_b, qkv, 3, 0);
     qkv_step(f, L);
-    rope_step(f, l);
+    rope_step(f, L, l);
     clex_attention(f->c, l, f->T, f->fa->n_past, f->ith, f->nth);
     sync(f);
-    add_to_residual(f, &L->wo, f->c->att, (int64_t)f->hp->n_head * f->hp->head_dim);
+    project_out(f, &L->wo, &L->bo, &L->attn_post_norm, f->c->att, (int64_t)f->hp->n_head * f->hp->head_dim, dst,
+                accumulate);
 }
 
 static void ffn_block(fwd *f, const clex_layer *L) {
     const clex_tensor *gu[2] = {&L->w_gate, &L->w_up};
-    norm_step(f, L->ffn_norm.data, gu, 2, 0);
+    const int own_norm = L->ffn_norm.data != NULL;   /* else (parallel residual) attn_norm's again */
+    norm_step(f, own_norm ? &L->ffn_norm : &L->attn_norm, own_norm ? &L->ffn_norm_b : &L->attn_norm_b,
+              f->hp->ffn_kind == CLEX_FFN_GELU ? gu + 1 : gu, f->hp->ffn_kind == CLEX_FFN_GELU ? 1 : 2, 0);
     gate_up_step(f, L);
-    add_to_residual(f, &L->w_down, f->c->gate, f->hp->n_ff);
+    project_out(f, &L->w_down, &L->b_down, &L->ffn_post_norm, f->c->gate, f->hp->n_ff, f->c->x, 1);
 }
 
 /* One layer, wired as hp->parallel_residual says: sequential (the FFN normalises the x the
- * attention block has added to). Parallel (both blocks read the same x) is refused by
- * check_hparams for now; it would take the FFN's norm before the attention's projection. */
+ * attention block has added to), or parallel (both blocks read the same x: the attention's
+ * output waits in c->par until the FFN has added its own). */
 static void layer(fwd *f, int l) {
     const clex_layer *L = &f->m->layers[l];
-    switch (f->hp->parallel_residual) {
-    case 0:
-    default:
-        attention_block(f, L, l);
+    clex_ctx *c = f->c;
+    if (!f->hp->parallel_residual) {
+        attention_block(f, L, l, c->x, 1);
         ffn_block(f, L);
-        break;
+        return;
     }
+    attention_block(f, L, l, c->par, 0);
+    ffn_block(f, L);
+    const int64_t E = f->hp->n_embd;
+    int64_t lo, hi;
+    split(f->T, f->ith, f->nth, &lo, &hi);
+    for (int64_t i = lo * E; i < hi * E; i++) c->x[i] += c->par[i];
+    sync(f);
 }
 
-/* the final norm and the vocabulary projection, for the last token or all of them */
+/* the final norm and the vocabulary projection (+ bias, soft-capped), for the last token or all */
 static void output(fwd *f) {
     const fwd_args *fa = f->fa;
     if (!fa->logits) return;
-    const int64_t t0 = fa->all_logits ? 0 : f->T - 1;
+    const int64_t t0 = fa->all_logits ? 0 : f->T - 1, V = f->hp->n_vocab;
     const clex_tensor *ow[1] = {&f->m->output};
-    norm_step(f, f->m->output_norm.data, ow, 1, t0);
+    norm_step(f, &f->m->output_norm, &f->m->output_norm_b, ow, 1, t0);
     const clex_acts ao = clex_acts_from(&f->a, t0);
-    product(f, &f->m->output, &ao, f->T - t0, fa->logits, f->hp->n_vocab, 0);
+    const float cap = f->hp->final_softcap;
+    int64_t lo, hi;
+    clex_sched sc = clex_sched_begin(f->c, &f->step, f->ith, f->nth, V);
+    while (clex_sched_next(&sc, &lo, &hi)) {
+        clex_matmul_rows(&f->m->output, &ao, f->T - t0, fa->logits, V, 0, lo, hi);
+        add_bias(fa->logits, V, f->T - t0, opt(&f->m->output_b), lo, hi);
+        if (cap > 0.0f)
+            for (int64_t t = 0; t < f->T - t0; t++)
+                for (int64_t r = lo; r < hi; r++) fa->logits[t * V + r] = cap * tanhf(fa->logits[t * V + r] / cap);
+    }
 }
 
 static void forward_job(void *varg, int ith, int nth) {

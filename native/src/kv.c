@@ -21,7 +21,9 @@ void clex_kv_store(clex_ctx *c, int l, int64_t h, int64_t pos, const float *k, c
 
 typedef struct {
     clex_ctx *c;
+    int32_t set;            /* the rope table whose layers turn */
     const float *old_inv;   /* table the cached keys carry */
+    const float *new_inv;   /* the one they get: the set's current table */
     int32_t n;              /* positions to process */
     int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
     float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
@@ -40,7 +42,7 @@ static void rotation_angles(const rot_args *ra, int ith, int nth) {
         const float ps = (float)(ra->src0 + j), pd = (float)(ra->dst0 + j);
         float *cs = ra->cs + j * P * 2;
         for (int64_t i = 0; i < P; i++) {
-            const double delta = (double)(pd * c->inv_freq[i]) - (double)(ps * ra->old_inv[i]);
+            const double delta = (double)(pd * ra->new_inv[i]) - (double)(ps * ra->old_inv[i]);
             cs[2 * i] = (float)cos(delta);
             cs[2 * i + 1] = (float)sin(delta);
         }
@@ -74,36 +76,44 @@ static void rotate_unit(const rot_args *ra, int64_t u, float *row) {
     }
 }
 
-/* For each (layer, kv head): keys at src0+j, rotated with old_inv at that position, become keys
- * at dst0+j rotated with the current table. */
+/* For each (layer, kv head) of the layers of table ra->set: keys at src0+j, rotated with
+ * old_inv at that position, become keys at dst0+j rotated with the set's current table. */
 static void rotate_job(void *varg, int ith, int nth) {
     const rot_args *ra = varg;
     const clex_ctx *c = ra->c;
     rotation_angles(ra, ith, nth);
     clex_pool_barrier(c->pool);
-    const int64_t units = (int64_t)c->m->hp.n_layer * c->m->hp.n_head_kv;
+    const int64_t HKV = c->m->hp.n_head_kv, units = (int64_t)c->m->hp.n_layer * HKV;
     int64_t lo, hi;
     split(units, ith, nth, &lo, &hi);
-    for (int64_t u = lo; u < hi; u++) rotate_unit(ra, u, ra->rows + (int64_t)ith * c->m->hp.head_dim);
+    for (int64_t u = lo; u < hi; u++)
+        if (c->m->layers[u / HKV].rope_set == ra->set) rotate_unit(ra, u, ra->rows + (int64_t)ith * c->m->hp.head_dim);
 }
 
-static int rotate_run(clex_ctx *c, const float *old_inv, int32_t n, int32_t src0, int32_t dst0) {
+static int rotate_run(clex_ctx *c, int32_t set, const float *old_inv, int32_t n, int32_t src0, int32_t dst0) {
     if (n <= 0) return CLEX_OK;
     const size_t n_cs = (size_t)n * (size_t)c->n_pairs * 2;
     const size_t n_rows = (size_t)clex_pool_size(c->pool) * (size_t)c->m->hp.head_dim;
     float *cs = malloc((n_cs + n_rows) * sizeof(float));
     if (!cs) return clex_fail(CLEX_E_NOMEM, "out of memory rotating %d cached positions", n);
-    rot_args ra = {c, old_inv, n, src0, dst0, cs, cs + n_cs};
+    const float *cur = c->inv_freq + (int64_t)set * c->n_pairs;
+    rot_args ra = {c, set, old_inv ? old_inv : cur, cur, n, src0, dst0, cs, cs + n_cs};
     clex_pool_run(c->pool, rotate_job, &ra);
     free(cs);
     return CLEX_OK;
 }
 
-int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past) {
+int clex_ctx_rerotate_set(clex_ctx *c, int32_t set, const float *old_inv, int32_t n_past) {
     if (!c || !old_inv) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (set < 0 || set >= c->m->n_sets)
+        return clex_fail(CLEX_E_INVALID, "rope table %d: the model has %d", set, c->m->n_sets);
     if (n_past < 0 || n_past > c->n_ctx)
         return clex_fail(CLEX_E_INVALID, "n_past %d outside the context of %d", n_past, c->n_ctx);
-    return rotate_run(c, old_inv, n_past, 0, 0);
+    return rotate_run(c, set, old_inv, n_past, 0, 0);
+}
+
+int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past) {
+    return clex_ctx_rerotate_set(c, 0, old_inv, n_past);
 }
 
 int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discard) {
@@ -111,5 +121,8 @@ int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discar
     if (n_past < 0 || n_past > c->n_ctx || n_keep < 0 || n_discard <= 0 || (int64_t)n_keep + n_discard > n_past)
         return clex_fail(CLEX_E_INVALID, "bad context shift: n_past %d, keep %d, discard %d (context %d)", n_past,
                          n_keep, n_discard, c->n_ctx);
-    return rotate_run(c, c->inv_freq, n_past - n_keep - n_discard, n_keep + n_discard, n_keep);
+    int rc = CLEX_OK;   /* every table's layers, each turned by its own table */
+    for (int32_t s = 0; s < c->m->n_sets && !rc; s++)
+        rc = rotate_run(c, s, NULL, n_past - n_keep - n_discard, n_keep + n_discard, n_keep);
+    return rc;
 }

@@ -81,13 +81,19 @@ static int check_arch_field(const arch_field *f) {
     return CLEX_OK;
 }
 
+/* a float field that must be finite and >= 0 (0 meaning its default) */
+static int check_nonneg(const char *what, float v) {
+    if (!isfinite(v) || v < 0.0f) return clex_fail(CLEX_E_INVALID, "%s %g must be finite and >= 0", what, (double)v);
+    return CLEX_OK;
+}
+
 /* The architecture fields: every value in range, and one this version runs. */
 static int check_arch(const clex_hparams *hp) {
     const arch_field fields[] = {
-        {"norm_kind", hp->norm_kind, 2, 1, NORM_KINDS},
-        {"rope_layout", hp->rope_layout, 2, 1, ROPE_LAYOUTS},
-        {"ffn_kind", hp->ffn_kind, 3, 1, FFN_KINDS},
-        {"parallel_residual", hp->parallel_residual, 2, 1, RESIDUALS},
+        {"norm_kind", hp->norm_kind, 2, 2, NORM_KINDS},
+        {"rope_layout", hp->rope_layout, 2, 2, ROPE_LAYOUTS},
+        {"ffn_kind", hp->ffn_kind, 3, 3, FFN_KINDS},
+        {"parallel_residual", hp->parallel_residual, 2, 2, RESIDUALS},
     };
     int rc;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
@@ -98,6 +104,11 @@ static int check_arch(const clex_hparams *hp) {
                          hp->n_expert, hp->n_expert_used);
     if (hp->n_expert > 0)
         return clex_fail(CLEX_E_UNSUPPORTED, "n_expert %d (mixture of experts) is not implemented yet", hp->n_expert);
+    if ((rc = check_nonneg("embd_scale", hp->embd_scale)) || (rc = check_nonneg("attn_scale", hp->attn_scale)) ||
+        (rc = check_nonneg("attn_softcap", hp->attn_softcap)) || (rc = check_nonneg("final_softcap", hp->final_softcap)))
+        return rc;
+    if (hp->n_rope_sets < 0 || hp->n_rope_sets > CLEX_MAX_ROPE_SETS)
+        return clex_fail(CLEX_E_INVALID, "n_rope_sets %d: 0 .. %d", hp->n_rope_sets, CLEX_MAX_ROPE_SETS);
     return CLEX_OK;
 }
 
@@ -121,15 +132,42 @@ static int check_hparams(const clex_hparams *hp) {
 
 /* ------------------------------------------------------------------ model */
 
+/* an optional f32 vector: absent, or [n] */
+static int check_opt(const clex_tensor *t, const char *what, int64_t n) {
+    return t->data ? clex_check_tensor(t, what, n, 0, 1) : CLEX_OK;
+}
+
+/* the optional tensors of a layer (biases, q/k norms, post-norms) and its two integers */
+static int check_layer_extras(const clex_hparams *hp, const clex_layer *L, int32_t n_sets) {
+    const int64_t E = hp->n_embd, D = hp->head_dim, qd = (int64_t)hp->n_head * D, kvd = (int64_t)hp->n_head_kv * D;
+    int rc;
+    if ((rc = check_opt(&L->attn_norm_b, "attn_norm.bias", E)) || (rc = check_opt(&L->ffn_norm_b, "ffn_norm.bias", E)) ||
+        (rc = check_opt(&L->bq, "attn_q.bias", qd)) || (rc = check_opt(&L->bk, "attn_k.bias", kvd)) ||
+        (rc = check_opt(&L->bv, "attn_v.bias", kvd)) || (rc = check_opt(&L->bo, "attn_output.bias", E)) ||
+        (rc = check_opt(&L->b_up, "ffn_up.bias", hp->n_ff)) || (rc = check_opt(&L->b_down, "ffn_down.bias", E)) ||
+        (rc = check_opt(&L->q_norm, "attn_q_norm", D)) || (rc = check_opt(&L->k_norm, "attn_k_norm", D)) ||
+        (rc = check_opt(&L->attn_post_norm, "post_attention_norm", E)) ||
+        (rc = check_opt(&L->ffn_post_norm, "post_ffw_norm", E)))
+        return rc;
+    if (L->n_swa < 0) return clex_fail(CLEX_E_INVALID, "sliding window %d is negative", L->n_swa);
+    if (L->rope_set < 0 || L->rope_set >= n_sets)
+        return clex_fail(CLEX_E_INVALID, "rope table %d: the model has %d", L->rope_set, n_sets);
+    return CLEX_OK;
+}
+
 static int check_layer(const clex_hparams *hp, const clex_layer *L, int l) {
     const int64_t E = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
     const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    const int need_ffn_norm = !hp->parallel_residual || L->ffn_norm.data;
+    const int need_gate = hp->ffn_kind != CLEX_FFN_GELU;
     int rc;
     if ((rc = clex_check_tensor(&L->attn_norm, "attn_norm", E, 0, 1)) || (rc = clex_check_tensor(&L->wq, "attn_q", E, qd, 0)) ||
         (rc = clex_check_tensor(&L->wk, "attn_k", E, kvd, 0)) || (rc = clex_check_tensor(&L->wv, "attn_v", E, kvd, 0)) ||
-        (rc = clex_check_tensor(&L->wo, "attn_output", qd, E, 0)) || (rc = clex_check_tensor(&L->ffn_norm, "ffn_norm", E, 0, 1)) ||
-        (rc = clex_check_tensor(&L->w_gate, "ffn_gate", E, F, 0)) || (rc = clex_check_tensor(&L->w_up, "ffn_up", E, F, 0)) ||
-        (rc = clex_check_tensor(&L->w_down, "ffn_down", F, E, 0))) {
+        (rc = clex_check_tensor(&L->wo, "attn_output", qd, E, 0)) ||
+        (need_ffn_norm && (rc = clex_check_tensor(&L->ffn_norm, "ffn_norm", E, 0, 1))) ||
+        (need_gate && (rc = clex_check_tensor(&L->w_gate, "ffn_gate", E, F, 0))) || (rc = clex_check_tensor(&L->w_up, "ffn_up", E, F, 0)) ||
+        (rc = clex_check_tensor(&L->w_down, "ffn_down", F, E, 0)) ||
+        (rc = check_layer_extras(hp, L, hp->n_rope_sets > 0 ? hp->n_rope_sets : 1))) {
         if (!L->attn_norm.name) {   /* unnamed tensors: say which layer */
             char msg[512];
             snprintf(msg, sizeof msg, "%s", clex_last_error());
@@ -141,18 +179,26 @@ static int check_layer(const clex_hparams *hp, const clex_layer *L, int l) {
 }
 
 static uint64_t numel(const clex_tensor *t) {
+    if (!t->data) return 0;
     uint64_t n = 1;
     for (int d = 0; d < t->n_dims && d < 4; d++) n *= (uint64_t)t->ne[d];
     return n;
 }
 
 static uint64_t layer_params(const clex_layer *L) {
-    return numel(&L->attn_norm) + numel(&L->wq) + numel(&L->wk) + numel(&L->wv) + numel(&L->wo) +
-           numel(&L->ffn_norm) + numel(&L->w_gate) + numel(&L->w_up) + numel(&L->w_down);
+    const clex_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->w_gate, &L->w_up,
+                               &L->w_down, &L->attn_norm_b, &L->ffn_norm_b, &L->bq, &L->bk, &L->bv, &L->bo,
+                               &L->b_up, &L->b_down, &L->q_norm, &L->k_norm, &L->attn_post_norm, &L->ffn_post_norm};
+    uint64_t n = 0;
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) n += numel(ts[i]);
+    return n;
 }
 
+static const clex_tensor NO_TENSOR;
+
 int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd, const clex_tensor *output_norm,
-                      const clex_tensor *output, const clex_layer *layers, clex_model **out) {
+                      const clex_tensor *output_norm_b, const clex_tensor *output, const clex_tensor *output_b,
+                      const clex_layer *layers, clex_model **out) {
     clex_init_once();
     if (!out) return clex_fail(CLEX_E_INVALID, "out pointer is NULL");
     *out = NULL;
@@ -164,6 +210,10 @@ int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd, const
     if ((rc = clex_check_tensor(output_norm, "output_norm.weight", E, 0, 1))) return rc;
     const clex_tensor *outw = (output && output->data) ? output : tok_embd;
     if ((rc = clex_check_tensor(outw, "output.weight", E, hp->n_vocab, 0))) return rc;
+    if (!output_norm_b) output_norm_b = &NO_TENSOR;
+    if (!output_b) output_b = &NO_TENSOR;
+    if ((rc = check_opt(output_norm_b, "output_norm.bias", E)) || (rc = check_opt(output_b, "output.bias", hp->n_vocab)))
+        return rc;
     for (int l = 0; l < hp->n_layer; l++)
         if ((rc = check_layer(hp, &layers[l], l))) return rc;
     clex_model *m = calloc(1, sizeof *m);
@@ -174,8 +224,12 @@ int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd, const
     m->tok_embd = *tok_embd;
     m->output_norm = *output_norm;
     m->output = *outw;
+    m->output_norm_b = *output_norm_b;
+    m->output_b = *output_b;
+    m->n_sets = hp->n_rope_sets > 0 ? hp->n_rope_sets : 1;
     memcpy(m->layers, layers, (size_t)hp->n_layer * sizeof(clex_layer));
-    m->n_params = numel(tok_embd) + numel(output_norm) + (outw != tok_embd ? numel(outw) : 0);
+    m->n_params = numel(tok_embd) + numel(output_norm) + (outw != tok_embd ? numel(outw) : 0) +
+                  numel(output_norm_b) + numel(output_b);
     for (int l = 0; l < hp->n_layer; l++) m->n_params += layer_params(&layers[l]);
     *out = m;
     return CLEX_OK;
@@ -204,7 +258,7 @@ void clex_ctx_free(clex_ctx *c) {
     if (!c) return;
     clex_pool_free(c->pool);
     void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q, c->k, c->v, c->att,
-                    c->gate, c->up, c->cs, c->scores, c->part};
+                    c->gate, c->up, c->cs, c->par, c->scores, c->part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     for (int s = 0; s < CLEX_ACT_N; s++) free(c->act[s]);
     free(c);
@@ -223,6 +277,7 @@ static uint64_t kv_elements(const clex_hparams *hp, int32_t n_ctx, size_t elt) {
 
 /* w's row length, if it is longer than the one kept for its activation slot (maxk) */
 static void note_act_row(const clex_tensor *w, int64_t maxk[CLEX_ACT_N]) {
+    if (!w->data) return;
     const int s = clex_act_slot(clex_traits(w->type)->vec_dot_type);
     if (s >= 0 && w->ne[0] > maxk[s]) maxk[s] = w->ne[0];
 }
@@ -253,7 +308,8 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     size_t maxk = E > F ? E : F;
     if (qd > maxk) maxk = qd;
     int fail = 0;
-    c->inv_freq = xcalloc((size_t)c->n_pairs, sizeof(float), &fail);
+    const size_t S = (size_t)c->m->n_sets;
+    c->inv_freq = xcalloc(S * (size_t)c->n_pairs, sizeof(float), &fail);
     /* calloc of a large block maps zero pages lazily: only the positions used become resident */
     c->k_cache = xcalloc(kv_elems, c->kv_elt, &fail);
     c->v_cache = xcalloc(kv_elems, c->kv_elt, &fail);
@@ -266,7 +322,8 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     c->gate = xcalloc(B * F, sizeof(float), &fail);
     c->up = xcalloc(B * F, sizeof(float), &fail);
     alloc_acts(c, &fail);
-    c->cs = xcalloc(B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
+    c->cs = xcalloc(S * B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
+    if (hp->parallel_residual) c->par = xcalloc(B * E, sizeof(float), &fail);
     c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
     return !fail;
@@ -313,15 +370,18 @@ int32_t clex_ctx_n_threads(const clex_ctx *c) { return c ? clex_pool_size(c->poo
 uint64_t clex_ctx_kv_bytes(const clex_ctx *c) { return c ? c->kv_bytes : 0; }
 int32_t clex_ctx_kv_type(const clex_ctx *c) { return c ? c->kv_type : -1; }
 
-int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n) {
+int clex_ctx_set_rope_set(clex_ctx *c, int32_t set, const float *inv_freq, int32_t n) {
     if (!c || !inv_freq) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (set < 0 || set >= c->m->n_sets) return clex_fail(CLEX_E_INVALID, "rope table %d: the model has %d", set, c->m->n_sets);
     if (n != c->n_pairs)
         return clex_fail(CLEX_E_INVALID, "rope table has %d entries, the model rotates %d pairs", n, c->n_pairs);
     for (int32_t i = 0; i < n; i++)
         if (!isfinite(inv_freq[i])) return clex_fail(CLEX_E_INVALID, "rope table entry %d is not finite", i);
-    memcpy(c->inv_freq, inv_freq, (size_t)n * sizeof(float));
+    memcpy(c->inv_freq + (int64_t)set * c->n_pairs, inv_freq, (size_t)n * sizeof(float));
     return CLEX_OK;
 }
+
+int clex_ctx_set_rope(clex_ctx *c, const float *inv_freq, int32_t n) { return clex_ctx_set_rope_set(c, 0, inv_freq, n); }
 
 int clex_ctx_set_attn_scale(clex_ctx *c, float kq_scale) {
     if (!c) return clex_fail(CLEX_E_INVALID, "NULL argument");

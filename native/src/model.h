@@ -33,12 +33,18 @@ static inline int32_t clex_act_type(int s) {
  * model with few KV heads; the chunks' partial results are combined afterwards (attn.c). */
 #define ATT_MAX_CHUNKS 16
 
+/* rope tables a context holds (clex_hparams.n_rope_sets): a global one and a local one */
+#define CLEX_MAX_ROPE_SETS 2
+
 struct clex_model {
     clex_hparams hp;
     clex_tensor tok_embd;     /* [n_embd, n_vocab] */
     clex_tensor output_norm;  /* [n_embd] */
+    clex_tensor output_norm_b;/* [n_embd] or absent (data NULL) */
     clex_tensor output;       /* [n_embd, n_vocab]; the embeddings when tied */
+    clex_tensor output_b;     /* [n_vocab] or absent */
     clex_layer *layers;
+    int32_t n_sets;           /* rope tables (hp.n_rope_sets, at least 1) */
     uint64_t n_params;
 };
 
@@ -47,7 +53,7 @@ struct clex_ctx {
     int32_t n_ctx, n_batch;
     clex_pool *pool;
     int32_t n_pairs;       /* n_rot / 2 */
-    float *inv_freq;       /* [n_pairs] the table new tokens are rotated with */
+    float *inv_freq;       /* [n_sets][n_pairs] the tables new tokens are rotated with */
     float kq_scale;        /* extra factor on q.k/sqrt(head_dim) (YaRN temperature); 1 by default */
     void *k_cache;         /* [n_layer][n_head_kv][n_ctx][head_dim] of kv_type */
     void *v_cache;         /* same */
@@ -65,7 +71,8 @@ struct clex_ctx {
     float *up;             /* [B, n_ff] */
     void *act[CLEX_ACT_N]; /* [B, k/blck] blocks of each activation type, k the longest row of
                             * the weights paired with it; NULL when no weight is */
-    float *cs;             /* [B, n_pairs, 2] cos, sin of each token's angles */
+    float *cs;             /* [n_sets][B, n_pairs, 2] cos, sin of each token's angles, per table */
+    float *par;            /* [B, n_embd] the attention output, with a parallel residual (else NULL) */
     float *scores;         /* [n_threads, n_ctx] */
     float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
     /* row chunks of matrix products are handed out dynamically, so a thread that the OS
@@ -93,23 +100,27 @@ static inline int64_t kv_offset(const clex_ctx *c, int64_t l, int64_t h, int64_t
 
 /* Rotary position embedding of one head: pair i turns by the angle whose cos, sin are
  * cs[2i], cs[2i+1]; the dimensions past the n_pairs pairs are kept. dst may be src. Which
- * elements form pair i is the model's rope_layout:
+ * elements (a, b) form pair i is the model's rope_layout:
  *   CLEX_ROPE_ADJACENT (GGUF llama):  2i, 2i+1
- *       x(2i)'   = x(2i) cos a - x(2i+1) sin a
- *       x(2i+1)' = x(2i) sin a + x(2i+1) cos a
- *   (CLEX_ROPE_NEOX would pair i with i + n_pairs; check_hparams refuses it until then.) */
+ *   CLEX_ROPE_NEOX (rotate-half):     i, i + n_pairs
+ * and a' = a cos - b sin, b' = a sin + b cos. */
 static inline void rope_rotate(int32_t layout, float *dst, const float *src, const float *cs, int32_t n_pairs) {
-    switch (layout) {
-    case CLEX_ROPE_ADJACENT:
-    default:
-        for (int32_t i = 0; i < n_pairs; i++) {
-            const float c = cs[2 * i], s = cs[2 * i + 1];
-            const float a = src[2 * i], b = src[2 * i + 1];
-            dst[2 * i] = a * c - b * s;
-            dst[2 * i + 1] = a * s + b * c;
-        }
-        break;
+    const int32_t step = layout == CLEX_ROPE_NEOX ? 1 : 2, other = layout == CLEX_ROPE_NEOX ? n_pairs : 1;
+    for (int32_t i = 0; i < n_pairs; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const int32_t ia = i * step, ib = ia + other;
+        const float a = src[ia], b = src[ib];
+        dst[ia] = a * c - b * s;
+        dst[ib] = a * s + b * c;
     }
+}
+
+/* the table (rope set) of layer l, and the angles of token t under it */
+static inline const float *layer_inv_freq(const clex_ctx *c, int l) {
+    return c->inv_freq + (int64_t)c->m->layers[l].rope_set * c->n_pairs;
+}
+static inline float *set_angles(const clex_ctx *c, int set, int64_t t) {
+    return c->cs + ((int64_t)set * c->n_batch + t) * c->n_pairs * 2;
 }
 
 /* ---- model.c ---- */
