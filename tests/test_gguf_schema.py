@@ -35,10 +35,10 @@ def test_tiny_llama_variants_validate(tmp_path):
             validate_model(g)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "qwen2", ""])
+@pytest.mark.parametrize("arch", ["gpt2", "mamba", ""])
 def test_unsupported_arch(tmp_path, arch):
     p = llama_file(tmp_path, set_kv("general.architecture", VT.STRING, arch))
-    expect_error(p, "'general.architecture'", "not supported (supported: llama)", model=True)
+    expect_error(p, "'general.architecture'", "not supported (supported: llama, qwen2, gemma3)", model=True)
 
 
 def test_missing_arch(tmp_path):

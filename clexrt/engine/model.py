@@ -1,4 +1,4 @@
-"""Model: a LLaMA-family GGUF, memory-mapped and run by the C core.
+"""Model: a GGUF model (an architecture of clexrt.gguf.archs), memory-mapped and run by the C core.
 
     m = Model("SmolLM2-135M-Instruct.Q4_1.gguf")
     last = m.eval([1, 504, 3458])      # appends to the KV cache, returns float32 [n_vocab]
@@ -26,8 +26,8 @@ import numpy as np
 from .. import rope as rope_mod
 from ..errors import ClexError, ContextFullError, ModelError
 from ..gguf import GGUFFile, HParams, validate_model
-from .native import (FFN_KINDS, KV_TYPES, NORM_KINDS, ROPE_LAYOUTS, check, ffi, lib, physical_cores,
-                     supported_weight_types)
+from .native import KV_TYPES, check, ffi, lib, physical_cores, supported_weight_types
+from .weights import NativeWeights
 
 ROPES = ("auto",) + rope_mod.METHODS
 KV_POLICIES = ("rerotate", "recompute")
@@ -36,11 +36,6 @@ KV_POLICIES = ("rerotate", "recompute")
 # is the official behaviour.
 DEFAULT_MODE = "continuous"
 DEFAULT_KV_POLICY = "rerotate"
-
-# GGUF tensor name (blk.N.<name>.weight) -> clex_layer field
-_LAYER_TENSORS = {"attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv",
-                  "attn_output": "wo", "ffn_norm": "ffn_norm", "ffn_gate": "w_gate", "ffn_up": "w_up",
-                  "ffn_down": "w_down"}
 
 
 def _mem_available() -> int | None:
@@ -127,40 +122,16 @@ class Model:
         self._target = 0
         self._set_table(self._choice.table)
         self._set_attn_factor(self._choice.attn_factor)
-
-    def _tensor(self, name: str):
-        """A clex_tensor over the mapped bytes of GGUF tensor `name` (kept alive with the model)."""
-        t = self.gguf.tensors[name]
-        ct = ffi.new("clex_tensor *")
-        ct.type = t.ggml_type
-        ct.n_dims = len(t.shape)
-        for i, d in enumerate(t.shape):
-            ct.ne[i] = d
-        ct.data = self._base + t.offset
-        ct.nbytes = t.nbytes
-        cname = ffi.new("char[]", name.encode())
-        self._keep.append(cname)
-        ct.name = cname
-        return ct
+        if hp.n_rope_sets > 1:
+            # the sliding-window layers' own table: their base, no scaling; never rescheduled
+            # (they never see a distance past their window)
+            self.local_inv_freq = rope_mod.gguf_inv_freq(hp.local_rope_base, hp.n_rot).astype(np.float32)
+            check(lib.clex_ctx_set_rope_set(self._ctx, 1, ffi.cast("float *", self.local_inv_freq.ctypes.data),
+                                            self.local_inv_freq.size))
 
     def _create_model(self, hp: HParams):
-        self._base = ffi.from_buffer("char[]", self.gguf.buffer)
-        self._keep = []
-        chp = ffi.new("clex_hparams *", dict(
-            n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
-            n_head_kv=hp.n_head_kv, head_dim=hp.head_dim, n_rot=hp.n_rot, n_ff=hp.n_ff, rms_eps=hp.eps,
-            norm_kind=NORM_KINDS[hp.norm], rope_layout=ROPE_LAYOUTS[hp.rope_layout], ffn_kind=FFN_KINDS[hp.ffn],
-            parallel_residual=int(hp.parallel_residual), n_expert=hp.n_expert, n_expert_used=hp.n_expert_used))
-        layers = ffi.new("clex_layer[]", hp.n_layer)
-        for i in range(hp.n_layer):
-            for short, field in _LAYER_TENSORS.items():
-                setattr(layers[i], field, self._tensor(f"blk.{i}.{short}.weight")[0])
-        # tied embeddings: no output.weight, the C core projects with token_embd.weight
-        out = self._tensor("output.weight") if not hp.tied_embeddings else ffi.NULL
-        pm = ffi.new("clex_model **")
-        check(lib.clex_model_create(chp, self._tensor("token_embd.weight"), self._tensor("output_norm.weight"),
-                                    out, layers, pm), where=self.path)
-        return ffi.gc(pm[0], lib.clex_model_free)
+        self._weights = NativeWeights(self.gguf)
+        return self._weights.create_model(hp, where=self.path)
 
     def _create_context(self, hp: HParams, n_ctx, n_threads, n_batch, kv_type) -> None:
         n_ctx = int(n_ctx or 0)

@@ -14,12 +14,12 @@ import numpy as np
 
 from ..errors import GGUFError
 from ..rope.tables import ClexTables, read_clex
+from .archs import SUPPORTED_ARCHS, arch_spec
 from .constants import _FLOAT_TYPES, _INT_TYPES, TYPE_F32, ValueType
 from .reader import GGUFFile, _one_line, _q, _value_type_name
 
 __all__ = ["HParams", "validate_model", "hparams_metadata", "SUPPORTED_ARCHS"]
 
-SUPPORTED_ARCHS = ("llama",)
 # What llama.cpp assumes when a file leaves these out.
 DEFAULT_EPS = 1e-5
 DEFAULT_FREQ_BASE = 10000.0
@@ -53,6 +53,13 @@ class HParams:
     parallel_residual: bool = False  # attention and FFN both read the block's input
     n_expert: int = 0                # 0: dense FFN
     n_expert_used: int = 0
+    embd_scale: float = 0.0          # embeddings are multiplied by it; 0: 1
+    attn_scale: float = 0.0          # attention logits q.k * attn_scale; 0: 1/sqrt(head_dim)
+    attn_softcap: float = 0.0        # > 0: logits become c tanh(logit / c)
+    final_softcap: float = 0.0
+    n_swa: int = 0                   # sliding window of the layers in swa_layers (0: none)
+    swa_layers: tuple = ()           # per layer: True where it attends through the window
+    local_rope_base: float | None = None   # the sliding-window layers' own rope base, if any
     clex: ClexTables | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -82,9 +89,17 @@ class HParams:
     def ctx_train(self) -> int:
         return self.n_ctx_train or DEFAULT_CTX_TRAIN
 
+    def layer_swa(self, i: int) -> bool:
+        return bool(self.n_swa) and i < len(self.swa_layers) and bool(self.swa_layers[i])
 
-_LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+    def layer_rope_set(self, i: int) -> int:
+        """0: the global table (the one rope scaling and CLEX drive); 1: the local layers' own."""
+        return 1 if self.local_rope_base is not None and self.layer_swa(i) else 0
+
+    @property
+    def n_rope_sets(self) -> int:
+        return 1 + any(self.layer_rope_set(i) for i in range(self.n_layer))
+
 
 _TOKENIZER_ARRAYS = {
     "tokenizer.ggml.tokens": ValueType.STRING,
@@ -192,14 +207,17 @@ class _ModelChecker:
                            f"the head dimension {head_dim}")
         n_ctx = self.int_key(f"{a}.context_length", False)
         freq_base = self.float_key(f"{a}.rope.freq_base")
-        eps = self.float_key(f"{a}.attention.layer_norm_rms_epsilon")
+        spec = arch_spec(arch)
+        eps_key = "layer_norm_rms_epsilon" if spec.norm == "rms" else "layer_norm_epsilon"
+        eps = self.float_key(f"{a}.attention.{eps_key}")
         scaling_type = self.str_key(f"{a}.rope.scaling.type")
         scaling_factor = self.float_key(f"{a}.rope.scaling.factor")
 
         # Tensors. Count first so a huge block_count cannot make us loop for long.
-        if len(self.g.tensors) < 2 + len(_LAYER_TENSORS) * n_layer:
+        n_req = sum(t.required for t in spec.layer)
+        if len(self.g.tensors) < 2 + n_req * n_layer:
             raise self.err(f"key '{a}.block_count': {n_layer} layers need at least "
-                           f"{2 + len(_LAYER_TENSORS) * n_layer} tensors, the file has "
+                           f"{2 + n_req * n_layer} tensors, the file has "
                            f"{len(self.g.tensors)}")
         emb = self.g.tensors.get("token_embd.weight")
         if emb is None:
@@ -209,19 +227,14 @@ class _ModelChecker:
                            f"[{n_embd}, n_vocab]")
         n_vocab = emb.shape[1]
         self.tensor("output_norm.weight", (n_embd,), f32=True)
+        self.tensor("output_norm.bias", (n_embd,), required=False, f32=True)
         out = self.tensor("output.weight", (n_embd, n_vocab), required=False)
-        q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+        self.tensor("output.bias", (n_vocab,), required=False, f32=True)
+        dims = {"E": n_embd, "Q": n_head * head_dim, "KV": n_head_kv * head_dim, "F": n_ff, "D": head_dim}
         for i in range(n_layer):
-            p = f"blk.{i}."
-            self.tensor(p + "attn_norm.weight", (n_embd,), f32=True)
-            self.tensor(p + "attn_q.weight", (n_embd, q_dim))
-            self.tensor(p + "attn_k.weight", (n_embd, kv_dim))
-            self.tensor(p + "attn_v.weight", (n_embd, kv_dim))
-            self.tensor(p + "attn_output.weight", (q_dim, n_embd))
-            self.tensor(p + "ffn_norm.weight", (n_embd,), f32=True)
-            self.tensor(p + "ffn_gate.weight", (n_embd, n_ff))
-            self.tensor(p + "ffn_up.weight", (n_embd, n_ff))
-            self.tensor(p + "ffn_down.weight", (n_ff, n_embd))
+            for lt in spec.layer:
+                self.tensor(f"blk.{i}.{lt.name}", tuple(dims[d] for d in lt.shape), required=lt.required,
+                            f32=lt.f32)
         self.tensor("rope_freqs.weight", (n_rot // 2,), required=False, f32=True)
 
         vocab_key = self.int_key(f"{a}.vocab_size", False)
@@ -235,7 +248,44 @@ class _ModelChecker:
                        n_head_kv=n_head_kv, n_ff=n_ff, head_dim=head_dim, n_rot=n_rot,
                        n_ctx_train=n_ctx, rope_freq_base=freq_base, rms_norm_eps=eps,
                        rope_scaling_type=scaling_type, rope_scaling_factor=scaling_factor,
-                       tied_embeddings=out is None, arch=arch, clex=clex)
+                       tied_embeddings=out is None, arch=arch, clex=clex,
+                       norm=spec.norm, rope_layout=spec.rope_layout, ffn=spec.ffn,
+                       parallel_residual=spec.parallel_residual,
+                       **self.arch_keys(spec, n_layer, n_embd, n_head))
+
+    def arch_keys(self, spec, n_layer: int, n_embd: int, n_head: int) -> dict:
+        """The architecture's own keys and rules: embedding scale, attention scale and soft-caps,
+        the sliding window and which layers use it, the local layers' rope base."""
+        a = self.arch
+        attn_scale = self.float_key(f"{a}.attention.scale")
+        kw = {"embd_scale": math.sqrt(n_embd) if spec.embd_scale_sqrt else 0.0,
+              "attn_scale": attn_scale if attn_scale is not None else spec.attn_scale(n_layer, n_embd, n_head),
+              "attn_softcap": self.float_key(f"{a}.attn_logit_softcapping") or 0.0,
+              "final_softcap": self.float_key(f"{a}.final_logit_softcapping") or 0.0}
+        n_swa = self.int_key(f"{a}.attention.sliding_window", False, minimum=0) if spec.swa != "none" else None
+        if not n_swa:
+            return kw
+        if spec.swa == "all":
+            layers = (True,) * n_layer
+        else:
+            layers = self.swa_pattern(spec, n_layer)
+        kw.update(n_swa=n_swa, swa_layers=layers)
+        if spec.local_rope_base is not None:
+            kw["local_rope_base"] = self.float_key(f"{a}.rope.freq_base_swa") or spec.local_rope_base
+        return kw
+
+    def swa_pattern(self, spec, n_layer: int) -> tuple:
+        """llama.cpp's rule: {arch}.attention.sliding_window_pattern is an array of per-layer
+        flags, or a period n (layer i is local unless i % n == n - 1); else the arch's period."""
+        key = f"{self.arch}.attention.sliding_window_pattern"
+        v = self.md.get(key)
+        if v is not None and self.types[key][0] == ValueType.ARRAY:
+            if len(v) != n_layer:
+                raise self.err(f"key {_q(key)}: {len(v)} flags for {n_layer} layers")
+            return tuple(bool(x) for x in v)
+        n = self.int_key(key, False, minimum=0)
+        n = spec.swa_pattern if n is None else n
+        return tuple(n == 0 or i % n < n - 1 for i in range(n_layer))
 
     def tokenizer(self, n_vocab: int) -> None:
         for key, et in _TOKENIZER_ARRAYS.items():
@@ -323,4 +373,18 @@ def hparams_metadata(hp: HParams) -> dict[str, object]:
     if hp.rope_scaling_type is not None:
         md[f"{a}.rope.scaling.type"] = hp.rope_scaling_type
         md[f"{a}.rope.scaling.factor"] = hp.rope_scaling_factor
+    spec = arch_spec(a)
+    if hp.n_swa:
+        md[f"{a}.attention.sliding_window"] = hp.n_swa
+        n = spec.swa_pattern
+        if spec.swa == "pattern" and tuple(hp.swa_layers) != tuple(n == 0 or i % n < n - 1 for i in range(hp.n_layer)):
+            md[f"{a}.attention.sliding_window_pattern"] = [bool(x) for x in hp.swa_layers]
+        if hp.local_rope_base is not None and hp.local_rope_base != spec.local_rope_base:
+            md[f"{a}.rope.freq_base_swa"] = hp.local_rope_base
+    if hp.attn_scale and hp.attn_scale != spec.attn_scale(hp.n_layer, hp.n_embd, hp.n_head):
+        md[f"{a}.attention.scale"] = hp.attn_scale
+    if hp.attn_softcap:
+        md[f"{a}.attn_logit_softcapping"] = hp.attn_softcap
+    if hp.final_softcap:
+        md[f"{a}.final_logit_softcapping"] = hp.final_softcap
     return md

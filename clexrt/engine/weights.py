@@ -1,0 +1,72 @@
+"""The C core's view of a GGUF model: clex_hparams from HParams, and clex_layer structs whose
+tensors point into the file mapping (nothing is copied). Which tensors a layer has comes from the
+architecture's table (clexrt.gguf.archs); absent optional ones stay NULL, which the forward pass
+reads as "no bias", "no norm".
+"""
+from __future__ import annotations
+
+from ..gguf import GGUFFile, HParams
+from ..gguf.archs import arch_spec
+from .native import FFN_KINDS, NORM_KINDS, ROPE_LAYOUTS, check, ffi, lib
+
+__all__ = ["NativeWeights"]
+
+
+class NativeWeights:
+    """Builds the clex_model of a mapped GGUF; keeps every cffi object it points to alive."""
+
+    def __init__(self, g: GGUFFile):
+        self.g = g
+        self._base = ffi.from_buffer("char[]", g.buffer)
+        self._keep: list = []
+
+    def tensor(self, name: str):
+        """A clex_tensor over the mapped bytes of GGUF tensor `name`."""
+        t = self.g.tensors[name]
+        ct = ffi.new("clex_tensor *")
+        ct.type = t.ggml_type
+        ct.n_dims = len(t.shape)
+        for i, d in enumerate(t.shape):
+            ct.ne[i] = d
+        ct.data = self._base + t.offset
+        ct.nbytes = t.nbytes
+        cname = ffi.new("char[]", name.encode())
+        self._keep += [cname, ct]
+        ct.name = cname
+        return ct
+
+    def optional(self, name: str):
+        return self.tensor(name) if name in self.g.tensors else ffi.NULL
+
+    def hparams(self, hp: HParams):
+        return ffi.new("clex_hparams *", dict(
+            n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
+            n_head_kv=hp.n_head_kv, head_dim=hp.head_dim, n_rot=hp.n_rot, n_ff=hp.n_ff, rms_eps=hp.eps,
+            norm_kind=NORM_KINDS[hp.norm], rope_layout=ROPE_LAYOUTS[hp.rope_layout], ffn_kind=FFN_KINDS[hp.ffn],
+            parallel_residual=int(hp.parallel_residual), n_expert=hp.n_expert, n_expert_used=hp.n_expert_used,
+            embd_scale=hp.embd_scale, attn_scale=hp.attn_scale, attn_softcap=hp.attn_softcap,
+            final_softcap=hp.final_softcap, n_rope_sets=hp.n_rope_sets))
+
+    def layers(self, hp: HParams):
+        spec = arch_spec(hp.arch)
+        layers = ffi.new("clex_layer[]", hp.n_layer)
+        self._keep.append(layers)
+        for i in range(hp.n_layer):
+            L = layers[i]
+            for lt in spec.layer:
+                name = f"blk.{i}.{lt.name}"
+                if name in self.g.tensors:
+                    setattr(L, lt.field, self.tensor(name)[0])
+            L.n_swa = hp.n_swa if hp.layer_swa(i) else 0
+            L.rope_set = hp.layer_rope_set(i)
+        return layers
+
+    def create_model(self, hp: HParams, where: str):
+        """The clex_model (freed with the returned cffi object)."""
+        # tied embeddings: no output.weight, the C core projects with token_embd.weight
+        out = self.tensor("output.weight") if not hp.tied_embeddings else ffi.NULL
+        pm = ffi.new("clex_model **")
+        check(lib.clex_model_create(self.hparams(hp), self.tensor("token_embd.weight"),
+                                    self.tensor("output_norm.weight"), self.optional("output_norm.bias"),
+                                    out, self.optional("output.bias"), self.layers(hp), pm), where=where)
+        return ffi.gc(pm[0], lib.clex_model_free)
