@@ -367,7 +367,7 @@ class Llama:
                                    "finish_reason": gen.finish_reason}])
 
     def _run(self, prompt_tokens, sampler, max_tokens, stop, n_logprobs, echo,
-             extra_stop: Sequence[str] = ()) -> Iterator[tuple[str, object]]:
+             extra_stop: Sequence[str] = (), extra_eog: Sequence[int] = ()) -> Iterator[tuple[str, object]]:
         """Yields ("piece", (text, logprobs dict or None)) and at the end ("done", Generation).
         `echo`: False, or the prompt text to echo (None: decode it from the ids). Holds the
         lock while it runs."""
@@ -392,7 +392,8 @@ class Llama:
                 # "until the context is full" never comes with context shift: one context's worth
                 max_tokens = max(1, self.n_ctx() - len(prompt_tokens))
             gen = Generation(session, self._tokenizer, prompt_tokens, sampler,
-                             max_tokens=max_tokens, stop=stops, logprobs=n_logprobs)
+                             max_tokens=max_tokens, stop=stops, logprobs=n_logprobs,
+                             eog_ids=set(self._tokenizer.eog_ids) | set(extra_eog))
             for piece in gen:
                 lp = None
                 if n_logprobs is not None:
@@ -428,7 +429,9 @@ class Llama:
                                logits_processor=None, grammar=None,
                                logit_bias: dict[int, float] | None = None,
                                logprobs: bool | None = None, top_logprobs: int | None = None):
-        """OpenAI chat completion through the GGUF's chat template (ChatML if it has none)."""
+        """OpenAI chat completion through the GGUF's chat template (if it has none, the format its
+        special tokens show: text.chat_template.detect_format); the format's end-of-turn token
+        ends the reply even where the vocabulary does not mark it end-of-generation."""
         _check_neutral(functions=functions, function_call=function_call, tools=tools,
                        tool_choice=tool_choice, typical_p=typical_p, response_format=response_format,
                        tfs_z=tfs_z, mirostat_mode=mirostat_mode, logits_processor=logits_processor,
@@ -445,7 +448,7 @@ class Llama:
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
                 "created": int(time.time()), "model": model or self.model_path}
         run = self._run(prompt_tokens, sampler, max_tokens, stop, n_lp, echo=False,
-                        extra_stop=template.stop)
+                        extra_stop=template.stop, extra_eog=template.end_ids(self._tokenizer))
         if stream:
             return self._stream_chat(head, run)
         text, content_lp, gen = "", [], None

@@ -48,8 +48,7 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
             ("quantization", FILE_TYPES.get(int(ft), str(ft)) if ft is not None else "?"),
             ("context", f"{model.n_ctx} tokens (trained at {hp.n_ctx_train})"),
             ("threads", str(getattr(model, "n_threads", "?"))),
-            ("chat template", "ChatML (the GGUF has none)" if template.is_fallback
-             else "from the GGUF")]
+            ("chat template", template.describe())]
     return info
 
 
