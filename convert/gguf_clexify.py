@@ -1,5 +1,8 @@
-"""`clexrt clexify`: an existing LLaMA GGUF plus zero-network CLEX tables, tensors copied byte
-for byte (streamed, any GGML type), every other key kept with its type."""
+"""`clexrt clexify`: an existing GGUF of any architecture clexrt runs plus zero-network CLEX
+tables, tensors copied byte for byte (streamed, any GGML type), every other key kept with its
+type. The tables replace the model's global rope table; an architecture whose sliding-window
+layers have a rope base of their own (Gemma 3) keeps it for them: those layers never attend
+past their window, so no distance they see is longer than in training."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,10 +35,12 @@ def _inv_freq(g, d: int, base: float) -> tuple[np.ndarray, str]:
 def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
     """The plan for copying GGUFFile g with zero-network CLEX tables added."""
     md, types = g.metadata, g.metadata_types
+    from clexrt.gguf.archs import ARCHS, SUPPORTED_ARCHS
     arch = md.get("general.architecture")
-    if arch != "llama":
-        raise ConvertError(f"clexify supports architecture 'llama' only, this file is {arch!r}")
-    k = "llama."
+    if arch not in SUPPORTED_ARCHS:
+        raise ConvertError(f"clexify runs on the architectures clexrt runs ({', '.join(SUPPORTED_ARCHS)}); "
+                           f"this file is {arch!r}")
+    k = f"{arch}."
     scaling = md.get(k + "rope.scaling.type")
     if scaling not in (None, "none"):
         raise ConvertError(f"the file already uses rope scaling {scaling!r}; CLEX tables would conflict with it")
@@ -44,7 +49,7 @@ def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
         n_ctx = int(md[k + "context_length"])
     except KeyError as e:
         raise ConvertError(f"missing key {e.args[0]}") from None
-    d = int(md.get(k + "rope.dimension_count", n_embd // max(n_head, 1)))
+    d = int(md.get(k + "rope.dimension_count", md.get(k + "attention.key_length", n_embd // max(n_head, 1))))
     if d < 4 or d % 2:
         raise ConvertError(f"rope dimension {d} must be even and at least 4")
     base = float(md.get(k + "rope.freq_base", 10000.0))
@@ -79,6 +84,9 @@ def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
     for key, value in bake_clex(ode, L, int(max_factor), "ntk").items():
         plan.add(key, value)
     plan.notes.append(f"CLEX (ntk): {how}, d = {d}, L = {L}, t in 1..{max_factor}")
+    if ARCHS[arch].local_rope_base is not None and md.get(k + "attention.sliding_window"):
+        plan.notes.append("the tables drive the global layers' rope; the sliding-window layers keep "
+                          "their own base (they never see a distance past their window)")
     for name, ti in g.tensors.items():
         plan.tensors.append(TensorPlan(
             name, tuple(ti.shape[::-1]), ti.ggml_type,
