@@ -237,3 +237,64 @@ def test_hparams_metadata_reads_back(tmp_path):
         hp = validate_model(g)
         md = hparams_metadata(hp)
         assert {k: v for k, v in g.metadata.items() if k in md} == pytest.approx(md)
+
+
+# -- the other architectures (clexrt.gguf.archs): their required tensors and keys -------------
+
+def _as_arch(arch: str, extra_tensors: dict, extra_kvs: dict | None = None):
+    """kvs/tensors edits turning the tiny LLaMA into `arch`: keys renamed, tensors added."""
+    def kvs_edit(kvs):
+        for k in [k for k in kvs if k.startswith("llama.")]:
+            kvs[arch + k[len("llama"):]] = kvs.pop(k)
+        kvs["general.architecture"] = (VT.STRING, arch)
+        kvs.update(extra_kvs or {})
+
+    def tensors_edit(tensors):
+        tensors.update(extra_tensors)
+    return kvs_edit, tensors_edit
+
+
+def _layer_vectors(names_dims: dict, n_layer: int = 2) -> dict:
+    return {f"blk.{i}.{n}": np.full(d, 0.5, np.float32) for i in range(n_layer) for n, d in names_dims.items()}
+
+
+def _arch_vectors(arch: str) -> dict:
+    """The per-layer F32 vectors `arch` requires beyond LLaMA's, sized for the tiny model."""
+    hp = tiny_llama_content().hparams
+    E, D = hp["n_embd"], hp["n_embd"] // hp["n_head"]
+    dims = {"qwen2": {"attn_q.bias": E, "attn_k.bias": hp["n_head_kv"] * D, "attn_v.bias": hp["n_head_kv"] * D},
+            "gemma3": {"attn_q_norm.weight": D, "attn_k_norm.weight": D, "post_attention_norm.weight": E,
+                       "post_ffw_norm.weight": E}}[arch]
+    return dims
+
+
+@pytest.mark.parametrize("arch, missing", [
+    ("qwen2", "blk.1.attn_k.bias"), ("qwen2", "blk.0.attn_q.bias"),
+    ("gemma3", "blk.0.attn_q_norm.weight"), ("gemma3", "blk.1.post_ffw_norm.weight")])
+def test_missing_architecture_tensor(tmp_path, arch, missing):
+    kv_edit, t_edit = _as_arch(arch, _layer_vectors(_arch_vectors(arch)))
+    with GGUFFile(llama_file(tmp_path, kv_edit, t_edit)) as g:      # complete: it validates
+        assert validate_model(g).arch == arch
+    p = llama_file(tmp_path, kv_edit, lambda t: (t_edit(t), t.pop(missing)))
+    expect_error(p, f"tensor '{missing}'", f"missing (required for {arch})", model=True)
+
+
+def test_gemma3_keys_give_the_layer_pattern_and_local_base(tmp_path):
+    """gemma3: llama.cpp's default pattern (every 6th layer global), the window from the key,
+    the local layers' base 10000 unless rope.freq_base_swa says otherwise, sqrt(d) embeddings."""
+    hp = tiny_llama_content().hparams
+    dims = _arch_vectors("gemma3")
+    kv_edit, t_edit = _as_arch("gemma3", _layer_vectors(dims, 7),
+                               {"gemma3.attention.sliding_window": (VT.UINT32, 4)})
+    with GGUFFile(llama_file(tmp_path, kv_edit, t_edit, n_layer=7)) as g:
+        spec = validate_model(g)
+    assert spec.swa_layers == (True,) * 5 + (False, True) and spec.n_swa == 4
+    assert spec.local_rope_base == 10000.0 and spec.n_rope_sets == 2
+    assert [spec.layer_rope_set(i) for i in range(7)] == [1] * 5 + [0, 1]
+    assert spec.embd_scale == pytest.approx(np.sqrt(hp["n_embd"]))
+    kv_edit2, _ = _as_arch("gemma3", {}, {"gemma3.attention.sliding_window": (VT.UINT32, 4),
+                                          "gemma3.attention.sliding_window_pattern": (VT.UINT32, 2),
+                                          "gemma3.rope.freq_base_swa": (VT.FLOAT32, 500.0)})
+    with GGUFFile(llama_file(tmp_path, kv_edit2, t_edit, n_layer=7)) as g:
+        spec = validate_model(g)
+    assert spec.swa_layers == (True, False) * 3 + (True,) and spec.local_rope_base == 500.0

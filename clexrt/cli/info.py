@@ -86,8 +86,9 @@ def describe(path: str) -> dict:
 
     with GGUFFile(path) as g:
         md = g.metadata
+        hp = None
         try:                       # a file can parse and still not be a model clexrt runs
-            validate_model(g)
+            hp = validate_model(g)
             problem = unsupported_weight(g)
         except ClexError as e:
             problem = str(e)
@@ -123,10 +124,53 @@ def describe(path: str) -> dict:
             "chat_template": md.get("tokenizer.chat_template"),
             "chat_format": _chat_format(md),
             "clex": _clex(md),
+            "forward": _forward_info(hp, g) if hp is not None else None,
             "runnable": problem is None,
             "problem": problem,
         }
     return out
+
+
+def _forward_info(hp, g) -> dict:
+    """How clexrt runs the architecture: its choices from clexrt.gguf.archs and the file's keys
+    (norm, rope layout, FFN, optional tensors, sliding window, rope tables, scales, soft-caps)."""
+    from ..gguf.archs import arch_spec
+    spec = arch_spec(hp.arch)
+    present = [t.name.split(".")[0] + (" bias" if t.name.endswith(".bias") else "")
+               for t in spec.layer if not t.required and f"blk.0.{t.name}" in g.tensors]
+    extra = [t.name.rsplit(".", 1)[0] for t in spec.layer if t.required and t.field in
+             ("bq", "bk", "bv", "q_norm", "k_norm", "attn_post_norm", "ffn_post_norm")]
+    swa = None
+    if hp.n_swa:
+        n_local = sum(hp.layer_swa(i) for i in range(hp.n_layer))
+        swa = {"window": hp.n_swa, "layers": n_local, "of": hp.n_layer,
+               "local_rope_base": hp.local_rope_base}
+    return {"norm": hp.norm, "rope_layout": hp.rope_layout, "ffn": hp.ffn,
+            "parallel_residual": hp.parallel_residual, "head_dim": hp.head_dim,
+            "tensors": extra + present, "embd_scale": hp.embd_scale or None,
+            "attn_scale": hp.attn_scale or None, "attn_softcap": hp.attn_softcap or None,
+            "final_softcap": hp.final_softcap or None, "sliding_window": swa, "note": spec.note or None}
+
+
+def _forward_line(f: dict) -> str:
+    parts = [f"{f['norm']} norm", f"{f['rope_layout']} rope", f["ffn"], f"head dim {f['head_dim']}"]
+    if f["parallel_residual"]:
+        parts.append("parallel residual")
+    if f["tensors"]:
+        parts.append("with " + ", ".join(f["tensors"]))
+    if f["embd_scale"]:
+        parts.append(f"embeddings x {f['embd_scale']:.4g}")
+    if f["attn_scale"]:
+        parts.append(f"attention scale {f['attn_scale']:.4g}")
+    for k in ("attn_softcap", "final_softcap"):
+        if f[k]:
+            parts.append(f"{k.split('_')[0]} logits soft-capped at {f[k]:g}")
+    w = f["sliding_window"]
+    if w:
+        base = f", their own rope base {w['local_rope_base']:g}" if w["local_rope_base"] else ""
+        parts.append(f"sliding window {w['window']} on {w['layers']} of {w['of']} layers{base} "
+                     f"(honoured)")
+    return "; ".join(parts)
 
 
 def _human_params(n: int) -> str:
@@ -151,7 +195,10 @@ def _print(d: dict) -> None:
          f"ffn {d['feed_forward_length']}, heads {d['head_count']} (kv {d['head_count_kv']})")
     r = d["rope"]
     scaling = f", scaling {r['scaling_type']} x{r['scaling_factor']}" if r["scaling_type"] else ""
-    echo(f"rope:            base {r['freq_base']}, {r['dimension_count']} dims{scaling}")
+    dims = r["dimension_count"] or (d["forward"] or {}).get("head_dim", "?")
+    echo(f"rope:            base {r['freq_base']}, {dims} dims{scaling}")
+    if d.get("forward"):
+        echo(f"forward:         {_forward_line(d['forward'])}")
     t = d["tokenizer"]
     pre = f", pre {t['pre']}" if t.get("pre") else ""
     echo(f"tokenizer:       {t['model']}{pre}, {t['vocab_size']} tokens, add_bos {t['add_bos']}")
