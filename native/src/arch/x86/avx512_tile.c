@@ -1,6 +1,9 @@
 /* AVX-512 + VNNI tile kernels for prefill (internal.h's clex_tile_set): many tokens against the
  * same weight rows, in register tiles of up to 4 weight rows x 4 tokens, so that each weight
- * register loaded serves four tokens and each activation register four rows.
+ * register loaded serves four tokens and each activation register four rows, and the weights'
+ * unpacking is done once per call instead of once per four tokens. Two kinds: the signed
+ * 32-value types below, and the K-quants Q2_K .. Q6_K (further down; IQ4_XS keeps its row
+ * kernels).
  *
  * The signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations) share one
  * product; only their packing differs. Packed, a pair of blocks of a weight row is 128 bytes:
@@ -178,10 +181,97 @@ S32_PACK(Q4_0, W_Q4_0)
 S32_PACK(Q5_0, W_Q5_0)
 S32_PACK(IQ4_NL, W_IQ4_NL)
 
+/* ------------------------------------------------------------------ K-quants */
+
+/* Super-blocks packed by avx512_k.c (x86_k.h's clex_kpack) against Q8_K activations as they
+ * lie. Per weight row, token and super-block: four vpdpbusd (codes x activations, int32 sums of
+ * four values, small enough for int16), two vpackssdw and two vpdpwssd with the scales, one
+ * vpmaddwd of the bsums with the bias factors (with the minimums: beside the folded sum, in
+ * lanes 8..15, under -dmin), one conversion, one multiply of the scales and one FMA. The packs
+ * run on the port the multiplies leave idle. */
+
+enum { KQ_MAX_N = 16 * QK_K };
+
+static size_t kq_bytes(int64_t n) { return (size_t)(n / QK_K) * sizeof(clex_kpack); }
+
+/* the integer sum of packed super-block p with activation block x, as 16 int32 lanes the
+ * lanes of p->dv scale */
+INLINE __m512i kq_isum(const __m512i u[4], const __m512i v[2], __m256i bias, const block_q8_K *x, int mins) {
+    __m512i d[4];
+    CLEX_UNROLL for (int k = 0; k < 4; k++) d[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[k], ld64(x->qs + 64 * k));
+    const __m256i m = _mm256_madd_epi16(ld32(x->bsums), bias);
+    __m512i is = mins ? _mm512_setzero_si512() : _mm512_zextsi256_si512(m);
+    is = _mm512_dpwssd_epi32(is, _mm512_packs_epi32(d[0], d[1]), v[0]);
+    is = _mm512_dpwssd_epi32(is, _mm512_packs_epi32(d[2], d[3]), v[1]);
+    if (!mins) return is;
+    const __m256i folded = _mm256_add_epi32(_mm512_castsi512_si256(is), _mm512_extracti64x4_epi64(is, 1));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(folded), m, 1);
+}
+
+/* R packed rows (nsb super-blocks each) x C tokens (xstride bytes apart) */
+INLINE void kq_tile(int R, int C, int mins, int64_t nsb, const clex_kpack *pw, const uint8_t *x, size_t xstride,
+                    float *y, int64_t ystride, int accumulate) {
+    __m512 acc[16];
+    CLEX_UNROLL for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        CLEX_UNROLL for (int r = 0; r < R; r++) {
+            const clex_kpack *p = pw + r * nsb + sb;
+            __m512i u[4], v[2];
+            CLEX_UNROLL for (int k = 0; k < 4; k++) u[k] = ld64(p->u[k]);
+            CLEX_UNROLL for (int h = 0; h < 2; h++) v[h] = ld64(p->v[h]);
+            const __m256i bias = ld32(p->bias);
+            const __m512 dv = _mm512_loadu_ps(p->dv);
+            CLEX_UNROLL for (int c = 0; c < C; c++) {
+                const block_q8_K *xb = (const block_q8_K *)(x + c * xstride) + sb;
+                const __m512i is = kq_isum(u, v, bias, xb, mins);
+                acc[4 * c + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dv, _mm512_set1_ps(xb->d)),
+                                                 acc[4 * c + r]);
+            }
+        }
+    }
+    tile_store(acc, R, C, y, ystride, accumulate);
+}
+
+#define KQ_TILE_CASE(R, C) \
+    case 4 * (R) + (C): kq_tile(R, C, mins, nsb, pw, x, xstride, yt, ystride, accumulate); break;
+#define KQ_TILE_CASES(R) KQ_TILE_CASE(R, 1) KQ_TILE_CASE(R, 2) KQ_TILE_CASE(R, 3) KQ_TILE_CASE(R, 4)
+
+INLINE void kq_gemm(int64_t n, const void *vpw, int64_t rows, const void *vx, size_t xstride, int64_t ntok, float *y,
+                    int64_t ystride, int accumulate, int mins) {
+    const int64_t nsb = n / QK_K;
+    for (int64_t t0 = 0; t0 < ntok; t0 += TILE_C) {
+        const int C = ntok - t0 < TILE_C ? (int)(ntok - t0) : TILE_C;
+        const uint8_t *x = (const uint8_t *)vx + (uint64_t)t0 * xstride;
+        for (int64_t r0 = 0; r0 < rows; r0 += TILE_R) {
+            const int R = rows - r0 < TILE_R ? (int)(rows - r0) : TILE_R;
+            const clex_kpack *pw = (const clex_kpack *)vpw + r0 * nsb;
+            float *yt = y + t0 * ystride + r0;
+            switch (4 * R + C) {
+                KQ_TILE_CASES(1) KQ_TILE_CASES(2) KQ_TILE_CASES(3) KQ_TILE_CASES(4)
+            default: break;
+            }
+        }
+    }
+}
+
+static void kq_gemm_mins(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
+                         float *y, int64_t ystride, int accumulate) {
+    kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 1);
+}
+
+static void kq_gemm_bias(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
+                         float *y, int64_t ystride, int accumulate) {
+    kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 0);
+}
+
+#define KQ_TILES(T, GEMM) [CLEX_TYPE_##T] = {kq_bytes, clex_avx512vnni_kpack_##T, GEMM, KQ_MAX_N, 8}
+
 #define S32_TILES(T) [CLEX_TYPE_##T] = {s32_bytes, pack_##T, s32_gemm, S32_MAX_N, 8}
 
 const clex_tile_set clex_avx512vnni_tiles = {{
     S32_TILES(Q8_0), S32_TILES(Q4_0), S32_TILES(Q5_0), S32_TILES(IQ4_NL),
+    KQ_TILES(Q2_K, kq_gemm_mins), KQ_TILES(Q4_K, kq_gemm_mins), KQ_TILES(Q5_K, kq_gemm_mins),
+    KQ_TILES(Q3_K, kq_gemm_bias), KQ_TILES(Q6_K, kq_gemm_bias),
 }};
 
 #if defined(__clang__)

@@ -34,6 +34,27 @@ CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
 /* the tile kernels of prefill (avx512_tile.c) */
 extern const clex_tile_set clex_avx512vnni_tiles;
 
+/* A super-block of a K-quant weight row as the AVX-512 tile kernels take it (packed by
+ * avx512_k.c, which has the unpacking, multiplied by avx512_tile.c): 256 unsigned codes in the
+ * activations' order; the scales as int16 lanes beside the pair sums they multiply (v[h]: those
+ * of code registers 2h, 2h + 1 after vpdpbusd and vpackssdw, lane 8q + j taking register 2h's
+ * int32 lane 4q + j for j < 4, register 2h + 1's lane 4q + j - 4 else); the 16 factors of the
+ * activations' bsums (minimums, or the codes' offset times the scales); the float scales of the
+ * integer sum, [d x 8, -dmin x 8] (minimums: their sum sits in lanes 8..15) or d x 16. */
+typedef struct {
+    uint8_t u[4][64];
+    int16_t v[2][32];
+    int16_t bias[16];
+    float dv[16];
+    uint8_t pad[32];
+} clex_kpack;
+_Static_assert(sizeof(clex_kpack) == 512, "clex_kpack: whole cache lines");
+
+#define CLEX_X86_KPACK_TYPES(PFX, X) X(PFX, Q2_K) X(PFX, Q3_K) X(PFX, Q4_K) X(PFX, Q5_K) X(PFX, Q6_K)
+#define CLEX_X86_KPACK_DECLARE(PFX, T) \
+    void PFX##_kpack_##T(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst);
+CLEX_X86_KPACK_TYPES(clex_avx512vnni, CLEX_X86_KPACK_DECLARE)
+
 /* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
 void clex_avx2_quantize_q8_K(const float *x, void *y, int64_t n);
 
