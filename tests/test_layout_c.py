@@ -86,9 +86,9 @@ def test_every_named_value_runs(field, value):
     assert rc == 0, msg
 
 
-def test_mixture_of_experts_is_not_implemented():
+def test_mixture_of_experts_needs_its_tensors():
     rc, msg = _tiny(n_expert=8, n_expert_used=2)
-    assert rc == lib.CLEX_E_UNSUPPORTED and msg == "n_expert 8 (mixture of experts) is not implemented yet"
+    assert rc == lib.CLEX_E_INVALID and msg == "layer 0: tensor 'ffn_gate_inp' is missing"
 
 
 @pytest.mark.parametrize("arch", [

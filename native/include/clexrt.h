@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 8
+#define CLEX_ABI_VERSION 9
 
 enum {
     CLEX_OK = 0,
@@ -131,6 +131,11 @@ typedef struct {
     clex_tensor k_norm;      /* [head_dim]: and of each key head */
     clex_tensor attn_post_norm;   /* [n_embd]: RMS norm of the attention output before the residual add */
     clex_tensor ffn_post_norm;    /* [n_embd]: and of the FFN's */
+    /* mixture of experts (hp.n_expert > 0) in place of w_gate, w_up, w_down: */
+    clex_tensor ffn_gate_inp;     /* [n_embd, n_expert]: the router */
+    clex_tensor ffn_gate_exps;    /* [n_embd, n_ff, n_expert]: expert e's gate is rows [e n_ff, (e+1) n_ff) */
+    clex_tensor ffn_up_exps;      /* [n_embd, n_ff, n_expert] */
+    clex_tensor ffn_down_exps;    /* [n_ff, n_embd, n_expert] */
     int32_t n_swa;           /* 0: attends to every earlier position; n: to the last n (itself included) */
     int32_t rope_set;        /* the context's rope table that rotates this layer: 0 .. n_rope_sets-1 */
 } clex_layer;
@@ -150,7 +155,10 @@ typedef struct {
     int32_t rope_layout;    /* CLEX_ROPE_* */
     int32_t ffn_kind;       /* CLEX_FFN_* */
     int32_t parallel_residual;  /* 0: x += attn(norm(x)), then x += ffn(norm(x)); 1: both read the same x */
-    int32_t n_expert;       /* 0: a dense FFN; else experts per layer (mixture of experts) */
+    int32_t n_expert;       /* 0: a dense FFN; else experts per layer (mixture of experts: each
+                             * token's FFN is the sum of its n_expert_used best experts by router
+                             * logit, weighted by the softmax of the router logits renormalised
+                             * over those experts, as Mixtral) */
     int32_t n_expert_used;  /* experts each token uses: 0 when dense, else 1..n_expert */
     float embd_scale;       /* the embeddings are multiplied by it (Gemma: sqrt(n_embd)); 0: 1 */
     float attn_scale;       /* attention logits are q.k * attn_scale * kq_scale; 0: 1/sqrt(head_dim) */

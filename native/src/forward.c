@@ -240,22 +240,115 @@ static void rope_step(fwd *f, const clex_layer *L, int l) {
     sync(f);
 }
 
-/* gate = act(w_gate n + b, w_up n + b_up), the rows shared out dynamically (no gate: the up
- * projection goes into `gate` and the activation works on it alone) */
-static void gate_up_step(fwd *f, const clex_layer *L) {
+/* gate = act(w_gate a + b, w_up a + b_up) for n_tok tokens of acts a, the rows shared out
+ * dynamically (no gate: the up projection goes into `gate` and the activation works on it alone) */
+static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w_up, const clex_tensor *b_up,
+                         int64_t T) {
     clex_ctx *c = f->c;
-    const int64_t F = f->hp->n_ff, T = f->T;
+    const int64_t F = f->hp->n_ff;
     const int gated = f->hp->ffn_kind != CLEX_FFN_GELU;
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(c, &f->step, f->ith, f->nth, F);
     while (clex_sched_next(&sc, &lo, &hi)) {
         float *up = gated ? c->up : c->gate;
-        if (gated) clex_matmul_rows(&L->w_gate, &f->a, T, c->gate, F, 0, lo, hi);
-        clex_matmul_rows(&L->w_up, &f->a, T, up, F, 0, lo, hi);
-        add_bias(up, F, T, opt(&L->b_up), lo, hi);
+        if (gated) clex_matmul_rows(w_gate, &f->a, T, c->gate, F, 0, lo, hi);
+        clex_matmul_rows(w_up, &f->a, T, up, F, 0, lo, hi);
+        add_bias(up, F, T, opt(b_up), lo, hi);
         for (int64_t t = 0; t < T; t++) ffn_act(f->hp, c->gate + t * F, c->up + t * F, lo, hi);
     }
     sync(f);
+}
+
+/* ------------------------------------------------------------------ mixture of experts */
+
+static const clex_tensor NO_TENSOR;
+
+/* expert e's matrix in a stacked [ne0, ne1, n_expert] tensor, as a 2-D tensor */
+static clex_tensor expert_view(const clex_tensor *t, int64_t e) {
+    clex_tensor v = *t;
+    const uint64_t rb = row_bytes(clex_traits(t->type), t->ne[0]);
+    v.n_dims = 2;
+    v.ne[2] = 1;
+    v.data = (const uint8_t *)t->data + (uint64_t)e * (uint64_t)t->ne[1] * rb;
+    v.nbytes = rb * (uint64_t)t->ne[1];
+    return v;
+}
+
+/* a token's experts: the k best of n router logits (ties: the lower index), each weighted by
+ * its softmax probability renormalised over the k (Mixtral's rule) */
+static void select_experts(const float *logit, int32_t n, int32_t k, int32_t *sel, float *w) {
+    float mx = logit[0];
+    for (int32_t i = 1; i < n; i++) mx = logit[i] > mx ? logit[i] : mx;
+    double sum = 0.0;
+    for (int32_t j = 0; j < k; j++) {
+        int32_t best = -1;
+        for (int32_t i = 0; i < n; i++) {
+            int taken = 0;
+            for (int32_t q = 0; q < j; q++) taken |= sel[q] == i;
+            if (!taken && (best < 0 || logit[i] > logit[best])) best = i;
+        }
+        sel[j] = best;
+        w[j] = expf(logit[best] - mx);
+        sum += w[j];
+    }
+    for (int32_t j = 0; j < k; j++) w[j] = (float)(w[j] / sum);
+}
+
+/* router logits, each token's experts, then (thread 0) the tokens of each expert */
+static void route_step(fwd *f, const clex_layer *L) {
+    clex_ctx *c = f->c;
+    const int32_t NE = f->hp->n_expert, K = f->hp->n_expert_used;
+    product(f, &L->ffn_gate_inp, &NO_TENSOR, &f->a, f->T, c->router, NE, 0);
+    sync(f);
+    int64_t lo, hi;
+    split(f->T, f->ith, f->nth, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++) select_experts(c->router + t * NE, NE, K, c->sel + t * K, c->selw + t * K);
+    sync(f);
+    if (f->ith == 0) {
+        memset(c->ecount, 0, (size_t)NE * sizeof(int32_t));
+        for (int64_t t = 0; t < f->T; t++)
+            for (int32_t j = 0; j < K; j++) {
+                const int32_t e = c->sel[t * K + j], i = c->ecount[e]++;
+                c->etok[(int64_t)e * c->n_batch + i] = (int32_t)t;
+                c->eslot[(int64_t)e * c->n_batch + i] = j;
+            }
+    }
+    sync(f);
+}
+
+/* expert e over its tokens: gather their normalised rows, x[t] += w (down act(gate, up)) */
+static void expert_step(fwd *f, const clex_layer *L, int64_t e) {
+    clex_ctx *c = f->c;
+    const int64_t n = c->ecount[e], E = f->hp->n_embd, F = f->hp->n_ff, K = f->hp->n_expert_used;
+    const int32_t *tok = c->etok + e * c->n_batch, *slot = c->eslot + e * c->n_batch;
+    if (!n) return;
+    const clex_tensor g = expert_view(&L->ffn_gate_exps, e), u = expert_view(&L->ffn_up_exps, e);
+    const clex_tensor d = expert_view(&L->ffn_down_exps, e);
+    int64_t lo, hi;
+    split(n, f->ith, f->nth, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) memcpy(c->xe + i * E, c->xn + (int64_t)tok[i] * E, (size_t)E * sizeof(float));
+    clex_prepare_acts(&f->a, c->xe, E, lo, hi, clex_act_need(&g) | clex_act_need(&u), c->act);
+    sync(f);
+    gate_up_step(f, &g, &u, &NO_TENSOR, n);
+    clex_prepare_acts(&f->a, c->gate, F, lo, hi, clex_act_need(&d), c->act);
+    sync(f);
+    product(f, &d, &NO_TENSOR, &f->a, n, c->xe, E, 0);
+    sync(f);
+    for (int64_t i = lo; i < hi; i++) {   /* a token appears once per expert: no two threads share a row */
+        const float w = c->selw[tok[i] * K + slot[i]];
+        float *x = c->x + (int64_t)tok[i] * E;
+        for (int64_t k = 0; k < E; k++) x[k] += w * c->xe[i * E + k];
+    }
+    sync(f);
+}
+
+/* the FFN as a mixture of experts: every expert runs once over the tokens routed to it (a
+ * batch reads each expert's weights once; decoding touches only the chosen experts) */
+static void moe_block(fwd *f, const clex_layer *L) {
+    const clex_tensor *router[1] = {&L->ffn_gate_inp};   /* the experts prepare their own inputs */
+    norm_step(f, &L->ffn_norm, &L->ffn_norm_b, router, 1, 0);
+    route_step(f, L);
+    for (int64_t e = 0; e < f->hp->n_expert; e++) expert_step(f, L, e);
 }
 
 /* ------------------------------------------------------------------ blocks */
@@ -273,11 +366,15 @@ static void attention_block(fwd *f, const clex_layer *L, int l, float *dst, int 
 }
 
 static void ffn_block(fwd *f, const clex_layer *L) {
+    if (f->hp->n_expert > 0) {
+        moe_block(f, L);
+        return;
+    }
     const clex_tensor *gu[2] = {&L->w_gate, &L->w_up};
     const int own_norm = L->ffn_norm.data != NULL;   /* else (parallel residual) attn_norm's again */
     norm_step(f, own_norm ? &L->ffn_norm : &L->attn_norm, own_norm ? &L->ffn_norm_b : &L->attn_norm_b,
               f->hp->ffn_kind == CLEX_FFN_GELU ? gu + 1 : gu, f->hp->ffn_kind == CLEX_FFN_GELU ? 1 : 2, 0);
-    gate_up_step(f, L);
+    gate_up_step(f, &L->w_gate, &L->w_up, &L->b_up, f->T);
     project_out(f, &L->w_down, &L->b_down, &L->ffn_post_norm, f->c->gate, f->hp->n_ff, f->c->x, 1);
 }
 

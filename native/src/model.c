@@ -102,8 +102,6 @@ static int check_arch(const clex_hparams *hp) {
         (hp->n_expert > 0 && hp->n_expert_used == 0))
         return clex_fail(CLEX_E_INVALID, "n_expert %d, n_expert_used %d: need 0 and 0 (dense) or 1 <= used <= n_expert <= 1024",
                          hp->n_expert, hp->n_expert_used);
-    if (hp->n_expert > 0)
-        return clex_fail(CLEX_E_UNSUPPORTED, "n_expert %d (mixture of experts) is not implemented yet", hp->n_expert);
     if ((rc = check_nonneg("embd_scale", hp->embd_scale)) || (rc = check_nonneg("attn_scale", hp->attn_scale)) ||
         (rc = check_nonneg("attn_softcap", hp->attn_softcap)) || (rc = check_nonneg("final_softcap", hp->final_softcap)))
         return rc;
@@ -155,18 +153,46 @@ static int check_layer_extras(const clex_hparams *hp, const clex_layer *L, int32
     return CLEX_OK;
 }
 
+/* a stacked expert tensor: exactly [ne0, ne1, n_expert] */
+static int check_experts(const clex_tensor *t, const char *what, int64_t ne0, int64_t ne1, int64_t ne) {
+    int rc = clex_check_tensor(t, what, ne0, ne1 * ne, 0);
+    if (rc) return rc;
+    if (t->n_dims != 3 || t->ne[1] != ne1 || t->ne[2] != ne)
+        return clex_fail(CLEX_E_INVALID, "tensor '%s' must be [%lld, %lld, %lld] (one matrix per expert)",
+                         t->name ? t->name : what, (long long)ne0, (long long)ne1, (long long)ne);
+    return CLEX_OK;
+}
+
+/* the FFN's tensors: dense (gate, up, down) or the router and the stacked experts */
+static int check_ffn(const clex_hparams *hp, const clex_layer *L) {
+    const int64_t E = hp->n_embd, F = hp->n_ff, NE = hp->n_expert;
+    int rc;
+    if (NE > 0) {
+        if ((rc = clex_check_tensor(&L->ffn_gate_inp, "ffn_gate_inp", E, NE, 0)) ||
+            (rc = check_experts(&L->ffn_gate_exps, "ffn_gate_exps", E, F, NE)) ||
+            (rc = check_experts(&L->ffn_up_exps, "ffn_up_exps", E, F, NE)) ||
+            (rc = check_experts(&L->ffn_down_exps, "ffn_down_exps", F, E, NE)))
+            return rc;
+        if (hp->ffn_kind != CLEX_FFN_SWIGLU)
+            return clex_fail(CLEX_E_UNSUPPORTED, "experts run SwiGLU only (ffn_kind %d)", hp->ffn_kind);
+        return CLEX_OK;
+    }
+    if ((hp->ffn_kind != CLEX_FFN_GELU && (rc = clex_check_tensor(&L->w_gate, "ffn_gate", E, F, 0))) ||
+        (rc = clex_check_tensor(&L->w_up, "ffn_up", E, F, 0)) || (rc = clex_check_tensor(&L->w_down, "ffn_down", F, E, 0)))
+        return rc;
+    return CLEX_OK;
+}
+
 static int check_layer(const clex_hparams *hp, const clex_layer *L, int l) {
     const int64_t E = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
-    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
     const int need_ffn_norm = !hp->parallel_residual || L->ffn_norm.data;
-    const int need_gate = hp->ffn_kind != CLEX_FFN_GELU;
     int rc;
     if ((rc = clex_check_tensor(&L->attn_norm, "attn_norm", E, 0, 1)) || (rc = clex_check_tensor(&L->wq, "attn_q", E, qd, 0)) ||
         (rc = clex_check_tensor(&L->wk, "attn_k", E, kvd, 0)) || (rc = clex_check_tensor(&L->wv, "attn_v", E, kvd, 0)) ||
         (rc = clex_check_tensor(&L->wo, "attn_output", qd, E, 0)) ||
         (need_ffn_norm && (rc = clex_check_tensor(&L->ffn_norm, "ffn_norm", E, 0, 1))) ||
-        (need_gate && (rc = clex_check_tensor(&L->w_gate, "ffn_gate", E, F, 0))) || (rc = clex_check_tensor(&L->w_up, "ffn_up", E, F, 0)) ||
-        (rc = clex_check_tensor(&L->w_down, "ffn_down", F, E, 0)) ||
+        (rc = check_ffn(hp, L)) ||
         (rc = check_layer_extras(hp, L, hp->n_rope_sets > 0 ? hp->n_rope_sets : 1))) {
         if (!L->attn_norm.name) {   /* unnamed tensors: say which layer */
             char msg[512];
@@ -188,7 +214,8 @@ static uint64_t numel(const clex_tensor *t) {
 static uint64_t layer_params(const clex_layer *L) {
     const clex_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_norm, &L->w_gate, &L->w_up,
                                &L->w_down, &L->attn_norm_b, &L->ffn_norm_b, &L->bq, &L->bk, &L->bv, &L->bo,
-                               &L->b_up, &L->b_down, &L->q_norm, &L->k_norm, &L->attn_post_norm, &L->ffn_post_norm};
+                               &L->b_up, &L->b_down, &L->q_norm, &L->k_norm, &L->attn_post_norm, &L->ffn_post_norm,
+                               &L->ffn_gate_inp, &L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps};
     uint64_t n = 0;
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) n += numel(ts[i]);
     return n;
@@ -258,7 +285,8 @@ void clex_ctx_free(clex_ctx *c) {
     if (!c) return;
     clex_pool_free(c->pool);
     void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q, c->k, c->v, c->att,
-                    c->gate, c->up, c->cs, c->par, c->scores, c->part};
+                    c->gate, c->up, c->cs, c->par, c->scores, c->part, c->router, c->sel, c->selw,
+                    c->etok, c->eslot, c->ecount, c->xe};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     for (int s = 0; s < CLEX_ACT_N; s++) free(c->act[s]);
     free(c);
@@ -290,7 +318,8 @@ static void alloc_acts(clex_ctx *c, int *fail) {
     note_act_row(&m->output, maxk);
     for (int l = 0; l < m->hp.n_layer; l++) {
         const clex_layer *L = &m->layers[l];
-        const clex_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        const clex_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down,
+                                   &L->ffn_gate_inp, &L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) note_act_row(ws[i], maxk);
     }
     for (int s = 0; s < CLEX_ACT_N; s++) {
@@ -324,6 +353,16 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     alloc_acts(c, &fail);
     c->cs = xcalloc(S * B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
     if (hp->parallel_residual) c->par = xcalloc(B * E, sizeof(float), &fail);
+    if (hp->n_expert > 0) {
+        const size_t NE = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
+        c->router = xcalloc(B * NE, sizeof(float), &fail);
+        c->sel = xcalloc(B * K, sizeof(int32_t), &fail);
+        c->selw = xcalloc(B * K, sizeof(float), &fail);
+        c->etok = xcalloc(NE * B, sizeof(int32_t), &fail);
+        c->eslot = xcalloc(NE * B, sizeof(int32_t), &fail);
+        c->ecount = xcalloc(NE, sizeof(int32_t), &fail);
+        c->xe = xcalloc(B * E, sizeof(float), &fail);
+    }
     c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
     return !fail;

@@ -73,6 +73,14 @@ struct clex_ctx {
                             * the weights paired with it; NULL when no weight is */
     float *cs;             /* [n_sets][B, n_pairs, 2] cos, sin of each token's angles, per table */
     float *par;            /* [B, n_embd] the attention output, with a parallel residual (else NULL) */
+    /* mixture of experts (NULL for a dense model) */
+    float *router;         /* [B, n_expert] router logits */
+    int32_t *sel;          /* [B, n_expert_used] each token's experts */
+    float *selw;           /* [B, n_expert_used] and their weights */
+    int32_t *etok;         /* [n_expert, B] the tokens routed to each expert, in order; then */
+    int32_t *eslot;        /* [n_expert, B] which of the token's choices it is */
+    int32_t *ecount;       /* [n_expert] */
+    float *xe;             /* [B, n_embd] an expert's gathered inputs, then its outputs */
     float *scores;         /* [n_threads, n_ctx] */
     float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
     /* row chunks of matrix products are handed out dynamically, so a thread that the OS
