@@ -38,7 +38,7 @@ def test_tiny_llama_variants_validate(tmp_path):
 @pytest.mark.parametrize("arch", ["gpt2", "mamba", ""])
 def test_unsupported_arch(tmp_path, arch):
     p = llama_file(tmp_path, set_kv("general.architecture", VT.STRING, arch))
-    expect_error(p, "'general.architecture'", "not supported (supported: llama, qwen2, gemma3)", model=True)
+    expect_error(p, "'general.architecture'", "not supported (supported: llama, qwen2, gemma3, phi2, gptneox)", model=True)
 
 
 def test_missing_arch(tmp_path):

@@ -6,7 +6,7 @@ reads as "no bias", "no norm".
 from __future__ import annotations
 
 from ..gguf import GGUFFile, HParams
-from ..gguf.archs import arch_spec
+from ..gguf.archs import arch_spec, layer_tensors
 from .native import FFN_KINDS, NORM_KINDS, ROPE_LAYOUTS, check, ffi, lib
 
 __all__ = ["NativeWeights"]
@@ -38,6 +38,26 @@ class NativeWeights:
     def optional(self, name: str):
         return self.tensor(name) if name in self.g.tensors else ffi.NULL
 
+    def row_views(self, name: str, sizes: tuple[int, ...]) -> list:
+        """Consecutive row ranges of a matrix (or pieces of a vector) as tensors of their own:
+        a fused attn_qkv is q's rows, then k's, then v's (the order llama.cpp's converter writes)."""
+        t = self.g.tensors[name]
+        whole = self.tensor(name)
+        per = t.nbytes // (t.shape[1] if len(t.shape) == 2 else t.shape[0])
+        views, start = [], 0
+        for n in sizes:
+            v = ffi.new("clex_tensor *", whole[0])
+            if len(t.shape) == 2:
+                v.ne[1] = n
+            else:
+                v.ne[0] = n
+            v.data = whole.data + start * per
+            v.nbytes = n * per
+            self._keep.append(v)
+            views.append(v)
+            start += n
+        return views
+
     def hparams(self, hp: HParams):
         return ffi.new("clex_hparams *", dict(
             n_vocab=hp.n_vocab, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head,
@@ -49,13 +69,21 @@ class NativeWeights:
 
     def layers(self, hp: HParams):
         spec = arch_spec(hp.arch)
+        tensors = layer_tensors(spec, hp.n_expert, "blk.0.attn_qkv.weight" in self.g.tensors)
+        sizes = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim)
+        fused = {"wqkv": ("wq", "wk", "wv"), "bqkv": ("bq", "bk", "bv")}
         layers = ffi.new("clex_layer[]", hp.n_layer)
         self._keep.append(layers)
         for i in range(hp.n_layer):
             L = layers[i]
-            for lt in spec.layer:
+            for lt in tensors:
                 name = f"blk.{i}.{lt.name}"
-                if name in self.g.tensors:
+                if name not in self.g.tensors:
+                    continue
+                if lt.field in fused:
+                    for field, v in zip(fused[lt.field], self.row_views(name, sizes)):
+                        setattr(L, field, v[0])
+                else:
                     setattr(L, lt.field, self.tensor(name)[0])
             L.n_swa = hp.n_swa if hp.layer_swa(i) else 0
             L.rope_set = hp.layer_rope_set(i)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import GGUFError
 from ..rope.tables import ClexTables, read_clex
-from .archs import SUPPORTED_ARCHS, arch_spec
+from .archs import SUPPORTED_ARCHS, arch_spec, layer_tensors
 from .constants import _FLOAT_TYPES, _INT_TYPES, TYPE_F32, ValueType
 from .reader import GGUFFile, _one_line, _q, _value_type_name
 
@@ -150,14 +150,15 @@ class _ModelChecker:
             raise self.err(f"key {_q(key)}: type {_type_tuple_name(self.types[key])}, expected STRING")
         return self.md[key]
 
-    def tensor(self, name: str, shape: tuple[int, ...], required: bool = True, f32: bool = False):
+    def tensor(self, name: str, shape: tuple[int, ...], required: bool = True, f32: bool = False,
+               hint: str = ""):
         t = self.g.tensors.get(name)
         if t is None:
             if required:
-                raise self.err(f"tensor {_q(name)}: missing (required for {self.arch})")
+                raise self.err(f"tensor {_q(name)}: missing (required for {self.arch}{hint})")
             return None
         if t.shape != shape:
-            raise self.err(f"tensor {_q(name)}: shape {list(t.shape)}, expected {list(shape)}")
+            raise self.err(f"tensor {_q(name)}: shape {list(t.shape)}, expected {list(shape)}{hint}")
         if f32 and t.ggml_type != TYPE_F32:
             raise self.err(f"tensor {_q(name)}: type {t.type_name}, expected F32")
         return t
@@ -214,7 +215,9 @@ class _ModelChecker:
         scaling_factor = self.float_key(f"{a}.rope.scaling.factor")
 
         # Tensors. Count first so a huge block_count cannot make us loop for long.
-        n_req = sum(t.required for t in spec.layer)
+        n_expert, n_expert_used = self.experts(spec)
+        layer = self.layer_tensors(spec, n_expert)
+        n_req = sum(t.required for t in layer)
         if len(self.g.tensors) < 2 + n_req * n_layer:
             raise self.err(f"key '{a}.block_count': {n_layer} layers need at least "
                            f"{2 + n_req * n_layer} tensors, the file has "
@@ -230,11 +233,13 @@ class _ModelChecker:
         self.tensor("output_norm.bias", (n_embd,), required=False, f32=True)
         out = self.tensor("output.weight", (n_embd, n_vocab), required=False)
         self.tensor("output.bias", (n_vocab,), required=False, f32=True)
-        dims = {"E": n_embd, "Q": n_head * head_dim, "KV": n_head_kv * head_dim, "F": n_ff, "D": head_dim}
+        dims = {"E": n_embd, "Q": n_head * head_dim, "KV": n_head_kv * head_dim, "F": n_ff, "D": head_dim,
+                "QKV": (n_head + 2 * n_head_kv) * head_dim, "X": n_expert}
         for i in range(n_layer):
-            for lt in spec.layer:
+            for lt in layer:
+                hint = f" ({a}.expert_count = {n_expert})" if "X" in lt.shape else ""
                 self.tensor(f"blk.{i}.{lt.name}", tuple(dims[d] for d in lt.shape), required=lt.required,
-                            f32=lt.f32)
+                            f32=lt.f32, hint=hint)
         self.tensor("rope_freqs.weight", (n_rot // 2,), required=False, f32=True)
 
         vocab_key = self.int_key(f"{a}.vocab_size", False)
@@ -250,8 +255,36 @@ class _ModelChecker:
                        rope_scaling_type=scaling_type, rope_scaling_factor=scaling_factor,
                        tied_embeddings=out is None, arch=arch, clex=clex,
                        norm=spec.norm, rope_layout=spec.rope_layout, ffn=spec.ffn,
-                       parallel_residual=spec.parallel_residual,
-                       **self.arch_keys(spec, n_layer, n_embd, n_head))
+                       parallel_residual=self.parallel_residual(spec), n_expert=n_expert,
+                       n_expert_used=n_expert_used, **self.arch_keys(spec, n_layer, n_embd, n_head))
+
+    def experts(self, spec) -> tuple[int, int]:
+        """{arch}.expert_count and expert_used_count: (0, 0) for a dense FFN."""
+        a = self.arch
+        n = self.int_key(f"{a}.expert_count", False, minimum=0) or 0
+        used = self.int_key(f"{a}.expert_used_count", False, minimum=0) or 0
+        if not n:
+            return 0, 0
+        if not any(t.group == "moe" for t in spec.layer):
+            raise self.err(f"key '{a}.expert_count': {n} experts, but clexrt runs experts only for "
+                           f"{', '.join(k for k, v in _archs_with_experts())}")
+        if not 1 <= used <= n or n > 1024:
+            raise self.err(f"key '{a}.expert_used_count': {used} of {n} experts (need 1 <= used <= "
+                           f"count <= 1024)")
+        return n, used
+
+    def layer_tensors(self, spec, n_expert: int) -> tuple:
+        """The arch's layer tensors of the groups this file uses (dense or experts; separate or
+        fused q/k/v, by whether layer 0 has attn_qkv.weight)."""
+        return layer_tensors(spec, n_expert, "blk.0.attn_qkv.weight" in self.g.tensors)
+
+    def parallel_residual(self, spec) -> bool:
+        key = f"{self.arch}.use_parallel_residual"
+        if key not in self.md:
+            return spec.parallel_residual
+        if self.types[key] != (ValueType.BOOL,):
+            raise self.err(f"key {_q(key)}: type {_type_tuple_name(self.types[key])}, expected BOOL")
+        return bool(self.md[key])
 
     def arch_keys(self, spec, n_layer: int, n_embd: int, n_head: int) -> dict:
         """The architecture's own keys and rules: embedding scale, attention scale and soft-caps,
@@ -309,6 +342,11 @@ class _ModelChecker:
                                f"(size {n_vocab})")
 
 
+def _archs_with_experts():
+    from .archs import ARCHS
+    return [(k, v) for k, v in ARCHS.items() if any(t.group == "moe" for t in v.layer)]
+
+
 def _type_tuple_name(t: tuple) -> str:
     return " of ".join(_value_type_name(x) for x in t)
 
@@ -363,8 +401,15 @@ def hparams_metadata(hp: HParams) -> dict[str, object]:
     md.update({f"{a}.embedding_length": hp.n_embd, f"{a}.block_count": hp.n_layer,
                f"{a}.feed_forward_length": hp.n_ff, f"{a}.rope.dimension_count": hp.n_rot,
                f"{a}.attention.head_count": hp.n_head, f"{a}.attention.head_count_kv": hp.n_head_kv})
+    spec = arch_spec(a)
     if hp.rms_norm_eps is not None:
-        md[f"{a}.attention.layer_norm_rms_epsilon"] = hp.rms_norm_eps
+        eps_key = "layer_norm_rms_epsilon" if spec.norm == "rms" else "layer_norm_epsilon"
+        md[f"{a}.attention.{eps_key}"] = hp.rms_norm_eps
+    if hp.n_expert:
+        md[f"{a}.expert_count"] = hp.n_expert
+        md[f"{a}.expert_used_count"] = hp.n_expert_used
+    if hp.parallel_residual != spec.parallel_residual or a == "gptneox":
+        md[f"{a}.use_parallel_residual"] = bool(hp.parallel_residual)
     if hp.rope_freq_base is not None:
         md[f"{a}.rope.freq_base"] = hp.rope_freq_base
     if hp.head_dim * hp.n_head != hp.n_embd:
@@ -373,7 +418,6 @@ def hparams_metadata(hp: HParams) -> dict[str, object]:
     if hp.rope_scaling_type is not None:
         md[f"{a}.rope.scaling.type"] = hp.rope_scaling_type
         md[f"{a}.rope.scaling.factor"] = hp.rope_scaling_factor
-    spec = arch_spec(a)
     if hp.n_swa:
         md[f"{a}.attention.sliding_window"] = hp.n_swa
         n = spec.swa_pattern
