@@ -147,6 +147,7 @@ def _forward_info(hp, g) -> dict:
                "local_rope_base": hp.local_rope_base}
     return {"norm": hp.norm, "rope_layout": hp.rope_layout, "ffn": hp.ffn,
             "parallel_residual": hp.parallel_residual, "head_dim": hp.head_dim,
+            "experts": [hp.n_expert, hp.n_expert_used] if hp.n_expert else None,
             "tensors": extra + present, "embd_scale": hp.embd_scale or None,
             "attn_scale": hp.attn_scale or None, "attn_softcap": hp.attn_softcap or None,
             "final_softcap": hp.final_softcap or None, "sliding_window": swa, "note": spec.note or None}
@@ -156,6 +157,8 @@ def _forward_line(f: dict) -> str:
     parts = [f"{f['norm']} norm", f"{f['rope_layout']} rope", f["ffn"], f"head dim {f['head_dim']}"]
     if f["parallel_residual"]:
         parts.append("parallel residual")
+    if f.get("experts"):
+        parts.append(f"{f['experts'][0]} experts, {f['experts'][1]} per token")
     if f["tensors"]:
         parts.append("with " + ", ".join(f["tensors"]))
     if f["embd_scale"]:
