@@ -1,7 +1,8 @@
 """The architectures `clexrt convert` reads, as data: for each, the config.json names that select
 it, the GGUF architecture llama.cpp's converter writes for it, the HF -> GGUF tensor names with
 the shapes config.json implies, what is done to the weights on the way (the q/k permutation, the
-Gemma norms' +1) and the keys beyond the common ones. The facts are those of llama.cpp's
+Gemma norms' +1, GPT-NeoX's fused q/k/v reordered, Mixtral's experts stacked) and the keys beyond
+the common ones. The facts are those of llama.cpp's
 convert_hf_to_gguf.py and gguf-py (constants.py, tensor_mapping.py); adding an architecture is a
 new ArchSpec, never a new converter.
 """
@@ -15,10 +16,16 @@ import numpy as np
 
 from clexrt.errors import ConvertError
 
+from . import arch_keys as K
+
 # Shapes in torch order ([out, in]), by kind: e = hidden size, q = heads * head dim,
-# kv = kv heads * head dim, f = FFN width, h = head dim.
+# kv = kv heads * head dim, f = FFN width, h = head dim, x = experts.
 _SHAPES: dict[str, Callable] = {
     "e": lambda hp: (hp.n_embd,),
+    "f": lambda hp: (hp.n_ff,),
+    "qkv": lambda hp: ((hp.n_head + 2 * hp.n_head_kv) * hp.head_dim, hp.n_embd),
+    "qkv_bias": lambda hp: ((hp.n_head + 2 * hp.n_head_kv) * hp.head_dim,),
+    "router": lambda hp: (hp.n_expert, hp.n_embd),
     "h": lambda hp: (hp.head_dim,),
     "q": lambda hp: (hp.n_head * hp.head_dim, hp.n_embd),
     "kv": lambda hp: (hp.n_head_kv * hp.head_dim, hp.n_embd),
@@ -57,10 +64,65 @@ GEMMA3_LAYER = (
     ("post_feedforward_layernorm.weight", "post_ffw_norm.weight", "e"),
     *_MLP,
 )
-# model-level tensors: (HF name, GGUF name, shape kind); the output is added unless tied
+# Mixtral: the router, then each expert's w1 (gate), w3 (up), w2 (down). An HF name with {e}
+# is one tensor per expert, stacked into one GGUF tensor [expert, rows, cols] as llama.cpp's
+# converter merges them (GGUF dims [cols, rows, n_expert]).
+MIXTRAL_LAYER = LLAMA_LAYER[:6] + (
+    ("block_sparse_moe.gate.weight", "ffn_gate_inp.weight", "router"),
+    ("block_sparse_moe.experts.{e}.w1.weight", "ffn_gate_exps.weight", "ff_in"),
+    ("block_sparse_moe.experts.{e}.w3.weight", "ffn_up_exps.weight", "ff_in"),
+    ("block_sparse_moe.experts.{e}.w2.weight", "ffn_down_exps.weight", "ff_out"),
+)
+
+
+def _with_bias(pairs):
+    """(HF, GGUF, kind, bias kind) -> the weight and its bias, both named as the weight is."""
+    out = []
+    for hf, gg, kind, bias in pairs:
+        out += [(hf + ".weight", gg + ".weight", kind), (hf + ".bias", gg + ".bias", bias)]
+    return tuple(out)
+
+
+# Phi-2: one LayerNorm per layer feeding attention and MLP in parallel; biases everywhere
+PHI2_LAYER = _with_bias((
+    ("input_layernorm", "attn_norm", "e", "e"),
+    ("self_attn.q_proj", "attn_q", "q", "q_bias"),
+    ("self_attn.k_proj", "attn_k", "kv", "kv_bias"),
+    ("self_attn.v_proj", "attn_v", "kv", "kv_bias"),
+    ("self_attn.dense", "attn_output", "o", "e"),
+    ("mlp.fc1", "ffn_up", "ff_in", "f"),
+    ("mlp.fc2", "ffn_down", "ff_out", "e"),
+))
+# GPT-NeoX: fused q/k/v (reordered, see neox_qkv), two LayerNorms, biases everywhere
+GPTNEOX_LAYER = _with_bias((
+    ("input_layernorm", "attn_norm", "e", "e"),
+    ("attention.query_key_value", "attn_qkv", "qkv", "qkv_bias"),
+    ("attention.dense", "attn_output", "o", "e"),
+    ("post_attention_layernorm", "ffn_norm", "e", "e"),
+    ("mlp.dense_h_to_4h", "ffn_up", "ff_in", "f"),
+    ("mlp.dense_4h_to_h", "ffn_down", "ff_out", "e"),
+))
+
+# model-level tensors: (HF name, GGUF name, shape kind), the embedding first; the outputs are
+# added unless the embeddings are tied
 GLOBAL_TENSORS = (("model.embed_tokens.weight", "token_embd.weight", "vocab"),
                   ("model.norm.weight", "output_norm.weight", "e"))
 OUTPUT_TENSOR = ("lm_head.weight", "output.weight", "vocab")
+PHI2_GLOBALS = (("model.embed_tokens.weight", "token_embd.weight", "vocab"),
+                ("model.final_layernorm.weight", "output_norm.weight", "e"),
+                ("model.final_layernorm.bias", "output_norm.bias", "e"))
+PHI2_OUTPUTS = (OUTPUT_TENSOR, ("lm_head.bias", "output.bias", "vocab_bias"))
+GPTNEOX_GLOBALS = (("gpt_neox.embed_in.weight", "token_embd.weight", "vocab"),
+                   ("gpt_neox.final_layer_norm.weight", "output_norm.weight", "e"),
+                   ("gpt_neox.final_layer_norm.bias", "output_norm.bias", "e"))
+GPTNEOX_OUTPUTS = (("embed_out.weight", "output.weight", "vocab"),)
+
+
+def neox_qkv(a: np.ndarray, hp) -> np.ndarray:
+    """GPT-NeoX's query_key_value rows come per head as [q_h; k_h; v_h]; llama.cpp's converter
+    (and its gptneox graph) wants [q of every head; k of every head; v of every head]."""
+    lead = (hp.n_head, 3, hp.head_dim)
+    return np.ascontiguousarray(a.reshape(*lead, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
 
 
 @dataclass(frozen=True)
@@ -71,8 +133,8 @@ class ArchSpec:
     gguf_arch: str                     # general.architecture
     layer: tuple                       # (HF, GGUF, shape kind) per layer
     act_key: str                       # the config key naming the FFN activation ...
-    act: str                           # ... and the one value it may have
-    ffn: str                           # HParams.ffn: swiglu | geglu
+    act: str | tuple[str, ...]         # ... and the values it may have (the first: the default)
+    ffn: str                           # HParams.ffn: swiglu | geglu | gelu
     permute_qk: bool                   # llama.cpp's undo of rotate_half (adjacent pairs); else NEOX
     rope_types: tuple[str, ...]        # rope_scaling types accepted
     norm_offset: float = 0.0           # added to every *norm.weight (Gemma's RMSNorm is x*(1+w))
@@ -85,14 +147,37 @@ class ArchSpec:
     extra_keys: Callable[[dict, object, list], dict] | None = None   # (config, hparams, notes)
     tokenizer_keys: Callable[[bool], dict] | None = None             # (has tokenizer.model)
     check: Callable[[dict], None] | None = None                      # refusals beyond the common ones
+    # where the HF names live, and the model-level tensors (see GLOBAL_TENSORS)
+    prefix: str = "model.layers.{i}."
+    globals: tuple = GLOBAL_TENSORS
+    outputs: tuple = (OUTPUT_TENSOR,)
+    clex_prefix: str = "model.clex_layer."    # the CLEX layer's weights (the official name)
+    official_clex: bool = False        # the official CLEX code patches it (its head_dim rule)
+    norm: str = "rms"                  # HParams.norm: rms | layer
+    eps_key: str = "rms_norm_eps"
+    theta_keys: tuple[str, ...] = ("rope_theta",)      # the rope base: the first present
+    rotary_keys: tuple[str, ...] = ()  # the rotated fraction of each head: the first present
+    parallel_key: str | None = None    # config key of a parallel residual (None: sequential)
+    parallel_default: bool = False
+    experts: bool = False              # num_local_experts / num_experts_per_tok
+    refused_flags: tuple[str, ...] = ("attention_bias", "mlp_bias")   # refused when true
+    transforms: dict = field(default_factory=dict)     # GGUF name suffix -> f(array, hparams)
+    # the {arch}.* keys in place of schema.hparams_metadata's, where llama.cpp writes other ones
+    base_keys: Callable[[object, dict, list], dict] | None = None     # (hparams, config, notes)
 
     def layer_shapes(self, hp) -> list[tuple[str, str, tuple[int, ...]]]:
         return [(hf, gg, shape(kind, hp)) for hf, gg, kind in self.layer]
+
+    @property
+    def acts(self) -> tuple[str, ...]:
+        return (self.act,) if isinstance(self.act, str) else self.act
 
 
 def shape(kind: str, hp) -> tuple[int, ...]:
     if kind == "vocab":
         return (hp.n_vocab, hp.n_embd)
+    if kind == "vocab_bias":
+        return (hp.n_vocab,)
     return _SHAPES[kind](hp)
 
 
@@ -195,11 +280,19 @@ _GEMMA3_DEFAULTS = {"hidden_activation": "gelu_pytorch_tanh", "max_position_embe
                     "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
                     "rope_local_base_freq": 10000.0, "sliding_window": 4096, "tie_word_embeddings": True}
 
+# transformers' MixtralConfig, PhiConfig, GPTNeoXConfig
+_MIXTRAL_DEFAULTS = {"max_position_embeddings": 4096 * 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+                     "rope_theta": 1e6, "num_local_experts": 8, "num_experts_per_tok": 2}
+_PHI2_DEFAULTS = {"hidden_act": "gelu_new", "max_position_embeddings": 2048, "layer_norm_eps": 1e-5,
+                  "partial_rotary_factor": 0.5}
+_GPTNEOX_DEFAULTS = {"hidden_act": "gelu", "max_position_embeddings": 2048, "layer_norm_eps": 1e-5,
+                     "rotary_pct": 0.25, "use_parallel_residual": True}
+
 _LLAMA_ROPES = ("linear", "llama3", "clex")
 ARCHS = (
     ArchSpec("llama", ("LlamaForCausalLM", "CLEXLlamaForCausalLM"), ("llama",), "llama", LLAMA_LAYER,
              "hidden_act", "silu", "swiglu", permute_qk=True, rope_types=_LLAMA_ROPES,
-             vocab_size_key=True, rope_dim_key=True),
+             vocab_size_key=True, rope_dim_key=True, official_clex=True),
     ArchSpec("mistral", ("MistralForCausalLM",), ("mistral",), "llama", LLAMA_LAYER,
              "hidden_act", "silu", "swiglu", permute_qk=True, rope_types=_LLAMA_ROPES,
              defaults={"sliding_window": 4096},
@@ -212,6 +305,29 @@ ARCHS = (
              rope_types=("linear", "clex"), norm_offset=1.0, defaults=_GEMMA3_DEFAULTS,
              always_head_dim_key=True, extra_keys=_gemma3_keys, tokenizer_keys=_gemma3_tokenizer,
              check=_gemma3_check),
+    # the official CLEX code's CLEXMixtralForCausalLM and CLEXPhiForCausalLM (its config classes
+    # keep model_type mixtral / phi)
+    ArchSpec("mixtral", ("MixtralForCausalLM", "CLEXMixtralForCausalLM"), ("mixtral",), "llama",
+             MIXTRAL_LAYER, "hidden_act", "silu", "swiglu", permute_qk=True, rope_types=("linear", "clex"),
+             defaults=_MIXTRAL_DEFAULTS, vocab_size_key=True, rope_dim_key=True,
+             extra_keys=K.mixtral_keys, official_clex=True, experts=True),
+    ArchSpec("phi2", ("PhiForCausalLM", "CLEXPhiForCausalLM"), ("phi",), "phi2", PHI2_LAYER,
+             "hidden_act", ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "gelu", permute_qk=False,
+             rope_types=("clex",), defaults=_PHI2_DEFAULTS, tokenizer_keys=K.phi2_tokenizer,
+             check=K.phi2_check, globals=PHI2_GLOBALS, outputs=PHI2_OUTPUTS, official_clex=True,
+             norm="layer", eps_key="layer_norm_eps", rotary_keys=("partial_rotary_factor",),
+             parallel_default=True, refused_flags=(), base_keys=K.phi2_keys),
+    # the paper's other RoPE model; a CLEX GPT-NeoX keeps the official layer's names under its
+    # base model (gpt_neox.clex_layer.*)
+    ArchSpec("gptneox", ("GPTNeoXForCausalLM",), ("gpt_neox",), "gptneox", GPTNEOX_LAYER,
+             "hidden_act", ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "gelu",
+             permute_qk=False, rope_types=("clex",), defaults=_GPTNEOX_DEFAULTS,
+             check=K.gptneox_check, prefix="gpt_neox.layers.{i}.", globals=GPTNEOX_GLOBALS,
+             outputs=GPTNEOX_OUTPUTS, clex_prefix="gpt_neox.clex_layer.", norm="layer",
+             eps_key="layer_norm_eps", theta_keys=("rotary_emb_base", "rope_theta"),
+             rotary_keys=("rotary_pct", "partial_rotary_factor"), parallel_key="use_parallel_residual", parallel_default=True,
+             refused_flags=(), transforms={"attn_qkv.weight": neox_qkv, "attn_qkv.bias": neox_qkv},
+             base_keys=K.gptneox_keys),
 )
 SUPPORTED_ARCHITECTURES = tuple(a for spec in ARCHS for a in spec.hf_architectures)
 

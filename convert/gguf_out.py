@@ -176,9 +176,10 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def weight_type(outtype: str, shape: tuple[int, ...], name: str, notes: list[str]) -> int:
-    """The GGML type a tensor gets: norms and every 1-D tensor stay F32; 2-D weights take the
-    outtype, falling back to F16 where the row length is not a multiple of 32."""
-    if len(shape) < 2 or outtype == "f32":
+    """The GGML type a tensor gets: norms, every 1-D tensor and an expert router stay F32 (as
+    llama.cpp's converter keeps them); 2-D weights and 3-D expert stacks take the outtype,
+    falling back to F16 where the row length is not a multiple of 32."""
+    if len(shape) < 2 or outtype == "f32" or name.endswith("ffn_gate_inp.weight"):
         return Q.F32_ID
     tid = Q.TYPE_IDS[outtype]
     if tid in Q.BLOCK_TYPES and shape[-1] % Q.QK:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,8 @@ import numpy as np
 from clexrt.errors import ConvertError
 from clexrt.gguf.schema import HParams
 
-from .arch import GLOBAL_TENSORS, OUTPUT_TENSOR, SUPPORTED_ARCHITECTURES, ArchSpec, arch_for, shape
+from .arch import SUPPORTED_ARCHITECTURES, ArchSpec, arch_for, shape
+from .arch_keys import expert_counts, rotary_dim
 from .safetensors import Entry, SafetensorsFile, read_entry
 
 __all__ = ["HFConfig", "HFCheckpoint", "ClexConfig", "Llama3Rope", "SUPPORTED_ARCHITECTURES"]
@@ -31,8 +33,10 @@ ROPE_FIELDS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "clex": CLEX_KEYS + ("factor",),
 }
-# buffers some checkpoints carry that are recomputed at load time
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# buffers some checkpoints carry that are recomputed at load time (rotary tables; GPT-NeoX's
+# causal masks), skipped by llama.cpp's converter too
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias")
+_EXPERT = re.compile(r".*\.experts\.(\d+)\.")
 
 
 def _read_json(path: str, what: str):
@@ -71,6 +75,7 @@ class ClexConfig:
     act: str
     time_dt: float
     log_scale: bool
+    defaulted: tuple[str, ...] = ()     # fields config.json lacks, given the early official values
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,11 @@ class HFConfig:
             raise ConvertError("config.json: not a JSON object")
         spec = arch_for(raw)
         cfg = {**spec.defaults, **raw}
-        act = cfg.get(spec.act_key, spec.act)
-        if act != spec.act:
+        act = cfg.get(spec.act_key, spec.acts[0])
+        if act not in spec.acts:
             raise ConvertError(f"config.json: {spec.act_key} {act!r} is not supported "
-                               f"({spec.name} uses {spec.act!r})")
-        for key in ("attention_bias", "mlp_bias"):
+                               f"({spec.name} uses {' or '.join(map(repr, spec.acts))})")
+        for key in spec.refused_flags:
             if cfg.get(key):
                 raise ConvertError(f"config.json: {key} true is not supported for {spec.name}")
         if spec.check:
@@ -117,9 +122,9 @@ class HFConfig:
             raise ConvertError(f"config.json: num_attention_heads {n_head} is not a multiple of "
                                f"num_key_value_heads {n_head_kv}")
         kind, clex, linear, llama3 = _rope_scaling(cfg, spec)
-        # the official CLEX code (LLaMA) ignores a head_dim key (d = hidden_size / heads);
-        # transformers honours it
-        if (clex and spec.name == "llama") or cfg.get("head_dim") is None:
+        # the official CLEX code ignores a head_dim key (d = hidden_size / heads); transformers
+        # honours it
+        if (clex and spec.official_clex) or cfg.get("head_dim") is None:
             if n_embd % n_head:
                 raise ConvertError(f"config.json: hidden_size {n_embd} is not a multiple of "
                                    f"num_attention_heads {n_head}")
@@ -128,31 +133,62 @@ class HFConfig:
             head_dim = _pos_int(cfg, "head_dim")
         if head_dim % 2:
             raise ConvertError(f"config.json: head dimension {head_dim} is odd")
+        rot_keys = ("rotary_dim",) + spec.rotary_keys if spec.rotary_keys else ()
+        n_rot = rotary_dim(_first_present(raw, spec.defaults, rot_keys), rot_keys, head_dim)
+        n_expert, n_used = expert_counts(cfg) if spec.experts else (0, 0)
+        theta = _first_present(raw, spec.defaults, spec.theta_keys)
         hp = HParams(
             n_vocab=_pos_int(cfg, "vocab_size"), n_embd=n_embd, n_layer=_pos_int(cfg, "num_hidden_layers"),
             n_head=n_head, n_head_kv=n_head_kv, n_ff=_pos_int(cfg, "intermediate_size"), head_dim=head_dim,
-            n_rot=head_dim, n_ctx_train=_pos_int(cfg, "max_position_embeddings"),
-            rope_freq_base=_pos_float(cfg, "rope_theta", 10000.0),
-            rms_norm_eps=_pos_float(cfg, "rms_norm_eps", 1e-6),
+            n_rot=n_rot, n_ctx_train=_pos_int(cfg, "max_position_embeddings"),
+            rope_freq_base=_pos_float(theta, next(iter(theta), "rope_theta"), 10000.0),
+            rms_norm_eps=_pos_float(cfg, spec.eps_key, 1e-6),
             rope_scaling_type=None if linear is None else "linear", rope_scaling_factor=linear,
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), arch=spec.gguf_arch,
-            rope_layout="adjacent" if spec.permute_qk else "neox", ffn=spec.ffn)
+            rope_layout="adjacent" if spec.permute_qk else "neox", ffn=spec.ffn, norm=spec.norm,
+            parallel_residual=bool(cfg.get(spec.parallel_key, spec.parallel_default))
+            if spec.parallel_key else spec.parallel_default,
+            n_expert=n_expert, n_expert_used=n_used)
         return cls(hparams=hp, arch=spec, clex=clex, llama3=llama3, name=name, raw=raw, cfg=cfg)
+
+    def layer_names(self, i: int):
+        """(HF names, GGUF name, shape kind) of layer i: one HF name, or one per expert."""
+        hp, spec = self.hparams, self.arch
+        for hf, gg, kind in spec.layer:
+            full = spec.prefix.format(i=i) + hf
+            names = [full.replace("{e}", str(e)) for e in range(hp.n_expert)] if "{e}" in hf else [full]
+            yield names, f"blk.{i}.{gg}", kind
+
+    def model_tensors(self) -> tuple:
+        """(HF, GGUF, kind) of the model-level tensors: embedding, output norm(s), output(s)."""
+        spec = self.arch
+        return spec.globals + (() if self.hparams.tied_embeddings else spec.outputs)
+
+    def clex_names(self) -> dict[str, str]:
+        p = self.arch.clex_prefix
+        return {"inv": p + "inv_freq", "up": p + "proj_func.ode_up_proj", "down": p + "proj_func.ode_down_proj"}
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF tensor name -> shape (torch order: [out, in])."""
         hp = self.hparams
-        tensors = GLOBAL_TENSORS + (() if hp.tied_embeddings else (OUTPUT_TENSOR,))
-        shapes = {hf: shape(kind, hp) for hf, _, kind in tensors}
+        shapes = {hf: shape(kind, hp) for hf, _, kind in self.model_tensors()}
         for i in range(hp.n_layer):
-            for hf, _, s in self.arch.layer_shapes(hp):
-                shapes[f"model.layers.{i}.{hf}"] = s
+            for names, _, kind in self.layer_names(i):
+                shapes.update((n, shape(kind, hp)) for n in names)
         if self.clex:
-            h, pd = hp.head_dim // 2, self.clex.param_factor * hp.head_dim
-            shapes.update({"model.clex_layer.inv_freq": (h,),
-                           "model.clex_layer.proj_func.ode_up_proj": (h, pd),
-                           "model.clex_layer.proj_func.ode_down_proj": (pd, h)})
+            h, pd = hp.n_rot // 2, self.clex.param_factor * hp.n_rot
+            c = self.clex_names()
+            shapes.update({c["inv"]: (h,), c["up"]: (h, pd), c["down"]: (pd, h)})
         return shapes
+
+
+def _first_present(raw: dict, defaults: dict, keys: tuple[str, ...]) -> dict:
+    """The first of keys config.json has (else the first transformers defaults), as {key: value}."""
+    for src in (raw, defaults):
+        for k in keys:
+            if src.get(k) is not None:
+                return {k: src[k]}
+    return {}
 
 
 def _rope_scaling(cfg: dict, spec: ArchSpec):
@@ -190,16 +226,24 @@ def _rope_scaling(cfg: dict, spec: ArchSpec):
     return kind, None, None, None
 
 
+# what the official layer used before its config carried them (CLEX/clex_layer.py up to the
+# refactoring that added "act" and "time_dt": SiLU and a step of 0.01): early configs lack them
+CLEX_EARLY_DEFAULTS = {"act": "silu", "time_dt": 0.01}
+
+
 def _clex_config(rs: dict, cfg: dict) -> ClexConfig:
-    missing = [k for k in CLEX_KEYS if k not in rs]
+    missing = [k for k in CLEX_KEYS if k not in rs and k not in CLEX_EARLY_DEFAULTS]
     if missing:
         raise ConvertError(f"config.json: rope_scaling of type 'clex' lacks {', '.join(missing)} "
                            f"(needs {', '.join(CLEX_KEYS)})")
+    defaulted = tuple(k for k in CLEX_EARLY_DEFAULTS if k not in rs)
+    rs = {**CLEX_EARLY_DEFAULTS, **rs}
     act = rs["act"]
     if act not in ("tanh", "silu"):
         raise ConvertError(f"config.json: rope_scaling act {act!r} is not one of tanh, silu")
     return ClexConfig(max_factor=_pos_int(rs, "max_factor"), param_factor=_pos_int(rs, "param_factor"),
-                      act=act, time_dt=_pos_float(rs, "time_dt"), log_scale=bool(cfg.get("log_scale", True)))
+                      act=act, time_dt=_pos_float(rs, "time_dt"), log_scale=bool(cfg.get("log_scale", True)),
+                      defaulted=defaulted)
 
 
 class HFCheckpoint:
@@ -328,21 +372,37 @@ class HFCheckpoint:
         missing = [n for n in want if n not in have]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise ConvertError(f"missing tensor {missing[0]!r}{more}")
+            raise ConvertError(f"missing tensor {missing[0]!r}{self._hint(missing[0])}{more}")
         for n, shape in want.items():
             if have[n].dtype not in ("F32", "F16", "BF16"):
                 raise ConvertError(f"tensor {n!r} has dtype {have[n].dtype}; supported: F32, F16, BF16")
             if have[n].shape != shape:
-                raise ConvertError(f"tensor {n!r} has shape {list(have[n].shape)}, config.json implies {list(shape)}")
+                raise ConvertError(f"tensor {n!r} has shape {list(have[n].shape)}, config.json implies "
+                                   f"{list(shape)}{self._hint(n)}")
         ignored = []
         for n in have:
             if n in want:
                 continue
             if n.endswith(IGNORED_SUFFIXES) or (n == "lm_head.weight" and self.config.hparams.tied_embeddings):
                 ignored.append(n)
+            elif (m := _EXPERT.match(n)) and self.config.arch.experts:
+                raise ConvertError(f"tensor {n!r} is expert {m.group(1)}, but num_local_experts is "
+                                   f"{self.config.hparams.n_expert}")
             else:
                 raise ConvertError(f"unexpected tensor {n!r} for {self.config.arch.name}")
         return ignored
+
+    def _hint(self, name: str) -> str:
+        """What config.json says about a tensor's shape, for the error naming it."""
+        c, hp = self.config, self.config.hparams
+        if c.clex and name in c.clex_names().values():
+            return (f" (the CLEX layer covers the rotary dimension {hp.n_rot} of the {hp.head_dim}-wide "
+                    f"head, param_factor {c.clex.param_factor})")
+        if name.endswith("block_sparse_moe.gate.weight"):
+            return f" (the router of num_local_experts = {hp.n_expert})"
+        if _EXPERT.match(name):
+            return f" (num_local_experts = {hp.n_expert})"
+        return ""
 
     # -- tokenizer files ---------------------------------------------------------------------
     def json_file(self, name: str) -> dict | None:

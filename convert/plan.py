@@ -10,14 +10,15 @@ from clexrt.rope.ode import ClexODE
 from clexrt.gguf.schema import hparams_metadata
 from clexrt.rope import base_inv_freq, bake_clex
 
-from .arch import GLOBAL_TENSORS, OUTPUT_TENSOR, llama3_rope_factors
+from .arch import llama3_rope_factors
 from .gguf_out import FILE_TYPES, MIX_OUTTYPES, OUTTYPES, Plan, TensorPlan, permute_qk, weight_type
 from .hf import HFCheckpoint
 
 
 def _transform(spec, hp, gguf_name: str):
     """What llama.cpp's converter does to a weight on its way: the q/k permutation (rotate_half
-    to adjacent pairs) where the architecture rotates adjacent pairs, and the +1 of Gemma's norms."""
+    to adjacent pairs) where the architecture rotates adjacent pairs, the +1 of Gemma's norms,
+    and the architecture's own (GPT-NeoX's q/k/v order)."""
     kind = gguf_name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
     if spec.permute_qk and kind in ("attn_q", "attn_k"):
         n = hp.n_head if kind == "attn_q" else hp.n_head_kv
@@ -25,6 +26,9 @@ def _transform(spec, hp, gguf_name: str):
     if spec.norm_offset and gguf_name.endswith("norm.weight"):
         off = np.float32(spec.norm_offset)
         return lambda a: a + off
+    own = spec.transforms.get(gguf_name.split(".", 2)[-1] if gguf_name.startswith("blk.") else gguf_name)
+    if own:
+        return lambda a: own(a, hp)
     return None
 
 
@@ -33,15 +37,18 @@ def _tensor_plans(ckpt: HFCheckpoint, outtype: str, notes: list[str]) -> list[Te
     hp, spec = cfg.hparams, cfg.arch
     plans: list[TensorPlan] = []
 
-    def add(gguf_name: str, hf_name: str):
-        shape = ckpt.shape(hf_name)
+    def add(gguf_name: str, hf_names: list[str]):
+        # one HF tensor, or one per expert stacked [expert, rows, cols]
+        one = ckpt.shape(hf_names[0])
+        shape = tuple(one) if len(hf_names) == 1 else (len(hf_names), *one)
         tid = weight_type(outtype, shape, gguf_name, notes)
 
-        def load(hf_name=hf_name, transform=_transform(spec, hp, gguf_name)):
-            a = ckpt.load(hf_name)
+        def load(hf_names=hf_names, transform=_transform(spec, hp, gguf_name)):
+            a = ckpt.load(hf_names[0]) if len(hf_names) == 1 else np.stack([ckpt.load(n) for n in hf_names])
             return transform(a) if transform else a
 
-        plans.append(TensorPlan(gguf_name, tuple(shape), tid, load, source=hf_name))
+        source = hf_names[0] if len(hf_names) == 1 else f"{hf_names[0]} .. ({len(hf_names)} experts)"
+        plans.append(TensorPlan(gguf_name, shape, tid, load, source=source))
 
     if cfg.llama3:
         r = cfg.llama3
@@ -49,24 +56,27 @@ def _tensor_plans(ckpt: HFCheckpoint, outtype: str, notes: list[str]) -> list[Te
                                       r.high_freq_factor, r.original_max_position_embeddings)
         plans.append(TensorPlan("rope_freqs.weight", factors.shape, weight_type(outtype, factors.shape, "rope_freqs.weight", notes),
                                 lambda: factors, source="rope_scaling llama3"))
-    tensors = GLOBAL_TENSORS + (() if hp.tied_embeddings else (OUTPUT_TENSOR,))
-    add(tensors[0][1], tensors[0][0])
+    tensors = cfg.model_tensors()
+    add(tensors[0][1], [tensors[0][0]])
     for i in range(hp.n_layer):
-        for hf, gg, _ in spec.layer:
-            add(f"blk.{i}.{gg}", f"model.layers.{i}.{hf}")
+        for hf_names, gg, _ in cfg.layer_names(i):
+            add(gg, hf_names)
     for hf, gg, _ in tensors[1:]:
-        add(gg, hf)
+        add(gg, [hf])
     return plans
 
 
 def _arch_metadata(cfg, notes: list[str]) -> dict:
     """The {arch}.* keys as llama.cpp's converter writes them for this architecture, and ours."""
     hp, spec, a = cfg.hparams, cfg.arch, cfg.hparams.arch
-    md = hparams_metadata(hp)
-    if not spec.vocab_size_key:
-        md.pop(f"{a}.vocab_size", None)
-    if not spec.rope_dim_key:
-        md.pop(f"{a}.rope.dimension_count", None)
+    if spec.base_keys:
+        md = spec.base_keys(hp, cfg.cfg, notes)
+    else:
+        md = hparams_metadata(hp)
+        if not spec.vocab_size_key:
+            md.pop(f"{a}.vocab_size", None)
+        if not spec.rope_dim_key:
+            md.pop(f"{a}.rope.dimension_count", None)
     if spec.always_head_dim_key or cfg.cfg.get("head_dim") is not None:
         md[f"{a}.attention.key_length"] = md[f"{a}.attention.value_length"] = hp.head_dim
     if spec.extra_keys:
@@ -77,7 +87,8 @@ def _arch_metadata(cfg, notes: list[str]) -> dict:
 def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int | None,
                notes: list[str]) -> dict:
     cfg = ckpt.config
-    d = cfg.hparams.head_dim
+    d = cfg.hparams.n_rot          # the CLEX layer covers the rotated part of the head only
+    names = cfg.clex_names()
     if clex_init is None:
         clex_init = "ode" if cfg.clex else None
     if clex_init is None:
@@ -93,9 +104,12 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
         kind = "llama3" if cfg.llama3 else cfg.hparams.rope_scaling_type
         raise ConvertError(f"CLEX tables cannot be combined with {kind} rope scaling")
     if cfg.clex:
-        inv = ckpt.load("model.clex_layer.inv_freq").astype(np.float32)
+        inv = ckpt.load(names["inv"]).astype(np.float32)
         if np.any(inv <= 0):
-            raise ConvertError("model.clex_layer.inv_freq has non-positive values")
+            raise ConvertError(f"{names['inv']} has non-positive values")
+        if cfg.clex.defaulted:
+            notes.append(f"rope_scaling lacks {', '.join(cfg.clex.defaulted)}: the early official "
+                         f"layer's act {cfg.clex.act!r}, time_dt {cfg.clex.time_dt:g}")
         m = clex_max_factor or cfg.clex.max_factor
         act, dt, log_scale, pf = cfg.clex.act, cfg.clex.time_dt, cfg.clex.log_scale, cfg.clex.param_factor
     else:
@@ -107,14 +121,14 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
         raise ConvertError(f"CLEX max_factor must be in 1..1024, got {m}")
     if clex_init == "ode":
         ode = ClexODE(inv, act=act, time_dt=dt,
-                      up=ckpt.load("model.clex_layer.proj_func.ode_up_proj"),
-                      down=ckpt.load("model.clex_layer.proj_func.ode_down_proj"))
+                      up=ckpt.load(names["up"]), down=ckpt.load(names["down"]))
     else:
         ode, pf = ClexODE(inv, act=act, time_dt=dt), 0
     md = bake_clex(ode, cfg.hparams.n_ctx_train, m, clex_init, param_factor=pf, log_scale=log_scale)
     n_grid = md["clex.grid"].size
     notes.append(f"CLEX ({clex_init}): tables for t in 1..{m} at {n_grid} grid points, "
-                 f"L = {cfg.hparams.n_ctx_train}, d = {d}")
+                 f"L = {cfg.hparams.n_ctx_train}, d = {d}"
+                 + (f" (the rotary part of the {cfg.hparams.head_dim}-wide head)" if d != cfg.hparams.head_dim else ""))
     return md
 
 

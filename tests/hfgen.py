@@ -13,8 +13,9 @@ trained here (make_checkpoint). Two kinds:
 where stored as bf16), for an independent reference forward.
 
 Checkpoints of every converted architecture (LLaMA, Llama 3 rope scaling, Mistral, Qwen2,
-Gemma 3; each also with CLEX) built by transformers' own classes (make_tf_checkpoint), which
-returns the model itself as the reference.
+Gemma 3, Phi-2, GPT-NeoX, Mixtral; each also with CLEX, in the official code's format where it
+has one) built by transformers' own classes (make_tf_checkpoint), which returns the model itself
+as the reference.
 """
 from __future__ import annotations
 
@@ -253,21 +254,26 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 BPE_SPECIALS = {"llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
-                "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+                "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                "gpt2": ["<|endoftext|>"]}
 _BPE_CACHE: dict[str, str] = {}
 
 
 def train_bpe(kind: str, vocab_size: int = 320) -> str:
     """tokenizer.json text of a byte-level BPE shaped like Llama 3's (kind llama3: ignore_merges,
-    a template that adds <|begin_of_text|>) or Qwen2's (qwen2: nothing added)."""
+    a template that adds <|begin_of_text|>), Qwen2's (qwen2: nothing added) or GPT-2's as Phi-2
+    and GPT-NeoX ship it (gpt2: the ByteLevel pre-tokenizer's own regex, nothing added)."""
     if kind not in _BPE_CACHE:
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
         tok = Tokenizer(models.BPE(ignore_merges=kind == "llama3", byte_fallback=False))
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT if kind == "llama3" else QWEN2_SPLIT),
-                                 behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=kind == "llama3", use_regex=False)])
+        if kind == "gpt2":
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+        else:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT if kind == "llama3" else QWEN2_SPLIT),
+                                     behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=kind == "llama3", use_regex=False)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -288,12 +294,14 @@ def train_bpe(kind: str, vocab_size: int = 320) -> str:
 
 @dataclass
 class TFSpec:
-    """One transformers checkpoint: `arch` llama | llama3 | mistral | qwen2 | gemma3, plus CLEX."""
+    """One transformers checkpoint: `arch` llama | llama3 | mistral | qwen2 | gemma3 | phi2 |
+    gptneox | mixtral, plus CLEX (the official code's format where it has one)."""
     arch: str
     clex: bool = False
     n_layer: int = 2
     seed: int = 0
     window: int | None = None       # sliding_window (mistral, gemma3)
+    parallel: bool = True           # use_parallel_residual (gptneox)
 
     @property
     def name(self) -> str:
@@ -301,7 +309,11 @@ class TFSpec:
 
     @property
     def tokenizer(self) -> str:
-        return "bpe" if self.arch in ("llama3", "qwen2") else "spm"
+        return "bpe" if self.arch in ("llama3", "qwen2", "phi2", "gptneox") else "spm"
+
+    @property
+    def bpe(self) -> str:
+        return self.arch if self.arch in ("llama3", "qwen2") else "gpt2"
 
 
 def _tf_config(spec: TFSpec, n_vocab: int):
@@ -326,6 +338,17 @@ def _tf_config(spec: TFSpec, n_vocab: int):
         specials = dict(bos_token_id=n_vocab - 7, eos_token_id=n_vocab - 5)
         return T.Qwen2Config(**{**common, **specials}, rope_theta=1000000.0, tie_word_embeddings=True), \
             T.Qwen2ForCausalLM
+    eot = dict(bos_token_id=n_vocab - 5, eos_token_id=n_vocab - 5)     # <|endoftext|>
+    big = dict(vocab_size=n_vocab, hidden_size=128, intermediate_size=512, num_hidden_layers=spec.n_layer,
+               num_attention_heads=4, max_position_embeddings=64, layer_norm_eps=1e-5, initializer_range=0.1)
+    if spec.arch == "phi2":         # Phi-2's proportions: 40% of each head rotated, the FFN 4x wide
+        return T.PhiConfig(**big, **eot, partial_rotary_factor=0.4), T.PhiForCausalLM
+    if spec.arch == "gptneox":      # Pythia's: a quarter of each head rotated
+        return T.GPTNeoXConfig(**big, **eot, rotary_pct=0.25, hidden_act="gelu_new",
+                               use_parallel_residual=spec.parallel), T.GPTNeoXForCausalLM
+    if spec.arch == "mixtral":      # 4 experts, top-2
+        return T.MixtralConfig(**common, rope_theta=1000000.0, num_local_experts=4, num_experts_per_tok=2), \
+            T.MixtralForCausalLM
     if spec.arch == "gemma3":
         return T.Gemma3TextConfig(**common, head_dim=24, pad_token_id=0, query_pre_attn_scalar=20,
                                   sliding_window=spec.window, final_logit_softcapping=30.0,
@@ -349,12 +372,14 @@ def _write_tokenizer(folder: str, spec: TFSpec) -> int:
                                        "eos_token": {"content": "</s>", "special": True}, "unk_token": "<unk>",
                                        "chat_template": CHAT_TEMPLATE, "model_max_length": 64})
         return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
-    text = train_bpe(spec.arch)
+    text = train_bpe(spec.bpe)
     with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
         f.write(text)
-    specials = BPE_SPECIALS[spec.arch]
+    specials = BPE_SPECIALS[spec.bpe]
     tc = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHAT_TEMPLATE, "model_max_length": 64}
-    if spec.arch == "llama3":
+    if spec.bpe == "gpt2":          # Phi-2's and Pythia's: <|endoftext|> for all three
+        tc.update(bos_token=specials[0], eos_token=specials[0], unk_token=specials[0])
+    elif spec.arch == "llama3":
         tc.update(bos_token=specials[0], eos_token=specials[1])
     else:
         tc.update(bos_token=None, eos_token=specials[2], pad_token=specials[0])
@@ -377,32 +402,49 @@ def make_tf_checkpoint(folder, spec: TFSpec):
     model = cls(cfg).eval()
     with torch.no_grad():       # norms away from their init of 1 (0 for Gemma) so a wrong offset shows
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.add_(0.1 * torch.randn_like(p))
+            if name.endswith("norm.weight") or (name.endswith(".bias") and spec.arch in ("phi2", "gptneox")):
+                p.add_(0.1 * torch.randn_like(p))       # and Phi-2's and NeoX's biases away from 0
     model.save_pretrained(folder, safe_serialization=True)
     if spec.clex:
         _add_clex(folder, model, spec)
     return model
 
 
+# the official CLEX code's model classes (its config classes keep transformers' model_type)
+CLEX_ARCHITECTURES = {"llama": "CLEXLlamaForCausalLM", "phi2": "CLEXPhiForCausalLM",
+                      "mixtral": "CLEXMixtralForCausalLM"}
+
+
+def clex_prefix(arch: str) -> str:
+    """Where the official code's CLEXScalingRotaryEmbedding lives: the base model's clex_layer
+    (a GPT-NeoX has no official CLEX; its base model is gpt_neox)."""
+    return "gpt_neox.clex_layer." if arch == "gptneox" else "model.clex_layer."
+
+
 def _add_clex(folder, model, spec: TFSpec, max_factor: int = 4, param_factor: int = 1) -> None:
+    """The official layer's weights (CLEX/clex_layer.py: inv_freq over the rotary part of the
+    head, proj_func.ode_up_proj [d/2, P*d], ode_down_proj [P*d, d/2]) and its rope_scaling."""
     from safetensors.numpy import load_file
 
     path = os.path.join(folder, "model.safetensors")
     tensors = load_file(path)
-    inv = model.model.rotary_emb.inv_freq.detach().float().numpy().copy()     # the global layers' rope
+    base = model.gpt_neox if spec.arch == "gptneox" else model.model
+    inv = base.rotary_emb.inv_freq.detach().float().numpy().copy()     # the global layers' rope
     h = inv.size
     rng = np.random.default_rng(2000 + spec.seed)
-    tensors["model.clex_layer.inv_freq"] = inv
-    tensors["model.clex_layer.proj_func.ode_up_proj"] = rng.uniform(
+    p = clex_prefix(spec.arch)
+    tensors[p + "inv_freq"] = inv
+    tensors[p + "proj_func.ode_up_proj"] = rng.uniform(
         -1 / math.sqrt(h), 1 / math.sqrt(h), (h, 2 * h * param_factor)).astype(F32)
-    tensors["model.clex_layer.proj_func.ode_down_proj"] = (rng.standard_normal((2 * h * param_factor, h)) * 0.015).astype(F32)
+    tensors[p + "proj_func.ode_down_proj"] = (rng.standard_normal((2 * h * param_factor, h)) * 0.015).astype(F32)
     write_safetensors(path, tensors, {"format": "pt"})
     with open(os.path.join(folder, "config.json")) as f:
         cfg = json.load(f)
     cfg["rope_scaling"] = {"type": "clex", "max_factor": max_factor, "param_factor": param_factor,
                            "time_dt": 0.01, "act": "tanh", "factor": 1}
-    if spec.arch == "llama":
-        cfg["architectures"] = ["CLEXLlamaForCausalLM"]
+    if spec.arch in CLEX_ARCHITECTURES:
+        cfg["architectures"] = [CLEX_ARCHITECTURES[spec.arch]]
+    if spec.arch == "mixtral":      # CLEXMixtralConfig's own fields
+        cfg.update(use_flashattn=True, log_scale=True, pretraining_tp=1)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)

@@ -44,7 +44,9 @@ def _report(plan, out, t0, dry_run):
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr.")
 def convert(hf_dir, out, outtype, dry_run, vocab_only, clex_init, clex_max_factor, no_progress):
     """Convert a Hugging Face checkpoint (plain or CLEX) to GGUF: LlamaForCausalLM (Llama 1-3.x),
-    MistralForCausalLM, Qwen2ForCausalLM (Qwen2, Qwen2.5), Gemma3ForCausalLM (text)."""
+    MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM (Qwen2, Qwen2.5), Gemma3ForCausalLM
+    (text), PhiForCausalLM (Phi-2), GPTNeoXForCausalLM (Pythia), and the official CLEX code's
+    CLEXLlamaForCausalLM, CLEXMixtralForCausalLM and CLEXPhiForCausalLM."""
     from ..convert import convert_hf
 
     if out is None and not dry_run:
