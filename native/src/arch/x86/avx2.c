@@ -245,6 +245,7 @@ static const clex_kernels avx2_set = {
     .wsum16 = wsum16_avx2,
     .to_f16 = to_f16_avx2,
     .from_f16 = from_f16_avx2,
+    .tiles = &clex_avx2_tiles,
 };
 
 const clex_kernels *clex_kernels_avx2(void) { return &avx2_set; }

@@ -31,7 +31,8 @@ CLEX_X86_K_DECLARE(clex_avx2, Q4_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q8_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
 
-/* the tile kernels of prefill (avx512_tile.c) */
+/* the tile kernels of prefill (avx2_tile.c, avx512_tile.c) */
+extern const clex_tile_set clex_avx2_tiles;
 extern const clex_tile_set clex_avx512vnni_tiles;
 
 /* A super-block of a K-quant weight row as the AVX-512 tile kernels take it (packed by
