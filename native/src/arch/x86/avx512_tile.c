@@ -67,12 +67,13 @@ INLINE __m512 sum16(const __m512 v[16]) {
 
 /* acc[4c + r] -> y[c * ystride + r] for r < R, c < C (added to y when accumulate) */
 INLINE void tile_store(const __m512 acc[16], int R, int C, float *y, int64_t ystride, int accumulate) {
-    const __m512 s = sum16(acc);
+    float s[16] __attribute__((aligned(64)));
+    _mm512_store_ps(s, sum16(acc));
     const __mmask8 m = (__mmask8)((1u << R) - 1);
     CLEX_UNROLL for (int c = 0; c < 4; c++) {
         if (c < C) {
             float *yc = y + c * ystride;
-            __m128 v = _mm512_extractf32x4_ps(s, c);
+            __m128 v = _mm_load_ps(s + 4 * c);
             if (accumulate) v = _mm_add_ps(v, _mm_maskz_loadu_ps(m, yc));
             _mm_mask_storeu_ps(yc, m, v);
         }
