@@ -302,6 +302,8 @@ class TFSpec:
     seed: int = 0
     window: int | None = None       # sliding_window (mistral, gemma3)
     parallel: bool = True           # use_parallel_residual (gptneox)
+    n_expert: int = 4               # mixtral (top-2)
+    width: int = 64                 # mixtral: hidden and FFN width (256: rows whole K-quant blocks)
 
     @property
     def name(self) -> str:
@@ -346,9 +348,11 @@ def _tf_config(spec: TFSpec, n_vocab: int):
     if spec.arch == "gptneox":      # Pythia's: a quarter of each head rotated
         return T.GPTNeoXConfig(**big, **eot, rotary_pct=0.25, hidden_act="gelu_new",
                                use_parallel_residual=spec.parallel), T.GPTNeoXForCausalLM
-    if spec.arch == "mixtral":      # 4 experts, top-2
-        return T.MixtralConfig(**common, rope_theta=1000000.0, num_local_experts=4, num_experts_per_tok=2), \
-            T.MixtralForCausalLM
+    if spec.arch == "mixtral":
+        ff = 96 if spec.width == 64 else spec.width       # 96: the common FFN width of the others
+        wide = dict(hidden_size=spec.width, intermediate_size=ff)
+        return T.MixtralConfig(**{**common, **wide}, rope_theta=1000000.0, num_local_experts=spec.n_expert,
+                               num_experts_per_tok=2), T.MixtralForCausalLM
     if spec.arch == "gemma3":
         return T.Gemma3TextConfig(**common, head_dim=24, pad_token_id=0, query_pre_attn_scalar=20,
                                   sliding_window=spec.window, final_logit_softcapping=30.0,

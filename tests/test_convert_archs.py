@@ -57,15 +57,28 @@ OURS_ONLY = {"tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_space_prefix
 # pre-tokenizer by: the runner leaves it unnamed, test_bpe_pre_tokenizer checks ours
 RUNNER = """
 import sys
-lc, pairs = sys.argv[1], sys.argv[2:]
+lc, outtype, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
 sys.path[:0] = [lc, lc + "/gguf-py"]
 import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "(not hashed)"
 import convert_hf_to_gguf as conv
 for src, out in zip(pairs[::2], pairs[1::2]):
-    sys.argv = ["convert_hf_to_gguf.py", src, "--outtype", "f32", "--outfile", out]
+    sys.argv = ["convert_hf_to_gguf.py", src, "--outtype", outtype, "--outfile", out]
     conv.main()
 """
+
+
+def llama_cpp_convert(folders: dict, root, outtype: str = "f32") -> dict:
+    """name -> the GGUF llama.cpp's converter writes for folders[name] (skips without its source)."""
+    if not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file():
+        pytest.skip(f"llama.cpp's convert_hf_to_gguf.py is not at {LLAMA_CPP} (set CLEXRT_LLAMA_CPP_SRC)")
+    args = [str(LLAMA_CPP), outtype]
+    for name, folder in folders.items():
+        args += [str(folder), str(Path(root) / f"{name}.gguf")]
+    env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"))
+    r = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {name: Path(root) / f"{name}.gguf" for name in folders}
 
 
 def _convert(folder, out, *extra):
@@ -88,16 +101,7 @@ def built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llama_cpp(built, tmp_path_factory):
     """name -> the F32 GGUF llama.cpp's converter writes for the plain folders."""
-    if not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file():
-        pytest.skip(f"llama.cpp's convert_hf_to_gguf.py is not at {LLAMA_CPP} (set CLEXRT_LLAMA_CPP_SRC)")
-    root = tmp_path_factory.mktemp("llamacpp")
-    args = [str(LLAMA_CPP)]
-    for name in PLAIN:
-        args += [str(built[name][0]), str(root / f"{name}.gguf")]
-    env = dict(os.environ, PYTHONPATH=str(LLAMA_CPP / "gguf-py"))
-    r = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return {name: root / f"{name}.gguf" for name in PLAIN}
+    return llama_cpp_convert({name: built[name][0] for name in PLAIN}, tmp_path_factory.mktemp("llamacpp"))
 
 
 def read(path):
@@ -108,10 +112,11 @@ def read(path):
     return kv, ts
 
 
-@pytest.mark.parametrize("name", PLAIN)
-def test_same_tensors_and_keys_as_llama_cpp(built, llama_cpp, name):
-    ours_kv, ours = read(built[name][2])
-    ref_kv, ref = read(llama_cpp[name])
+def same_as_llama_cpp(ours_path, ref_path, bpe: bool, ours_only=OURS_ONLY) -> set:
+    """Asserts our file has llama.cpp's tensors (names, shapes, types, bytes) and its keys with
+    its values, adding only keys of ours_only; returns the keys we add."""
+    ours_kv, ours = read(ours_path)
+    ref_kv, ref = read(ref_path)
     assert sorted(ours) == sorted(ref)
     for n, (shape, kind, data) in ref.items():
         assert ours[n][:2] == (shape, kind), n
@@ -120,15 +125,21 @@ def test_same_tensors_and_keys_as_llama_cpp(built, llama_cpp, name):
             np.testing.assert_allclose(ours[n][2], data, rtol=2.4e-7, atol=0)
         else:
             assert np.array_equal(ours[n][2], data), n
-    unnamed = {"tokenizer.ggml.pre"} if SPECS[name].tokenizer == "bpe" else set()
+    unnamed = {"tokenizer.ggml.pre"} if bpe else set()
     for k, v in ref_kv.items():
         if k in LLAMA_CPP_ONLY | unnamed:
             continue
         assert k in ours_kv, f"{k} missing (llama.cpp writes {v!r})"
         assert ours_kv[k] == v, k
-    assert set(ours_kv) - set(ref_kv) <= OURS_ONLY, set(ours_kv) - set(ref_kv)
-    # and the keys of ours llama.cpp lacks are the ones the architecture calls for
     extra = set(ours_kv) - set(ref_kv)
+    assert extra <= ours_only, extra
+    return extra
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_same_tensors_and_keys_as_llama_cpp(built, llama_cpp, name):
+    extra = same_as_llama_cpp(built[name][2], llama_cpp[name], SPECS[name].tokenizer == "bpe")
+    # and the keys of ours llama.cpp lacks are the ones the architecture calls for
     assert ("llama.attention.sliding_window" in extra) == (name == "mistral")
     assert ("gemma3.attention.scale" in extra) == (name == "gemma3")
 
