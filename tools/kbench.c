@@ -1,8 +1,9 @@
 /* Kernel micro-benchmark: one matrix-vector product over a matrix of a given size, per type and
  * ISA, reporting GB/s of weights streamed and ns per weight block (the type's own block: 32
  * values, or 256 for the K-quants and IQ4_XS); then the same matrix (at most 4 MiB of it) against
- * a batch of 64 tokens (prefill: the four-row kernels), as ns per weight block per token; then
- * the activation quantizers, ns per 256 values.
+ * batches of 4 tokens (the four-row kernels) and of 64 (prefill: the tile kernels, where the type
+ * and ISA have them), as ns per weight block per token; then the activation quantizers, ns per
+ * 256 values.
  * Rows are 576 values (SmolLM2's width) for the 32-value types, 1536 (its FFN width, a multiple
  * of 256) for the super-block types. Each figure is the fastest of the runs in half a second.
  * Build: make kbench; run: build/kbench [MiB] [TYPE ...] (e.g. build/kbench 8 Q4_K Q6_K). */
@@ -66,10 +67,10 @@ static void bench_type(int t, double mib, const float *x, const float *row, int 
     for (int isa = 0; isa <= 3; isa++) {
         if (!clex_isa_supported(isa)) continue;
         clex_set_isa(isa);
-        const double s = best_matmul(&ct, x, 1, y), sb = best_matmul(&cb, x, T, y);
-        printf("%-6s %-7s %7.1f MiB  %8.3f ms  %6.2f GB/s  %6.2f ns/block  batch of %d: %6.2f ns/block/token\n",
-               clex_type_name(t), clex_isa_name(isa), N * rb / 1048576.0, s * 1e3, N * rb / s / 1e9,
-               s * 1e9 / blocks, T, sb * 1e9 / bblocks / T);
+        const double s = best_matmul(&ct, x, 1, y), s4 = best_matmul(&cb, x, 4, y), sb = best_matmul(&cb, x, T, y);
+        printf("%-6s %-7s %7.1f MiB  %8.3f ms  %6.2f GB/s  %6.2f ns/block  ns/block/token, batch of 4: %6.2f, "
+               "of %d: %6.2f\n", clex_type_name(t), clex_isa_name(isa), N * rb / 1048576.0, s * 1e3, N * rb / s / 1e9,
+               s * 1e9 / blocks, s4 * 1e9 / bblocks / 4, T, sb * 1e9 / bblocks / T);
     }
     if (yardstick) stream_read(w, (size_t)(N * rb));
     free(w);
