@@ -138,8 +138,10 @@ def _forward_info(hp, g) -> dict:
     spec = arch_spec(hp.arch)
     present = [t.name.split(".")[0] + (" bias" if t.name.endswith(".bias") else "")
                for t in spec.layer if not t.required and f"blk.0.{t.name}" in g.tensors]
-    extra = [t.name.rsplit(".", 1)[0] for t in spec.layer if t.required and t.field in
-             ("bq", "bk", "bv", "q_norm", "k_norm", "attn_post_norm", "ffn_post_norm")]
+    extra = [t.name.replace(".weight", "").replace(".bias", " bias") for t in spec.layer
+             if t.required and t.field in ("bq", "bk", "bv", "bo", "b_up", "b_down", "attn_norm_b", "q_norm",
+                                           "k_norm", "attn_post_norm", "ffn_post_norm")
+             and f"blk.0.{t.name}" in g.tensors]
     swa = None
     if hp.n_swa:
         n_local = sum(hp.layer_swa(i) for i in range(hp.n_layer))
