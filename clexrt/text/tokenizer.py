@@ -1,70 +1,44 @@
 """Tokenizers read from a GGUF's metadata alone, giving the ids llama.cpp gives.
 
-Two vocabulary kinds (``tokenizer.ggml.model``):
+Three vocabulary kinds (``tokenizer.ggml.model``):
 
-* ``llama``: SentencePiece vocabularies (LLaMA-2, CLEX-LLaMA-2). Spaces become U+2581, a space is
-  put in front of each piece of text (``tokenizer.ggml.add_space_prefix``, default true), then
-  adjacent symbols are merged highest score first; symbols that never become a token fall back
-  to ``<0xNN>`` byte tokens.
-* ``gpt2``: byte-level BPE. A regex pre-tokenizer (chosen by ``tokenizer.ggml.pre``) cuts the text
-  into words; each word's UTF-8 bytes, spelt with GPT-2's byte-to-unicode alphabet, are merged
-  lowest merge rank first (``tokenizer.ggml.merges``).
+* ``llama``: SentencePiece vocabularies (LLaMA-2, Phi-3, Gemma 3, CLEX-LLaMA-2). Spaces become
+  U+2581, a space is put in front of each piece of text (``tokenizer.ggml.add_space_prefix``,
+  default true), then adjacent symbols are merged highest score first; symbols that never
+  become a token fall back to ``<0xNN>`` byte tokens.
+* ``gpt2``: byte-level BPE. A pre-tokenizer chosen by ``tokenizer.ggml.pre`` (pretokenize.py:
+  llama.cpp's regex chain and flags for that name; a missing key is llama.cpp's "default") cuts
+  the text into words; each word's UTF-8 bytes, spelt with GPT-2's byte-to-unicode alphabet, are
+  merged lowest merge rank first (``tokenizer.ggml.merges``).
+* ``gemma4``: BPE over raw UTF-8 with SentencePiece's U+2581 spaces and <0xNN> byte tokens
+  (the "gemma4" pre-tokenizer, whatever ``tokenizer.ggml.pre`` says).
 
 Special tokens (control, unknown) are cut out of the text only with ``encode(..., special=True)``,
 which chat templates use; user text never injects them. User-defined tokens are always matched
-whole, as in llama.cpp and SentencePiece.
-
-The pre-tokenizer regexes and GPT-2's byte alphabet live in pretokenize.py; the converter's
-reader of SentencePiece ``tokenizer.model`` files in convert/spm_model.py.
+whole, as in llama.cpp and SentencePiece (special_tokens.py).
 """
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from ..errors import GGUFError
 from .merge import merge as _merge
-from .pretokenize import (_ALPHABET_TO_BYTE, _BYTE_CHARS, _BYTES_TO_ALPHABET, _PRE_TOKENIZERS,
-                          SUPPORTED_PRE_TOKENIZERS)
+from .pretokenize import _ALPHABET_TO_BYTE, _BYTE_CHARS, _BYTES_TO_ALPHABET, PRE_TOKENIZERS
+from .pretokenize import SUPPORTED_PRE_TOKENIZERS
+from .special_tokens import (BYTE, CONTROL, FIM_TEXTS, NORMAL, UNKNOWN, UNUSED, USER_DEFINED,
+                             find_specials, partition, prune_eog, strip_flags)
 
 __all__ = ["Tokenizer", "StreamDecoder", "SUPPORTED_PRE_TOKENIZERS", "NORMAL", "UNKNOWN",
            "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"]
 
-# tokenizer.ggml.token_type values. SentencePiece's piece types use the same numbers.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
 _SPACE_MARK = "\u2581"  # SentencePiece's visible space
-
-# -- special tokens llama.cpp recognises by their text ------------------------------------------
-# A vocabulary that has one of these but does not mark it CONTROL gets it marked CONTROL, and the
-# end-of-generation set is built from them. The first match in each list wins (llama.cpp takes
-# whichever its hash map yields first; the order here makes "<|im_end|>" beat "<|endoftext|>").
-_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-              "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
-              "<end_of_utterance>")
-_EOM_TEXTS = ("<|eom_id|>",)
-_FIM_TEXTS = {
-    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
-                "▁<PRE>", "<|code_prefix|>"),
-    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>",
-                "▁<SUF>", "<|code_suffix|>"),
-    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
-                "▁<MID>", "<|code_middle|>"),
-    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
-    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
-    "fim_sep": ("<|file_sep|>",),
-}
-_EOG_TEXTS = frozenset((
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<｜end▁of▁sentence｜>"))
-
 _KEY = "tokenizer.ggml."
+_MODELS = {"llama": "SentencePiece", "gpt2": "byte-level BPE", "gemma4": "Gemma 4 BPE"}
 
-
-# -- the tokenizer -----------------------------------------------------------------------------
 
 def _as_int(value, what: str) -> int:
     try:
@@ -78,11 +52,12 @@ class Tokenizer:
 
     Build with ``Tokenizer.from_gguf(path)`` or ``Tokenizer.from_metadata(metadata)``.
 
-    Attributes: ``model`` ("llama" or "gpt2"), ``pre`` (pre-tokenizer name, gpt2 only),
-    ``n_vocab``, ``bos_id``, ``eos_id``, ``eot_id``, ``eom_id``, ``unk_id``, ``pad_id`` (None
-    when absent), ``fim_ids`` (role -> id or None), ``eog_ids`` (frozenset of ids that end
+    Attributes: ``model`` ("llama", "gpt2" or "gemma4"), ``pre`` (pre-tokenizer name, BPE
+    only), ``n_vocab``, ``bos_id``, ``eos_id``, ``eot_id``, ``eom_id``, ``unk_id``, ``pad_id``
+    (None when absent), ``fim_ids`` (role -> id or None), ``eog_ids`` (frozenset of ids that end
     generation: EOS, EOT, EOM, FIM pad/repo/sep and the end-of-turn tokens llama.cpp knows by
-    text), ``add_bos``, ``add_eos``, ``add_space_prefix``.
+    text), ``add_bos``, ``add_eos``, ``add_space_prefix``, ``clean_spaces`` (llama.cpp's
+    detokenizer tidies spaces for this vocabulary; see ``decode``).
     """
 
     _CACHE_LIMIT = 1 << 16  # BPE words remembered
@@ -102,66 +77,85 @@ class Tokenizer:
 
     def __init__(self, md: Mapping):
         model = md.get(_KEY + "model")
-        if model not in ("llama", "gpt2"):
-            raise GGUFError(f"unsupported tokenizer {_KEY}model = {model!r} "
-                            "(supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE))")
+        if model not in _MODELS:
+            raise GGUFError(f"unsupported tokenizer {_KEY}model = {model!r} (supported: "
+                            + ", ".join(f"{k!r} ({v})" for k, v in _MODELS.items()) + ")")
         self.model: str = model
+        self._spm = spm = model == "llama"
         tokens = md.get(_KEY + "tokens")
         if tokens is None or len(tokens) == 0:
             raise GGUFError(f"{_KEY}tokens is missing or empty")
-        self._texts: list[str] = [str(t) for t in tokens]
+        self._texts: list[str] = list(map(str, tokens))
+        if "" in self._texts:  # llama.cpp renames empty tokens, so no text maps to them
+            self._texts = [t or f"[EMPTY_{i}]" for i, t in enumerate(self._texts)]
         n = len(self._texts)
-
-        types = md.get(_KEY + "token_type")
-        if types is None:
-            self._types = [NORMAL] * n
-        else:
-            if len(types) < n:
-                raise GGUFError(f"{_KEY}token_type has {len(types)} entries for {n} tokens")
-            self._types = np.asarray(types[:n]).astype(int).tolist()
+        self._types = self._read_types(md, n)
         scores = md.get(_KEY + "scores")
         if scores is None:
             self._scores = [0.0] * n
         else:
             if len(scores) < n:
                 raise GGUFError(f"{_KEY}scores has {len(scores)} entries for {n} tokens")
-            self._scores = [float(s) for s in np.asarray(scores[:n], dtype=np.float32)]
-
+            self._scores = np.asarray(scores[:n], dtype=np.float32).astype(float).tolist()
         # Text -> id. A duplicated text maps to its last id.
-        self._ids: dict[str, int] = {t: i for i, t in enumerate(self._texts)}
+        self._ids: dict[str, int] = dict(zip(self._texts, range(n)))
 
-        spm = model == "llama"
         self.pre: str | None = None
-        if spm:
-            self._ranks = None
-            self._pre = None
-        else:
-            pre = md.get(_KEY + "pre") or "default"
-            if pre not in _PRE_TOKENIZERS:
-                raise GGUFError(
-                    f"unsupported pre-tokenizer {_KEY}pre = {pre!r}; supported: "
-                    + ", ".join(repr(p) for p in SUPPORTED_PRE_TOKENIZERS))
-            self.pre = pre
-            self._pre = _PRE_TOKENIZERS[pre]
-            merges = md.get(_KEY + "merges")
-            if merges is None:
-                raise GGUFError(f"{_KEY}merges is missing (a 'gpt2' vocabulary needs it)")
-            # Keyed by the merge text "a b" itself (the GGUF's own strings, shared): a dict of
-            # (a, b) tuples would hold ~8 MiB more for a 49k-merge vocabulary. The pair is cut at
-            # the first space after the first character, so a merge whose left part holds a
-            # space further on cannot be matched and is dropped, as the tuple keys dropped it.
-            self._ranks: dict[str, int] = {}
-            for rank, merge in enumerate(merges):
-                cut = merge.find(" ", 1)
-                if cut >= 0 and merge not in self._ranks:
-                    self._ranks[merge] = rank
+        self._pre = None
+        if not spm:
+            self._read_bpe(md)
         self._cache: dict[str, tuple[int, ...]] = {}
 
-        # Flags, with llama.cpp's defaults per vocabulary kind, then the GGUF's values.
+        # Flags, with llama.cpp's defaults per vocabulary kind and pre-tokenizer, then the GGUF's.
+        pre = self._pre
         self.add_space_prefix = bool(md.get(_KEY + "add_space_prefix", spm))
-        self.add_bos = bool(md.get(_KEY + "add_bos_token", spm))
+        self.add_bos = bool(md.get(_KEY + "add_bos_token", spm or (pre and pre.add_bos)))
+        self.add_bos = self.add_bos or bool(pre and pre.force_bos)
         self.add_eos = bool(md.get(_KEY + "add_eos_token", False))
+        self.clean_spaces = bool(pre and pre.clean_spaces)
+        self._read_specials(md, n, spm)
 
+        # Tokens cut out of the text before tokenizing, longest first.
+        def by_length(kinds) -> list[tuple[str, int]]:
+            found = [(self._texts[i], int(i)) for i in np.flatnonzero(np.isin(self._types, kinds))]
+            found.sort(key=lambda ti: (-len(ti[0].encode("utf-8")), ti[1]))
+            return found
+
+        self._specials_all = by_length((CONTROL, USER_DEFINED, UNKNOWN))
+        self._specials_user = by_length((USER_DEFINED,))
+        self._lstrip, self._rstrip = strip_flags(str(md.get("general.name", "")), self._ids,
+                                                 self._specials_all)
+        self._byte_ids: list[int | None] = [self._byte_token(b) for b in range(256)]
+        self._pieces: list[bytes | None] = [None] * n
+
+    @staticmethod
+    def _read_types(md: Mapping, n: int) -> list[int]:
+        types = md.get(_KEY + "token_type")
+        if types is None:
+            return [NORMAL] * n
+        if len(types) < n:
+            raise GGUFError(f"{_KEY}token_type has {len(types)} entries for {n} tokens")
+        return np.asarray(types[:n]).astype(int).tolist()
+
+    def _read_bpe(self, md: Mapping) -> None:
+        pre = "gemma4" if self.model == "gemma4" else (md.get(_KEY + "pre") or "default")
+        if pre not in PRE_TOKENIZERS:
+            raise GGUFError(
+                f"unsupported pre-tokenizer {_KEY}pre = {pre!r}; supported: "
+                + ", ".join(repr(p) for p in SUPPORTED_PRE_TOKENIZERS))
+        self.pre = pre
+        self._pre = PRE_TOKENIZERS[pre]
+        merges = md.get(_KEY + "merges")
+        if merges is None:
+            raise GGUFError(f"{_KEY}merges is missing (a {self.model!r} vocabulary needs it)")
+        # Keyed by the merge text "a b" itself (the GGUF's own strings, shared): a dict of
+        # (a, b) tuples would hold ~8 MiB more for a 49k-merge vocabulary. llama.cpp cuts the
+        # pair at the first space after the first character, so a merge whose left part holds
+        # a space further on can never match (see _bpe_priority), nor can one without a space.
+        # Built backwards so that the first of equal merges keeps its rank, as in llama.cpp.
+        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+
+    def _read_specials(self, md: Mapping, n: int, spm: bool) -> None:
         def special(key: str, default: int | None) -> int | None:
             if default is not None and not 0 <= default < n:
                 default = None
@@ -175,59 +169,26 @@ class Tokenizer:
         self.eos_id = special("eos_token_id", 2 if spm else None)
         self.unk_id = special("unknown_token_id", 0 if spm else None)
         self.pad_id = special("padding_token_id", None)
-        self.eot_id = special("eot_token_id", None)
-        self.eom_id = special("eom_token_id", None)
-        fim = {role: special(role + "_token_id", None) for role in _FIM_TEXTS}
         if self.add_bos and self.bos_id is None:
-            raise GGUFError(f"{_KEY}add_bos_token is true but there is no BOS token")
+            raise GGUFError(f"BOS is to be added ({_KEY}add_bos_token, or the default of "
+                            f"{self.pre or self.model!r}) but {_KEY}bos_token_id is missing")
         if self.add_eos and self.eos_id is None:
             raise GGUFError(f"{_KEY}add_eos_token is true but there is no EOS token")
-
-        # Special tokens found by their text are made CONTROL (see _EOT_TEXTS).
-        def find(texts) -> int | None:
-            for text in texts:
-                tid = self._ids.get(text)
-                if tid is not None:
-                    self._types[tid] = CONTROL
-                    return tid
-            return None
-
-        if self.eot_id is None:
-            self.eot_id = find(_EOT_TEXTS)
-        if self.eom_id is None:
-            self.eom_id = find(_EOM_TEXTS)
-        for role, texts in _FIM_TEXTS.items():
-            if fim[role] is None:
-                fim[role] = find(texts)
-        self.fim_ids = fim
-        eog = {fim["fim_pad"], fim["fim_rep"], fim["fim_sep"], self.eos_id, self.eot_id,
-               self.eom_id}
-        for text in _EOG_TEXTS:
-            tid = self._ids.get(text)
-            if tid is not None:
-                self._types[tid] = CONTROL
-                eog.add(tid)
+        fim = {role: special(role + "_token_id", None) for role in FIM_TEXTS}
+        self.eot_id, self.eom_id, self.fim_ids, eog = find_specials(
+            self._ids, self._types, special("eot_token_id", None), special("eom_token_id", None),
+            fim)
+        eog |= {self.eos_id, self.eot_id, self.eom_id}
         eog.discard(None)
+        prune_eog(self._texts, self._ids, self._types, eog)
         self.eog_ids: frozenset[int] = frozenset(eog)
 
-        # Tokens cut out of the text before tokenizing, longest first.
-        def by_length(kinds) -> list[tuple[str, int]]:
-            found = [(t, i) for i, t in enumerate(self._texts)
-                     if self._types[i] in kinds and t]
-            found.sort(key=lambda ti: (-len(ti[0].encode("utf-8")), ti[1]))
-            return found
-
-        self._specials_all = by_length((CONTROL, USER_DEFINED, UNKNOWN))
-        self._specials_user = by_length((USER_DEFINED,))
-
-        self._byte_ids: list[int | None] = [self._byte_token(b) for b in range(256)]
-        self._pieces: list[bytes | None] = [None] * n
-
     def _byte_token(self, b: int) -> int | None:
-        """The token for one byte: SentencePiece's <0xNN>, else the byte as a 1-char token."""
-        if self.model == "llama":
+        """The token for one byte: SentencePiece's <0xNN> (else the byte as a 1-char token);
+        byte-level BPE's alphabet character for it."""
+        if self._pre is None or not self._pre.byte_encode:
             tid = self._ids.get(f"<0x{b:02X}>")
-            if tid is None and b < 0x80:
+            if tid is None and b < 0x80 and self._spm:
                 tid = self._ids.get(chr(b))
             return tid
         return self._ids.get(_BYTE_CHARS[b])
@@ -241,7 +202,7 @@ class Tokenizer:
         return len(self._texts)
 
     def __repr__(self) -> str:
-        kind = "SentencePiece" if self.model == "llama" else f"BPE, pre={self.pre!r}"
+        kind = "SentencePiece" if self._spm else f"BPE, pre={self.pre!r}"
         return f"<Tokenizer {kind}, n_vocab={self.n_vocab}>"
 
     def _check(self, token_id: int) -> int:
@@ -286,47 +247,23 @@ class Tokenizer:
             out.append(self.bos_id)
         if text:
             specials = self._specials_all if special else self._specials_user
-            fragments = self._partition(text, specials) if specials else [text]
-            if self.model == "llama":
-                after_special = True  # the text's start counts as following a special token
-                for frag in fragments:
-                    if isinstance(frag, int):
-                        out.append(frag)
-                        after_special = True
-                    else:
-                        if self.add_space_prefix and after_special:
-                            frag = " " + frag
-                        self._encode_spm(frag.replace(" ", _SPACE_MARK), out)
-                        after_special = False
-            else:
-                for frag in fragments:
-                    if isinstance(frag, int):
-                        out.append(frag)
-                    else:
-                        self._encode_bpe(frag, out)
+            fragments = (partition(text, specials, self._lstrip, self._rstrip) if specials
+                         else [text])
+            after_special = True  # the text's start counts as following a special token
+            for frag in fragments:
+                if isinstance(frag, int):
+                    out.append(frag)
+                    after_special = True
+                elif self._spm:
+                    if self.add_space_prefix and after_special:
+                        frag = " " + frag
+                    self._encode_spm(frag.replace(" ", _SPACE_MARK), out)
+                    after_special = False
+                else:
+                    self._encode_bpe(frag, out)
         if add_bos and self.add_eos:
             out.append(self.eos_id)
         return out
-
-    @staticmethod
-    def _partition(text: str, specials: list[tuple[str, int]]) -> list[str | int]:
-        """Split text around special tokens (as ids), longest token first over the whole text."""
-        frags: list[str | int] = [text]
-        for stext, sid in specials:
-            if not any(isinstance(f, str) and stext in f for f in frags):
-                continue
-            new: list[str | int] = []
-            for f in frags:
-                if isinstance(f, int) or stext not in f:
-                    new.append(f)
-                    continue
-                for k, part in enumerate(f.split(stext)):
-                    if k:
-                        new.append(sid)
-                    if part:
-                        new.append(part)
-            frags = new
-        return frags
 
     def _spm_priority(self, a: str, b: str):
         tid = self._ids.get(a + b)
@@ -353,8 +290,10 @@ class Tokenizer:
         return self._ranks.get(a + " " + b)
 
     def _encode_bpe(self, text: str, out: list[int]) -> None:
-        cache = self._cache
-        for word in self._pre(text):
+        pre, cache = self._pre, self._cache
+        if pre.escape_whitespaces:
+            text = text.replace(" ", _SPACE_MARK)
+        for word in pre.split(text):
             ids = cache.get(word)
             if ids is None:
                 ids = self._bpe_word(word)
@@ -364,15 +303,28 @@ class Tokenizer:
             out.extend(ids)
 
     def _bpe_word(self, word: str) -> tuple[int, ...]:
-        spelt = word.encode("utf-8").decode("latin-1").translate(_BYTES_TO_ALPHABET)
-        ids = self._ids
+        pre, ids = self._pre, self._ids
+        if pre.byte_encode:
+            word = word.encode("utf-8").decode("latin-1").translate(_BYTES_TO_ALPHABET)
+        whole = ids.get(word)
+        if whole is not None and (pre.ignore_merges or (pre.chain == "gemma4"
+                                                        and not word.strip("\n"))):
+            return (whole,)  # llama.cpp: the word as one token, merges or not
         out = []
-        for sym in _merge(list(spelt), self._bpe_priority):
+        for sym in _merge(list(word), self._bpe_priority):
             tid = ids.get(sym)
             if tid is not None:
                 out.append(tid)
-            else:  # not a token: its bytes one by one, skipping any the vocabulary lacks
-                out.extend(ids[c] for c in sym if c in ids)
+                continue
+            # Not a token: its UTF-8 bytes one by one, skipping any the vocabulary lacks (a
+            # byte-level symbol's bytes are looked up as one-byte texts, as llama.cpp does).
+            for b in sym.encode("utf-8"):
+                if pre.byte_encode:
+                    tid = ids.get(chr(b)) if b < 0x80 else None
+                else:
+                    tid = self._byte_ids[b]
+                if tid is not None:
+                    out.append(tid)
         return tuple(out)
 
     # -- decoding ---------------------------------------------------------------------------
@@ -398,21 +350,26 @@ class Tokenizer:
                 return text.encode("utf-8")
         if kind != NORMAL:
             return b""
-        if self.model == "llama":
+        if self._pre is None or self._pre.escape_whitespaces:
             return text.replace(_SPACE_MARK, " ").encode("utf-8")
         # Characters outside the byte alphabet (a malformed vocabulary) stand for themselves.
         return b"".join(bytes([_ALPHABET_TO_BYTE[c]]) if c in _ALPHABET_TO_BYTE
                         else c.encode("utf-8") for c in text)
 
-    def decode_bytes(self, ids: Iterable[int], special: bool = False) -> bytes:
+    def decode_bytes(self, ids: Iterable[int], special: bool = False,
+                     clean_spaces: bool = False) -> bytes:
         """The bytes of `ids`, with the space SentencePiece put in front removed again.
 
         special: render control tokens (e.g. "<|im_end|>") instead of dropping them.
-        With add_space_prefix (SentencePiece), the first piece that gives any bytes loses one
-        leading space if it is a normal token, so decode(encode(x)) == x.
+        With add_space_prefix, the first piece that gives any bytes loses one leading space if
+        it is a normal token, so decode(encode(x, add_bos=True)) == x. (llama_detokenize only
+        strips the first token's piece, so it keeps that space after a BOS; llama-cpp-python's
+        detokenize drops it, as here.)
+        clean_spaces: when the vocabulary asks for it (``self.clean_spaces``), tidy spaces as
+        llama.cpp's llama_detokenize does (" ," -> ",", " 's" -> "'s", ...): lossy, off by default.
         """
         parts = []
-        strip = self.model == "llama" and self.add_space_prefix
+        strip = self.add_space_prefix
         for tid in ids:
             piece = self.token_to_bytes(tid, special)
             if strip and piece:
@@ -420,16 +377,37 @@ class Tokenizer:
                 if piece[:1] == b" " and self._types[int(tid)] == NORMAL:
                     piece = piece[1:]
             parts.append(piece)
-        return b"".join(parts)
+        out = b"".join(parts)
+        return _tidy_spaces(out) if clean_spaces and self.clean_spaces else out
 
-    def decode(self, ids: Iterable[int], special: bool = False) -> str:
+    def decode(self, ids: Iterable[int], special: bool = False,
+               clean_spaces: bool = False) -> str:
         """Text of `ids` (see decode_bytes). Invalid UTF-8 (e.g. half of a character's byte
         tokens) becomes U+FFFD, one per maximal invalid subsequence, like Python's
         errors='replace'. For text streamed a token at a time use ``stream_decoder()``."""
-        return self.decode_bytes(ids, special).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids, special, clean_spaces).decode("utf-8", errors="replace")
 
     def stream_decoder(self, special: bool = False) -> StreamDecoder:
         return StreamDecoder(self, special)
+
+
+def _tidy_spaces(text: bytes) -> bytes:
+    """llama.cpp's detokenizer clean-up (clean_up_tokenization_spaces), its three passes."""
+    # 1: " ?", " !", " .", " ," lose the space.
+    text = re.sub(rb" (?=[?!.,])", b"", text)
+    # 2: an apostrophe between two spaces loses both; llama.cpp blanks the second space in
+    # place, so the next character never counts as following a space.
+    buf, out, i = bytearray(text), bytearray(text[:1]), 1
+    while i < len(buf):
+        x = buf[i]
+        if x == 0x27 and i + 1 < len(buf) and buf[i - 1] == buf[i + 1] == 0x20:
+            out.pop()
+            i += 1
+            buf[i] = 0
+        out.append(x)
+        i += 1
+    # 3: " 's", " 'm", " 're", " 've" lose the space; " 't", " 'd", " 'll" keep it.
+    return re.sub(rb" (?='(?:[sm]|re|ve))", b"", bytes(out))
 
 
 class StreamDecoder:

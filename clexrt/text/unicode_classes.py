@@ -1,0 +1,99 @@
+r"""The Unicode classes of llama.cpp's pre-tokenizer regexes: \p{L}, \p{N}, \p{P}, \p{S}, \p{M}, \s.
+
+llama.cpp classifies code points with its own table (src/unicode-data.cpp, generated from
+UnicodeData.txt of Unicode 15.1) rather than the C library's, so the same text splits the same way
+everywhere. Python's unicodedata follows the interpreter's Unicode version (14.0 in 3.11, 15.1 in
+3.13, 16.0 in 3.14), which would give newly assigned characters different classes on different
+Pythons. The table below is llama.cpp's, reduced to the classes the regexes ask about.
+
+Each entry is the distance from the previous range's first code point (base 36, lower case)
+followed by the class of the range that starts there: L letter, N number, P punctuation,
+S symbol, M mark, '.' anything else (controls, format, separators, private use, unassigned).
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+_RANGES = (
+    "0.xP3S1P6S1P4NaP2S3P2LqP3S1P1S1LqP1S1P1S1.yP1S5P1S2L1P1S1.1S4N2S1L1P2S1N1L1P1N3P1LnS1LvS1L"
+    "cqS4LcSeL5S7L1S1L1ShM34L5S1L2.2L4P1L1.4S2L1P1L3.1L1.1Lk.1L2bS1L3vS1M7L4m.1L12.2L1P6L15P2.2S"
+    "3.1M19P1M1P1M2P1M2P1M1.8Lr.4L4P2.hS3P2S1P2S2MbP1.1P3L17MlNaP4L2M1L2rP1L1M7.1S1M6L2M2S1M4L2N"
+    "aL3S2L1Pe.2L1M1LuMr.2L2hMbL1.eNaLxM9L2S1P3L1.2M1S2LmM4L1M9L1M3L1M5.2Pf.1LpM3.2P1.1Lb.5LoS1L"
+    "6.9M8L16Mo.1MxL1iM3L1MiL1M7LaM2P2NaP1LgM3.1L8.2L2.2Lm.1L7.1L1.3L4.2M1L1M7.2M2.2M3L1.8M1.4L2."
+    "1L3M2.2NaL2S2N6S2L1P1M1.2M3.1L6.4L2.2Lm.1L7.1L2.1L2.1L2.2M1.1M5.4M2.2M3.3M1.7L4.1L1.7NaM2L3M"
+    "1P1.aM3.1L9.1L3.1Lm.1L7.1L2.1L5.2M1L1M8.1M3.1M3.2L1.fL2M2.2NaP1S1.7L1M6.1M3.1L8.2L2.2Lm.1L7."
+    "1L2.1L5.2M1L1M7.2M2.2M3.7M3.4L2.1L3M2.2NaS1L1N6.aM1L1.1L6.3L3.1L4.3L2.1L1.1L2.3L2.3L3.3Lc.4M"
+    "5.3M3.1M4.2L1.6M1.eNdS8.5M5L8.1L3.1Ln.1Lg.2M1L1M7.1M3.1M4.7M2.1L3.2L1.2L2M2.2Na.7P1N7S1L1M3P"
+    "1L8.1L3.1Ln.1La.1L5.2M1L1M7.1M3.1M4.7M2.6L2.1L2M2.2Na.1L2M1.cM4L9.1L3.1L15M2L1M7.1M3.1M4L1S"
+    "1.4L3M1N7L3M2.2NjS1L6.1M3.1Li.3Lo.1L9.1L1.2L7.3M1.4M6.1M1.1M8.6Na.2M2P1.cL1cM1L2M7.4S1L7M8P"
+    "1NaP2.11L2.1L1.1L5.1Lo.1L1.1LaM1L2M9L1.2L5.1L1.1M7.1Na.2L4.wL1S3PfS1P1S3M2S6NkS1M1S1M1S1M1P"
+    "4M2L8.1L10.4MkP1M2L5Mb.1M10.1S8M1S6.1S2P5S4P2.11L17MkL1NaP6L6M4L4M3L1M3L2M7L3M4LdMcL1M1NaM4S"
+    "2L12.1L1.5L1.2L17P1L99.1L4.2L7.1L1.1L4.2L15.1L4.2Lx.1L4.2L7.1L1.1L4.2Lf.1L1l.1L4.2L1v.2M3P9N"
+    "k.3LgSa.6L2e.2L6.2P1Lh8S1P1Lh.1LqP2.3L23P3N3L8.7LiM4.9LjM3P2.9LiM2.cLd.1L3.1M2.cL1gMwP3L1P3S"
+    "1L1M1.2Na.6Na.6PbM3.1M1Na.6L2h.7L5M2LyM1L1.5L1y.aLv.1Mc.4Mc.4S1.3P2NaLu.2L5.bL18.4Lq.6Nb.3S"
+    "yLnM5.2P2L1hMa.1Mt.2M1Na.6Na.6P7L1P6.2Mv.1dM5L1bMhL8.3NaP7SaM9S9P2.1M3LuMdL2NaL18Me.8P4L10M"
+    "k.3P5Na.3L3NaL10P2L9.7L17.2L3P8.8M3P1MlL4M1L6M1L2M3L1.5L5cM1sL7q.2L6.2L12.2L6.2L8.1L1.1L1.1L"
+    "1.1Lv.2L1h.1L7S1L1S3L3.1L7S3L4.2L6.1S3LdS3.2L3.1L7S2.hPo.8PkS1PdS1Pc.hN1L1.2N6S3P2L1NaS3P2."
+    "1Ld.3Sx.fMx.fS2L1S4L1S2LaS1L1S3L5S6L1S1L1S1L1S1L4S1LbS2L4S5L5S4L1S1N1fL2N5S2.4SagP4StP2S70."
+    "pSb.lN1oS26NmSh4PeNuS1dP2SvPaSb7PmS1rP4SwP2Sae.2Sw.1S2xL6dS6L4M3L2.5P4N1P2L12.1L1.5L1.2L1k."
+    "7L1P1.eM1Ln.9L7.1L7.1L7.1L7.1L7.1L7.1L7.1L7.1MwP1bL1PwS2Pc.ySq.1S2h.cS5y.qSg.1P3S1L2N1PaS2P"
+    "cS1N9M6P1L5S2N3L2P1S2.1L2e.2M2S2L3P1L2iP1L4.5L17.1L2m.1S2N4SaLwS10.bS1LgSv.1NaSuN8S1NfSwNaS"
+    "13NfS8wL534S1sLh3h.3S1j.9L1aP2L7hP3LgNaL2.kL1bM4P1MaP1LvM2L1yNaM2P6.8SnL9S2L2vS2L1s.5L2.1L1."
+    "1L5.oLgM1L3M1L4M1LnM5S4M1.3N6S4.6L1gP4.8M2L1eMi.8P2Na.6MiL6P3L1P1L2M1NaLsM8P2LnMd.bP1Lt.3M4L"
+    "1bMePd.1L1Na.4P2L5M1LaNaL5.1L15Me.9L3M1L8M2.2Na.2P4LnS3L1M3L1eM1L1M3L2M2L5M2L1M1L1.oL3P2LbM"
+    "5P2L3M2.aL6.2L6.2L6.9L7.1L7.1L17S1LeS2.4L37M8P1M2.2Na.6L8mc.cLn.4L1d.6isLa6.2L2y.12L7.cL5.5L"
+    "1M1LaS1Ld.1L5.1L1.1L2.1L2.1L30Sh.gLa3P2SgL1s.2L1i.7S1.wLcS4MgPa.6MgPz.1PeS1P1S3.1P1S1P2.4L5."
+    "1L3r.4P3S1P6S1P4NaP2S3P2LqP3S1P1S1LqP1S1P1S1P7L2h.3L6.2L6.2L6.2L3.3S7.1S7.dS2.2Lc.1Lq.1Lj.1L"
+    "2.1Lf.2Le.yL3f.5P3.4N19.3S9N1lShN2S3.1Sd.3S1.1bS19M1.3mLt.3L1d.fM1Nr.4LwN4.9LkN1L8N1.5L12M5."
+    "5Lu.1P1L10.4L8P1N5.16L4e.2Na.6L10.4L10.4L14.8L1g.bP1Lb.1Lf.1L7.1L2.1Lb.1Lf.1L7.1L2.1vL8n.9L"
+    "m.aL8.oL6.1L16.1L9.1xL6.2L1.1L18.1L2.3L1.2Ln.1P1N8LnS2N7Lv.8N9.1cLj.1L2.5N5LmN6.3P1Lq.5P1."
+    "1sL1k.4N2L2Ng.2N1aL1M3.1M2.5M4L4.1L3.1Lt.2M3.4M1N9.7P9.7LtN2P1LtN3.wL8S1LsM2.4N5P7.9L1i.3P7L"
+    "m.2N8Lj.5N8Li.7P4.cN7.28L21.1jL1f.dL1f.7N6L10M4.8Na.86Nv.1L16.1M2P1.2L2.23M3LtNaL1.8LmMbN4P"
+    "5.mLiM4P4.12LlN7.kLn.9M3L1hMfP7.4NuM1L2M2L1.9M4L19MbP2.1P4M1.dLp.7Na.6M3L10Me.1NaP4L1M2L1.8L"
+    "zM1P2L1.9M3L1cMeL4P4M4P1M2NaL1P1L1P3.1Nk.bLi.1LpMcP6M1L2M1.1qL7.1L1.1L4.1Lf.1LaP1.6L1bMc.5N"
+    "a.6M4.1L8.2L2.2Lm.1L7.1L2.1L5.1M2L1M7.2M2.2M3.2L1.6M1.5L5M2.2M7.3M5.3vL1hMiL4P5NaP2.1P1M1L3."
+    "uL1cMkL2P1L1.8Na.4mL1bM7.2M9PnL4M2.yL1cMhP3L1.bNa.6Pd.jL17MdL1P1.6Na.1iLr.2Mf.4NcP3S1L7.55L"
+    "18MfP1.2sL1sNj.cL8.2L1.2L8.1L2.1LoM6.1M2.2M4L1M1L1M2P3.9Na.1yL8.2L13M7.2M7L1P1L1M1.rL1MaL14M"
+    "7L1M4P8M1.8L1MbL1aMgP3L1P5.dL21.7Pa.6uL9.1L11M8.1M8L1P5.aNt.3P2Lu.2Mm.1Me.21L7.1L2.1L12M6.3M"
+    "1.1M2.1M7L1M1.8Na.6L6.1L2.1LwM5.1M2.1M5L1.7Na.8mLjM4P2.7M2L1M1Ld.1LyM7.3M5PdNa.2eL1.fNlSt.dP"
+    "1Lpm.2uN33.1P5.bL5g.218L2pP2.dLts.gM1L6Mf.33eLg7.6ntLft.7Lv.1Na.4P2L27.1Na.6Lu.2M5P1.aL1cM7P"
+    "5S4L4P1S1.aNa.1N7.1Ll.5Lj.j4L1sNnP4.2tL23.4M1L1M1j.7M4Ld.1sL2P1L1M1.bM2.eL4qg.8Lye.16L9.6w7L"
+    "4.1L7.1L2.1L83.fL1.tL3.2L1.eL4.8Lb0.1s4L2z.5Ld.3L9.7La.2S1M2P1.3moM1a.2Mn.9S38.1oS6u.aS13.2S"
+    "1oM5S3M6.8M8S2M7SuM4S1p.lS1uM3S1.3eNk.cNk.cS2f.9Np.3rL2d.1L1z.1L2.2L1.2L2.2L4.1Lc.1L1.1L7.1L"
+    "1t.1L4.2L8.1L7.1Ls.1L4.1L5.1L1.3L7.1L9g.2LpS1LpS1LvS1LpS1LvS1LpS1LvS1LpS1LvS1LpS1L8.2N1eSe8M"
+    "1jS4M1eS8M1SeM1S2P5.fM5.1Mf.uoLv.6L6.5xM7.1Mh.2M7.1M2.1M5.5L1q.xM1.34L19.3M7L7.2Na.4L1S1.8wL"
+    "uM1.hL18M4Na.5S1.cwLsM4Na.kmL7.1L4.1L2.1Lf.1L5h.2N9M7.15L1wM7L1.4Na.4P2.ltN1nS1N3S1N4.24N19S"
+    "1Nf.5eL4.1Lr.1L2.1L1.2L1.1La.1L4.1L1.1L1.6L1.4L1.1L1.1L1.1L3.1L2.1L1.2L1.1L1.1L1.1L1.1L1.1L"
+    "2.1L1.2L4.1L7.1L4.1L4.1L1.1La.1Lh.5L3.1L5.1Lh.1gS2.7iS18.4S2s.cSf.2Sf.1Sf.1S11.aNdS4h.1kSt."
+    "dS18.4S9.7S2.eS6.4aSrc.4Sh.3Sd.3S3b.4S2n.6Sc.4S1.fSc.4S1k.8Sa.6S14.8Su.2S2.26S9g.cSe.2Sd.3S"
+    "9.7S1a.1S7.8Se.4S9.7S9.7S43.1S1j.11Na.smLwyo.wL37e.6L66.2L4g2.eL5rl.fLha.1wiLf2.15uL3t7.5L"
+    "38g.f9e8M6o."
+)
+
+# White_Space (PropList.txt), the set llama.cpp's \s stands for. Python's \s would also take
+# U+001C..U+001F, which are not white space there.
+WHITESPACE = ((0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680),
+              (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F),
+              (0x3000, 0x3000))
+
+CLASSES = "LNPSM"
+
+
+@functools.lru_cache(maxsize=None)
+def class_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
+    """Class letter ('L', 'N', 'P', 'S', 'M') -> inclusive (first, last) code point ranges."""
+    found: dict[str, list[tuple[int, int]]] = {c: [] for c in CLASSES + "."}
+    start, kind = 0, "."
+    for delta, nxt in re.findall(r"([0-9a-z]+)([LNPSM.])", "".join(_RANGES)):
+        end = start + int(delta, 36)
+        if end > start:
+            found[kind].append((start, end - 1))
+        start, kind = end, nxt
+    found[kind].append((start, 0x10FFFF))
+    return {c: tuple(found[c]) for c in CLASSES}
+
+
+def class_body(ranges) -> str:
+    """The inside of a regex character class [...] holding exactly these code points."""
+    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
