@@ -179,12 +179,13 @@ def test_gpt_neox_matches_the_tokenizers_library(shared):
 
 
 def test_unicode_classes_follow_unicode():
-    """llama.cpp's class table (ours) agrees with this Python's unicodedata on every code point
-    both know; White_Space is PropList's."""
+    """llama.cpp's class table (ours, Unicode 15.1) agrees with this Python's unicodedata on every
+    code point both know; White_Space is PropList's."""
     cls = {cp: c for c, spans in class_ranges().items() for a, b in spans for cp in range(a, b + 1)}
+    newer = tuple(map(int, unicodedata.unidata_version.split("."))) > (15, 1, 0)
     for cp in range(0x110000):
         cat = unicodedata.category(chr(cp))
-        if cat != "Cn":
+        if cat != "Cn" and not (newer and cp not in cls):
             assert cls.get(cp) == (cat[0] if cat[0] in "LNPSM" else None), hex(cp)
     ws = {cp for a, b in WHITESPACE for cp in range(a, b + 1)}
     assert ws == {cp for cp in range(0x3001) if chr(cp).isspace()} - set(range(0x1C, 0x20))
