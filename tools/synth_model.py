@@ -95,6 +95,8 @@ def build(kind: str, out: str, type_name: str, n_layer: int | None, seed: int = 
     if hp.norm == "layer":
         add("output_norm.bias", (E,), Q.F32_ID, zeros(E))
     add("output.weight", (n_vocab, E), qt, rand((n_vocab, E)))
+    if kind == "phi2":
+        add("output.bias", (n_vocab,), Q.F32_ID, rand((n_vocab,)))     # llama.cpp's phi2 requires it
     kvd = hp.n_head_kv * hd
     for i in range(L):
         p = f"blk.{i}."
