@@ -254,7 +254,7 @@ static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w
         if (gated) clex_matmul_rows(w_gate, &f->a, T, c->gate, F, 0, lo, hi);
         clex_matmul_rows(w_up, &f->a, T, up, F, 0, lo, hi);
         add_bias(up, F, T, opt(b_up), lo, hi);
-        for (int64_t t = 0; t < T; t++) ffn_act(f->hp, c->gate + t * F, c->up + t * F, lo, hi);
+        for (int64_t t = 0; t < T; t++) ffn_act(f->hp, c->gate + t * F, gated ? c->up + t * F : NULL, lo, hi);
     }
     sync(f);
 }

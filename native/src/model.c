@@ -334,8 +334,6 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     const clex_hparams *hp = &c->m->hp;
     const size_t B = (size_t)c->n_batch, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    size_t maxk = E > F ? E : F;
-    if (qd > maxk) maxk = qd;
     int fail = 0;
     const size_t S = (size_t)c->m->n_sets;
     c->inv_freq = xcalloc(S * (size_t)c->n_pairs, sizeof(float), &fail);
@@ -343,13 +341,13 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     c->k_cache = xcalloc(kv_elems, c->kv_elt, &fail);
     c->v_cache = xcalloc(kv_elems, c->kv_elt, &fail);
     c->x = xcalloc(B * E, sizeof(float), &fail);
-    c->xn = xcalloc(B * maxk, sizeof(float), &fail);
+    c->xn = xcalloc(B * E, sizeof(float), &fail);
     c->q = xcalloc(B * qd, sizeof(float), &fail);
     c->k = xcalloc(B * kvd, sizeof(float), &fail);
     c->v = xcalloc(B * kvd, sizeof(float), &fail);
     c->att = xcalloc(B * qd, sizeof(float), &fail);
     c->gate = xcalloc(B * F, sizeof(float), &fail);
-    c->up = xcalloc(B * F, sizeof(float), &fail);
+    if (hp->ffn_kind != CLEX_FFN_GELU) c->up = xcalloc(B * F, sizeof(float), &fail);   /* a gated FFN's */
     alloc_acts(c, &fail);
     c->cs = xcalloc(S * B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
     if (hp->parallel_residual) c->par = xcalloc(B * E, sizeof(float), &fail);

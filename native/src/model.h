@@ -62,13 +62,13 @@ struct clex_ctx {
     uint64_t kv_bytes;
     /* scratch for one batch of up to n_batch tokens */
     float *x;              /* [B, n_embd] residual stream */
-    float *xn;             /* [B, max(n_embd, n_ff, q_dim)] normalised input of the next product */
+    float *xn;             /* [B, n_embd] normalised input of the next products (then an output's pre-norm rows) */
     float *q;              /* [B, n_head*head_dim] */
     float *k;              /* [B, n_head_kv*head_dim] */
     float *v;              /* [B, n_head_kv*head_dim] */
     float *att;            /* [B, n_head*head_dim] */
     float *gate;           /* [B, n_ff] (becomes act(gate) * up) */
-    float *up;             /* [B, n_ff] */
+    float *up;             /* [B, n_ff]; NULL for the ungated GELU MLP */
     void *act[CLEX_ACT_N]; /* [B, k/blck] blocks of each activation type, k the longest row of
                             * the weights paired with it; NULL when no weight is */
     float *cs;             /* [n_sets][B, n_pairs, 2] cos, sin of each token's angles, per table */
