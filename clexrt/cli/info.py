@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ClexError
 from ..gguf.constants import FILE_TYPES
+from ..rope.methods import declared_rope
 from ..rope.tables import read_clex
 from .registry import resolve_model
 
@@ -43,6 +44,18 @@ def _clex(md: dict):
     except ClexError as e:
         return {"error": str(e)}
     return None if c is None else _plain(c.to_json())
+
+
+def _declared(hp, g):
+    """The rope scaling the file declares, as llama.cpp applies it at the file's context length
+    (rope.methods.declared_rope's fields and one-line description), or why it cannot run."""
+    if hp is None:
+        return None
+    try:
+        d = declared_rope(hp, g)
+    except ClexError as e:
+        return {"error": str(e)}
+    return {**_plain(d.fields), "description": d.description}
 
 
 def _tokenizer_info(md: dict) -> dict:
@@ -119,7 +132,7 @@ def describe(path: str) -> dict:
             "head_count_kv": a("attention.head_count_kv"),
             "rope": {"freq_base": a("rope.freq_base"), "dimension_count": a("rope.dimension_count"),
                      "scaling_type": a("rope.scaling.type"),
-                     "scaling_factor": a("rope.scaling.factor")},
+                     "scaling_factor": a("rope.scaling.factor"), "declared": _declared(hp, g)},
             "tokenizer": _tokenizer_info(md),
             "chat_template": md.get("tokenizer.chat_template"),
             "chat_format": _chat_format(md),
@@ -200,6 +213,11 @@ def _print(d: dict) -> None:
          f"ffn {d['feed_forward_length']}, heads {d['head_count']} (kv {d['head_count_kv']})")
     r = d["rope"]
     scaling = f", scaling {r['scaling_type']} x{r['scaling_factor']}" if r["scaling_type"] else ""
+    dec = r.get("declared")
+    if dec and dec.get("error"):
+        scaling = f", scaling NOT RUNNABLE: {dec['error']}"
+    elif dec:
+        scaling = "" if dec["description"] == "none" else f", scaling {dec['description']} (static, as llama.cpp)"
     dims = r["dimension_count"] or (d["forward"] or {}).get("head_dim", "?")
     echo(f"rope:            base {r['freq_base']}, {dims} dims{scaling}")
     if d.get("forward"):

@@ -17,8 +17,11 @@ s = 2t-1; the zero-network CLEX solution): ntk_log_factor is its one implementat
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import ModelError
 
 # The official CLEX time embedding hard-codes this base, whatever rope_theta is.
 CLEX_NTK_BASE = 10000.0
@@ -110,3 +113,184 @@ def phase_error(table: np.ndarray, reference: np.ndarray, position: float) -> fl
     at that position."""
     return float(np.max(np.abs(float(position) * (np.asarray(table, np.float64)
                                                  - np.asarray(reference, np.float64)))))
+
+
+# ---------------------------------------------------------------------------------------------
+# The scaling a GGUF declares, as llama.cpp applies it (llama-model.cpp load_hparams and
+# get_rope_factors, llama-context.cpp's cparams, ggml-cpu/ops.cpp rope_yarn). It is static: one
+# table for every length, chosen once for the context size (longrope's long or short factors).
+SCALING_TYPES = ("none", "linear", "yarn", "longrope")       # llama.cpp's LLAMA_ROPE_SCALING_TYPES
+YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0                   # llama_hparams defaults
+LLAMA_CTX_PAD = 256                                          # llama_context pads n_ctx to it
+FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+@dataclass(frozen=True, eq=False)
+class DeclaredRope:
+    """What a GGUF's rope keys ask for at a context of n_ctx tokens.
+
+    inv_freq:    float32 [n_rot/2], the table llama.cpp rotates with (angle = pos * inv_freq[i]);
+    attn_factor: ggml's mscale, cos and sin multiplied by it: q.k by its square;
+    unscaled:    the model's own frequencies before any length scaling (base / rope_freqs, or
+                 base / the short factors for longrope): where the explicit methods start;
+    train_length: the context the unscaled table was trained at (original_context_length);
+    fields:      the keys as read, defaults filled in (info shows them)."""
+
+    scaling: str
+    inv_freq: np.ndarray
+    attn_factor: float
+    unscaled: np.ndarray
+    train_length: int
+    fields: dict
+    description: str
+
+
+def ggml_yarn_corr_dims(n_rot: int, n_ctx_orig: int, freq_base: float, beta_fast: float,
+                        beta_slow: float) -> tuple[float, float]:
+    """ggml_rope_yarn_corr_dims (ggml.c), in float32 as ggml computes it: the pair indices where
+    the blend starts and ends, the pairs that turn beta_fast and beta_slow times in n_ctx_orig."""
+    f = np.float32
+
+    def dim(beta):
+        return f(n_rot) * np.log(f(n_ctx_orig) / (f(beta) * f(2) * f(math.pi))) / (f(2) * np.log(f(freq_base)))
+
+    lo, hi = np.floor(dim(beta_fast)), np.ceil(dim(beta_slow))
+    return float(max(f(0), lo)), float(min(f(n_rot - 1), hi))
+
+
+def ggml_yarn_ramp(lo: float, hi: float, h: int) -> np.ndarray:
+    """rope_yarn_ramp (ggml-cpu/ops.cpp) for pairs 0..h-1, float32: 1 up to lo, 0 from hi."""
+    f = np.float32
+    y = (np.arange(h, dtype=f) - f(lo)) / max(f(0.001), f(hi) - f(lo))
+    return (f(1) - np.minimum(f(1), np.maximum(f(0), y))).astype(f)
+
+
+def declared_rope(hp, g, n_ctx: int = 0) -> DeclaredRope:
+    """The rope table and attention factor the GGUF g (metadata, tensors, tensor_array) declares
+    for a context of n_ctx tokens (0: its context length), as llama.cpp reads and applies them.
+    hp: its HParams. Missing or inconsistent fields are a ModelError naming the key."""
+    md, a = g.metadata, f"{hp.arch}.rope."
+    where = getattr(g, "path", "the file")
+
+    def bad(key, why):
+        return ModelError(f"{where}: key '{a}{key}': {why}")
+
+    def num(key, default, *, positive=False, minimum=None):
+        if a + key not in md:
+            return default
+        v = md[a + key]
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(v)):
+            raise bad(key, f"{v!r} is not a finite number")
+        if (positive and v <= 0) or (minimum is not None and v < minimum):
+            raise bad(key, f"{v!r} must be {'positive' if positive else f'at least {minimum}'}")
+        return v
+
+    kind = md.get(a + "scaling.type", "linear")           # llama.cpp's default when absent
+    if kind not in SCALING_TYPES:
+        raise bad("scaling.type", f"unknown rope scaling {kind!r} (llama.cpp knows {', '.join(SCALING_TYPES)})")
+    if kind == "yarn":
+        for key in ("scaling.factor", "scaling.original_context_length"):
+            if a + key not in md:
+                raise bad(key, "missing (required with rope.scaling.type = yarn)")
+    # rope.scale_linear: the older name llama.cpp still reads when rope.scaling.factor is absent
+    factor = float(num("scaling.factor" if a + "scaling.factor" in md else "scale_linear", 0.0, minimum=0))
+    if kind == "yarn" and factor == 0:
+        raise bad("scaling.factor", "0 (no scaling) with rope.scaling.type = yarn")
+    freq_scale = 1.0 if kind == "none" or factor == 0 else 1.0 / factor
+    n_train = hp.ctx_train
+    n_orig = int(num("scaling.original_context_length", n_train, positive=True))
+    fields = {"type": kind, "factor": 1.0 / freq_scale, "original_context_length": n_orig,
+              "attn_factor": float(num("scaling.attn_factor", 1.0, positive=True))}
+
+    h = hp.n_rot // 2
+    factors = {name: _factor_tensor(g, name, h, where) for name in FACTOR_TENSORS if name in g.tensors}
+    base = base_inv_freq(hp.freq_base, hp.n_rot).astype(np.float64)
+    if "rope_freqs.weight" in factors:
+        base = base / factors["rope_freqs.weight"]
+    long_short = [n for n in FACTOR_TENSORS[1:] if n in factors]
+    if kind == "longrope":
+        if "rope_freqs.weight" in factors or len(long_short) != 2:
+            raise ModelError(f"{where}: rope.scaling.type = longrope needs rope_factors_long.weight and "
+                             f"rope_factors_short.weight (and no rope_freqs.weight); the file has "
+                             f"{', '.join(sorted(factors)) or 'none of them'}")
+        # llama_model::get_rope_factors compares the context per sequence with n_ctx_orig, after
+        # llama_context has padded it to a multiple of 256 (llama-context.cpp)
+        n_ctx = int(n_ctx or n_train)
+        n_seq = -(-n_ctx // LLAMA_CTX_PAD) * LLAMA_CTX_PAD
+        chosen = "long" if n_seq > n_orig else "short"
+        fields["factors"] = (f"rope_factors_{chosen} (n_ctx {n_ctx}{f' padded to {n_seq}' if n_seq != n_ctx else ''}"
+                             f" {'>' if chosen == 'long' else '<='} {n_orig})")
+        unscaled = base / factors["rope_factors_short.weight"]
+        base = base / factors[f"rope_factors_{chosen}.weight"]
+    else:
+        if long_short:
+            raise ModelError(f"{where}: tensor '{long_short[0]}' is only read with rope.scaling.type = "
+                             f"longrope; key '{a}scaling.type' is {kind!r}")
+        unscaled = base
+
+    # llama-context.cpp: ext_factor < 0 means not set (1 for yarn), the attention factor follows.
+    ext = float(num("scaling.yarn_ext_factor", -1.0))
+    ext = (1.0 if kind == "yarn" else 0.0) if ext < 0 else ext
+    inv, mscale = base * freq_scale, float(num("scaling.yarn_attn_factor", 1.0, positive=True))
+    if ext != 0:
+        fast = float(num("scaling.yarn_beta_fast", YARN_BETA_FAST, positive=True))
+        slow = float(num("scaling.yarn_beta_slow", YARN_BETA_SLOW, positive=True))
+        if fast <= slow:
+            raise bad("scaling.yarn_beta_fast", f"{fast:g} must be above yarn_beta_slow {slow:g}")
+        log_mul = float(num("scaling.yarn_log_multiplier", 0.0, minimum=0))
+        lo, hi = ggml_yarn_corr_dims(hp.n_rot, n_orig, hp.freq_base, fast, slow)
+        mix = ggml_yarn_ramp(lo, hi, h).astype(np.float64) * ext
+        inv = inv * (1 - mix) + base * mix                   # rope_yarn: theta blended per pair
+        s = 1.0 / freq_scale
+        mscale = _get_mscale(s, 1.0) / (_get_mscale(s, log_mul) if log_mul else 1.0)
+        fields.update(yarn_ext_factor=ext, yarn_beta_fast=fast, yarn_beta_slow=slow, corr_dims=[lo, hi])
+        if log_mul:
+            fields["yarn_log_multiplier"] = log_mul
+    mscale *= fields["attn_factor"]
+    if mscale != 1.0 and hp.n_rot != hp.head_dim:
+        raise ModelError(f"{where}: an attention factor of {mscale:.4g} ({kind} scaling) on a partly rotated "
+                         f"head ({hp.n_rot} of {hp.head_dim} dims): llama.cpp scales only the rotated "
+                         f"dims, which clexrt's one q.k scale cannot do")
+    if ext != 0 and freq_scale != 1.0 and getattr(hp, "n_rope_sets", 1) > 1:
+        raise ModelError(f"{where}: yarn on {hp.arch}, whose sliding-window layers keep their own rope: "
+                         f"llama.cpp gives those layers another attention factor than the others, "
+                         f"which clexrt's one q.k scale cannot do")
+    fields["mscale"] = mscale
+    return DeclaredRope(kind, inv.astype(np.float32), mscale, unscaled.astype(np.float32),
+                        n_orig if kind in ("yarn", "longrope") else n_train, fields,
+                        describe_declared(fields))
+
+
+def _get_mscale(s: float, m: float) -> float:
+    """llama-context.cpp's get_mscale, YaRN's magnitude correction, in float32 as it is there."""
+    f = np.float32
+    return 1.0 if s <= 1 else float(f(0.1) * f(m) * np.log(f(s)) + f(1))
+
+
+def _factor_tensor(g, name: str, h: int, where) -> np.ndarray:
+    t = g.tensors[name]
+    if t.type_name != "F32" or t.n_elements != h:
+        raise ModelError(f"{where}: tensor '{name}' must be F32 with {h} values (n_rot/2), "
+                         f"got {t.type_name} {list(t.shape)}")
+    ff = np.asarray(g.tensor_array(name), np.float64).reshape(-1)
+    if not np.all(np.isfinite(ff)) or np.any(ff <= 0):
+        raise ModelError(f"{where}: tensor '{name}' has non-positive or non-finite factors")
+    return ff
+
+
+def describe_declared(f: dict) -> str:
+    """One line for the declared scaling: "yarn x4 from 512 (beta 32/1, ext 1), q and k x1.139"."""
+    kind = f["type"]
+    if kind == "none" or (kind == "linear" and f["factor"] == 1 and f["mscale"] == 1):
+        return "none"
+    s = f"{kind} x{f['factor']:g}" if f["factor"] != 1 or kind == "linear" else kind
+    if kind in ("yarn", "longrope"):
+        s += f" from {f['original_context_length']}"
+    if "yarn_beta_fast" in f:
+        s += f" (beta {f['yarn_beta_fast']:g}/{f['yarn_beta_slow']:g}, ext {f['yarn_ext_factor']:g})"
+    if "factors" in f:
+        s += f", {f['factors']}"
+    if f["mscale"] != 1:
+        s += f", q and k x{f['mscale']:.4g}"
+    return s

@@ -48,11 +48,13 @@ class RopeSchedule:
         sched.next_change(5000)  -> 8193 (the first length with another table)
 
     clex: a tables.ClexTables (or a ClexSpline over one). max_factor caps t (CLEX: the
-    GGUF's M; the others: None, no cap). Tables are cached by t."""
+    GGUF's M; the others: None, no cap). attn_factor: the base table's own (the scaling a GGUF
+    declares, methods.declared_rope); every choice carries it, times the method's. Tables are
+    cached by t."""
 
     def __init__(self, method: str, base: np.ndarray, train_length: int, *, mode: str = "ceil",
                  steps: int | None = None, max_factor: float | None = None,
-                 clex=None, yarn_beta: tuple[float, float] = (32.0, 1.0)):
+                 clex=None, yarn_beta: tuple[float, float] = (32.0, 1.0), attn_factor: float = 1.0):
         if method not in METHODS:
             raise ModelError(f"unknown rope method {method!r} (choose from {', '.join(METHODS)})")
         if mode not in MODES:
@@ -78,6 +80,7 @@ class RopeSchedule:
         self.max_factor = None if max_factor is None else float(max_factor)
         self.clex = clex
         self.yarn_beta = yarn_beta
+        self.attn_factor = float(attn_factor)
         self._cache: dict[float, RopeChoice] = {}
 
     @property
@@ -124,18 +127,18 @@ class RopeSchedule:
         return self.table_for(self.factor(n))
 
     def _make(self, t: float) -> RopeChoice:
-        m, base = self.method, self.base
+        m, base, a = self.method, self.base, self.attn_factor
         if m == "none" or (t == 1.0 and m != "clex"):
-            return RopeChoice(m, t, base.copy())
+            return RopeChoice(m, t, base.copy(), attn_factor=a)
         if m == "linear":
-            return RopeChoice(m, t, linear_inv_freq(base, t))
+            return RopeChoice(m, t, linear_inv_freq(base, t), attn_factor=a)
         if m == "ntk":
-            return RopeChoice(m, t, ntk_inv_freq(base, t))
+            return RopeChoice(m, t, ntk_inv_freq(base, t), attn_factor=a)
         if m == "yarn":
             fast, slow = self.yarn_beta
             return RopeChoice(m, t, yarn_inv_freq(base, t, self.train_length, fast, slow),
-                              attn_factor=yarn_attn_factor(t))
-        return RopeChoice(m, t, self.clex.table(t))
+                              attn_factor=a * yarn_attn_factor(t))
+        return RopeChoice(m, t, self.clex.table(t), attn_factor=a)
 
 
 def describe_state(st: dict | None) -> str:
