@@ -110,6 +110,9 @@ def describe(path: str) -> dict:
         def a(key, default=None):
             return _plain(md.get(f"{arch}.{key}", default))
 
+        declared = _declared(hp, g)
+        if problem is None and declared and declared.get("error"):
+            problem = declared["error"]
         types = Counter(t.type_name for t in g.tensors.values())
         ft = md.get("general.file_type")
         out = {
@@ -132,7 +135,7 @@ def describe(path: str) -> dict:
             "head_count_kv": a("attention.head_count_kv"),
             "rope": {"freq_base": a("rope.freq_base"), "dimension_count": a("rope.dimension_count"),
                      "scaling_type": a("rope.scaling.type"),
-                     "scaling_factor": a("rope.scaling.factor"), "declared": _declared(hp, g)},
+                     "scaling_factor": a("rope.scaling.factor"), "declared": declared},
             "tokenizer": _tokenizer_info(md),
             "chat_template": md.get("tokenizer.chat_template"),
             "chat_format": _chat_format(md),

@@ -99,13 +99,10 @@ class Model:
             raise ModelError(f"{self.path}: {problem}")
         self._model = self._create_model(hp)
         self.n_params = int(lib.clex_model_n_params(self._model))
-        # the rope table the GGUF asks for (base frequencies, rope_freqs.weight, linear scaling)
-        factors = None
-        if "rope_freqs.weight" in g.tensors:
-            factors = np.array(g.tensor_array("rope_freqs.weight"), dtype=np.float32)
-        self.base_inv_freq = rope_mod.gguf_inv_freq(hp.freq_base, hp.n_rot, freq_factors=factors,
-                                                    scaling_type=hp.rope_scaling_type,
-                                                    scaling_factor=hp.rope_scaling_factor)
+        # the scaling the GGUF declares (rope.scaling.*, rope_freqs / rope_factors_*) as llama.cpp
+        # applies it at this context size: the static table of rope "auto" (rope.declared_rope)
+        self.declared = rope_mod.declared_rope(hp, g, max(0, int(n_ctx or 0)))
+        self.base_inv_freq = self.declared.inv_freq
         self.schedule = self._schedule(rope, clex_mode, rope_steps)
         if kv_policy is None:
             kv_policy = DEFAULT_KV_POLICY
@@ -162,20 +159,27 @@ class Model:
         if rope not in ROPES:
             raise ModelError(f"unknown rope method {rope!r} (choose from {', '.join(ROPES)})")
         c = self.clex
-        if rope == "auto":
+        auto = rope == "auto"
+        if auto:
             rope = "clex" if c is not None else "none"
         if clex_mode is None:
             clex_mode = DEFAULT_MODE
+        attn = 1.0
         if c is not None:
             # a CLEX model's own frequencies and length, whichever method runs it
             base, L, M = c.inv_freq, c.train_length, c.max_factor
+        elif auto:
+            # as the file says: its declared table, static, with its attention factor
+            base, L, M, attn = self.base_inv_freq, self.hparams.ctx_train, None, self.declared.attn_factor
         else:
-            base, L, M = self.base_inv_freq, self.hparams.ctx_train, None
+            # an explicit method replaces the declared scaling: from the unscaled table and length
+            base, L, M = self.declared.unscaled, self.declared.train_length, None
         if base.size != self.hparams.n_rot // 2:
             raise ModelError(f"the rope table has {base.size} entries, the model rotates "
                              f"{self.hparams.n_rot // 2} pairs")
         return rope_mod.RopeSchedule(rope, base, L, mode=clex_mode, steps=steps,
-                                     max_factor=M if rope == "clex" else None, clex=c)
+                                     max_factor=M if rope == "clex" else None, clex=c,
+                                     attn_factor=attn)
 
     # ------------------------------------------------------------------ rope table
     def _set_table(self, inv: np.ndarray) -> None:
