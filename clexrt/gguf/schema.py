@@ -62,6 +62,10 @@ class HParams:
     local_rope_base: float | None = None   # the sliding-window layers' own rope base, if any
     clex: ClexTables | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self):
+        # one form for the per-layer flags, whatever built it (a JSON round trip gives a list)
+        object.__setattr__(self, "swa_layers", tuple(bool(x) for x in self.swa_layers))
+
     @classmethod
     def llama(cls, *, n_vocab: int, n_embd: int, n_layer: int, n_head: int, n_ff: int,
               n_ctx_train: int, n_head_kv: int | None = None, head_dim: int | None = None,
