@@ -316,7 +316,7 @@ def test_signals_looked_at_raises_a_ctrl_c_noted_in_another_thread():
     import select
     import threading
 
-    from clexrt.cli.repl import signals_looked_at
+    from clexrt.cli.repl import ctrl_c_raises, signals_looked_at
 
     def in_another_thread():
         time.sleep(0.3)                              # the main thread waits in select() now
@@ -327,7 +327,8 @@ def test_signals_looked_at_raises_a_ctrl_c_noted_in_another_thread():
     try:
         t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            with signals_looked_at():
+            # ctrl_c_raises: a suite started in the background by a script has SIGINT ignored
+            with ctrl_c_raises(), signals_looked_at():
                 threading.Thread(target=in_another_thread).start()
                 select.select([r], [], [], 5)        # without the timer: 5 s, then raises
         assert time.monotonic() - t0 < 2

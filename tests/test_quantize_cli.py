@@ -177,8 +177,11 @@ def test_ctrl_c_in_the_cli_removes_the_temporary_file(models, tmp_path):
     """A real SIGINT to `clexrt quantize` once its temporary file exists (each tensor slowed to
     0.3 s): exit 130, no OUT, no OUT.tmp-*."""
     out = tmp_path / "o.gguf"
+    # SIGINT at its default in the child: a suite started in the background by a script has it
+    # ignored, and Python then never raises KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-c", SLOW_MAIN, "quantize", str(models["clex"]), str(out),
-                          "--type", "Q4_K_M", "--no-progress"], stderr=subprocess.PIPE, text=True)
+                          "--type", "Q4_K_M", "--no-progress"], stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.monotonic()
         while not any(".tmp-" in n for n in os.listdir(tmp_path)):
