@@ -77,15 +77,18 @@ static void fill(input *in, void *buf, size_t n) {
         }                                                                                          \
     } while (0)
 
-/* the weight types, then the others: an activation type, retired and unknown ids, and types
- * known by their sizes only (Q5_0, Q4_K: no conversion, not run) */
-static const int32_t TYPES[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_BF16, CLEX_TYPE_Q8_0,
-                                CLEX_TYPE_Q4_0, CLEX_TYPE_Q4_1, CLEX_TYPE_Q8_1, 4, 5, 99, -1, 6, 12};
+/* the weight types (the K-quant files' ones included), then the others: an activation type,
+ * retired and unknown ids, and types known by their sizes only (IQ2_XXS, IQ1_S: not run) */
+#define N_WEIGHT_TYPES 15
+static const int32_t TYPES[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_BF16, CLEX_TYPE_Q8_0, CLEX_TYPE_Q4_0,
+                                CLEX_TYPE_Q4_1, CLEX_TYPE_Q5_0, CLEX_TYPE_Q5_1, CLEX_TYPE_Q2_K, CLEX_TYPE_Q3_K,
+                                CLEX_TYPE_Q4_K, CLEX_TYPE_Q5_K, CLEX_TYPE_Q6_K, CLEX_TYPE_IQ4_NL, CLEX_TYPE_IQ4_XS,
+                                CLEX_TYPE_Q8_1, 4, 5, 99, -1, CLEX_TYPE_IQ2_XXS, CLEX_TYPE_IQ1_S};
 
 static int32_t pick_type(input *in) {
     const uint8_t s = (uint8_t)take(in, 1);
-    if (s < 240) return TYPES[s % 6];                                    /* weight types */
-    return TYPES[6 + s % 7];                                             /* the others */
+    if (s < 240) return TYPES[s % N_WEIGHT_TYPES];                                      /* weight types */
+    return TYPES[N_WEIGHT_TYPES + s % (sizeof TYPES / sizeof TYPES[0] - N_WEIGHT_TYPES)];   /* the others */
 }
 
 /* a * b for non-negative a, b, saturating at 2^100 (far above any size that can be real) */
@@ -256,14 +259,27 @@ static void fuzz_model(input *in) {
     }
     int arch_llama = 1;
 #if CLEX_ABI_VERSION >= 6
-    /* now and then one architecture field off LLaMA's 0: every such value is refused today */
+    /* now and then one architecture field off LLaMA's 0: the named values run (norms, rope
+     * layouts, FFNs, parallel residual: the forward pass below exercises them), out-of-range ones
+     * and experts (this harness builds no expert tensors) must be refused */
     if ((take(in, 1) & 7) == 0) {
         int32_t *fields[] = {&hp.norm_kind, &hp.rope_layout, &hp.ffn_kind, &hp.parallel_residual, &hp.n_expert,
                              &hp.n_expert_used};
         *fields[take(in, 1) % 6] = pick32(in, -2, 9);
-        arch_llama = !(hp.norm_kind || hp.rope_layout || hp.ffn_kind || hp.parallel_residual || hp.n_expert ||
-                       hp.n_expert_used);
+        arch_llama = hp.norm_kind >= 0 && hp.norm_kind <= 1 && hp.rope_layout >= 0 && hp.rope_layout <= 1 &&
+                     hp.ffn_kind >= 0 && hp.ffn_kind <= 2 && hp.parallel_residual >= 0 && hp.parallel_residual <= 1 &&
+                     !hp.n_expert && !hp.n_expert_used;
     }
+#if CLEX_ABI_VERSION >= 8
+    /* and the scales and soft-caps: finite and >= 0 run, others are refused */
+    if ((take(in, 1) & 7) == 0) {
+        static const float vals[] = {0.0f, 1.0f, 0.125f, 30.0f, -1.0f, NAN, INFINITY, 1e30f};
+        float *ff[] = {&hp.embd_scale, &hp.attn_scale, &hp.attn_softcap, &hp.final_softcap};
+        const float v = vals[take(in, 1) % 8];
+        *ff[take(in, 1) % 4] = v;
+        if (!(isfinite(v) && v >= 0.0f)) arch_llama = 0;
+    }
+#endif
 #endif
     const int64_t E = hp.n_embd, V = hp.n_vocab, F = hp.n_ff;
     const int64_t qd = (int64_t)hp.n_head * hp.head_dim, kvd = (int64_t)hp.n_head_kv * hp.head_dim;
@@ -298,6 +314,7 @@ static void fuzz_model(input *in) {
     clex_layer built[MAX_LAYERS_BUILT];
     for (int l = 0; l < n_built; l++) {
         clex_layer *L = &built[l];
+        memset(L, 0, sizeof *L);   /* the optional tensors absent, window 0, rope table 0 */
         T(L->attn_norm, sE, 0, 1, "attn_norm");
         T(L->wq, sE, sq, 0, "attn_q");
         T(L->wk, sE, skv, 0, "attn_k");
@@ -318,13 +335,17 @@ static void fuzz_model(input *in) {
     const size_t n_layers_arr = hp.n_layer > 0 ? (size_t)hp.n_layer : 1;
     layers = malloc(n_layers_arr * sizeof(clex_layer));
     for (size_t l = 0; l < n_layers_arr; l++) layers[l] = built[l % (size_t)n_built];
+#if CLEX_ABI_VERSION >= 8
+    int rc = clex_model_create(&hp, &tok, &onorm, NULL, tied ? NULL : &out, NULL, layers, &m);
+#else
     int rc = clex_model_create(&hp, &tok, &onorm, tied ? NULL : &out, layers, &m);
+#endif
     if (!shapes_ok) ORACLE(rc != 0, "model_create accepted a tensor that does not fit the hyper-parameters");
     const int hp_ok = hp.n_vocab > 0 && hp.n_embd > 0 && hp.n_layer > 0 && hp.n_head > 0 && hp.n_head_kv > 0 &&
                       hp.head_dim > 0 && hp.n_ff > 0 && hp.n_head % hp.n_head_kv == 0 && hp.n_rot > 0 &&
                       hp.n_rot <= hp.head_dim && hp.n_rot % 2 == 0 && hp.rms_eps > 0 && isfinite(hp.rms_eps);
     if (!hp_ok) ORACLE(rc != 0, "model_create accepted bad hyper-parameters");
-    if (!arch_llama) ORACLE(rc != 0, "model_create accepted an architecture it does not implement");
+    if (!arch_llama) ORACLE(rc != 0, "model_create accepted an architecture value it must refuse");
     if (rc) { ORACLE(m == NULL, "a failed model_create left *out set"); goto done; }
 
     /* context: n_ctx within what this process may hold, or absurd (then it must be refused) */
