@@ -435,3 +435,40 @@ def test_cli_hostile_gguf_is_one_error_line(hostile, command, capsys):
         assert e.value.code == 1, (name, command, out, err)
         assert err.startswith("clexrt: error: ") and err.count("\n") == 1, (name, err)
         assert str(path) in err or "tensor" in err, (name, err)
+
+
+@pytest.mark.parametrize("wtype, tensor, bits", [
+    ("q8_0", "blk.1.ffn_up.weight", 0x7E00),      # a NaN block scale (fp16)
+    ("q4_k", "blk.0.attn_v.weight", 0x7C00),      # an infinite super-block scale
+    ("f16", "blk.0.ffn_down.weight", 0xFC00),     # a -Inf weight
+])
+def test_a_non_finite_block_scale_is_named(tmp_path, wtype, tensor, bits):
+    """A corrupt scale (NaN/Inf) in one block: Model(check_tensors=True) names the file, the
+    tensor and the row at load. Without the check, a non-finite value that reaches the logits
+    (float weights: nothing rounds it away) is the same error instead of NaN logits handed to
+    the sampler; in a quantized weight the 8-bit activations round it to 0 first."""
+    import tinymodel as tm
+    from clexrt.gguf import GGUFFile
+
+    cfg = tm.tiny_hparams(n_embd=256, n_ff=256) if wtype == "q4_k" else tm.tiny_hparams()
+    path = tmp_path / f"{wtype}.gguf"
+    tm.write_tiny(path, wtype, cfg)
+    with GGUFFile(str(path)) as g:
+        t = g.tensors[tensor]
+        off = t.offset                                  # absolute, in the file
+    rb = t.nbytes // t.shape[1]
+    data = bytearray(path.read_bytes())
+    # Q8_0 / Q4_K: the block's first two bytes are its fp16 scale d; F16: the first weight
+    data[off + 3 * rb:off + 3 * rb + 2] = int(bits).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError) as ei:
+        Model(str(path), n_ctx=32, check_tensors=True)
+    msgs = [str(ei.value)]
+    if wtype == "f16":
+        with Model(str(path), n_ctx=32) as m:
+            with pytest.raises(ModelError) as ei:
+                m.eval([1, 2, 3, 4])
+        msgs.append(str(ei.value))
+    for msg in msgs:
+        assert str(path) in msg and f"tensor '{tensor}' row 3 holds NaN or infinite values" in msg, msg
+        assert "\n" not in msg

@@ -75,13 +75,17 @@ class Model:
     def __init__(self, path, n_ctx: int = 0, n_threads: int | None = None, rope: str = "auto",
                  clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int = 512,
                  context_shift: bool = False, n_keep: int = 1, rope_steps: int | None = None,
-                 kv_type: str = "f32"):
+                 kv_type: str = "f32", check_tensors: bool = False):
         self.path = os.fspath(path)
         self._lock = threading.RLock()
         self._ctx = self._model = None
         self.gguf = GGUFFile(self.path)
         try:
             self._build(n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type)
+            if check_tensors:
+                bad = self._nonfinite_weight()
+                if bad:
+                    raise ModelError(bad)
         except BaseException:
             self.close()
             raise
@@ -341,9 +345,31 @@ class Model:
                            ffi.NULL if out is None else ffi.cast("float *", out.ctypes.data),
                            1 if all_logits else 0)
         check(rc, "eval")
+        if out is not None and not np.isfinite(out).all():
+            raise self._nonfinite_error()
         self._hist[self.n_past:self.n_past + n] = toks
         self.n_past += n
         return out
+
+    def _nonfinite_weight(self) -> str | None:
+        """The first weight holding a NaN/Inf (a block scale or value), found by dequantizing
+        every tensor (it reads the whole file), as a message; None if all are finite."""
+        for name, t in self.gguf.tensors.items():
+            if not lib.clex_type_supported(t.ggml_type) or name == "rope_freqs.weight":
+                continue
+            r = int(lib.clex_tensor_nonfinite_row(self._weights.tensor(name)))
+            if r >= 0:
+                return (f"{self.path}: tensor '{name}' row {r} holds NaN or infinite values "
+                        f"(a block scale or weight): the file is corrupt")
+        return None
+
+    def _nonfinite_error(self) -> ModelError:
+        """Non-finite logits: the weight behind them, or an overflow with finite weights. (A NaN
+        in a quantized weight usually does not get this far: the 8-bit activations round it
+        to 0. check_tensors=True finds those at load.)"""
+        return ModelError(self._nonfinite_weight() or
+                          f"{self.path}: the logits are not finite, with every weight finite: an "
+                          f"overflow (extreme block scales or activations)")
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens to the KV cache; returns the last token's logits, float32 [n_vocab], or

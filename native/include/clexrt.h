@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 9
+#define CLEX_ABI_VERSION 10
 
 enum {
     CLEX_OK = 0,
@@ -217,6 +217,11 @@ int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd,
                       const clex_tensor *output, const clex_tensor *output_b,
                       const clex_layer *layers, clex_model **out);
 void clex_model_free(clex_model *m);
+/* The first row of t (ne[0] elements; the rows are all of ne[1..]) that holds a NaN or an
+ * infinity once dequantized (a block scale that is not finite, or such a float); -1 if none,
+ * CLEX_E_* if t is not a tensor the forward pass runs. For naming the tensor behind non-finite
+ * logits: it reads every byte of t. */
+int64_t clex_tensor_nonfinite_row(const clex_tensor *t);
 uint64_t clex_model_n_params(const clex_model *m);
 
 /* ---- context ---- */

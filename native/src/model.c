@@ -262,6 +262,26 @@ int clex_model_create(const clex_hparams *hp, const clex_tensor *tok_embd, const
     return CLEX_OK;
 }
 
+int64_t clex_tensor_nonfinite_row(const clex_tensor *t) {
+    int64_t rows;
+    if (!t || !t->data) return clex_fail(CLEX_E_INVALID, "NULL tensor");
+    const clex_type_traits *tr = clex_traits(t->type);
+    if (!tr || !tr->weight_ok || !tr->to_float || !tensor_rows(t, &rows) || t->ne[0] % tr->blck)
+        return clex_fail(CLEX_E_INVALID, "tensor '%s' is not one the forward pass runs", tname(t, "?"));
+    const uint64_t rb = row_bytes(tr, t->ne[0]);
+    if (t->nbytes < rb * (uint64_t)rows) return clex_fail(CLEX_E_INVALID, "tensor '%s' is short", tname(t, "?"));
+    float *row = malloc((size_t)t->ne[0] * sizeof(float));
+    if (!row) return clex_fail(CLEX_E_NOMEM, "out of memory");
+    int64_t bad = -1;
+    for (int64_t r = 0; r < rows && bad < 0; r++) {
+        tr->to_float((const uint8_t *)t->data + (uint64_t)r * rb, row, t->ne[0]);
+        for (int64_t i = 0; i < t->ne[0]; i++)
+            if (!isfinite(row[i])) { bad = r; break; }
+    }
+    free(row);
+    return bad;
+}
+
 void clex_model_free(clex_model *m) {
     if (!m) return;
     free(m->layers);
