@@ -281,6 +281,102 @@ INLINE void iq4xs_rows(int64_t n, float *s, const void *vw, const block_q8_K *co
 
 CLEX_X86_K_DEFINE(clex_avx2, IQ4_XS, block_q8_K, iq4xs_rows)
 
+/* ------------------------------------------------------------------ packing for the tile kernels */
+
+/* a super-block as x86_k.h's clex_kpack2, in the row kernels' unpacking */
+INLINE void kpack2_store(clex_kpack2 *p, const __m256i u[8], const __m256i v[8], __m256i bias, float d, float dm) {
+    CLEX_UNROLL for (int j = 0; j < 8; j++) {
+        _mm256_storeu_si256((__m256i *)p->u[j], u[j]);
+        _mm256_storeu_si256((__m256i *)p->v[j], v[j]);
+    }
+    _mm256_storeu_si256((__m256i *)p->bias, bias);
+    p->d = d;
+    p->dm = dm;
+}
+
+/* Q4_K, Q5_K: registers 2k, 2k + 1 are sub-blocks 2k, 2k + 1 (one scale each) */
+INLINE void kpack2_45(const void *vw, int64_t i, int five, clex_kpack2 *p) {
+    const block_q4_K *w4 = vw;
+    const block_q5_K *w5 = vw;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    const __m128i sm = k4_scales(five ? w5[i].scales : w4[i].scales);
+    const __m128i mpair = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    const uint8_t *qs = five ? w5[i].qs : w4[i].qs;
+    __m256i hb = five ? ld(w5[i].qh) : _mm256_setzero_si256(), u[8], v[8];
+    CLEX_UNROLL for (int k = 0; k < 4; k++) {
+        const __m256i q = ld(qs + 32 * k);
+        u[2 * k] = _mm256_and_si256(q, m4);
+        u[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (five) {   /* as k45_rows */
+            u[2 * k] = _mm256_or_si256(u[2 * k], _mm256_and_si256(_mm256_slli_epi16(hb, 4), b4));
+            u[2 * k + 1] = _mm256_or_si256(u[2 * k + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), b4));
+            hb = _mm256_srli_epi16(hb, 2);
+        }
+        v[2 * k] = lane16(sc, 2 * k);
+        v[2 * k + 1] = lane16(sc, 2 * k + 1);
+    }
+    kpack2_store(p, u, v, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, mpair)), h2f(five ? w5[i].d : w4[i].d),
+                 -h2f(five ? w5[i].dmin : w4[i].dmin));
+}
+
+/* Q2_K, Q3_K, Q6_K: register 4h + q holds sub-blocks 8h + 2q, 8h + 2q + 1 (as k23_rows, q6k_rows) */
+INLINE void kpack2_16(const void *vw, int64_t i, int32_t type, clex_kpack2 *p) {
+    const block_q2_K *w2 = vw;
+    const block_q3_K *w3 = vw;
+    const block_q6_K *w6 = vw;
+    const int three = type == CLEX_TYPE_Q3_K;
+    __m256i u[8], v[8], sc16, bias;
+    float dm = 0.0f;
+    if (type == CLEX_TYPE_Q6_K) {
+        sc16 = _mm256_cvtepi8_epi16(ld16(w6[i].scales));
+        bias = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
+        CLEX_UNROLL for (int h = 0; h < 2; h++) q6k_codes(w6[i].ql + 64 * h, w6[i].qh + 32 * h, u + 4 * h);
+    } else {
+        if (three) {
+            sc16 = _mm256_cvtepi8_epi16(q3_scales16(w3[i].scales));
+            bias = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 2));
+        } else {
+            const __m128i raw = ld16(w2[i].scales), m4 = _mm_set1_epi8(0x0F);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
+            bias = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+            dm = -h2f(w2[i].dmin);
+        }
+        __m256i hb = three ? ld(w3[i].hmask) : _mm256_setzero_si256();
+        CLEX_UNROLL for (int h = 0; h < 2; h++) {
+            __m256i q = ld((three ? w3[i].qs : w2[i].qs) + 32 * h);
+            CLEX_UNROLL for (int b = 0; b < 4; b++) {
+                u[4 * h + b] = _mm256_and_si256(q, _mm256_set1_epi8(3));
+                q = _mm256_srli_epi16(q, 2);
+                if (three) {
+                    u[4 * h + b] = _mm256_or_si256(u[4 * h + b],
+                                                   _mm256_and_si256(_mm256_slli_epi16(hb, 2), _mm256_set1_epi8(4)));
+                    hb = _mm256_srli_epi16(hb, 1);
+                }
+            }
+        }
+    }
+    CLEX_UNROLL for (int h = 0; h < 2; h++) {
+        const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+        CLEX_UNROLL for (int q = 0; q < 4; q++) v[4 * h + q] = pair16(half, q);
+    }
+    kpack2_store(p, u, v, bias, h2f(type == CLEX_TYPE_Q6_K ? w6[i].d : three ? w3[i].d : w2[i].d), dm);
+}
+
+INLINE void kpack2_one(const void *vw, int64_t i, int32_t type, clex_kpack2 *p) {
+    if (type == CLEX_TYPE_Q4_K || type == CLEX_TYPE_Q5_K) kpack2_45(vw, i, type == CLEX_TYPE_Q5_K, p);
+    else kpack2_16(vw, i, type, p);
+}
+
+#define KPACK2_DEFINE(PFX, T)                                                                    \
+    void PFX##_kpack_##T(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst) {     \
+        const int64_t nsb = n / QK_K;                                                             \
+        for (int64_t r = 0; r < rows; r++)                                                        \
+            for (int64_t i = 0; i < nsb; i++)                                                     \
+                kpack2_one((const uint8_t *)w + r * wstride, i, CLEX_TYPE_##T, (clex_kpack2 *)dst + r * nsb + i); \
+    }
+CLEX_X86_KPACK_TYPES(clex_avx2, KPACK2_DEFINE)
+
 /* ------------------------------------------------------------------ Q8_K quantizer */
 
 /* The largest |x| of 256 (NaN never chosen: max_ps returns its second operand, the running

@@ -141,10 +141,84 @@ S32_PACK(Q4_0, W_Q4_0)
 S32_PACK(Q5_0, W_Q5_0)
 S32_PACK(IQ4_NL, W_IQ4_NL)
 
+/* ------------------------------------------------------------------ K-quants */
+
+/* Super-blocks packed by avx2_k.c (x86_k.h's clex_kpack2) against Q8_K activations as they lie,
+ * one packed row x up to 4 tokens: per row, token and 32 codes a maddubs, a madd with the scales
+ * and an add (as the row kernels, without their unpacking); per super-block the bsums' madd and
+ * one or two conversions and FMAs. */
+
+enum { KQ_MAX_N = 16 * QK_K };
+
+static size_t kq_bytes(int64_t n) { return (size_t)(n / QK_K) * sizeof(clex_kpack2); }
+
+INLINE void kq_row(int C, int mins, int64_t nsb, const clex_kpack2 *pw, const uint8_t *x, size_t xstride, float *y,
+                   int64_t ystride, int accumulate) {
+    __m256 acc[TILE_C];
+    CLEX_UNROLL for (int c = 0; c < TILE_C; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const clex_kpack2 *p = pw + sb;
+        const block_q8_K *xb[TILE_C];
+        __m256i isum[TILE_C];
+        const __m256i bias = ld(p->bias);
+        CLEX_UNROLL for (int c = 0; c < C; c++) {
+            xb[c] = (const block_q8_K *)(x + c * xstride) + sb;
+            isum[c] = mins ? _mm256_setzero_si256() : _mm256_madd_epi16(ld(xb[c]->bsums), bias);
+        }
+        CLEX_UNROLL for (int j = 0; j < 8; j++) {
+            const __m256i u = ld(p->u[j]), v = ld(p->v[j]);
+            CLEX_UNROLL for (int c = 0; c < C; c++)
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(_mm256_maddubs_epi16(u, ld(xb[c]->qs + 32 * j)), v));
+        }
+        CLEX_UNROLL for (int c = 0; c < C; c++) {
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_set1_ps(p->d * xb[c]->d), acc[c]);
+            if (mins)
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(ld(xb[c]->bsums), bias)),
+                                         _mm256_set1_ps(p->dm * xb[c]->d), acc[c]);
+        }
+    }
+    CLEX_UNROLL for (int c = 0; c < C; c++) {
+        const float s = hsum8(acc[c]);
+        y[c * ystride] = accumulate ? y[c * ystride] + s : s;
+    }
+}
+
+INLINE void kq_gemm(int64_t n, const void *pw, int64_t rows, const void *vx, size_t xstride, int64_t ntok, float *y,
+                    int64_t ystride, int accumulate, int mins) {
+    const int64_t nsb = n / QK_K;
+    for (int64_t t0 = 0; t0 < ntok; t0 += TILE_C) {
+        const int C = ntok - t0 < TILE_C ? (int)(ntok - t0) : TILE_C;
+        const uint8_t *x = (const uint8_t *)vx + (uint64_t)t0 * xstride;
+        for (int64_t r = 0; r < rows; r++) {
+            const clex_kpack2 *p = (const clex_kpack2 *)pw + r * nsb;
+            float *yt = y + t0 * ystride + r;
+            switch (C) {
+            case 1: kq_row(1, mins, nsb, p, x, xstride, yt, ystride, accumulate); break;
+            case 2: kq_row(2, mins, nsb, p, x, xstride, yt, ystride, accumulate); break;
+            case 3: kq_row(3, mins, nsb, p, x, xstride, yt, ystride, accumulate); break;
+            default: kq_row(4, mins, nsb, p, x, xstride, yt, ystride, accumulate); break;
+            }
+        }
+    }
+}
+
+static void kq_gemm_mins(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
+                         float *y, int64_t ystride, int accumulate) {
+    kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 1);
+}
+
+static void kq_gemm_bias(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
+                         float *y, int64_t ystride, int accumulate) {
+    kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 0);
+}
+
+#define KQ_TILES(T, GEMM) [CLEX_TYPE_##T] = {kq_bytes, clex_avx2_kpack_##T, GEMM, KQ_MAX_N, 8}
 #define S32_TILES(T) [CLEX_TYPE_##T] = {s32_bytes, pack_##T, s32_gemm, MAX_N, 8}
 
 const clex_tile_set clex_avx2_tiles = {{
     S32_TILES(Q8_0), S32_TILES(Q4_0), S32_TILES(Q5_0), S32_TILES(IQ4_NL),
+    KQ_TILES(Q2_K, kq_gemm_mins), KQ_TILES(Q4_K, kq_gemm_mins), KQ_TILES(Q5_K, kq_gemm_mins),
+    KQ_TILES(Q3_K, kq_gemm_bias), KQ_TILES(Q6_K, kq_gemm_bias),
 }};
 
 #if defined(__clang__)

@@ -51,9 +51,23 @@ typedef struct {
 } clex_kpack;
 _Static_assert(sizeof(clex_kpack) == 512, "clex_kpack: whole cache lines");
 
+/* The same for the AVX2 tile kernels (packed by avx2_k.c, multiplied by avx2_tile.c): the codes
+ * 32 to a register, v[j] the int16 scales of register j's 16 pair sums after maddubs (the madd
+ * factors), the bsums' factors, and the float scales of the integer sum (d) and of the bsums'
+ * sum (-dmin; 0 where the bsums go into the integer sum). */
+typedef struct {
+    uint8_t u[8][32];
+    int16_t v[8][16];
+    int16_t bias[16];
+    float d, dm;
+    uint8_t pad[24];
+} clex_kpack2;
+_Static_assert(sizeof(clex_kpack2) == 576, "clex_kpack2: whole cache lines");
+
 #define CLEX_X86_KPACK_TYPES(PFX, X) X(PFX, Q2_K) X(PFX, Q3_K) X(PFX, Q4_K) X(PFX, Q5_K) X(PFX, Q6_K)
 #define CLEX_X86_KPACK_DECLARE(PFX, T) \
     void PFX##_kpack_##T(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst);
+CLEX_X86_KPACK_TYPES(clex_avx2, CLEX_X86_KPACK_DECLARE)
 CLEX_X86_KPACK_TYPES(clex_avx512vnni, CLEX_X86_KPACK_DECLARE)
 
 /* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
