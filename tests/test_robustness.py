@@ -367,10 +367,16 @@ def test_mutated_but_valid_files_run_or_fail_cleanly(tmp_path):
                 refused += 1
                 continue
             with m:
-                out = m.eval([1, 2, 3], all_logits=True)
+                try:
+                    out = m.eval([1, 2, 3], all_logits=True)
+                except ModelError as e:    # non-finite logits: named, one line
+                    assert "\n" not in str(e) and ("holds NaN" in str(e) or "not finite" in str(e)), e
+                    refused += 1
+                    continue
                 assert out.shape == (3, m.n_vocab) and out.dtype == np.float32
+                assert np.isfinite(out).all()
                 ran += 1
-    assert ran > 50
+    assert ran > 40
 
 
 # --------------------------------------------------------------------------------------------
