@@ -357,7 +357,8 @@ INLINE void kpack2_16(const void *vw, int64_t i, int32_t type, clex_kpack2 *p) {
         }
     }
     CLEX_UNROLL for (int h = 0; h < 2; h++) {
-        const __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+        const __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                               : _mm256_permute2x128_si256(sc16, sc16, 0x00);   /* an immediate for clang */
         CLEX_UNROLL for (int q = 0; q < 4; q++) v[4 * h + q] = pair16(half, q);
     }
     kpack2_store(p, u, v, bias, h2f(type == CLEX_TYPE_Q6_K ? w6[i].d : three ? w3[i].d : w2[i].d), dm);
