@@ -1,8 +1,9 @@
-/* AVX2 + FMA + F16C tile kernels for prefill (internal.h's clex_tile_set) of the signed 32-value
- * types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations): tiles of up to 2 weight rows x 4
+/* AVX2 + FMA + F16C tile kernels for prefill (internal.h's clex_tile_set). The signed 32-value
+ * types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations) in tiles of up to 2 weight rows x 4
  * tokens (16 vector registers: 8 accumulators and the operands), each weight block unpacked once
  * per call instead of once per four tokens, each loaded weight register serving four tokens and
- * each activation register two rows.
+ * each activation register two rows; the K-quants Q2_K .. Q6_K (further down) one packed row x 4
+ * tokens (IQ4_XS keeps its row kernels).
  *
  * Packed, a block of a weight row is 64 bytes, |w| then w (maddubs multiplies unsigned by
  * signed bytes and saturates its pair sums, so the weights' signs move onto the activations, as

@@ -6,7 +6,9 @@
  * avx512.c. Each holds to its *_generic twin (quants.c, quants_k.c, iquants.c): the integer sums
  * exactly, the float scaling up to summation order; the four-row kernel (dot4) runs each row
  * through the same operations as the one-row kernel (dot), so the two give the same bits
- * (tests/test_kernels.py checks it). The quantizer is bit-exact with clex_quantize_q8_K_ref. */
+ * (tests/test_kernels.py checks it). The quantizer is bit-exact with clex_quantize_q8_K_ref.
+ * Prefill's tile kernels (avx2_tile.c, avx512_tile.c, with the K-quants' packing in avx2_k.c and
+ * avx512_k.c) hold to the same twins within the same tolerance. */
 #ifndef CLEXRT_X86_K_H
 #define CLEXRT_X86_K_H
 
