@@ -74,15 +74,15 @@ static const clex_tile_kernel *tile_for(const clex_tensor *w, const row_op *op, 
 }
 
 /* Rows [r0, r1) against every token with the tile kernels, TILE_TOKENS tokens at a time: the
- * weights packed a block of rows at a time (as many as TILE_SCRATCH holds, a multiple of 4), a
+ * weights packed a block of rows at a time (as many as TILE_SCRATCH holds, a multiple of 16), a
  * row longer than the kernel's max_n in pieces, each piece after the first added to y. Returns
  * 0 (nothing done) when out of memory. */
 static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
     const int64_t kc = op->k <= tk->max_n ? op->k : tk->max_n / op->wt->blck * op->wt->blck;
     const size_t pb = tk->bytes(kc);
-    int64_t nr = (int64_t)(TILE_SCRATCH / pb) / 4 * 4;
-    if (nr < 4) nr = 4;
+    int64_t nr = (int64_t)(TILE_SCRATCH / pb) / 16 * 16;
+    if (nr < 16) nr = 16;
     void *buf = aligned_alloc(64, ((size_t)nr * pb + 63) / 64 * 64);
     if (!buf) return 0;
     for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {

@@ -1,6 +1,5 @@
-/* The signed 32-value types' weights two blocks to a 512-bit register (avx512_k.c's kernels and
- * avx512_tile.c's packing): included after INLINE, ld16 and ld32 are defined, with AVX-512 BW
- * enabled. */
+/* The signed 32-value types' weights two blocks to a 512-bit register (avx512_k.c's kernels):
+ * included after INLINE, ld16 and ld32 are defined, with AVX-512 BW enabled. */
 /* the nibbles of blocks a and b: [a low | a high | b low | b high], 16 bytes each */
 INLINE __m512i nibbles2(const uint8_t *a, const uint8_t *b) {
     const __m512i q = _mm512_castsi256_si512(_mm256_set_m128i(ld16(b), ld16(a)));

@@ -1,20 +1,10 @@
 /* AVX-512 + VNNI tile kernels for prefill (internal.h's clex_tile_set): many tokens against the
- * same weight rows, in register tiles of up to 4 weight rows x 4 tokens, so that each weight
- * register loaded serves four tokens and each activation register four rows, and the weights'
- * unpacking is done once per call instead of once per four tokens. Two kinds: the signed
- * 32-value types below, and the K-quants Q2_K .. Q6_K (further down; IQ4_XS keeps its row
- * kernels).
- *
- * The signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations) share one
- * product; only their packing differs. Packed, a pair of blocks of a weight row is 128 bytes:
- * its 64 weights plus 128 as unsigned bytes (vpdpbusd multiplies unsigned by signed bytes, so
- * no sign has to be moved per token and row), then the two fp16 scales as floats, the first in
- * lanes 0..7, the second in 8..15. A pair of activation blocks is prepared once per tile of
- * tokens into 192 bytes: the 64 codes, then -128 * the sums of each lane's four codes (the
- * accumulator vpdpbusd starts from, which takes the +128 back out: the integer sums are exact),
- * then the scales as for the weights. Per tile, weight row and token, each pair of blocks then
- * costs one vpdpbusd, one conversion, one multiply of the two scale vectors and one FMA.
- * A lone last block (an odd count) is padded with zero weights, codes and scales. */
+ * same weight rows, the weights' unpacking done once per call instead of once per four tokens.
+ * The signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations) put 16 tokens
+ * in the lanes of 16 rows' accumulators (their section says how); the K-quants Q2_K .. Q6_K
+ * (further down) run tiles of up to 4 weight rows x 4 tokens, so that each weight register
+ * loaded serves four tokens and each activation register four rows. IQ4_XS keeps its row
+ * kernels. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -38,9 +28,10 @@ INLINE float h2f_at(const void *p) {
 }
 INLINE __m512i ld64(const void *p) { return _mm512_loadu_si512(p); }
 INLINE __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-INLINE __m128i ld16(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
-#include "avx512_s32.h"
+INLINE __m256i ld(const void *p) { return ld32(p); }
+
+#include "signed32_weights.h"
 
 /* ------------------------------------------------------------------ the tile's results */
 
@@ -82,93 +73,173 @@ INLINE void tile_store(const __m512 acc[16], int R, int C, float *y, int64_t yst
 
 /* ------------------------------------------------------------------ signed 32-value types */
 
-enum { S32_PW = 128, S32_PX = 192, S32_MAX_N = 2048, TILE_R = 4, TILE_C = 4 };
+/* Tokens in the lanes: a tile is 16 weight rows x 16 tokens, lane l of row r's accumulator
+ * holding token l. Per block, the 16 tokens' 32 activation bytes are transposed once into eight
+ * registers (register k: each token's bytes 4k .. 4k + 3, plus 128 as unsigned bytes) and each
+ * weight row's bytes arrive four at a time as broadcasts from memory, so eight vpdpbusd leave
+ * each lane with its token's whole block sum; one conversion, one multiply of the scales and one
+ * FMA follow per row and block, for 16 tokens at once. The +128 comes out through the row's
+ * -128 * (sum of its weights), the accumulator the vpdpbusd start from: the integer sums are
+ * exact. Packed, a block of a weight row is 40 bytes: its 32 signed weights, that int32, its
+ * scale as a float. The results are transposed back (16 x 16) into the tokens' rows of y. */
 
-static size_t s32_bytes(int64_t n) { return (size_t)((n / QK + 1) / 2) * S32_PW; }
+enum { TV_T = 16, TV_R = 16, S32_BW = 40, S32_XB = 9 * 64, S32_MAX_N = 2048 };
 
-/* the d of block a in lanes 0..7, b's in 8..15 */
-INLINE __m512 scales2(float a, float b) { return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b)); }
+INLINE int32_t ld_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+INLINE float ld_f32(const void *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static size_t s32_bytes(int64_t n) { return (size_t)(n / QK) * S32_BW; }
 
 INLINE void s32_pack(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst, int wt) {
-    const int64_t nb = n / QK, np = (nb + 1) / 2;
+    const int64_t nb = n / QK;
     const size_t ws = signed_stride(wt);
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *row = (const uint8_t *)w + r * wstride;
-        uint8_t *out = (uint8_t *)dst + r * np * S32_PW;
-        for (int64_t p = 0; p < np; p++, out += S32_PW) {
-            const int64_t i = 2 * p;
-            const int lone = i + 1 == nb;
-            const __m512i wq = _mm512_maskz_mov_epi8(lone ? 0xFFFFFFFFull : ~0ull,
-                                                     signed_weights2(row, i, i + !lone, wt));
-            _mm512_storeu_si512(out, _mm512_xor_si512(wq, _mm512_set1_epi8((char)0x80)));
-            _mm512_storeu_ps(out + 64, scales2(h2f_at(row + i * ws), lone ? 0.0f : h2f_at(row + (i + 1) * ws)));
+        uint8_t *out = (uint8_t *)dst + r * nb * S32_BW;
+        for (int64_t i = 0; i < nb; i++, out += S32_BW) {
+            const __m256i wq = signed_weights(row, i, wt);
+            /* sum(w) = sum(w + 128) - 32 * 128, the unsigned sum by vpsadbw */
+            const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(wq, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+            const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+            const int32_t sum = (int32_t)_mm_cvtsi128_si64(_mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2))) - 32 * 128;
+            const int32_t corr = -128 * sum;
+            const float d = h2f_at(row + i * ws);
+            _mm256_storeu_si256((__m256i *)out, wq);
+            memcpy(out + 32, &corr, 4);
+            memcpy(out + 36, &d, 4);
         }
     }
 }
 
-/* one row of Q8_0 activations (nb blocks) into its prepared pairs */
-INLINE void s32_prep_x(int64_t nb, const block_q8_0 *x, uint8_t *out) {
-    for (int64_t i = 0; i < nb; i += 2, out += S32_PX) {
-        const int lone = i + 1 == nb;
-        const __m512i xq = lone ? _mm512_zextsi256_si512(ld32(x[i].qs)) : load2(x[i].qs, x[i + 1].qs);
-        const __m512i sum128 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), xq);
-        _mm512_storeu_si512(out, xq);
-        _mm512_storeu_si512(out + 64, _mm512_sub_epi32(_mm512_setzero_si512(), sum128));
-        _mm512_storeu_ps(out + 128, scales2(h2f_at(&x[i].d), lone ? 0.0f : h2f_at(&x[i + 1].d)));
+/* vpermt2d indices of the 16 x 8 transpose of dwords (tokens x a block's 8 dwords), in three
+ * rounds of pairs: tokens 4j .. 4j + 3 (by dword halves), 8 (by dword pairs), 16 (by dwords) */
+static const int32_t tv_idx[6][16] __attribute__((aligned(64))) = {
+    {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27},
+    {4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31},
+    {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23},
+    {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31},
+    {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+    {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+};
+
+INLINE __m512i tv_perm(__m512i a, int i, __m512i b) {
+    return _mm512_permutex2var_epi32(a, _mm512_load_si512(tv_idx[i]), b);
+}
+
+/* out[k], lane l = dword k of the 32 bytes at tp[l] + off (a[i]: those of tokens 2i, 2i + 1) */
+INLINE void tv_transpose(const uint8_t *const tp[TV_T], size_t off, __m512i out[8]) {
+    __m512i a[8], p[4][2], q[2][2][2];
+    CLEX_UNROLL for (int i = 0; i < 8; i++)
+        a[i] = _mm512_inserti64x4(_mm512_castsi256_si512(ld32(tp[2 * i] + off)), ld32(tp[2 * i + 1] + off), 1);
+    CLEX_UNROLL for (int j = 0; j < 4; j++) CLEX_UNROLL for (int h = 0; h < 2; h++) p[j][h] = tv_perm(a[2 * j], h, a[2 * j + 1]);
+    CLEX_UNROLL for (int h = 0; h < 2; h++) CLEX_UNROLL for (int t = 0; t < 2; t++) CLEX_UNROLL for (int u = 0; u < 2; u++)
+        q[h][t][u] = tv_perm(p[2 * t][h], 2 + u, p[2 * t + 1][h]);
+    CLEX_UNROLL for (int h = 0; h < 2; h++) CLEX_UNROLL for (int u = 0; u < 2; u++) CLEX_UNROLL for (int v = 0; v < 2; v++)
+        out[4 * h + 2 * u + v] = tv_perm(q[h][0][u], 4 + v, q[h][1][u]);
+}
+
+/* nb blocks of ntok (<= 16) tokens' Q8_0 rows (xstride bytes apart) into S32_XB bytes per block:
+ * the transposed codes plus 128, then each token's scale (0 beyond ntok; the missing tokens'
+ * codes are the last token's) */
+INLINE void s32_prep(int64_t nb, const uint8_t *x, size_t xstride, int ntok, uint8_t *out) {
+    const uint8_t *tp[TV_T];
+    int32_t off[TV_T];
+    for (int l = 0; l < TV_T; l++) {
+        off[l] = (int32_t)((uint64_t)(l < ntok ? l : ntok - 1) * xstride);
+        tp[l] = x + off[l];
+    }
+    const __m512i vindex = _mm512_loadu_si512(off);
+    const __mmask16 live = (__mmask16)((1u << ntok) - 1);
+    for (int64_t b = 0; b < nb; b++, out += S32_XB) {
+        __m512i xk[8];
+        tv_transpose(tp, (size_t)b * sizeof(block_q8_0) + offsetof(block_q8_0, qs), xk);
+        CLEX_UNROLL for (int k = 0; k < 8; k++) _mm512_storeu_si512(out + 64 * k, _mm512_xor_si512(xk[k], _mm512_set1_epi8((char)0x80)));
+        const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, vindex, x + b * sizeof(block_q8_0), 1);
+        _mm512_storeu_ps(out + 512, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));   /* the low half of each: d */
     }
 }
 
-/* R weight rows (wrow bytes apart) x C prepared tokens (xrow bytes apart), np pairs of blocks */
-INLINE void s32_tile(int R, int C, int64_t np, const uint8_t *pw, size_t wrow, const uint8_t *px, size_t xrow,
-                     float *y, int64_t ystride, int accumulate) {
-    __m512 acc[16];
-    CLEX_UNROLL for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < np; p++) {
-        __m512i u[TILE_R];
-        __m512 dr[TILE_R];
-        CLEX_UNROLL for (int r = 0; r < R; r++) {
-            u[r] = ld64(pw + r * wrow + p * S32_PW);
-            dr[r] = _mm512_loadu_ps(pw + r * wrow + p * S32_PW + 64);
-        }
-        CLEX_UNROLL for (int c = 0; c < C; c++) {
-            const uint8_t *xp = px + c * xrow + p * S32_PX;
-            const __m512i xq = ld64(xp), off = ld64(xp + 64);
-            const __m512 dc = _mm512_loadu_ps(xp + 128);
-            CLEX_UNROLL for (int r = 0; r < R; r++) {
-                const __m512i t = _mm512_dpbusd_epi32(off, u[r], xq);
-                acc[4 * c + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dr[r], dc), acc[4 * c + r]);
-            }
+/* acc[r] += packed row wr[r] . the 16 prepared tokens, over nb blocks */
+INLINE void s32_tile(int64_t nb, const uint8_t *const wr[TV_R], const uint8_t *px, __m512 acc[TV_R]) {
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *xb = px + b * S32_XB;
+        __m512i xk[8];
+        CLEX_UNROLL for (int k = 0; k < 8; k++) xk[k] = ld64(xb + 64 * k);
+        const __m512 dc = _mm512_loadu_ps(xb + 512);
+        CLEX_UNROLL for (int r = 0; r < TV_R; r++) {
+            const uint8_t *wb = wr[r] + b * S32_BW;
+            __m512i t = _mm512_set1_epi32(ld_i32(wb + 32));
+            CLEX_UNROLL for (int k = 0; k < 8; k++) t = _mm512_dpbusd_epi32(t, xk[k], _mm512_set1_epi32(ld_i32(wb + 4 * k)));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dc, _mm512_set1_ps(ld_f32(wb + 36))), acc[r]);
         }
     }
-    tile_store(acc, R, C, y, ystride, accumulate);
 }
 
-/* every (R, C) up to 4 x 4 as its own straight code */
-#define S32_TILE_CASE(R, C) \
-    case 4 * (R) + (C): s32_tile(R, C, np, pw, wrow, px, xrow, y, ystride, accumulate); break;
-#define S32_TILE_CASES(R) S32_TILE_CASE(R, 1) S32_TILE_CASE(R, 2) S32_TILE_CASE(R, 3) S32_TILE_CASE(R, 4)
+/* v[r] lane l -> o[l] lane r (16 x 16 floats: 32-bit and 64-bit interleaves, then 128-bit chunks) */
+INLINE void transpose16(const __m512 v[16], __m512 o[16]) {
+    __m512 a[16], b[16];
+    CLEX_UNROLL for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+#define PD(x) _mm512_castps_pd(x)
+#define PS(x) _mm512_castpd_ps(x)
+    CLEX_UNROLL for (int i = 0; i < 4; i++) {
+        b[4 * i] = PS(_mm512_unpacklo_pd(PD(a[4 * i]), PD(a[4 * i + 2])));
+        b[4 * i + 1] = PS(_mm512_unpackhi_pd(PD(a[4 * i]), PD(a[4 * i + 2])));
+        b[4 * i + 2] = PS(_mm512_unpacklo_pd(PD(a[4 * i + 1]), PD(a[4 * i + 3])));
+        b[4 * i + 3] = PS(_mm512_unpackhi_pd(PD(a[4 * i + 1]), PD(a[4 * i + 3])));
+    }
+#undef PD
+#undef PS
+    CLEX_UNROLL for (int j = 0; j < 4; j++) {
+        const __m512 c0 = _mm512_shuffle_f32x4(b[j], b[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 c1 = _mm512_shuffle_f32x4(b[j], b[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512 c2 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 c3 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
+        o[j] = _mm512_shuffle_f32x4(c0, c2, _MM_SHUFFLE(2, 0, 2, 0));
+        o[4 + j] = _mm512_shuffle_f32x4(c0, c2, _MM_SHUFFLE(3, 1, 3, 1));
+        o[8 + j] = _mm512_shuffle_f32x4(c1, c3, _MM_SHUFFLE(2, 0, 2, 0));
+        o[12 + j] = _mm512_shuffle_f32x4(c1, c3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
 
-static void s32_tile_any(int R, int C, int64_t np, const uint8_t *pw, size_t wrow, const uint8_t *px, size_t xrow,
-                         float *y, int64_t ystride, int accumulate) {
-    switch (4 * R + C) {
-        S32_TILE_CASES(1) S32_TILE_CASES(2) S32_TILE_CASES(3) S32_TILE_CASES(4)
-    default: break;
+/* acc[r] lane l -> y[l * ystride + r] for r < R, l < ntok (added to y when accumulate) */
+INLINE void tv_store(const __m512 acc[TV_R], int R, int ntok, float *y, int64_t ystride, int accumulate) {
+    __m512 o[TV_T];
+    transpose16(acc, o);
+    const __mmask16 m = (__mmask16)((1u << R) - 1);
+    for (int l = 0; l < ntok; l++) {
+        float *yl = y + l * ystride;
+        const __m512 v = accumulate ? _mm512_add_ps(o[l], _mm512_maskz_loadu_ps(m, yl)) : o[l];
+        _mm512_mask_storeu_ps(yl, m, v);
     }
 }
 
 static void s32_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y,
                      int64_t ystride, int accumulate) {
-    const int64_t nb = n / QK, np = (nb + 1) / 2;
-    const size_t wrow = (size_t)np * S32_PW, xrow = (size_t)np * S32_PX;
-    _Alignas(64) uint8_t xt[TILE_C * (S32_MAX_N / 64) * S32_PX];
-    for (int64_t t0 = 0; t0 < ntok; t0 += TILE_C) {
-        const int C = ntok - t0 < TILE_C ? (int)(ntok - t0) : TILE_C;
-        for (int c = 0; c < C; c++)
-            s32_prep_x(nb, (const block_q8_0 *)((const uint8_t *)x + (uint64_t)(t0 + c) * xstride), xt + c * xrow);
-        for (int64_t r0 = 0; r0 < rows; r0 += TILE_R) {
-            const int R = rows - r0 < TILE_R ? (int)(rows - r0) : TILE_R;
-            s32_tile_any(R, C, np, (const uint8_t *)pw + r0 * wrow, wrow, xt, xrow, y + t0 * ystride + r0, ystride,
-                         accumulate);
+    const int64_t nb = n / QK;
+    const size_t wrow = (size_t)nb * S32_BW;
+    _Alignas(64) uint8_t xt[(S32_MAX_N / QK) * S32_XB];
+    for (int64_t t0 = 0; t0 < ntok; t0 += TV_T) {
+        const int nt = ntok - t0 < TV_T ? (int)(ntok - t0) : TV_T;
+        s32_prep(nb, (const uint8_t *)x + (uint64_t)t0 * xstride, xstride, nt, xt);
+        for (int64_t r0 = 0; r0 < rows; r0 += TV_R) {
+            const int R = rows - r0 < TV_R ? (int)(rows - r0) : TV_R;
+            const uint8_t *wr[TV_R];   /* the rows past the last repeat it; their sums are not stored */
+            for (int r = 0; r < TV_R; r++) wr[r] = (const uint8_t *)pw + (size_t)(r0 + (r < R ? r : R - 1)) * wrow;
+            __m512 acc[TV_R];
+            CLEX_UNROLL for (int r = 0; r < TV_R; r++) acc[r] = _mm512_setzero_ps();
+            s32_tile(nb, wr, xt, acc);
+            tv_store(acc, R, nt, y + t0 * ystride + r0, ystride, accumulate);
         }
     }
 }
@@ -191,7 +262,7 @@ S32_PACK(IQ4_NL, W_IQ4_NL)
  * lanes 8..15, under -dmin), one conversion, one multiply of the scales and one FMA. The packs
  * run on the port the multiplies leave idle. */
 
-enum { KQ_MAX_N = 16 * QK_K };
+enum { KQ_MAX_N = 16 * QK_K, TILE_R = 4, TILE_C = 4 };
 
 static size_t kq_bytes(int64_t n) { return (size_t)(n / QK_K) * sizeof(clex_kpack); }
 

@@ -1,5 +1,5 @@
 /* The signed 32-value types' weights of one block as 32 bytes in a 256-bit register
- * (signed32_body.h's kernels, avx2_tile.c's packing): included after INLINE and ld (a 32-byte
+ * (signed32_body.h's kernels, the tile kernels' packing): included after INLINE and ld (a 32-byte
  * load) are defined, with AVX2 enabled. */
 
 /* 16 bytes of nibbles -> 32 bytes: values 0..15 (low nibbles), then 16..31 */
