@@ -43,7 +43,7 @@ clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
 /* The tile kernels' blocking: packed weight rows (as many as fit here) stay in L2 while up to
  * TILE_TOKENS tokens pass, so that the tokens' activations and outputs stay in L2 as well. */
 #define TILE_SCRATCH (64u << 10)
-#define TILE_TOKENS 256
+#define TILE_TOKENS 512
 
 /* One weight matrix against prepared activations, everything the row loops need looked up once
  * per call: weight rows (base, rb bytes apart), activation rows (x, xb bytes apart), kernels. */

@@ -452,31 +452,28 @@ CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_1, block_q8_1, q5_1_rows)
 
 /* ------------------------------------------------------------------ packing for the tile kernels */
 
-/* the vpermw indices of clex_kpack.v (x86_k.h): int16 lane 8q + j takes the scale of code
- * register a (j < 4) or b (j >= 4), int32 lane i = 4q + j % 4, whose values 64 reg + 4i .. lie
- * in sub-block 2 reg + (i >= 8) (sub-blocks of 32 values) or 4 reg + q (of 16) */
-#define KV4(x) x, x, x, x
-#define KV32(a, b, q) KV4(2 * (a) + ((q) >= 2)), KV4(2 * (b) + ((q) >= 2))
-#define KV16(a, b, q) KV4(4 * (a) + (q)), KV4(4 * (b) + (q))
-#define KV_ROW(K, a, b) {K(a, b, 0), K(a, b, 1), K(a, b, 2), K(a, b, 3)}
-static const int16_t kv_idx[2][2][32] __attribute__((aligned(64))) = {
-    {KV_ROW(KV32, 0, 1), KV_ROW(KV32, 2, 3)},
-    {KV_ROW(KV16, 0, 1), KV_ROW(KV16, 2, 3)},
-};
-
-/* one packed super-block: the codes, the 16 int16 scales sc (sub-blocks of 32: the first 8) */
-INLINE void kpack_store(clex_kpack *p, const __m512i u[4], __m256i sc, int sub16, __m256i bias, __m512 dv) {
-    CLEX_UNROLL for (int k = 0; k < 4; k++) _mm512_storeu_si512(p->u[k], u[k]);
-    CLEX_UNROLL for (int h = 0; h < 2; h++)
-        _mm512_storeu_si512(p->v[h], _mm512_permutexvar_epi16(_mm512_load_si512(kv_idx[sub16][h]),
-                                                              _mm512_castsi256_si512(sc)));
-    _mm256_storeu_si256((__m256i *)p->bias, bias);
-    _mm512_storeu_ps(p->dv, dv);
-}
-
-/* [d x 8, -dmin x 8] from the adjacent fp16 d, dmin */
-INLINE __m512 dv_mins(const clex_fp16 *dm) {
-    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(h2f(dm[0])), _mm512_set1_ps(-h2f(dm[1])));
+/* one packed super-block (x86_k.h's clex_kpack) from the unsigned codes u (as the row kernels
+ * unpack them), their offset, the sub-blocks' int scales and minimums (16 int32 each; the first
+ * 8 for sub-blocks of 32) and d, -dmin */
+INLINE void kpack_store(clex_kpack *p, const __m512i u[4], int offset, int sub16, __m512i sc, __m512i mins, float d,
+                        float ndmin) {
+    uint64_t sums[32];
+    CLEX_UNROLL for (int k = 0; k < 4; k++) {
+        const __m512i w = _mm512_sub_epi8(u[k], _mm512_set1_epi8((char)offset));
+        _mm512_storeu_si512(p->w + 64 * k, w);
+        /* the sums of each 8 weights plus 128, by vpsadbw */
+        _mm512_storeu_si512(sums + 8 * k, _mm512_sad_epu8(_mm512_xor_si512(w, _mm512_set1_epi8((char)0x80)),
+                                                           _mm512_setzero_si512()));
+    }
+    const int per = sub16 ? 2 : 4, n = sub16 ? 16 : 8;
+    for (int j = 0; j < 16; j++) {
+        int64_t sum = 0;
+        if (j < n)
+            for (int i = 0; i < per; i++) sum += (int64_t)sums[per * j + i] - 8 * 128;
+        p->corr[j] = (int32_t)(-128 * sum);
+    }
+    _mm512_storeu_ps(p->dsc, _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sc)));
+    _mm512_storeu_ps(p->dm, _mm512_mul_ps(_mm512_set1_ps(ndmin), _mm512_cvtepi32_ps(mins)));
 }
 
 INLINE void kpack_one(const void *vw, int64_t i, int32_t type, clex_kpack *p) {
@@ -486,29 +483,26 @@ INLINE void kpack_one(const void *vw, int64_t i, int32_t type, clex_kpack *p) {
         const block_q4_K *w4 = vw;
         const block_q5_K *w5 = vw;
         const __m128i sm = k4_scales(five ? w5[i].scales : w4[i].scales);
-        const __m128i mpair = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-        const __m256i sc = _mm256_cvtepu8_epi16(sm);
-        k45_unpack(five ? w5[i].qs : w4[i].qs, five ? w5[i].qh : NULL, _mm512_castsi256_si512(sc), five, u, v);
-        kpack_store(p, u, sc, 0, _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, mpair)),
-                    dv_mins(five ? &w5[i].d : &w4[i].d));
+        const __mmask16 lo8 = 0x00FF;
+        k45_unpack(five ? w5[i].qs : w4[i].qs, five ? w5[i].qh : NULL, _mm512_setzero_si512(), five, u, v);
+        const clex_fp16 *dm = five ? &w5[i].d : &w4[i].d;
+        kpack_store(p, u, 0, 0, _mm512_maskz_cvtepu8_epi32(lo8, sm), _mm512_maskz_cvtepu8_epi32(lo8, _mm_srli_si128(sm, 8)),
+                    h2f(dm[0]), -h2f(dm[1]));
     } else if (type == CLEX_TYPE_Q6_K) {
         const block_q6_K *w = vw;
-        const __m256i sc = _mm256_cvtepi8_epi16(ld16(w[i].scales));
         q6k_unpack(&w[i], u);
-        kpack_store(p, u, sc, 1, _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)),
-                    _mm512_set1_ps(h2f(w[i].d)));
+        kpack_store(p, u, 32, 1, _mm512_cvtepi8_epi32(ld16(w[i].scales)), _mm512_setzero_si512(), h2f(w[i].d), 0.0f);
     } else if (type == CLEX_TYPE_Q3_K) {
         const block_q3_K *w = vw;
-        const __m256i sc = _mm256_cvtepi8_epi16(q3_scales16(w[i].scales));
         k23_unpack(w[i].qs, w[i].hmask, 1, u);
-        kpack_store(p, u, sc, 1, _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 2)),
-                    _mm512_set1_ps(h2f(w[i].d)));
+        kpack_store(p, u, 4, 1, _mm512_cvtepi8_epi32(q3_scales16(w[i].scales)), _mm512_setzero_si512(), h2f(w[i].d),
+                    0.0f);
     } else {   /* Q2_K */
         const block_q2_K *w = vw;
         const __m128i raw = ld16(w[i].scales), m4 = _mm_set1_epi8(0x0F);
         k23_unpack(w[i].qs, NULL, 0, u);
-        kpack_store(p, u, _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)), 1,
-                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4)), dv_mins(&w[i].d));
+        kpack_store(p, u, 0, 1, _mm512_cvtepu8_epi32(_mm_and_si128(raw, m4)),
+                    _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m4)), h2f(w[i].d), -h2f(w[i].dmin));
     }
 }
 

@@ -1,10 +1,8 @@
 /* AVX-512 + VNNI tile kernels for prefill (internal.h's clex_tile_set): many tokens against the
  * same weight rows, the weights' unpacking done once per call instead of once per four tokens.
- * The signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations) put 16 tokens
- * in the lanes of 16 rows' accumulators (their section says how); the K-quants Q2_K .. Q6_K
- * (further down) run tiles of up to 4 weight rows x 4 tokens, so that each weight register
- * loaded serves four tokens and each activation register four rows. IQ4_XS keeps its row
- * kernels. */
+ * Tiles of 16 weight rows x 16 tokens, the tokens in the lanes of the rows' accumulators: the
+ * signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations; their section says
+ * how) and the K-quants Q2_K .. Q6_K (against Q8_K) alike. IQ4_XS keeps its row kernels. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -32,44 +30,6 @@ INLINE __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)
 INLINE __m256i ld(const void *p) { return ld32(p); }
 
 #include "signed32_weights.h"
-
-/* ------------------------------------------------------------------ the tile's results */
-
-/* 16 sums of 16 lanes: lane 4k + j of the result is the sum of v[4k + j] (three rounds of
- * folding, each adding halves of two vectors) */
-INLINE __m512 sum16(const __m512 v[16]) {
-    __m512 a[8], b[4];
-    CLEX_UNROLL for (int m = 0; m < 4; m++) {   /* v[m], v[4 + m] and v[8 + m], v[12 + m] */
-        CLEX_UNROLL for (int h = 0; h < 2; h++) {
-            const __m512 x = v[8 * h + m], y = v[8 * h + 4 + m];
-            a[2 * m + h] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
-                                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
-        }
-    }
-    CLEX_UNROLL for (int m = 0; m < 4; m++)   /* 128-bit chunk k: four lanes of v[4k + m] */
-        b[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    /* within each chunk, a transpose of the four b[m] folded as it goes */
-    const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(b[0], b[1]), _mm512_unpackhi_ps(b[0], b[1]));
-    const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(b[2], b[3]), _mm512_unpackhi_ps(b[2], b[3]));
-    return _mm512_add_ps(_mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
-}
-
-/* acc[4c + r] -> y[c * ystride + r] for r < R, c < C (added to y when accumulate) */
-INLINE void tile_store(const __m512 acc[16], int R, int C, float *y, int64_t ystride, int accumulate) {
-    float s[16] __attribute__((aligned(64)));
-    _mm512_store_ps(s, sum16(acc));
-    const __mmask8 m = (__mmask8)((1u << R) - 1);
-    CLEX_UNROLL for (int c = 0; c < 4; c++) {
-        if (c < C) {
-            float *yc = y + c * ystride;
-            __m128 v = _mm_load_ps(s + 4 * c);
-            if (accumulate) v = _mm_add_ps(v, _mm_maskz_loadu_ps(m, yc));
-            _mm_mask_storeu_ps(yc, m, v);
-        }
-    }
-}
 
 /* ------------------------------------------------------------------ signed 32-value types */
 
@@ -255,86 +215,107 @@ S32_PACK(IQ4_NL, W_IQ4_NL)
 
 /* ------------------------------------------------------------------ K-quants */
 
-/* Super-blocks packed by avx512_k.c (x86_k.h's clex_kpack) against Q8_K activations as they
- * lie. Per weight row, token and super-block: four vpdpbusd (codes x activations, int32 sums of
- * four values, small enough for int16), two vpackssdw and two vpdpwssd with the scales, one
- * vpmaddwd of the bsums with the bias factors (with the minimums: beside the folded sum, in
- * lanes 8..15, under -dmin), one conversion, one multiply of the scales and one FMA. The packs
- * run on the port the multiplies leave idle. */
+/* Super-blocks packed by avx512_k.c (x86_k.h's clex_kpack) in the same scheme as the 32-value
+ * types: 16 tokens in the lanes, their Q8_K codes transposed once per super-block (64 registers,
+ * plus 128), the weights' four-byte groups as broadcasts; per row and sub-block (16 or 32
+ * values) four or eight vpdpbusd from -128 * the sub-block's weight sum give each token's exact
+ * sub-block sum, then one conversion, one multiply of the token's scale by d * the sub-block's
+ * scale and one FMA; the minimums' term (-dmin * m times the token's sum of the sub-block's
+ * activations, from the bsums, times its scale, prepared once) one FMA more. */
 
-enum { KQ_MAX_N = 16 * QK_K, TILE_R = 4, TILE_C = 4 };
+enum { KQ_XB = 64 * 64 + 64 + 16 * 64, KQ_MAX_N = 8 * QK_K };
 
 static size_t kq_bytes(int64_t n) { return (size_t)(n / QK_K) * sizeof(clex_kpack); }
 
-/* the integer sum of packed super-block p with activation block x, as 16 int32 lanes the
- * lanes of p->dv scale */
-INLINE __m512i kq_isum(const __m512i u[4], const __m512i v[2], __m256i bias, const block_q8_K *x, int mins) {
-    __m512i d[4];
-    CLEX_UNROLL for (int k = 0; k < 4; k++) d[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[k], ld64(x->qs + 64 * k));
-    const __m256i m = _mm256_madd_epi16(ld32(x->bsums), bias);
-    __m512i is = mins ? _mm512_setzero_si512() : _mm512_zextsi256_si512(m);
-    is = _mm512_dpwssd_epi32(is, _mm512_packs_epi32(d[0], d[1]), v[0]);
-    is = _mm512_dpwssd_epi32(is, _mm512_packs_epi32(d[2], d[3]), v[1]);
-    if (!mins) return is;
-    const __m256i folded = _mm256_add_epi32(_mm512_castsi512_si256(is), _mm512_extracti64x4_epi64(is, 1));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(folded), m, 1);
+/* nsb super-blocks of ntok (<= 16) tokens' Q8_K rows into KQ_XB bytes each: the transposed codes
+ * plus 128, the tokens' scales, and (mins) each sub-block's activation sums times the scale */
+INLINE void kq_prep(int64_t nsb, const uint8_t *x, size_t xstride, int ntok, int sub16, int mins, uint8_t *out) {
+    const uint8_t *tp[TV_T];
+    int32_t off[TV_T];
+    for (int l = 0; l < TV_T; l++) {
+        off[l] = (int32_t)((uint64_t)(l < ntok ? l : ntok - 1) * xstride);
+        tp[l] = x + off[l];
+    }
+    const __m512i vindex = _mm512_loadu_si512(off);
+    const __mmask16 live = (__mmask16)((1u << ntok) - 1);
+    for (int64_t sb = 0; sb < nsb; sb++, out += KQ_XB) {
+        const size_t base = (size_t)sb * sizeof(block_q8_K);
+        CLEX_UNROLL for (int g = 0; g < 8; g++) {
+            __m512i xk[8];
+            tv_transpose(tp, base + offsetof(block_q8_K, qs) + 32 * g, xk);
+            CLEX_UNROLL for (int k = 0; k < 8; k++)
+                _mm512_storeu_si512(out + 64 * (8 * g + k), _mm512_xor_si512(xk[k], _mm512_set1_epi8((char)0x80)));
+        }
+        const __m512 dc = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, vindex, x + base, 1);
+        _mm512_storeu_ps(out + 4096, dc);
+        if (!mins) continue;
+        CLEX_UNROLL for (int m = 0; m < 8; m++) {   /* bsums 2m, 2m + 1 of each token */
+            const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, vindex,
+                                                          x + base + offsetof(block_q8_K, bsums) + 4 * m, 1);
+            const __m512i lo = _mm512_srai_epi32(_mm512_slli_epi32(g, 16), 16), hi = _mm512_srai_epi32(g, 16);
+            float *bs = (float *)(out + 4160);
+            if (sub16) {
+                _mm512_storeu_ps(bs + 16 * (2 * m), _mm512_mul_ps(_mm512_cvtepi32_ps(lo), dc));
+                _mm512_storeu_ps(bs + 16 * (2 * m + 1), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), dc));
+            } else {
+                _mm512_storeu_ps(bs + 16 * m, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)), dc));
+            }
+        }
+    }
 }
 
-/* R packed rows (nsb super-blocks each) x C tokens (xstride bytes apart) */
-INLINE void kq_tile(int R, int C, int mins, int64_t nsb, const clex_kpack *pw, const uint8_t *x, size_t xstride,
-                    float *y, int64_t ystride, int accumulate) {
-    __m512 acc[16];
-    CLEX_UNROLL for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+/* acc[r] += packed row wr[r] . the 16 prepared tokens, over nsb super-blocks */
+INLINE void kq_tile(int sub16, int mins, int64_t nsb, const clex_kpack *const wr[TV_R], const uint8_t *px,
+                    __m512 acc[TV_R]) {
+    const int chunks = sub16 ? 4 : 8, nsub = sub16 ? 16 : 8;
     for (int64_t sb = 0; sb < nsb; sb++) {
-        CLEX_UNROLL for (int r = 0; r < R; r++) {
-            const clex_kpack *p = pw + r * nsb + sb;
-            __m512i u[4], v[2];
-            CLEX_UNROLL for (int k = 0; k < 4; k++) u[k] = ld64(p->u[k]);
-            CLEX_UNROLL for (int h = 0; h < 2; h++) v[h] = ld64(p->v[h]);
-            const __m256i bias = ld32(p->bias);
-            const __m512 dv = _mm512_loadu_ps(p->dv);
-            CLEX_UNROLL for (int c = 0; c < C; c++) {
-                const block_q8_K *xb = (const block_q8_K *)(x + c * xstride) + sb;
-                const __m512i is = kq_isum(u, v, bias, xb, mins);
-                acc[4 * c + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dv, _mm512_set1_ps(xb->d)),
-                                                 acc[4 * c + r]);
+        const uint8_t *xs = px + sb * KQ_XB;
+        const __m512 dc = _mm512_loadu_ps(xs + 4096);
+        for (int j = 0; j < nsub; j++) {
+            __m512i xk[8];
+            CLEX_UNROLL for (int k = 0; k < chunks; k++) xk[k] = ld64(xs + 64 * (chunks * j + k));
+            const __m512 bs = mins ? _mm512_loadu_ps(xs + 4160 + 64 * j) : _mm512_setzero_ps();
+            CLEX_UNROLL for (int r = 0; r < TV_R; r++) {
+                const clex_kpack *p = wr[r] + sb;
+                __m512i t = _mm512_set1_epi32(p->corr[j]);
+                CLEX_UNROLL for (int k = 0; k < chunks; k++)
+                    t = _mm512_dpbusd_epi32(t, xk[k], _mm512_set1_epi32(ld_i32(p->w + 4 * (chunks * j + k))));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dc, _mm512_set1_ps(p->dsc[j])), acc[r]);
+                if (mins) acc[r] = _mm512_fmadd_ps(bs, _mm512_set1_ps(p->dm[j]), acc[r]);
             }
         }
     }
-    tile_store(acc, R, C, y, ystride, accumulate);
 }
 
-#define KQ_TILE_CASE(R, C) \
-    case 4 * (R) + (C): kq_tile(R, C, mins, nsb, pw, x, xstride, yt, ystride, accumulate); break;
-#define KQ_TILE_CASES(R) KQ_TILE_CASE(R, 1) KQ_TILE_CASE(R, 2) KQ_TILE_CASE(R, 3) KQ_TILE_CASE(R, 4)
-
-INLINE void kq_gemm(int64_t n, const void *vpw, int64_t rows, const void *vx, size_t xstride, int64_t ntok, float *y,
-                    int64_t ystride, int accumulate, int mins) {
+INLINE void kq_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y,
+                    int64_t ystride, int accumulate, int sub16, int mins) {
     const int64_t nsb = n / QK_K;
-    for (int64_t t0 = 0; t0 < ntok; t0 += TILE_C) {
-        const int C = ntok - t0 < TILE_C ? (int)(ntok - t0) : TILE_C;
-        const uint8_t *x = (const uint8_t *)vx + (uint64_t)t0 * xstride;
-        for (int64_t r0 = 0; r0 < rows; r0 += TILE_R) {
-            const int R = rows - r0 < TILE_R ? (int)(rows - r0) : TILE_R;
-            const clex_kpack *pw = (const clex_kpack *)vpw + r0 * nsb;
-            float *yt = y + t0 * ystride + r0;
-            switch (4 * R + C) {
-                KQ_TILE_CASES(1) KQ_TILE_CASES(2) KQ_TILE_CASES(3) KQ_TILE_CASES(4)
-            default: break;
-            }
+    _Alignas(64) uint8_t xt[(KQ_MAX_N / QK_K) * KQ_XB];
+    for (int64_t t0 = 0; t0 < ntok; t0 += TV_T) {
+        const int nt = ntok - t0 < TV_T ? (int)(ntok - t0) : TV_T;
+        kq_prep(nsb, (const uint8_t *)x + (uint64_t)t0 * xstride, xstride, nt, sub16, mins, xt);
+        for (int64_t r0 = 0; r0 < rows; r0 += TV_R) {
+            const int R = rows - r0 < TV_R ? (int)(rows - r0) : TV_R;
+            const clex_kpack *wr[TV_R];   /* the rows past the last repeat it; their sums are not stored */
+            for (int r = 0; r < TV_R; r++) wr[r] = (const clex_kpack *)pw + (r0 + (r < R ? r : R - 1)) * nsb;
+            __m512 acc[TV_R];
+            CLEX_UNROLL for (int r = 0; r < TV_R; r++) acc[r] = _mm512_setzero_ps();
+            kq_tile(sub16, mins, nsb, wr, xt, acc);
+            tv_store(acc, R, nt, y + t0 * ystride + r0, ystride, accumulate);
         }
     }
 }
 
-static void kq_gemm_mins(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
-                         float *y, int64_t ystride, int accumulate) {
-    kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 1);
-}
-
-static void kq_gemm_bias(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
-                         float *y, int64_t ystride, int accumulate) {
-    kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 0);
-}
+/* sub-blocks of 16 with offsets (Q3_K, Q6_K), of 16 with minimums (Q2_K), of 32 with minimums
+ * (Q4_K, Q5_K) */
+#define KQ_GEMM(NAME, SUB16, MINS)                                                                \
+    static void NAME(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y, \
+                     int64_t ystride, int accumulate) {                                            \
+        kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, SUB16, MINS);               \
+    }
+KQ_GEMM(kq_gemm_off16, 1, 0)
+KQ_GEMM(kq_gemm_min16, 1, 1)
+KQ_GEMM(kq_gemm_min32, 0, 1)
 
 #define KQ_TILES(T, GEMM) [CLEX_TYPE_##T] = {kq_bytes, clex_avx512vnni_kpack_##T, GEMM, KQ_MAX_N, 8}
 
@@ -342,8 +323,8 @@ static void kq_gemm_bias(int64_t n, const void *pw, int64_t rows, const void *x,
 
 const clex_tile_set clex_avx512vnni_tiles = {{
     S32_TILES(Q8_0), S32_TILES(Q4_0), S32_TILES(Q5_0), S32_TILES(IQ4_NL),
-    KQ_TILES(Q2_K, kq_gemm_mins), KQ_TILES(Q4_K, kq_gemm_mins), KQ_TILES(Q5_K, kq_gemm_mins),
-    KQ_TILES(Q3_K, kq_gemm_bias), KQ_TILES(Q6_K, kq_gemm_bias),
+    KQ_TILES(Q2_K, kq_gemm_min16), KQ_TILES(Q4_K, kq_gemm_min32), KQ_TILES(Q5_K, kq_gemm_min32),
+    KQ_TILES(Q3_K, kq_gemm_off16), KQ_TILES(Q6_K, kq_gemm_off16),
 }};
 
 #if defined(__clang__)

@@ -38,20 +38,17 @@ extern const clex_tile_set clex_avx2_tiles;
 extern const clex_tile_set clex_avx512vnni_tiles;
 
 /* A super-block of a K-quant weight row as the AVX-512 tile kernels take it (packed by
- * avx512_k.c, which has the unpacking, multiplied by avx512_tile.c): 256 unsigned codes in the
- * activations' order; the scales as int16 lanes beside the pair sums they multiply (v[h]: those
- * of code registers 2h, 2h + 1 after vpdpbusd and vpackssdw, lane 8q + j taking register 2h's
- * int32 lane 4q + j for j < 4, register 2h + 1's lane 4q + j - 4 else); the 16 factors of the
- * activations' bsums (minimums, or the codes' offset times the scales); the float scales of the
- * integer sum, [d x 8, -dmin x 8] (minimums: their sum sits in lanes 8..15) or d x 16. */
+ * avx512_k.c, which has the unpacking, multiplied by avx512_tile.c): the 256 weights as signed
+ * bytes in the activations' order (the code minus its offset: Q6_K's 32, Q3_K's 4, none for the
+ * types with minimums); per sub-block j (16 of 16 values, or 8 of 32 for Q4_K and Q5_K)
+ * -128 * the sum of its weights, d * its scale, and -dmin * its minimum (0 without). */
 typedef struct {
-    uint8_t u[4][64];
-    int16_t v[2][32];
-    int16_t bias[16];
-    float dv[16];
-    uint8_t pad[32];
+    int8_t w[256];
+    int32_t corr[16];
+    float dsc[16];
+    float dm[16];
 } clex_kpack;
-_Static_assert(sizeof(clex_kpack) == 512, "clex_kpack: whole cache lines");
+_Static_assert(sizeof(clex_kpack) == 448, "clex_kpack: whole cache lines");
 
 /* The same for the AVX2 tile kernels (packed by avx2_k.c, multiplied by avx2_tile.c): the codes
  * 32 to a register, v[j] the int16 scales of register j's 16 pair sums after maddubs (the madd
