@@ -305,7 +305,7 @@ def test_attention_kernels_at_odd_head_dims(tmp_path, isa, kv_type):
 # to y); more rows than one packed block of rows (matmul.c's TILE_SCRATCH); tokens past one block
 # of 256 (TILE_TOKENS); row and token counts not multiples of the tile; 7 tokens (the row
 # kernels) beside 8.
-TILE_TYPES = ["q8_0", "q4_0", "q5_0", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"]
+TILE_TYPES = ["q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"]
 TILE_SHAPES_32 = [(1, 5, 8), (1, 4, 7), (3, 6, 13), (18, 61, 9), (67, 9, 11), (18, 10, 261)]
 TILE_SHAPES_256 = [(1, 5, 8), (1, 3, 7), (3, 6, 13), (17, 5, 9), (6, 45, 10), (6, 6, 261)]
 

@@ -2,7 +2,8 @@
  * same weight rows, the weights' unpacking done once per call instead of once per four tokens.
  * Tiles of 16 weight rows x 16 tokens, the tokens in the lanes of the rows' accumulators: the
  * signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations; their section says
- * how) and the K-quants Q2_K .. Q6_K (against Q8_K) alike. IQ4_XS keeps its row kernels. */
+ * how), Q4_1 and Q5_1 (against Q8_1: the same with the minimums' term) and the K-quants Q2_K ..
+ * Q6_K (against Q8_K) alike. IQ4_XS keeps its row kernels. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -43,7 +44,7 @@ INLINE __m256i ld(const void *p) { return ld32(p); }
  * exact. Packed, a block of a weight row is 40 bytes: its 32 signed weights, that int32, its
  * scale as a float. The results are transposed back (16 x 16) into the tokens' rows of y. */
 
-enum { TV_T = 16, TV_R = 16, S32_BW = 40, S32_XB = 9 * 64, S32_MAX_N = 2048 };
+enum { TV_T = 16, TV_R = 16, S32_BW = 40, U32_BW = 48, S32_XB = 10 * 64, S32_MAX_N = 2048 };
 
 INLINE int32_t ld_i32(const void *p) {
     int32_t v;
@@ -106,10 +107,12 @@ INLINE void tv_transpose(const uint8_t *const tp[TV_T], size_t off, __m512i out[
         out[4 * h + 2 * u + v] = tv_perm(q[h][0][u], 4 + v, q[h][1][u]);
 }
 
-/* nb blocks of ntok (<= 16) tokens' Q8_0 rows (xstride bytes apart) into S32_XB bytes per block:
- * the transposed codes plus 128, then each token's scale (0 beyond ntok; the missing tokens'
- * codes are the last token's) */
-INLINE void s32_prep(int64_t nb, const uint8_t *x, size_t xstride, int ntok, uint8_t *out) {
+/* nb blocks of ntok (<= 16) tokens' Q8_0 rows (q81: Q8_1 rows), xstride bytes apart, into S32_XB
+ * bytes per block: the transposed codes plus 128, each token's scale d (0 beyond ntok; the
+ * missing tokens' codes are the last token's), and for Q8_1 each token's s = d * sum(codes) */
+INLINE void s32_prep(int64_t nb, const uint8_t *x, size_t xstride, int ntok, int q81, uint8_t *out) {
+    const size_t bs = q81 ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    const size_t qs = q81 ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
     const uint8_t *tp[TV_T];
     int32_t off[TV_T];
     for (int l = 0; l < TV_T; l++) {
@@ -120,25 +123,34 @@ INLINE void s32_prep(int64_t nb, const uint8_t *x, size_t xstride, int ntok, uin
     const __mmask16 live = (__mmask16)((1u << ntok) - 1);
     for (int64_t b = 0; b < nb; b++, out += S32_XB) {
         __m512i xk[8];
-        tv_transpose(tp, (size_t)b * sizeof(block_q8_0) + offsetof(block_q8_0, qs), xk);
+        tv_transpose(tp, (size_t)b * bs + qs, xk);
         CLEX_UNROLL for (int k = 0; k < 8; k++) _mm512_storeu_si512(out + 64 * k, _mm512_xor_si512(xk[k], _mm512_set1_epi8((char)0x80)));
-        const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, vindex, x + b * sizeof(block_q8_0), 1);
-        _mm512_storeu_ps(out + 512, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));   /* the low half of each: d */
+        const uint8_t *xb = x + b * bs;
+        if (q81) {
+            _mm512_storeu_ps(out + 512, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, vindex, xb, 1));
+            _mm512_storeu_ps(out + 576, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, vindex, xb + 4, 1));
+        } else {   /* the low half of each dword gathered: d */
+            const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, vindex, xb, 1);
+            _mm512_storeu_ps(out + 512, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+        }
     }
 }
 
-/* acc[r] += packed row wr[r] . the 16 prepared tokens, over nb blocks */
-INLINE void s32_tile(int64_t nb, const uint8_t *const wr[TV_R], const uint8_t *px, __m512 acc[TV_R]) {
+/* acc[r] += packed row wr[r] . the 16 prepared tokens, over nb blocks (mins: Q4_1 / Q5_1, whose
+ * minimum m meets the tokens' s) */
+INLINE void s32_tile(int mins, int64_t nb, const uint8_t *const wr[TV_R], const uint8_t *px, __m512 acc[TV_R]) {
+    const size_t bw = mins ? U32_BW : S32_BW;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *xb = px + b * S32_XB;
         __m512i xk[8];
         CLEX_UNROLL for (int k = 0; k < 8; k++) xk[k] = ld64(xb + 64 * k);
-        const __m512 dc = _mm512_loadu_ps(xb + 512);
+        const __m512 dc = _mm512_loadu_ps(xb + 512), sc = mins ? _mm512_loadu_ps(xb + 576) : _mm512_setzero_ps();
         CLEX_UNROLL for (int r = 0; r < TV_R; r++) {
-            const uint8_t *wb = wr[r] + b * S32_BW;
+            const uint8_t *wb = wr[r] + b * bw;
             __m512i t = _mm512_set1_epi32(ld_i32(wb + 32));
             CLEX_UNROLL for (int k = 0; k < 8; k++) t = _mm512_dpbusd_epi32(t, xk[k], _mm512_set1_epi32(ld_i32(wb + 4 * k)));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dc, _mm512_set1_ps(ld_f32(wb + 36))), acc[r]);
+            if (mins) acc[r] = _mm512_fmadd_ps(sc, _mm512_set1_ps(ld_f32(wb + 40)), acc[r]);
         }
     }
 }
@@ -184,24 +196,65 @@ INLINE void tv_store(const __m512 acc[TV_R], int R, int ntok, float *y, int64_t 
     }
 }
 
-static void s32_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y,
-                     int64_t ystride, int accumulate) {
+INLINE void s32_gemm_any(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok,
+                         float *y, int64_t ystride, int accumulate, int mins) {
     const int64_t nb = n / QK;
-    const size_t wrow = (size_t)nb * S32_BW;
+    const size_t wrow = (size_t)nb * (mins ? U32_BW : S32_BW);
     _Alignas(64) uint8_t xt[(S32_MAX_N / QK) * S32_XB];
     for (int64_t t0 = 0; t0 < ntok; t0 += TV_T) {
         const int nt = ntok - t0 < TV_T ? (int)(ntok - t0) : TV_T;
-        s32_prep(nb, (const uint8_t *)x + (uint64_t)t0 * xstride, xstride, nt, xt);
+        s32_prep(nb, (const uint8_t *)x + (uint64_t)t0 * xstride, xstride, nt, mins, xt);
         for (int64_t r0 = 0; r0 < rows; r0 += TV_R) {
             const int R = rows - r0 < TV_R ? (int)(rows - r0) : TV_R;
             const uint8_t *wr[TV_R];   /* the rows past the last repeat it; their sums are not stored */
             for (int r = 0; r < TV_R; r++) wr[r] = (const uint8_t *)pw + (size_t)(r0 + (r < R ? r : R - 1)) * wrow;
             __m512 acc[TV_R];
             CLEX_UNROLL for (int r = 0; r < TV_R; r++) acc[r] = _mm512_setzero_ps();
-            s32_tile(nb, wr, xt, acc);
+            s32_tile(mins, nb, wr, xt, acc);
             tv_store(acc, R, nt, y + t0 * ystride + r0, ystride, accumulate);
         }
     }
+}
+
+static void s32_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y,
+                     int64_t ystride, int accumulate) {
+    s32_gemm_any(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 0);
+}
+
+static void u32_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y,
+                     int64_t ystride, int accumulate) {
+    s32_gemm_any(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, 1);
+}
+
+/* Q4_1, Q5_1: the unsigned codes (values 0..31 fit the signed operand), then as s32_pack, and m */
+static size_t u32_bytes(int64_t n) { return (size_t)(n / QK) * U32_BW; }
+
+INLINE void u32_pack(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst, int five) {
+    const int64_t nb = n / QK;
+    for (int64_t r = 0; r < rows; r++) {
+        const block_q4_1 *b4 = (const block_q4_1 *)((const uint8_t *)w + r * wstride);
+        const block_q5_1 *b5 = (const block_q5_1 *)((const uint8_t *)w + r * wstride);
+        uint8_t *out = (uint8_t *)dst + r * nb * U32_BW;
+        for (int64_t i = 0; i < nb; i++, out += U32_BW) {
+            __m256i u = nibbles(five ? b5[i].qs : b4[i].qs);
+            if (five) u = _mm256_or_si256(u, _mm256_and_si256(bit_bytes(b5[i].qh), _mm256_set1_epi8(16)));
+            const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
+            const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+            const int32_t corr = -128 * (int32_t)_mm_cvtsi128_si64(_mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2)));
+            const float d = h2f_at(five ? &b5[i].d : &b4[i].d), m = h2f_at(five ? &b5[i].m : &b4[i].m);
+            _mm256_storeu_si256((__m256i *)out, u);
+            memcpy(out + 32, &corr, 4);
+            memcpy(out + 36, &d, 4);
+            memcpy(out + 40, &m, 4);
+        }
+    }
+}
+
+static void pack_Q4_1(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst) {
+    u32_pack(n, w, wstride, rows, dst, 0);
+}
+static void pack_Q5_1(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst) {
+    u32_pack(n, w, wstride, rows, dst, 1);
 }
 
 #define S32_PACK(T, WT)                                                                          \
@@ -323,6 +376,8 @@ KQ_GEMM(kq_gemm_min32, 0, 1)
 
 const clex_tile_set clex_avx512vnni_tiles = {{
     S32_TILES(Q8_0), S32_TILES(Q4_0), S32_TILES(Q5_0), S32_TILES(IQ4_NL),
+    [CLEX_TYPE_Q4_1] = {u32_bytes, pack_Q4_1, u32_gemm, S32_MAX_N, 8},
+    [CLEX_TYPE_Q5_1] = {u32_bytes, pack_Q5_1, u32_gemm, S32_MAX_N, 8},
     KQ_TILES(Q2_K, kq_gemm_min16), KQ_TILES(Q4_K, kq_gemm_min32), KQ_TILES(Q5_K, kq_gemm_min32),
     KQ_TILES(Q3_K, kq_gemm_off16), KQ_TILES(Q6_K, kq_gemm_off16),
 }};
