@@ -497,6 +497,12 @@ INLINE void kpack_one(const void *vw, int64_t i, int32_t type, clex_kpack *p) {
         k23_unpack(w[i].qs, w[i].hmask, 1, u);
         kpack_store(p, u, 4, 1, _mm512_cvtepi8_epi32(q3_scales16(w[i].scales)), _mm512_setzero_si512(), h2f(w[i].d),
                     0.0f);
+    } else if (type == CLEX_TYPE_IQ4_XS) {
+        const block_iq4_xs *w = vw;
+        const __m512i lv = _mm512_broadcast_i32x4(ld16(clex_iq4nl_levels));
+        CLEX_UNROLL for (int k = 0; k < 4; k++) u[k] = iq4_levels64(w[i].qs + 32 * k, lv);
+        kpack_store(p, u, 0, 0, _mm512_cvtepi16_epi32(_mm256_zextsi128_si256(iq4xs_scales(&w[i]))),
+                    _mm512_setzero_si512(), h2f(w[i].d), 0.0f);
     } else {   /* Q2_K */
         const block_q2_K *w = vw;
         const __m128i raw = ld16(w[i].scales), m4 = _mm_set1_epi8(0x0F);
@@ -514,6 +520,7 @@ INLINE void kpack_one(const void *vw, int64_t i, int32_t type, clex_kpack *p) {
                 kpack_one((const uint8_t *)w + r * wstride, i, CLEX_TYPE_##T, (clex_kpack *)dst + r * nsb + i); \
     }
 CLEX_X86_KPACK_TYPES(clex_avx512vnni, KPACK_DEFINE)
+KPACK_DEFINE(clex_avx512vnni, IQ4_XS)
 
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -3,7 +3,7 @@
  * Tiles of 16 weight rows x 16 tokens, the tokens in the lanes of the rows' accumulators: the
  * signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations; their section says
  * how), Q4_1 and Q5_1 (against Q8_1: the same with the minimums' term) and the K-quants Q2_K ..
- * Q6_K (against Q8_K) alike. IQ4_XS keeps its row kernels. */
+ * Q6_K and IQ4_XS (against Q8_K) alike. */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -360,7 +360,7 @@ INLINE void kq_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size
 }
 
 /* sub-blocks of 16 with offsets (Q3_K, Q6_K), of 16 with minimums (Q2_K), of 32 with minimums
- * (Q4_K, Q5_K) */
+ * (Q4_K, Q5_K), of 32 without (IQ4_XS) */
 #define KQ_GEMM(NAME, SUB16, MINS)                                                                \
     static void NAME(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y, \
                      int64_t ystride, int accumulate) {                                            \
@@ -369,6 +369,7 @@ INLINE void kq_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size
 KQ_GEMM(kq_gemm_off16, 1, 0)
 KQ_GEMM(kq_gemm_min16, 1, 1)
 KQ_GEMM(kq_gemm_min32, 0, 1)
+KQ_GEMM(kq_gemm_lv32, 0, 0)   /* IQ4_XS: signed levels, sub-blocks of 32 */
 
 #define KQ_TILES(T, GEMM) [CLEX_TYPE_##T] = {kq_bytes, clex_avx512vnni_kpack_##T, GEMM, KQ_MAX_N, 8}
 
@@ -379,7 +380,7 @@ const clex_tile_set clex_avx512vnni_tiles = {{
     [CLEX_TYPE_Q4_1] = {u32_bytes, pack_Q4_1, u32_gemm, S32_MAX_N, 8},
     [CLEX_TYPE_Q5_1] = {u32_bytes, pack_Q5_1, u32_gemm, S32_MAX_N, 8},
     KQ_TILES(Q2_K, kq_gemm_min16), KQ_TILES(Q4_K, kq_gemm_min32), KQ_TILES(Q5_K, kq_gemm_min32),
-    KQ_TILES(Q3_K, kq_gemm_off16), KQ_TILES(Q6_K, kq_gemm_off16),
+    KQ_TILES(Q3_K, kq_gemm_off16), KQ_TILES(Q6_K, kq_gemm_off16), KQ_TILES(IQ4_XS, kq_gemm_lv32),
 }};
 
 #if defined(__clang__)

@@ -40,7 +40,8 @@ extern const clex_tile_set clex_avx512vnni_tiles;
 /* A super-block of a K-quant weight row as the AVX-512 tile kernels take it (packed by
  * avx512_k.c, which has the unpacking, multiplied by avx512_tile.c): the 256 weights as signed
  * bytes in the activations' order (the code minus its offset: Q6_K's 32, Q3_K's 4, none for the
- * types with minimums); per sub-block j (16 of 16 values, or 8 of 32 for Q4_K and Q5_K)
+ * types with minimums; IQ4_XS's levels); per sub-block j (16 of 16 values, or 8 of 32 for Q4_K,
+ * Q5_K and IQ4_XS)
  * -128 * the sum of its weights, d * its scale, and -dmin * its minimum (0 without). */
 typedef struct {
     int8_t w[256];
@@ -68,6 +69,7 @@ _Static_assert(sizeof(clex_kpack2) == 576, "clex_kpack2: whole cache lines");
     void PFX##_kpack_##T(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst);
 CLEX_X86_KPACK_TYPES(clex_avx2, CLEX_X86_KPACK_DECLARE)
 CLEX_X86_KPACK_TYPES(clex_avx512vnni, CLEX_X86_KPACK_DECLARE)
+CLEX_X86_KPACK_DECLARE(clex_avx512vnni, IQ4_XS)
 
 /* Q8_K activations, bit-exact with clex_quantize_q8_K_ref (avx2_k.c) */
 void clex_avx2_quantize_q8_K(const float *x, void *y, int64_t n);
