@@ -298,16 +298,16 @@ def test_attention_kernels_at_odd_head_dims(tmp_path, isa, kv_type):
 
 
 # The tile kernels of prefill (native/src/internal.h clex_tile_set; x86: avx512_tile.c with
-# 4 x 4 tiles, avx2_tile.c with 2 x 4), taken from 8 tokens on, against the scalar one-row
+# 16 rows x 16 tokens, avx2_tile.c with 2 x 4 or 1 x 4), taken from a few tokens on (the kernels'
+# min_tok: AVX-512 6, or 12 for the super-block types; AVX2 8), against the scalar one-row
 # kernels (the scalar set has no tiles), per output. Shapes (blocks per row, rows, tokens) that
-# take every edge: one block per row; an odd count (a lone last block); rows longer than one gemm
-# call (2048 values for the 32-value types, 4096 for the K-quants: split, the later pieces added
-# to y); more rows than one packed block of rows (matmul.c's TILE_SCRATCH); tokens past one block
-# of 256 (TILE_TOKENS); row and token counts not multiples of the tile; 7 tokens (the row
-# kernels) beside 8.
+# take every edge: one block per row; an odd count; rows longer than one gemm call (2048 values:
+# split, the later pieces added to y); more rows than one packed block of rows (matmul.c's
+# TILE_SCRATCH); tokens past one block of 512 (TILE_TOKENS) and past one group of 16; row and
+# token counts not multiples of the tile; token counts on both sides of each min_tok.
 TILE_TYPES = ["q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"]
-TILE_SHAPES_32 = [(1, 5, 8), (1, 4, 7), (3, 6, 13), (18, 61, 9), (67, 9, 11), (18, 10, 261)]
-TILE_SHAPES_256 = [(1, 5, 8), (1, 3, 7), (3, 6, 13), (17, 5, 9), (6, 45, 10), (6, 6, 261)]
+TILE_SHAPES_32 = [(1, 5, 8), (1, 4, 5), (1, 3, 6), (3, 6, 13), (18, 61, 9), (67, 37, 11), (18, 10, 37), (2, 3, 517)]
+TILE_SHAPES_256 = [(1, 5, 13), (1, 3, 11), (1, 2, 8), (3, 6, 12), (17, 37, 14), (6, 45, 13), (2, 6, 37), (1, 2, 517)]
 
 
 def _matmul(t, Wq, N, K, X, threads):
