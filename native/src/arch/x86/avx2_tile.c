@@ -75,7 +75,8 @@ INLINE void s32_tile(int R, int C, int64_t nb, const uint8_t *pw, size_t rb, con
             _mm256_store_ps(d[c][r] + i, _mm256_mul_ps(_mm256_loadu_ps(dw + i), _mm256_loadu_ps(dx + c * (MAX_N / QK) + i)));
     }
     __m256 acc[TILE_C][TILE_R];
-    CLEX_UNROLL for (int c = 0; c < TILE_C; c++) CLEX_UNROLL for (int r = 0; r < TILE_R; r++) acc[c][r] = _mm256_setzero_ps();
+    CLEX_UNROLL for (int c = 0; c < TILE_C; c++)
+        CLEX_UNROLL for (int r = 0; r < TILE_R; r++) acc[c][r] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         __m256i aw[TILE_R];
         CLEX_UNROLL for (int r = 0; r < R; r++) aw[r] = ld(pw + r * rb + i * BLOCK_W);

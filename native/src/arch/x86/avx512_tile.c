@@ -100,7 +100,8 @@ INLINE void tv_transpose(const uint8_t *const tp[TV_T], size_t off, __m512i out[
     __m512i a[8], p[4][2], q[2][2][2];
     CLEX_UNROLL for (int i = 0; i < 8; i++)
         a[i] = _mm512_inserti64x4(_mm512_castsi256_si512(ld32(tp[2 * i] + off)), ld32(tp[2 * i + 1] + off), 1);
-    CLEX_UNROLL for (int j = 0; j < 4; j++) CLEX_UNROLL for (int h = 0; h < 2; h++) p[j][h] = tv_perm(a[2 * j], h, a[2 * j + 1]);
+    CLEX_UNROLL for (int j = 0; j < 4; j++) CLEX_UNROLL for (int h = 0; h < 2; h++)
+        p[j][h] = tv_perm(a[2 * j], h, a[2 * j + 1]);
     CLEX_UNROLL for (int h = 0; h < 2; h++) CLEX_UNROLL for (int t = 0; t < 2; t++) CLEX_UNROLL for (int u = 0; u < 2; u++)
         q[h][t][u] = tv_perm(p[2 * t][h], 2 + u, p[2 * t + 1][h]);
     CLEX_UNROLL for (int h = 0; h < 2; h++) CLEX_UNROLL for (int u = 0; u < 2; u++) CLEX_UNROLL for (int v = 0; v < 2; v++)
@@ -124,7 +125,8 @@ INLINE void s32_prep(int64_t nb, const uint8_t *x, size_t xstride, int ntok, int
     for (int64_t b = 0; b < nb; b++, out += S32_XB) {
         __m512i xk[8];
         tv_transpose(tp, (size_t)b * bs + qs, xk);
-        CLEX_UNROLL for (int k = 0; k < 8; k++) _mm512_storeu_si512(out + 64 * k, _mm512_xor_si512(xk[k], _mm512_set1_epi8((char)0x80)));
+        CLEX_UNROLL for (int k = 0; k < 8; k++)
+            _mm512_storeu_si512(out + 64 * k, _mm512_xor_si512(xk[k], _mm512_set1_epi8((char)0x80)));
         const uint8_t *xb = x + b * bs;
         if (q81) {
             _mm512_storeu_ps(out + 512, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, vindex, xb, 1));
