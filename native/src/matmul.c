@@ -53,7 +53,8 @@ typedef struct {
     int64_t k;
     clex_vec_dot_fn dot;
     clex_vec_dot4_fn dot4;   /* NULL: one row at a time */
-    const clex_type_traits *wt, *xt;   /* the weight and activation types */
+    const clex_type_traits *wt;   /* the weight type */
+    int32_t xtype;                /* the activation type; -1: float */
 } row_op;
 
 static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
@@ -61,14 +62,13 @@ static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
     const int s = clex_act_slot(tr->vec_dot_type);
     row_op op = {w->data, s < 0 ? (const uint8_t *)a->f32 : (const uint8_t *)a->q[s], row_bytes(tr, w->ne[0]),
                  s < 0 ? (uint64_t)a->k * sizeof(float) : act_row_bytes(s, a->k), w->ne[0],
-                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], tr,
-                 s < 0 ? NULL : clex_traits(tr->vec_dot_type)};
+                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], tr, s < 0 ? -1 : tr->vec_dot_type};
     return op;
 }
 
 /* the type's tile kernels, when it has them and the batch is long enough for them */
 static const clex_tile_kernel *tile_for(const clex_tensor *w, const row_op *op, int64_t n_tok) {
-    if (!clex_k.tiles || !op->xt) return NULL;
+    if (!clex_k.tiles || op->xtype < 0) return NULL;
     const clex_tile_kernel *tk = &clex_k.tiles->type[w->type];
     return tk->bytes && n_tok >= tk->min_tok && tk->max_n >= op->wt->blck ? tk : NULL;
 }
@@ -79,6 +79,7 @@ static const clex_tile_kernel *tile_for(const clex_tensor *w, const row_op *op, 
  * 0 (nothing done) when out of memory. */
 static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
+    const clex_type_traits *xt = clex_traits(op->xtype);
     const int64_t kc = op->k <= tk->max_n ? op->k : tk->max_n / op->wt->blck * op->wt->blck;
     const size_t pb = tk->bytes(kc);
     int64_t nr = (int64_t)(TILE_SCRATCH / pb) / 16 * 16;
@@ -94,7 +95,7 @@ static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_to
             for (int64_t k0 = 0; k0 < op->k; k0 += kc) {
                 const int64_t kn = op->k - k0 < kc ? op->k - k0 : kc;
                 tk->pack(kn, op->base + (uint64_t)rs * op->rb + row_bytes(op->wt, k0), (size_t)op->rb, re - rs, buf);
-                tk->gemm(kn, buf, re - rs, x + row_bytes(op->xt, k0), (size_t)op->xb, nt, yt + rs, ystride,
+                tk->gemm(kn, buf, re - rs, x + row_bytes(xt, k0), (size_t)op->xb, nt, yt + rs, ystride,
                          accumulate || k0 > 0);
             }
         }
