@@ -77,6 +77,9 @@ static const clex_tile_kernel *tile_for(const clex_tensor *w, const row_op *op, 
  * weights packed a block of rows at a time (as many as TILE_SCRATCH holds, a multiple of 16), a
  * row longer than the kernel's max_n in pieces, each piece after the first added to y. Returns
  * 0 (nothing done) when out of memory. */
+#if defined(__GNUC__)
+__attribute__((noinline))   /* kept out of the row kernels' loop, which generation runs */
+#endif
 static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
     const clex_type_traits *xt = clex_traits(op->xtype);
