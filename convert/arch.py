@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from clexrt.errors import ConvertError
+from clexrt.gguf.archs import arch_spec
 
 from . import arch_keys as K
 
@@ -248,8 +249,7 @@ def _gemma3_keys(cfg: dict, hp, notes: list) -> dict:
         if window is None:
             raise ConvertError("config.json: 'sliding_window' is needed: layer_types has sliding layers")
         md[f"{a}.attention.sliding_window"] = window
-        default = [i % 6 < 5 for i in range(hp.n_layer)]
-        if swa != default:
+        if tuple(swa) != arch_spec(a).default_swa_layers(hp.n_layer):
             # the per-layer form llama.cpp's runtime reads (true: sliding) where the pattern differs
             md[f"{a}.attention.sliding_window_pattern"] = np.array(swa, dtype=bool)
             notes.append("layer_types differs from every-6th-layer-global: written as "

@@ -94,6 +94,16 @@ class ArchSpec:
     local_rope_base: float | None = None
     note: str = ""                     # what `info` says about the architecture's choices
 
+    @property
+    def has_experts(self) -> bool:
+        return any(t.group == "moe" for t in self.layer)
+
+    def default_swa_layers(self, n_layer: int, period: int | None = None) -> tuple[bool, ...]:
+        """llama.cpp's pattern: layer i is local unless i % period == period - 1 (period 0: all
+        local); the arch's own period unless the file gives one."""
+        n = self.swa_pattern if period is None else period
+        return tuple(n == 0 or i % n < n - 1 for i in range(n_layer))
+
     def attn_scale(self, n_layer: int, n_embd: int, n_head: int) -> float:
         """The attention scale llama.cpp hard-codes for the architecture (0: 1/sqrt(head_dim))."""
         if self.name == "gemma3" and n_layer == 62:    # Gemma 3 27B: query_pre_attn_scalar = n_embd / n_head

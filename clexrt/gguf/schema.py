@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import GGUFError
 from ..rope.tables import ClexTables, read_clex
-from .archs import SUPPORTED_ARCHS, arch_spec, layer_tensors
+from .archs import ARCHS, SUPPORTED_ARCHS, arch_spec, layer_tensors
 from .constants import _FLOAT_TYPES, _INT_TYPES, TYPE_F32, ValueType
 from .reader import GGUFFile, _one_line, _q, _value_type_name
 
@@ -269,9 +269,9 @@ class _ModelChecker:
         used = self.int_key(f"{a}.expert_used_count", False, minimum=0) or 0
         if not n:
             return 0, 0
-        if not any(t.group == "moe" for t in spec.layer):
+        if not spec.has_experts:
             raise self.err(f"key '{a}.expert_count': {n} experts, but clexrt runs experts only for "
-                           f"{', '.join(k for k, v in _archs_with_experts())}")
+                           f"{', '.join(k for k, v in ARCHS.items() if v.has_experts)}")
         if not 1 <= used <= n or n > 1024:
             raise self.err(f"key '{a}.expert_used_count': {used} of {n} experts (need 1 <= used <= "
                            f"count <= 1024)")
@@ -320,9 +320,7 @@ class _ModelChecker:
             if len(v) != n_layer:
                 raise self.err(f"key {_q(key)}: {len(v)} flags for {n_layer} layers")
             return tuple(bool(x) for x in v)
-        n = self.int_key(key, False, minimum=0)
-        n = spec.swa_pattern if n is None else n
-        return tuple(n == 0 or i % n < n - 1 for i in range(n_layer))
+        return spec.default_swa_layers(n_layer, self.int_key(key, False, minimum=0))
 
     def tokenizer(self, n_vocab: int) -> None:
         for key, et in _TOKENIZER_ARRAYS.items():
@@ -344,11 +342,6 @@ class _ModelChecker:
             if v >= n_vocab:
                 raise self.err(f"key {_q(key)}: token id {v} is outside the vocabulary "
                                f"(size {n_vocab})")
-
-
-def _archs_with_experts():
-    from .archs import ARCHS
-    return [(k, v) for k, v in ARCHS.items() if any(t.group == "moe" for t in v.layer)]
 
 
 def _type_tuple_name(t: tuple) -> str:
@@ -424,8 +417,7 @@ def hparams_metadata(hp: HParams) -> dict[str, object]:
         md[f"{a}.rope.scaling.factor"] = hp.rope_scaling_factor
     if hp.n_swa:
         md[f"{a}.attention.sliding_window"] = hp.n_swa
-        n = spec.swa_pattern
-        if spec.swa == "pattern" and tuple(hp.swa_layers) != tuple(n == 0 or i % n < n - 1 for i in range(hp.n_layer)):
+        if spec.swa == "pattern" and hp.swa_layers != spec.default_swa_layers(hp.n_layer):
             md[f"{a}.attention.sliding_window_pattern"] = [bool(x) for x in hp.swa_layers]
         if hp.local_rope_base is not None and hp.local_rope_base != spec.local_rope_base:
             md[f"{a}.rope.freq_base_swa"] = hp.local_rope_base
