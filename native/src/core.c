@@ -1,6 +1,7 @@
 /* The library's frame: errors, the ABI version, the CPU (instruction sets, physical cores), the
  * one-time initialisation, and the kernel dispatch table: the scalar set, the selected set
  * (clex_k) and the one step that lays an arch file's set over it. */
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,6 +33,27 @@ int clex_abi_version(void) { return CLEX_ABI_VERSION; }
 /* ------------------------------------------------------------------ dispatch table */
 
 /* The specification: every slot the forward pass calls. */
+/* GELU, the tanh approximation (GPT-2's, Gemma's gelu_pytorch_tanh, Phi-2's gelu_new) */
+static inline float gelu(float x) {
+    const float k = 0.7978845608028654f;   /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+void clex_act_generic(int32_t kind, int64_t n, float *g, const float *u) {
+    switch (kind) {
+    case CLEX_FFN_GEGLU:
+        for (int64_t r = 0; r < n; r++) g[r] = gelu(g[r]) * u[r];
+        break;
+    case CLEX_FFN_GELU:
+        for (int64_t r = 0; r < n; r++) g[r] = gelu(g[r]);
+        break;
+    case CLEX_FFN_SWIGLU:
+    default:
+        for (int64_t r = 0; r < n; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
+        break;
+    }
+}
+
 const clex_kernels clex_kernels_scalar = {
     .vec_dot = {
         [CLEX_TYPE_F32] = clex_vec_dot_f32_generic,
@@ -62,6 +84,7 @@ const clex_kernels clex_kernels_scalar = {
     .wsum16 = clex_wsum16_generic,
     .to_f16 = clex_to_f16_generic,
     .from_f16 = clex_from_f16_generic,
+    .act = clex_act_generic,
 };
 
 clex_kernels clex_k;

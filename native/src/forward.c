@@ -14,7 +14,7 @@
  *   output              logits = output(norm(x)) (+ bias, soft-capped), last token or all
  *
  * The architecture fields of clex_hparams / clex_layer are read where they matter: the norm
- * (norm_row), the rope layout (rope_rotate, model.h), the FFN's activation (ffn_act), the
+ * (norm_row), the rope layout (rope_rotate, model.h), the FFN's activation (clex_k.act), the
  * residual wiring (layer), and the optional tensors (biases, q/k norms, post-norms: absent ones
  * do nothing).
  */
@@ -71,29 +71,6 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
 static void norm_row(const clex_hparams *hp, float *out, const float *x, const float *w, const float *b) {
     if (hp->norm_kind == CLEX_NORM_LAYER) layernorm(out, x, w, b, hp->n_embd, hp->rms_eps);
     else rmsnorm(out, x, w, hp->n_embd, hp->rms_eps);
-}
-
-/* GELU, the tanh approximation (GPT-2's, Gemma's gelu_pytorch_tanh, Phi-2's gelu_new) */
-static inline float gelu(float x) {
-    const float k = 0.7978845608028654f;   /* sqrt(2 / pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
-/* The FFN's activation (hp->ffn_kind) over rows [lo, hi) of one token: g = act(g) * u, or
- * g = act(g) for the ungated GELU MLP (whose up projection was written into g). */
-static void ffn_act(const clex_hparams *hp, float *g, const float *u, int64_t lo, int64_t hi) {
-    switch (hp->ffn_kind) {
-    case CLEX_FFN_GEGLU:
-        for (int64_t r = lo; r < hi; r++) g[r] = gelu(g[r]) * u[r];
-        break;
-    case CLEX_FFN_GELU:
-        for (int64_t r = lo; r < hi; r++) g[r] = gelu(g[r]);
-        break;
-    case CLEX_FFN_SWIGLU:
-    default:
-        for (int64_t r = lo; r < hi; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
-        break;
-    }
 }
 
 /* y[t, lo..hi) += b[lo..hi) for T tokens of rows `rows` apart (b NULL: nothing) */
@@ -254,7 +231,8 @@ static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w
         if (gated) clex_matmul_rows(w_gate, &f->a, T, c->gate, F, 0, lo, hi);
         clex_matmul_rows(w_up, &f->a, T, up, F, 0, lo, hi);
         add_bias(up, F, T, opt(b_up), lo, hi);
-        for (int64_t t = 0; t < T; t++) ffn_act(f->hp, c->gate + t * F, gated ? c->up + t * F : NULL, lo, hi);
+        for (int64_t t = 0; t < T; t++)
+            clex_k.act(f->hp->ffn_kind, hi - lo, c->gate + t * F + lo, gated ? c->up + t * F + lo : NULL);
     }
     sync(f);
 }

@@ -41,6 +41,10 @@ typedef void (*clex_wsum32_fn)(int64_t n, int64_t D, const float *w, const float
 typedef void (*clex_wsum16_fn)(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
 typedef void (*clex_to_f16_fn)(const float *x, clex_fp16 *y, int64_t n);
 typedef void (*clex_from_f16_fn)(const clex_fp16 *x, float *y, int64_t n);
+/* The FFN's activation over n values: g = act(g) * u, or g = act(g) when u is NULL; kind is a
+ * CLEX_FFN_* (SiLU for SwiGLU, GELU's tanh form for GeGLU and GELU). Both are x * sigmoid(a x ...):
+ * SIMD versions evaluate that sigmoid with their own exp, within a few ulp of the scalar one. */
+typedef void (*clex_act_fn)(int32_t kind, int64_t n, float *g, const float *u);
 
 /* ---- tiled prefill (matmul.c) ----
  * A weight type may have tile kernels: pack rewrites rows of its weights once into the kernel's
@@ -98,6 +102,7 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
     X(clex_wsum16_fn, wsum16)                                                                     \
     X(clex_to_f16_fn, to_f16)                                                                     \
     X(clex_from_f16_fn, from_f16)                                                                 \
+    X(clex_act_fn, act)                                                                           \
     X(const clex_tile_set *, tiles)
 
 #define CLEX_KERNEL_FIELD(type, name) type name;
@@ -171,6 +176,7 @@ void clex_wsum32_generic(int64_t n, int64_t D, const float *w, const float *V, f
 void clex_wsum16_generic(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
 void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n);
 void clex_from_f16_generic(const clex_fp16 *x, float *y, int64_t n);
+void clex_act_generic(int32_t kind, int64_t n, float *g, const float *u);
 
 /* ---- thread pool: every thread runs the same job; barriers separate its steps ---- */
 typedef struct clex_pool clex_pool;
