@@ -208,6 +208,9 @@ int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float 
 /* Y[t, r] = sum_k W[r, k] * X[t, k] for t < n_tok, r < W.ne[1]: the matrix product the forward
  * pass uses (activations quantized internally), with n_threads threads. */
 int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, int32_t n_threads);
+/* The FFN activation the forward pass applies (current ISA) over n values: g = act(g) * u, or
+ * g = act(g) where u is NULL; kind a CLEX_FFN_* (SwiGLU: SiLU; GeGLU, GELU: GELU's tanh form). */
+int clex_ffn_act(int32_t kind, int64_t n, float *g, const float *u);
 
 /* ---- model ---- */
 /* output NULL (or data NULL): tied, the logits come from tok_embd; output_norm_b and output_b

@@ -401,6 +401,14 @@ int clex_dequantize_row(int32_t type, const void *src, float *dst, int64_t n) {
     return CLEX_OK;
 }
 
+int clex_ffn_act(int32_t kind, int64_t n, float *g, const float *u) {
+    clex_init_once();
+    if (kind < CLEX_FFN_SWIGLU || kind > CLEX_FFN_GELU || n < 0 || !g || (kind != CLEX_FFN_GELU && !u))
+        return clex_fail(CLEX_E_INVALID, "clex_ffn_act: bad arguments (kind %d, n %lld)", (int)kind, (long long)n);
+    clex_k.act(kind, n, g, u);
+    return CLEX_OK;
+}
+
 int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float *out) {
     clex_init_once();
     const clex_type_traits *t = clex_traits(type);
