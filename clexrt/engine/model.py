@@ -12,10 +12,11 @@ schedule (clexrt.rope.RopeSchedule) picks the table for N. When it differs from 
 cached keys carry, the kv_policy brings the cache to the new table: "rerotate" turns every cached
 key in C (what the official CLEX code effectively does: values and the hidden states of earlier
 tokens keep the old table), "recompute" evaluates the cached tokens again (exactly a full forward
-at the new table).
+at the new table). log_scale: q *= log(n_kv)/log(L) (docs/clex.md), in the C core's kq scale.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -70,18 +71,19 @@ class Model:
     of raising ContextFullError. rope_steps: continuous mode moves t in steps of 1/rope_steps
     (None: rope.default_steps(L), 16 where L >= 4096; 0: t = N/L exactly, a new table every
     token). kv_type: f32 (the default: exact) | f16 (half the KV cache's memory, keys and values
-    rounded to half when stored, as llama.cpp's default cache is)."""
+    rounded to half when stored, as llama.cpp's default cache is). log_scale: the official flash
+    path's q *= log(n_kv)/log(L) (None: the file's clex.log_scale where the official code applies it)."""
 
     def __init__(self, path, n_ctx: int = 0, n_threads: int | None = None, rope: str = "auto",
                  clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int = 512,
                  context_shift: bool = False, n_keep: int = 1, rope_steps: int | None = None,
-                 kv_type: str = "f32", check_tensors: bool = False):
+                 kv_type: str = "f32", check_tensors: bool = False, log_scale: bool | None = None):
         self.path = os.fspath(path)
         self._lock = threading.RLock()
         self._ctx = self._model = None
         self.gguf = GGUFFile(self.path)
         try:
-            self._build(n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type)
+            self._build(n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type, log_scale)
             if check_tensors:
                 bad = self._nonfinite_weight()
                 if bad:
@@ -93,7 +95,7 @@ class Model:
         self.n_keep = max(0, int(n_keep))
 
     # ------------------------------------------------------------------ loading
-    def _build(self, n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type):
+    def _build(self, n_ctx, n_threads, n_batch, rope, clex_mode, kv_policy, rope_steps, kv_type, log_scale):
         g = self.gguf
         self.hparams = hp = validate_model(g)
         self.metadata = g.metadata
@@ -121,6 +123,7 @@ class Model:
         self._choice = self.schedule(0)
         self._synced = True
         self._target = 0
+        self.log_scale, self._n_kv, self._kq = self._log_scale(log_scale), 0, None
         self._set_table(self._choice.table)
         self._set_attn_factor(self._choice.attn_factor)
         if hp.n_rope_sets > 1:
@@ -129,6 +132,21 @@ class Model:
             self.local_inv_freq = rope_mod.gguf_inv_freq(hp.local_rope_base, hp.n_rot).astype(np.float32)
             check(lib.clex_ctx_set_rope_set(self._ctx, 1, ffi.cast("float *", self.local_inv_freq.ctypes.data),
                                             self.local_inv_freq.size))
+
+    def _log_scale(self, want) -> bool:
+        """None: clex.log_scale for the official LLaMA (not Phi-2, Mixtral, clexify's zero network)."""
+        if want is None:
+            c, hp = self.clex, self.hparams
+            return bool(c is not None and c.log_scale and c.init == "ode" and hp.arch == "llama"
+                        and not hp.n_expert)
+        if not isinstance(want, (bool, np.bool_)):
+            raise ModelError(f"log_scale must be True, False or None, got {want!r}")
+        return bool(want)
+
+    def log_factor(self, n_kv: int) -> float:
+        """log_scale's factor on q for n_kv keys; 1 when off (and for one key: weight 1 at any scale)."""
+        L = self.schedule.train_length
+        return math.log(n_kv) / math.log(L) if self.log_scale and n_kv > 1 and L > 1 else 1.0
 
     def _create_model(self, hp: HParams):
         self._weights = NativeWeights(self.gguf)
@@ -192,8 +210,12 @@ class Model:
         self._table = inv
 
     def _set_attn_factor(self, f: float) -> None:
-        """YaRN's temperature: q and k each scaled by f, so q.k by f^2 (the C core's attention scale)."""
-        check(lib.clex_ctx_set_attn_scale(self._ctx, float(f) * float(f)))
+        """YaRN's temperature: q and k each scaled by f, so q.k by f^2 (the C core's attention
+        scale); with log_scale also by log_factor(n_kv) of the coming evaluation."""
+        s = float(f) * float(f) * self.log_factor(self._n_kv)
+        if s != self._kq:
+            check(lib.clex_ctx_set_attn_scale(self._ctx, s))
+            self._kq = s
 
     @property
     def kv_bytes(self) -> int:
@@ -218,6 +240,9 @@ class Model:
             st["steps"] = s.steps
         if c.attn_factor != 1.0:
             st["attn_factor"] = c.attn_factor     # the C core scales q.k by its square
+        st["log_scale"] = self.log_scale
+        if self.log_scale:
+            st["log_factor"] = self.log_factor(self._n_kv)   # of the last evaluation
         return st
 
     @property
@@ -248,8 +273,10 @@ class Model:
                                        f"{'' if ml is None else ' (context_shift=True drops older tokens instead)'}")
             self._shift(N - limit)
             N = self.n_past + n_new
-        choice = self.schedule(max(N, min(self._target, limit)))
+        self._n_kv = max(N, min(self._target, limit))
+        choice = self.schedule(self._n_kv)
         if choice is self._choice and self._synced:
+            self._set_attn_factor(choice.attn_factor)
             return
         self._switch(choice)
 
@@ -258,8 +285,7 @@ class Model:
         old = self._choice
         try:
             self._set_table(choice.table)
-            if choice.attn_factor != old.attn_factor or not self._synced:
-                self._set_attn_factor(choice.attn_factor)
+            self._set_attn_factor(choice.attn_factor)      # before a recompute: its n_kv too
             if self.n_past:
                 if self.kv_policy == "rerotate":
                     check(lib.clex_ctx_rerotate(self._ctx, ffi.cast("float *", old.table.ctypes.data),
