@@ -134,67 +134,98 @@ class Generation:
     def __iter__(self) -> Iterator[Piece]:
         if self._started:
             raise RuntimeError("a Generation can be iterated only once")
-        self._started = True
-        session, sampler = self.session, self.sampler
+        session = self.session
         t0 = time.perf_counter()
         logits = session.prefill(self.prompt)
         self.n_prompt_eval = session.n_prefill_eval
         self.t_prompt = time.perf_counter() - t0
         t0 = time.perf_counter()
-        history = list(self.prompt)
-        decoder = self.tokenizer.stream_decoder()
-        pending = ""
-        held: list[tuple[TokenInfo, int]] = []
         try:
             while True:
-                if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
-                    self.finish_reason = "length"
-                    break
-                tok = sampler.sample(logits, history)
-                if tok in self.eog_ids:
-                    self.finish_reason = "stop"
-                    break
-                self.tokens.append(tok)
-                history.append(tok)
-                info = TokenInfo(tok)
-                if self.n_logprobs is not None:
-                    info.logprob, info.top = self._logprob_info(logits, tok)
-                info.text = decoder.feed(tok)
-                held.append((info, len(pending)))
-                pending += info.text
-                if self.stop:
-                    cut = _find_stop(pending, self.stop)
-                    if cut >= 0:
-                        piece, pending, held = self._take(pending, held, cut, final=False)
-                        if piece.text or piece.tokens:
-                            yield piece
-                        pending, held = "", []
-                        self.finish_reason = "stop"
-                        return
-                    n_emit = len(pending) - _hold_back(pending, self.stop)
-                else:
-                    n_emit = len(pending)
-                if n_emit > 0:
-                    piece, pending, held = self._take(pending, held, n_emit, final=False)
-                    yield piece
-                if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
-                    self.finish_reason = "length"
-                    break
-                if session.n_past >= session.n_ctx and not session.shifts:
-                    self.finish_reason = "length"
-                    break
+                room = session.shifts or session.n_past < session.n_ctx
+                pieces, tok = self.step(logits, room=room)
+                yield from pieces
+                if tok is None:
+                    return
                 logits = session.eval([tok])
                 self.n_gen_eval += 1
-            # The end: whatever the decoder still holds, and the held-back tail, go out now
-            # (cut at a stop string that the last bytes may complete).
-            pending += decoder.flush()
-            cut = _find_stop(pending, self.stop) if self.stop else -1
-            if cut >= 0:
-                self.finish_reason = "stop"
-                piece, pending, held = self._take(pending, held, cut, final=False)
-            else:
-                piece, pending, held = self._take(pending, held, len(pending), final=True)
-            if piece.text or piece.tokens:
-                yield piece
         finally:
             self.t_gen = time.perf_counter() - t0
+
+    # -- one token at a time (the server's slots drive this directly) ---------------------------
+    def start(self) -> None:
+        """Before the first step: the prompt is in the model and its logits are at hand."""
+        if self._started:
+            raise RuntimeError("a Generation can be iterated only once")
+        self._started = True
+        self._history = list(self.prompt)
+        self._decoder = self.tokenizer.stream_decoder()
+        self._pending = ""
+        self._held: list[tuple[TokenInfo, int]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def step(self, logits: np.ndarray, room: bool = True) -> tuple[list[Piece], int | None]:
+        """One token from `logits` (those after the prompt or after the last id returned). Returns
+        the pieces ready to show and the id to evaluate next, or None when the generation is over
+        (finish_reason set, the held-back tail emitted). `room`: whether the model can take one
+        more token (False: the context is full, finish_reason "length" after this token)."""
+        if not self._started:
+            self.start()
+        if self.finish_reason is not None:
+            return [], None
+        out: list[Piece] = []
+        if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
+            return self._end("length", out), None
+        sampler = self.sampler
+        tok = sampler.sample(logits, self._history)
+        if tok in self.eog_ids:
+            return self._end("stop", out), None
+        sampler.accept(tok)
+        self.tokens.append(tok)
+        self._history.append(tok)
+        info = TokenInfo(tok)
+        if self.n_logprobs is not None:
+            info.logprob, info.top = self._logprob_info(logits, tok)
+        info.text = self._decoder.feed(tok)
+        self._held.append((info, len(self._pending)))
+        self._pending += info.text
+        if self.stop:
+            cut = _find_stop(self._pending, self.stop)
+            if cut >= 0:
+                piece, _, _ = self._take(self._pending, self._held, cut, final=False)
+                if piece.text or piece.tokens:
+                    out.append(piece)
+                self._pending, self._held = "", []
+                self.finish_reason = "stop"
+                return out, None
+            n_emit = len(self._pending) - _hold_back(self._pending, self.stop)
+        else:
+            n_emit = len(self._pending)
+        if n_emit > 0:
+            piece, self._pending, self._held = self._take(self._pending, self._held, n_emit,
+                                                          final=False)
+            out.append(piece)
+        if sampler.done:                   # the grammar is complete and takes nothing more
+            return self._end("stop", out), None
+        if (self.max_tokens is not None and len(self.tokens) >= self.max_tokens) or not room:
+            return self._end("length", out), None
+        return out, tok
+
+    def _end(self, reason: str, out: list[Piece]) -> list[Piece]:
+        """Whatever the decoder still holds, and the held-back tail, go out now (cut at a stop
+        string that the last bytes may complete)."""
+        self.finish_reason = reason
+        pending = self._pending + self._decoder.flush()
+        cut = _find_stop(pending, self.stop) if self.stop else -1
+        if cut >= 0:
+            self.finish_reason = "stop"
+            piece, _, _ = self._take(pending, self._held, cut, final=False)
+        else:
+            piece, _, _ = self._take(pending, self._held, len(pending), final=True)
+        self._pending, self._held = "", []
+        if piece.text or piece.tokens:
+            out.append(piece)
+        return out

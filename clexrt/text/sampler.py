@@ -19,6 +19,10 @@ Two shortcuts keep a 49k vocabulary well under a millisecond, without changing t
   top-k left.
 
 The draw uses a numpy Generator: the same seed gives the same tokens for the same logits.
+
+A `constraint` (text.constrain.Constraint: a grammar) is the one hook: its mask sets the ids the
+grammar forbids to -inf right after the logit bias, so every later step (and greedy argmax) only
+sees allowed ids; `accept` tells it the id that was chosen and `done` whether it takes no more.
 """
 from __future__ import annotations
 
@@ -90,7 +94,7 @@ class Sampler:
     >>> tok = s.sample(logits, history=tokens_so_far)
     """
 
-    def __init__(self, params: SamplingParams | None = None, **kw):
+    def __init__(self, params: SamplingParams | None = None, constraint=None, **kw):
         if params is None:
             params = SamplingParams(**kw)
         elif kw:
@@ -101,17 +105,30 @@ class Sampler:
         self._bias_vals = np.fromiter((float(v) for v in bias.values()), dtype=np.float32,
                                       count=len(bias))
         self.rng = np.random.default_rng(params.seed)
+        self.constraint = constraint      # .mask(logits) in place, .accept(id), .done
+
+    def accept(self, token: int) -> None:
+        """The id that was chosen (and will be evaluated): the constraint moves past it."""
+        if self.constraint is not None:
+            self.constraint.accept(token)
+
+    @property
+    def done(self) -> bool:
+        """The constraint takes no further token."""
+        return self.constraint is not None and self.constraint.done
 
     def reseed(self, seed: int | None) -> None:
         self.rng = np.random.default_rng(seed)
 
     def adjusted(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
-        """A copy of the logits after logit bias and penalties (float32)."""
+        """A copy of the logits after logit bias, the constraint's mask and penalties (float32)."""
         p = self.params
         x = np.array(logits, dtype=np.float32, copy=True)
         if self._bias_ids.size:
             ok = (self._bias_ids >= 0) & (self._bias_ids < x.shape[0])
             np.add.at(x, self._bias_ids[ok], self._bias_vals[ok])
+        if self.constraint is not None:
+            self.constraint.mask(x)
         apply_penalties(x, history, p.penalty_last_n, p.repeat_penalty,
                         p.frequency_penalty, p.presence_penalty)
         return x
