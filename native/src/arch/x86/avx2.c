@@ -95,6 +95,51 @@ static void axpy_f32(int64_t n, float a, const float *x, float *y) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* e^x with x clamped to [-87, 88] (so 2^n stays a normal float): x = n ln2 + r with ln2 in two
+ * parts (Cody and Waite), e^r by Cephes' degree-5 polynomial on |r| <= ln2 / 2; ~1 ulp */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* Both activations are g * sigmoid(a): SiLU a = g; GELU's tanh form 0.5 g (1 + tanh(z)) with
+ * z = sqrt(2/pi) (g + 0.044715 g^3) is g * sigmoid(2z). */
+static inline __m256 act8(int32_t kind, __m256 g) {
+    __m256 a = g;
+    if (kind != CLEX_FFN_SWIGLU)
+        a = _mm256_mul_ps(_mm256_mul_ps(g, _mm256_set1_ps(2.0f * 0.7978845608028654f)),
+                          _mm256_fmadd_ps(_mm256_mul_ps(g, g), _mm256_set1_ps(0.044715f), _mm256_set1_ps(1.0f)));
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), a));
+    return _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+static void act_avx2(int32_t kind, int64_t n, float *g, const float *u) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = act8(kind, _mm256_loadu_ps(g + i));
+        if (u) v = _mm256_mul_ps(v, _mm256_loadu_ps(u + i));
+        _mm256_storeu_ps(g + i, v);
+    }
+    if (i < n) {   /* the tail through the same arithmetic, masked */
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 v = act8(kind, _mm256_maskload_ps(g + i, m));
+        if (u) v = _mm256_mul_ps(v, _mm256_maskload_ps(u + i, m));
+        _mm256_maskstore_ps(g + i, m, v);
+    }
+}
+
 /* roundf() semantics (half away from zero), exactly: truncate, then add the sign where the
  * dropped fraction is at least one half. */
 static inline __m256i round_away(__m256 v) {
@@ -245,6 +290,7 @@ static const clex_kernels avx2_set = {
     .wsum16 = wsum16_avx2,
     .to_f16 = to_f16_avx2,
     .from_f16 = from_f16_avx2,
+    .act = act_avx2,
     .tiles = &clex_avx2_tiles,
 };
 
