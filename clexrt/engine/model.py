@@ -59,6 +59,20 @@ def unsupported_weight(g: GGUFFile) -> str | None:
     return None
 
 
+def log_scale_choice(hp: HParams, want: bool | None = None) -> tuple[bool, str]:
+    """Model(log_scale=want): (on, why). None: the file's clex.log_scale where the official code
+    applies it: its LLaMA's flash attention, not its Phi-2 or Mixtral, nor clexify's zero network."""
+    if want is not None:
+        if not isinstance(want, (bool, np.bool_)):
+            raise ModelError(f"log_scale must be True, False or None, got {want!r}")
+        return bool(want), "asked for"
+    c = hp.clex
+    why = ("no CLEX tables" if c is None else "the file's clex.log_scale is false" if not c.log_scale
+           else "zero-network (ntk) tables" if c.init != "ode" else "the official Mixtral and Phi-2 "
+           "never apply it" if hp.arch != "llama" or hp.n_expert else "")
+    return not why, why or "the file's clex.log_scale, as the official LLaMA applies it"
+
+
 class Model:
     """A GGUF model with one KV cache. Not re-entrant: calls from several threads are serialized
     by an internal lock.
@@ -123,7 +137,7 @@ class Model:
         self._choice = self.schedule(0)
         self._synced = True
         self._target = 0
-        self.log_scale, self._n_kv, self._kq = self._log_scale(log_scale), 0, None
+        self.log_scale, self._n_kv, self._kq = log_scale_choice(hp, log_scale)[0], 0, None
         self._set_table(self._choice.table)
         self._set_attn_factor(self._choice.attn_factor)
         if hp.n_rope_sets > 1:
@@ -132,16 +146,6 @@ class Model:
             self.local_inv_freq = rope_mod.gguf_inv_freq(hp.local_rope_base, hp.n_rot).astype(np.float32)
             check(lib.clex_ctx_set_rope_set(self._ctx, 1, ffi.cast("float *", self.local_inv_freq.ctypes.data),
                                             self.local_inv_freq.size))
-
-    def _log_scale(self, want) -> bool:
-        """None: clex.log_scale for the official LLaMA (not Phi-2, Mixtral, clexify's zero network)."""
-        if want is None:
-            c, hp = self.clex, self.hparams
-            return bool(c is not None and c.log_scale and c.init == "ode" and hp.arch == "llama"
-                        and not hp.n_expert)
-        if not isinstance(want, (bool, np.bool_)):
-            raise ModelError(f"log_scale must be True, False or None, got {want!r}")
-        return bool(want)
 
     def log_factor(self, n_kv: int) -> float:
         """log_scale's factor on q for n_kv keys; 1 when off (and for one key: weight 1 at any scale)."""
