@@ -13,6 +13,7 @@ COMMANDS = {
     "chat": ("clexrt.cli.chat", "Chat with a model in the terminal."),
     "clexify": ("clexrt.cli.convert", "Bake zero-network CLEX tables into an existing GGUF."),
     "convert": ("clexrt.cli.convert", "Convert a Hugging Face checkpoint to GGUF."),
+    "export-static": ("clexrt.cli.export_static", "Bake CLEX's table for one context into a GGUF for llama.cpp."),
     "generate": ("clexrt.cli.generate", "Continue a prompt and stream the text."),
     "info": ("clexrt.cli.info", "Show what a GGUF file holds."),
     "perplexity": ("clexrt.cli.perplexity", "Perplexity against context length."),
