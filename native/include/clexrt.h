@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 10
+#define CLEX_ABI_VERSION 11
 
 enum {
     CLEX_OK = 0,
@@ -260,6 +260,25 @@ int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discar
  * logits: [n_vocab] for the last token, or [n_tok, n_vocab] when all_logits != 0; may be NULL. */
 int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *logits,
               int32_t all_logits);
+/* The same evaluation (appending to the KV cache), writing instead of logits every token's
+ * final hidden state after the output norm (the LM head's input): hidden [n_tok, n_embd]. */
+int clex_eval_hidden(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *hidden);
+/* One decoding step of n contexts of the same model in one pass: token i goes to ctxs[i] at
+ * position n_past[i] (appended to that context's KV cache, rotated with its rope tables, its
+ * attention scaled by its kq scale), and logits (may be NULL) gets [n, n_vocab], row i token i's.
+ * The matrix products run over the n tokens together, so each weight is read once per step.
+ * The contexts must be distinct; n <= ctxs[0]'s n_batch and n_past[i] < ctxs[0]'s n_ctx as
+ * well as ctxs[i]'s: the first context runs the step (its thread pool, its scratch), the
+ * others lend only their caches and tables. Each context's row equals what clex_eval of that
+ * one token on it alone gives, up to float summation order in the products (bit for bit where
+ * the kernels do not depend on the number of tokens). */
+int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits);
+/* The KV cache's rows of positions [0, n_past) as stored (the cache's element type), keys then
+ * values, each [n_layer][n_head_kv][n_past][head_dim]: clex_ctx_kv_state_bytes(c, n_past) bytes.
+ * _read copies them out; _write puts them back (nbytes must be that size, n_past <= n_ctx). */
+uint64_t clex_ctx_kv_state_bytes(const clex_ctx *c, int32_t n_past);
+int clex_ctx_kv_read(const clex_ctx *c, int32_t n_past, void *dst, uint64_t nbytes);
+int clex_ctx_kv_write(clex_ctx *c, int32_t n_past, const void *src, uint64_t nbytes);
 
 /* CDEF-END */
 

@@ -138,21 +138,24 @@ static int64_t first_key(int64_t pos, int32_t n_swa) {
     return n_swa > 0 && pos + 1 > n_swa ? pos + 1 - n_swa : 0;
 }
 
-void clex_attention(clex_ctx *c, int l, int64_t T, int64_t n_past, int ith, int nth) {
+void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith, int nth) {
     const clex_hparams *hp = &c->m->hp;
     const int64_t D = hp->head_dim, H = hp->n_head, HKV = hp->n_head_kv, qd = H * D;
     const int64_t grp = H / HKV;
     const int32_t n_swa = c->m->layers[l].n_swa;
-    const int64_t chunks = attn_chunks(T, HKV, n_past + 1 - first_key(n_past, n_swa), nth);
-    const float scale = c->kq_scale * (hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D));
+    const int64_t pos0 = route_pos(r, 0);
+    const int64_t chunks = attn_chunks(T, HKV, pos0 + 1 - first_key(pos0, n_swa), nth);
+    const float base = hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D);
     float *scores = c->scores + (int64_t)ith * c->n_ctx;
     int64_t lo, hi;
     split(T * HKV * chunks, ith, nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) {
         const int64_t t = j / (HKV * chunks), hk = (j / chunks) % HKV, ch = j % chunks;
-        const int64_t k0 = first_key(n_past + t, n_swa), n_keys = n_past + t + 1 - k0;
+        const clex_ctx *kc = route_ctx(c, r, t);   /* the token's own cache and kq scale */
+        const int64_t pos = route_pos(r, t), k0 = first_key(pos, n_swa), n_keys = pos + 1 - k0;
         const int64_t p0 = k0 + n_keys * ch / chunks, p1 = k0 + n_keys * (ch + 1) / chunks;
-        const kv_head kv = kv_head_at(c, l, hk);
+        const kv_head kv = kv_head_at(kc, l, hk);
+        const float scale = kc->kq_scale * base;
         for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
             attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, hp->attn_softcap, scores,
                         c->att + t * qd + h * D, chunks > 1 ? c->part + (h * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);

@@ -24,12 +24,13 @@
 #include "model.h"
 
 typedef struct {
-    clex_ctx *c;
+    clex_ctx *c;          /* the running context: its pool and scratch */
     const int32_t *tokens;
     int32_t n_tok;
-    int32_t n_past;
+    clex_route route;     /* each token's context and position */
     float *logits;        /* NULL, [n_vocab] (last) or [n_tok, n_vocab] */
     int32_t all_logits;
+    float *hidden;        /* NULL or [n_tok, n_embd]: every token's output-normed row */
 } fwd_args;
 
 /* One thread's walk through the steps of one batch. */
@@ -105,8 +106,9 @@ static void embed(fwd *f) {
         tr->to_float((const uint8_t *)f->m->tok_embd.data + (uint64_t)f->fa->tokens[t] * rb, x, E);
         if (es != 0.0f && es != 1.0f)
             for (int64_t i = 0; i < E; i++) x[i] *= es;
+        const clex_ctx *tc = route_ctx(c, &f->fa->route, t);   /* its own tables */
         for (int s = 0; s < f->m->n_sets; s++)
-            rope_angles(c->inv_freq + (int64_t)s * c->n_pairs, c->n_pairs, (float)(f->fa->n_past + t),
+            rope_angles(tc->inv_freq + (int64_t)s * c->n_pairs, c->n_pairs, (float)route_pos(&f->fa->route, t),
                         set_angles(c, s, t));
     }
     sync(f);
@@ -210,7 +212,7 @@ static void rope_step(fwd *f, const clex_layer *L, int l) {
         const int64_t t = j / HKV, h = j % HKV;
         float *ks = c->k + t * kvd + h * D;
         head_rope(hp, ks, opt(&L->k_norm), set_angles(c, L->rope_set, t), P);
-        clex_kv_store(c, l, h, f->fa->n_past + t, ks, c->v + t * kvd + h * D);
+        clex_kv_store(route_ctx(c, &f->fa->route, t), l, h, route_pos(&f->fa->route, t), ks, c->v + t * kvd + h * D);
     }
     split(f->T * H, f->ith, f->nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) head_rope(hp, c->q + j * D, opt(&L->q_norm), set_angles(c, L->rope_set, j / H), P);
@@ -337,7 +339,7 @@ static void attention_block(fwd *f, const clex_layer *L, int l, float *dst, int 
     norm_step(f, &L->attn_norm, &L->attn_norm_b, qkv, 3, 0);
     qkv_step(f, L);
     rope_step(f, L, l);
-    clex_attention(f->c, l, f->T, f->fa->n_past, f->ith, f->nth);
+    clex_attention(f->c, l, f->T, &f->fa->route, f->ith, f->nth);
     sync(f);
     project_out(f, &L->wo, &L->bo, &L->attn_post_norm, f->c->att, (int64_t)f->hp->n_head * f->hp->head_dim, dst,
                 accumulate);
@@ -376,13 +378,24 @@ static void layer(fwd *f, int l) {
     sync(f);
 }
 
-/* the final norm and the vocabulary projection (+ bias, soft-capped), for the last token or all */
+/* every token's output-normed row (norm_step's xn) into fa->hidden */
+static void copy_hidden(const fwd *f) {
+    const int64_t E = f->hp->n_embd;
+    int64_t lo, hi;
+    split(f->T, f->ith, f->nth, &lo, &hi);
+    memcpy(f->fa->hidden + lo * E, f->c->xn + lo * E, (size_t)((hi - lo) * E) * sizeof(float));
+}
+
+/* the final norm (its rows copied out when asked) and the vocabulary projection (+ bias,
+ * soft-capped), for the last token or all */
 static void output(fwd *f) {
     const fwd_args *fa = f->fa;
-    if (!fa->logits) return;
+    if (!fa->logits && !fa->hidden) return;
     const int64_t t0 = fa->all_logits ? 0 : f->T - 1, V = f->hp->n_vocab;
     const clex_tensor *ow[1] = {&f->m->output};
-    norm_step(f, &f->m->output_norm, &f->m->output_norm_b, ow, 1, t0);
+    norm_step(f, &f->m->output_norm, &f->m->output_norm_b, ow, fa->logits ? 1 : 0, fa->hidden ? 0 : t0);
+    if (fa->hidden) copy_hidden(f);
+    if (!fa->logits) return;
     const clex_acts ao = clex_acts_from(&f->a, t0);
     const float cap = f->hp->final_softcap;
     int64_t lo, hi;
@@ -404,27 +417,84 @@ static void forward_job(void *varg, int ith, int nth) {
     output(&f);
 }
 
-int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *logits, int32_t all_logits) {
+/* the tokens' ids in the vocabulary, checked */
+static int check_tokens(const clex_ctx *c, const int32_t *tokens, int32_t n_tok) {
+    const int32_t V = c->m->hp.n_vocab;
+    for (int32_t i = 0; i < n_tok; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return clex_fail(CLEX_E_INVALID, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
+                             V - 1);
+    return CLEX_OK;
+}
+
+static void run_forward(fwd_args *fa) {
+    atomic_store(&fa->c->chunk[0], 0);
+    atomic_store(&fa->c->chunk[1], 0);
+    clex_pool_run(fa->c->pool, forward_job, fa);
+}
+
+/* n_tok tokens of one context from n_past, n_batch at a time (clex_eval, clex_eval_hidden) */
+static int eval_seq(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *logits,
+                    int32_t all_logits, float *hidden) {
     if (!c || !tokens) return clex_fail(CLEX_E_INVALID, "NULL argument");
     if (n_tok <= 0) return clex_fail(CLEX_E_INVALID, "no tokens to evaluate");
     if (n_past < 0) return clex_fail(CLEX_E_INVALID, "n_past %d is negative", n_past);
     if ((int64_t)n_past + n_tok > c->n_ctx)
         return clex_fail(CLEX_E_FULL, "%d tokens at position %d do not fit in the context of %d", n_tok, n_past,
                          c->n_ctx);
-    const int32_t V = c->m->hp.n_vocab;
-    for (int32_t i = 0; i < n_tok; i++)
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return clex_fail(CLEX_E_INVALID, "token id %d at index %d is outside the vocabulary (0..%d)", tokens[i], i,
-                             V - 1);
+    int rc = check_tokens(c, tokens, n_tok);
+    if (rc) return rc;
+    const int64_t V = c->m->hp.n_vocab, E = c->m->hp.n_embd;
     for (int32_t done = 0; done < n_tok; done += c->n_batch) {
         const int32_t nb = n_tok - done < c->n_batch ? n_tok - done : c->n_batch;
         const int last = done + nb == n_tok;
-        fwd_args fa = {c, tokens + done, nb, n_past + done, NULL, all_logits};
-        atomic_store(&c->chunk[0], 0);
-        atomic_store(&c->chunk[1], 0);
+        fwd_args fa = {c, tokens + done, nb, {NULL, NULL, n_past + done}, NULL, all_logits, NULL};
         if (logits && all_logits) fa.logits = logits + (int64_t)done * V;
         else if (logits && last) fa.logits = logits;
-        clex_pool_run(c->pool, forward_job, &fa);
+        if (hidden) fa.hidden = hidden + (int64_t)done * E;
+        run_forward(&fa);
     }
+    return CLEX_OK;
+}
+
+int clex_eval(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *logits, int32_t all_logits) {
+    return eval_seq(c, tokens, n_tok, n_past, logits, all_logits, NULL);
+}
+
+int clex_eval_hidden(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n_past, float *hidden) {
+    if (!hidden) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    return eval_seq(c, tokens, n_tok, n_past, NULL, 0, hidden);
+}
+
+/* clex_eval_batch's contexts: distinct, of one model, each position inside its own context and
+ * (for the scores scratch) inside the first's */
+static int check_batch(clex_ctx *const *ctxs, const int32_t *n_past, int32_t n) {
+    const clex_ctx *c0 = ctxs[0];
+    if (n > c0->n_batch)
+        return clex_fail(CLEX_E_INVALID, "a batch of %d contexts: the first one's n_batch is %d", n, c0->n_batch);
+    for (int32_t i = 0; i < n; i++) {
+        const clex_ctx *c = ctxs[i];
+        if (!c) return clex_fail(CLEX_E_INVALID, "context %d of the batch is NULL", i);
+        if (c->m != c0->m) return clex_fail(CLEX_E_INVALID, "context %d of the batch runs another model", i);
+        for (int32_t j = 0; j < i; j++)
+            if (ctxs[j] == c) return clex_fail(CLEX_E_INVALID, "context %d of the batch is also context %d", i, j);
+        if (n_past[i] < 0) return clex_fail(CLEX_E_INVALID, "n_past %d of context %d is negative", n_past[i], i);
+        if (n_past[i] >= c->n_ctx)
+            return clex_fail(CLEX_E_FULL, "context %d is full (%d of %d tokens)", i, n_past[i], c->n_ctx);
+        if (n_past[i] >= c0->n_ctx)
+            return clex_fail(CLEX_E_INVALID, "context %d at position %d: the first context of the batch holds %d",
+                             i, n_past[i], c0->n_ctx);
+    }
+    return CLEX_OK;
+}
+
+int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits) {
+    if (!ctxs || !tokens || !n_past || !ctxs[0]) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (n <= 0) return clex_fail(CLEX_E_INVALID, "no tokens to evaluate");
+    int rc = check_batch(ctxs, n_past, n);
+    if (!rc) rc = check_tokens(ctxs[0], tokens, n);
+    if (rc) return rc;
+    fwd_args fa = {ctxs[0], tokens, n, {ctxs, n_past, 0}, logits, 1, NULL};
+    run_forward(&fa);
     return CLEX_OK;
 }

@@ -126,3 +126,39 @@ int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discar
         rc = rotate_run(c, s, NULL, n_past - n_keep - n_discard, n_keep + n_discard, n_keep);
     return rc;
 }
+
+/* ------------------------------------------------------------------ saved state */
+
+uint64_t clex_ctx_kv_state_bytes(const clex_ctx *c, int32_t n_past) {
+    if (!c || n_past < 0 || n_past > c->n_ctx) return 0;
+    const clex_hparams *hp = &c->m->hp;
+    return 2 * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)n_past * (uint64_t)hp->head_dim * c->kv_elt;
+}
+
+/* rows [0, n_past) of every (layer, kv head) of both caches to (to_buf) or from buf */
+static int kv_copy(const clex_ctx *c, int32_t n_past, char *buf, uint64_t nbytes, int to_buf) {
+    if (!c || !buf) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    if (n_past < 0 || n_past > c->n_ctx)
+        return clex_fail(CLEX_E_INVALID, "n_past %d outside the context of %d", n_past, c->n_ctx);
+    if (nbytes != clex_ctx_kv_state_bytes(c, n_past))
+        return clex_fail(CLEX_E_INVALID, "KV state of %d positions is %llu bytes, not %llu", n_past,
+                         (unsigned long long)clex_ctx_kv_state_bytes(c, n_past), (unsigned long long)nbytes);
+    const int64_t units = (int64_t)c->m->hp.n_layer * c->m->hp.n_head_kv, D = c->m->hp.head_dim;
+    const size_t run = (size_t)n_past * (size_t)D * c->kv_elt, whole = (size_t)c->n_ctx * (size_t)D * c->kv_elt;
+    char *caches[2] = {c->k_cache, c->v_cache};
+    for (int kv = 0; kv < 2; kv++)
+        for (int64_t u = 0; u < units; u++) {
+            char *row = caches[kv] + (size_t)u * whole, *b = buf + ((size_t)kv * (size_t)units + (size_t)u) * run;
+            if (to_buf) memcpy(b, row, run);
+            else memcpy(row, b, run);
+        }
+    return CLEX_OK;
+}
+
+int clex_ctx_kv_read(const clex_ctx *c, int32_t n_past, void *dst, uint64_t nbytes) {
+    return kv_copy(c, n_past, dst, nbytes, 1);
+}
+
+int clex_ctx_kv_write(clex_ctx *c, int32_t n_past, const void *src, uint64_t nbytes) {
+    return kv_copy(c, n_past, (char *)src, nbytes, 0);
+}

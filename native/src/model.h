@@ -131,6 +131,19 @@ static inline float *set_angles(const clex_ctx *c, int set, int64_t t) {
     return c->cs + ((int64_t)set * c->n_batch + t) * c->n_pairs * 2;
 }
 
+/* Where the tokens of one forward pass go. A plain eval (ctx and pos NULL): every token to the
+ * running context, at n_past + t. A batched decode (clex_eval_batch): token t to ctx[t] at
+ * pos[t], with that context's KV cache, rope tables and kq scale; the running context (the
+ * batch's first) lends its thread pool and its scratch (activations, angles, scores). */
+typedef struct {
+    clex_ctx *const *ctx;   /* [T] or NULL */
+    const int32_t *pos;     /* [T] or NULL */
+    int32_t n_past;
+} clex_route;
+
+static inline clex_ctx *route_ctx(clex_ctx *c, const clex_route *r, int64_t t) { return r->ctx ? r->ctx[t] : c; }
+static inline int64_t route_pos(const clex_route *r, int64_t t) { return r->pos ? r->pos[t] : r->n_past + t; }
+
 /* ---- model.c ---- */
 /* t must be [ne0, ne1] (ne1 = 0: a vector) of a type the forward pass runs (F32 if f32_only),
  * with nbytes to match; `what` names it when t->name is NULL. */
@@ -170,9 +183,9 @@ int clex_sched_next(clex_sched *sc, int64_t *lo, int64_t *hi);
 
 /* ---- attn.c ---- */
 /* Causal attention of the batch's queries (c->q, rotated, [T, n_head*head_dim]) over layer l's
- * cache (positions < n_past + t + 1 for token t) into c->att. A step of the forward job: every
- * thread calls it; the caller puts a barrier after it. */
-void clex_attention(clex_ctx *c, int l, int64_t T, int64_t n_past, int ith, int nth);
+ * cache of each token's context (positions <= its own, route r) into c->att. A step of the
+ * forward job: every thread calls it; the caller puts a barrier after it. */
+void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith, int nth);
 
 /* ---- kv.c ---- */
 /* Store token row k (rotated) and v of kv head h at position pos of layer l's cache. */
