@@ -164,3 +164,56 @@ def test_exported_clex_folder_converts_and_runs_like_pytorch(trained, tmp_path):
     err = np.abs(got - want).max()
     assert err < 2e-3, err
     assert np.abs(got - plain).max() > 100 * err          # the CLEX table is really in use
+
+
+def test_continuous_tables_between_integers_follow_the_ode(trained, tmp_path):
+    """clexrt's continuous schedule at t = N/L exactly (rope_steps=0; ppl_steps.py, docs/tiny_clex.md's
+    CLEX continuous row) against the trained network's own ODE solved on [1, N/L] in PyTorch."""
+    from clexrt import Model
+    from clexrt.convert import convert_hf
+
+    tmp, tok, _ = trained
+    hf = tmp_path / "hf"
+    tc_export.export(str(tmp / "clex" / "model.pt"), tok, str(hf), "smoke")
+    gguf = tmp_path / "smoke.gguf"
+    convert_hf(str(hf), str(gguf), outtype="f32", progress=False)
+    m = tc_model.TinyLlama(tc_model.Config.make(**TINY), clex=True)
+    m.load_state_dict(torch.load(tmp / "clex" / "model.pt", weights_only=False)["state_dict"])
+    m.eval()
+    sp = spm.SentencePieceProcessor(model_file=tok)
+    ids = [1] + sp.encode((TOOLS / "data" / "test.txt").read_text(encoding="utf-8")[70_000:80_000])[:79]
+    assert len(ids) == 80                                   # t = 80 / 32 = 2.5, between grid points
+    with Model(str(gguf), rope="clex", clex_mode="continuous", rope_steps=0) as cm:
+        got = cm.logits(ids)
+        assert cm.schedule.factor(len(ids)) == 2.5
+    with torch.no_grad():
+        want = m(torch.tensor([ids]), None, m.model.clex_layer.solve([1.0, 2.5])[1])[0].numpy()
+        ceil = m(torch.tensor([ids]), None, m.model.clex_layer.table(3))[0].numpy()
+    err = np.abs(got - want).max()
+    assert err < 5e-3, err
+    assert np.abs(got - ceil).max() > 10 * err             # not the t = 3 table
+
+
+def test_device_auto_without_a_gpu_is_the_cpu():
+    if torch.cuda.is_available():
+        assert tc_train.pick_device("auto") == "cuda"
+        return
+    assert tc_train.pick_device("auto") == "cpu" and tc_train.pick_device("cpu") == "cpu"
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        tc_train.pick_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_follows_the_cpu_run(trained, tmp_path):
+    """--device cuda: the same seeds and draws (t, positions, windows) as on the CPU, losses close."""
+    tmp, _, _ = trained
+    args = ["clex", "--data", str(tmp / "ids.npy"), "--batch", "4", "--ckpt-every", "2", "--steps", "4",
+            "--init", str(tmp / "base" / "model.pt"), "--no-bf16"]
+    tc_train.main(args + ["--out", str(tmp_path / "cpu"), "--device", "cpu"])
+    info = tc_train.main(args + ["--out", str(tmp_path / "gpu"), "--device", "cuda"])
+    assert info["device"] == "cuda"
+    a, b = _losses(tmp_path / "cpu" / "log.jsonl"), _losses(tmp_path / "gpu" / "log.jsonl")
+    ta = [json.loads(x)["t"] for x in open(tmp_path / "cpu" / "log.jsonl")]
+    tb = [json.loads(x)["t"] for x in open(tmp_path / "gpu" / "log.jsonl")]
+    assert ta == tb
+    assert all(abs(x - y) <= 2e-3 * abs(x) for x, y in zip(a, b)), (a, b)

@@ -160,7 +160,7 @@ class ODEFunc(nn.Module):
         """(log n(t), n'(t)/n(t)) in float32; n(t) = NTK frequencies with base 10000*(2t-1)^(d/(d-2))."""
         d = self.d
         a = 2 * t - 1 if t >= 1 else torch.ones_like(t)
-        idx = torch.arange(0, d, 2, dtype=torch.float32)
+        idx = torch.arange(0, d, 2, dtype=torch.float32, device=t.device)
         ntk = 1.0 / ((CLEX_NTK_BASE * a ** (d / (d - 2))) ** (idx / d))
         dntk = -2 * idx / (d - 2) * 1 / (CLEX_NTK_BASE ** (idx / d) * (a ** (idx / (d - 2) + 1)))
         return torch.log(ntk), dntk / ntk
@@ -182,7 +182,7 @@ class ClexLayer(nn.Module):
     def solve(self, times: list[float]) -> torch.Tensor:
         """exp(y(t)) for each t in `times` (increasing, starting at 1.0): [len(times), d/2]."""
         from torchdiffeq import odeint
-        grid = torch.tensor(times, dtype=torch.float32)
+        grid = torch.tensor(times, dtype=torch.float32, device=self.inv_freq.device)
         y = odeint(self.proj_func, torch.log(self.inv_freq.float()), grid, method="rk4",
                    options={"step_size": self.c.time_dt})
         return torch.exp(y)
@@ -233,10 +233,10 @@ class TinyLlama(nn.Module):
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
                 inv_freq: torch.Tensor | None = None, attn_scale: float = 1.0,
                 cos_sin_scale: float = 1.0) -> torch.Tensor:
-        n = ids.shape[1]
-        positions = torch.arange(n, dtype=torch.float32) if positions is None else positions
+        n, dev = ids.shape[1], ids.device
+        positions = torch.arange(n, dtype=torch.float32, device=dev) if positions is None else positions.to(dev)
         inv_freq = self.rope_inv_freq if inv_freq is None else inv_freq
-        with torch.autocast("cpu", enabled=False):       # RoPE angles stay float32
+        with torch.autocast(dev.type, enabled=False):    # RoPE angles stay float32
             cos, sin = rope_cos_sin(positions, inv_freq)
         x = self.model.embed_tokens(ids)
         for layer in self.model.layers:

@@ -2,7 +2,8 @@
 
   1. corpus     build/train_clex/corpus/{train,test}.txt, manifest.json (corpus.py)
   2. tokenizer  build/train_clex/tokenizer.model, {train,test}.ids.npy (tokenizer.py)
-  3. train      base (L = 128), then from it clex and twin side by side, one thread each (train.py)
+  3. train      base (L = 128), then from it clex (ODE network at --ode-lr) and twin side by side,
+                one thread each (train.py; on a CUDA GPU when torch sees one, --device)
   4. export     build/train_clex/hf/{tiny-clex-base,tiny-clex,tiny-clex-twin} (export.py)
   5. convert    models/{tiny-clex-base,tiny-clex,tiny-clex-twin}.gguf with `clexrt convert --outtype q8_0`
   6. data       tools/train_clex/data/test.txt (+ LICENSE-PSF.txt, corpus_manifest.json)
@@ -11,6 +12,7 @@
                 (docs/tiny_clex_table.md) and the plot (docs/img/tiny_clex_ppl.png) (report.py)
 
     python tools/train_clex/pipeline.py [--deb python3.11-doc_*.deb] [--base-steps 1000] [--ft-steps 600]
+        [--ode-lr 2e-5] [--device auto|cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
 
@@ -45,9 +47,12 @@ def clexrt_cmd() -> tuple[list[str], dict]:
     return [c if os.path.exists(c) else "clexrt"], {"cwd": ROOT}
 
 
-def trained(stage: str, steps: int) -> bool:
+def trained(stage: str, steps: int, ode_lr: float | None = None) -> bool:
     p = os.path.join(B, stage, "info.json")
-    return os.path.exists(p) and json.load(open(p))["steps"] == steps
+    if not os.path.exists(p):
+        return False
+    info = json.load(open(p))
+    return info["steps"] == steps and (stage != "clex" or info.get("ode_lr") == ode_lr)
 
 
 def main() -> None:
@@ -56,6 +61,10 @@ def main() -> None:
     ap.add_argument("--base-steps", type=int, default=1000)
     ap.add_argument("--ft-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--ode-lr", type=float, default=2e-5,
+                    help="peak learning rate of the CLEX ODE network (the official run's; the rest at 3e-4)")
+    ap.add_argument("--device", default="auto", help="train.py --device: auto (CUDA when torch sees it) | cpu | cuda")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     ap.add_argument("--outtype", default="q8_0")
     ap.add_argument("--skip-eval", action="store_true")
     a = ap.parse_args()
@@ -66,15 +75,20 @@ def main() -> None:
     if not os.path.exists(os.path.join(B, "test.ids.npy")):
         run([PY, os.path.join(HERE, "tokenizer.py"), "--corpus", corpus])
     train = [PY, os.path.join(HERE, "train.py")]
+    import torch
+    print(f"pipeline: training with --device {a.device}"
+          f" (torch {torch.__version__}, CUDA {'seen' if torch.cuda.is_available() else 'not seen'})", flush=True)
     if not trained("base", a.base_steps):
         run(train + ["base", "--out", os.path.join(B, "base"), "--steps", str(a.base_steps),
-                     "--batch", str(a.batch), "--ckpt-every", "50"])
+                     "--batch", str(a.batch), "--ckpt-every", "50", "--threads", str(a.threads),
+                     "--device", a.device])
     base_pt = os.path.join(B, "base", "model.pt")
     procs = []
     for stage in ("clex", "twin"):
-        if not trained(stage, a.ft_steps):
+        if not trained(stage, a.ft_steps, a.ode_lr):
             cmd = train + [stage, "--init", base_pt, "--out", os.path.join(B, stage), "--steps", str(a.ft_steps),
-                           "--batch", str(a.batch), "--threads", "1", "--ckpt-every", "25"]
+                           "--batch", str(a.batch), "--threads", str(a.threads), "--ckpt-every", "25",
+                           "--device", a.device] + (["--ode-lr", str(a.ode_lr)] if stage == "clex" else [])
             print("+", " ".join(cmd), flush=True)
             os.makedirs(os.path.join(B, stage), exist_ok=True)
             procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=open(os.path.join(B, f"{stage}.log"), "a"),

@@ -3,10 +3,12 @@ eval_torch.py (the float32 PyTorch models), and write the results, the table and
 
     python tools/train_clex/report.py [--tokens 32768] [--xtokens 8192] [--only MODEL]
 
-The result: one `clexrt perplexity --ctx 128,256,512,1024 --rope ... --chunks -1 --json` per model on
+The result: one `clexrt perplexity --ctx 128,192,...,1024 --rope ... --chunks -1 --json` per model on
 build/train_clex/eval_main.txt, the text of the first TOKENS + 64 tokens of tools/train_clex/data/test.txt
 (TOKENS / n_ctx chunks at every length: the same text; llama-perplexity's method, the second half of
-each chunk scored). The cross-check: the same command and eval_torch.py (the float32 PyTorch
+each chunk scored); the CLEX continuous row is the same measurement with t = N/L exactly
+(ppl_steps.py: clexrt's Model(rope_steps=0), since the command's default step, L // 256 = 1 for
+L = 128, makes continuous the ceil schedule on these models). The cross-check: the same command and eval_torch.py (the float32 PyTorch
 models, the slow side) on eval_xcheck.txt, the first XTOKENS + 64 tokens. Results are cached per
 model in build/train_clex/eval/ (`--only MODEL` evaluates one model while others still train).
 Writes build/train_clex/results.json, docs/tiny_clex_table.md, docs/img/tiny_clex_ppl.png and
@@ -29,7 +31,7 @@ B = os.path.join(ROOT, "build", "train_clex")      # --build: the trained model.
 OUT = ROOT                                          # --root: where models/ and docs/ are written
 TEXT = os.path.join(HERE, "data", "test.txt")
 PY = sys.executable
-CTX = (128, 256, 512, 1024)
+CTX = (128, 192, 256, 320, 448, 512, 1024)       # L..8L, and 1.5L, 2.5L, 3.5L for the schedules
 # (label, model, clexrt method, clexrt mode (None for none), eval_torch method)
 ROWS = [
     ("base", "tiny-clex-base", "none", None, "none"),
@@ -39,10 +41,12 @@ ROWS = [
     ("continued twin", "tiny-clex-twin", "none", None, "none"),
     ("CLEX model, stored inv_freq only", "tiny-clex", "none", None, "none"),
     ("CLEX ceil", "tiny-clex", "clex", "ceil", "clex"),
-    ("CLEX continuous", "tiny-clex", "clex", "continuous", "clex-continuous"),
+    ("CLEX continuous", "tiny-clex", "clex", "exact", "clex-continuous"),
 ]
+EXACT = "exact"        # the continuous schedule with t = N/L (ppl_steps.py --steps 0)
 STAGE = {"tiny-clex-base": "base", "tiny-clex": "clex", "tiny-clex-twin": "twin"}
 QUICK = {"model": "tiny-clex", "ctx": 512, "rope": "clex", "clex_mode": "ceil", "chunks": 4}
+QUICK_EXACT = {"model": "tiny-clex", "ctx": 192, "rope": "clex", "steps": 0, "chunks": 4}
 
 
 THREADS = 1      # --threads; one thread ran faster than two with other jobs on the 2 cores
@@ -59,10 +63,21 @@ def clexrt_ppl(model: str, text: str, ropes: list[str], modes: list[str], ctx=CT
     return [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
 
 
-def torch_ppl(stage: str, text: str, methods: list[str]) -> list[dict]:
+def clexrt_exact_ppl(model: str, text: str, ctx=CTX, chunks: int = -1, steps: int = 0) -> list[dict]:
+    """The same rows for CLEX's continuous schedule with t = ceil(N * steps / L) / steps (0: N/L)."""
+    cmd, kw = clexrt_cmd()
+    args = [os.path.join(OUT, "models", f"{model}.gguf"), text, "--ctx", ",".join(map(str, ctx)),
+            "--steps", str(steps), "--chunks", str(chunks), "-t", str(THREADS)]
+    out = subprocess.run([PY, os.path.join(HERE, "ppl_steps.py")] + args, check=True, capture_output=True,
+                         text=True, **kw)
+    return [dict(json.loads(x), mode=EXACT) for x in out.stdout.splitlines() if x.startswith("{")]
+
+
+def torch_ppl(stage: str, text: str, methods: list[str], ctx=CTX, chunks: int = -1) -> list[dict]:
     out = subprocess.run([PY, os.path.join(HERE, "eval_torch.py"), os.path.join(B, stage, "model.pt"),
-                          os.path.join(B, "tokenizer.model"), text, "--ctx", ",".join(map(str, CTX)),
-                          "--methods", ",".join(methods), "--chunks", "-1", "--threads", str(THREADS), "--json"],
+                          os.path.join(B, "tokenizer.model"), text, "--ctx", ",".join(map(str, ctx)),
+                          "--methods", ",".join(methods), "--chunks", str(chunks), "--threads", str(THREADS),
+                          "--json"],
                          cwd=ROOT, check=True, capture_output=True, text=True)
     return [json.loads(x) for x in out.stdout.strip().splitlines()]
 
@@ -93,8 +108,10 @@ def evaluate(model: str, text: str, with_torch: bool) -> list[dict]:
             return c["rows"]
     rows = [r for r in ROWS if r[1] == model]
     ropes = list(dict.fromkeys(r[2] for r in rows))
-    modes = list(dict.fromkeys(r[3] for r in rows if r[3])) or ["ceil"]
+    modes = list(dict.fromkeys(r[3] for r in rows if r[3] and r[3] != EXACT)) or ["ceil"]
     got = clexrt_ppl(model, text, ropes, modes)
+    if any(r[3] == EXACT for r in rows):
+        got += clexrt_exact_ppl(model, text)
     tor = torch_ppl(STAGE[model], text, [r[4] for r in rows]) if with_torch else []
     res = []
     for label, _, method, mode, tm in rows:
@@ -116,7 +133,7 @@ def evaluate(model: str, text: str, with_torch: bool) -> list[dict]:
 
 def table_md(res: list[dict]) -> str:
     """The result (clexrt, +/- one standard error) and the cross-check (clexrt / PyTorch)."""
-    head = "| method | " + " | ".join(f"{c} ({c // CTX[0]}L)" for c in CTX) + " | 4L / L | 8L / L |"
+    head = "| method | " + " | ".join(f"{c} ({c / CTX[0]:g}L)" for c in CTX) + " | 4L / L | 8L / L |"
     lines = [head, "|" + " --- |" * (len(CTX) + 3)]
     for r in res:
         cells = [f"{r['ppl'][str(c)]['ppl']:.2f} ± {r['ppl'][str(c)]['ppl_err']:.2f}" for c in CTX]
@@ -143,8 +160,6 @@ def plot(res: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in res:
-        if r["label"] == "CLEX continuous":      # identical to ceil at multiples of L
-            continue
         y = [r["ppl"][str(c)]["ppl"] for c in CTX]
         e = [r["ppl"][str(c)]["ppl_err"] for c in CTX]
         ls = "-" if "CLEX" in r["label"] or r["label"] in ("base", "continued twin") else "--"
@@ -153,7 +168,7 @@ def plot(res: list[dict], path: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(CTX)
-    ax.set_xticklabels([str(c) for c in CTX])
+    ax.set_xticklabels([str(c) for c in CTX], fontsize=8)
     ax.set_xlabel("context length n_ctx (tokens)")
     ax.set_ylabel("perplexity (clexrt, q8_0; log scale)")
     ax.set_title("tiny CLEX-LLaMA (5.3M params, L = 128) on held-out Python docs")
@@ -210,8 +225,14 @@ def main() -> None:
                      if k != "splits"}
     # the quick check tests/test_train_clex_models.py repeats: CLEX ceil at 4L on the first chunks
     q = QUICK
+    # the references are the float32 PyTorch model's (eval_torch.py, the same chunks)
     row = clexrt_ppl(q["model"], TEXT, [q["rope"]], [q["clex_mode"]], [q["ctx"]], q["chunks"])[0]
-    man["quick_check"] = dict(q, ppl=row["ppl"])
+    ref = torch_ppl("clex", TEXT, ["clex"], [q["ctx"]], q["chunks"])[0]
+    man["quick_check"] = dict(q, ppl=row["ppl"], ppl_torch=ref["ppl"])
+    q = QUICK_EXACT
+    row = clexrt_exact_ppl(q["model"], TEXT, [q["ctx"]], q["chunks"], q["steps"])[0]
+    ref = torch_ppl("clex", TEXT, ["clex-continuous"], [q["ctx"]], q["chunks"])[0]
+    man["quick_check_continuous"] = dict(q, t=row["t"], ppl=row["ppl"], ppl_torch=ref["ppl"], t_torch=ref["t"])
     with open(os.path.join(OUT, "models", "MANIFEST.json"), "w") as f:
         json.dump(man, f, indent=1)
         f.write("\n")

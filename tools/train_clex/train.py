@@ -11,7 +11,10 @@ from the ODE solved on [1, t], as the official trainer does at training length =
 same windows (same data seed) with positions 0..L-1 and the base frequencies.
 
 Matmuls run under bfloat16 autocast (AMX on this CPU: ~4x float32); weights, optimizer, RoPE and the
-ODE solve stay float32. A checkpoint (model, optimizer, random generators) is written every
+ODE solve stay float32. --device auto trains on a CUDA GPU when torch sees one, with the same seeds
+and recipe (the model is initialized on the CPU and moved; windows, t and positions are drawn by
+CPU generators, so every step sees what it sees on the CPU; the GPU's bfloat16 kernels make the
+result close to, not bit-identical with, a CPU run). A checkpoint (model, optimizer, random generators) is written every
 --ckpt-every steps and a rerun resumes from it to the same result.
 """
 from __future__ import annotations
@@ -63,6 +66,19 @@ def build(stage: str, init: str | None, cfg: Config, seed: int) -> TinyLlama:
     return model
 
 
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no CUDA GPU")
+    return name
+
+
+def cpu_state(model: torch.nn.Module) -> dict:
+    """The state_dict on the CPU (checkpoints and model.pt load the same from a GPU run)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", choices=("base", "clex", "twin"))
@@ -82,10 +98,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop (checkpoint written) after this many steps, as if killed; rerun to resume")
     ap.add_argument("--no-bf16", action="store_true", help="float32 matmuls")
+    ap.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU, else cpu) | cpu | cuda[:N]")
     ap.add_argument("--config", default="{}", help="JSON overrides (base only): HParams.llama's arguments "
                     "(n_vocab, n_embd, n_layer, n_head, n_ff, n_ctx_train, ...) and the CLEX keys of model.Config")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    dev = torch.device(pick_device(a.device))
     if a.stage != "base" and not a.init:
         ap.error(f"{a.stage} needs --init")
     os.makedirs(a.out, exist_ok=True)
@@ -96,7 +114,7 @@ def main(argv=None) -> dict:
     ids = np.load(a.data)
     if int(ids.max()) >= cfg.hparams.n_vocab:
         raise SystemExit(f"token id {int(ids.max())} >= n_vocab {cfg.hparams.n_vocab}")
-    model = build(a.stage, a.init, cfg, a.seed)
+    model = build(a.stage, a.init, cfg, a.seed).to(dev)
     lr, lr_min, warmup, wd = DEFAULTS[a.stage]
     if a.lr:
         lr, lr_min = a.lr, a.lr / 10
@@ -114,11 +132,11 @@ def main(argv=None) -> dict:
     step = 0
     ckpt = os.path.join(a.out, "ckpt.pt")
     if os.path.exists(ckpt):
-        c = torch.load(ckpt, map_location="cpu", weights_only=False)
+        c = torch.load(ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(c["state_dict"])
         opt.load_state_dict(c["opt"])
-        data_gen.set_state(c["data_gen"])
-        pos_gen.set_state(c["pos_gen"])
+        data_gen.set_state(c["data_gen"].cpu())
+        pos_gen.set_state(c["pos_gen"].cpu())
         step = c["step"]
         print(f"resumed from {ckpt} at step {step}", flush=True)
     log = open(os.path.join(a.out, "log.jsonl"), "a")
@@ -130,11 +148,11 @@ def main(argv=None) -> dict:
         cur = lr_at(step, a.steps, lr, lr_min, warmup)
         for g in opt.param_groups:
             g["lr"] = cur * g.get("lr_scale", 1.0)
-        x = draw_batch(ids, a.batch, n, data_gen)
+        x = draw_batch(ids, a.batch, n, data_gen).to(dev)
         t, pos, inv = 1, None, None
         if a.stage == "clex":
             t, pos, inv = model.model.clex_layer.train_draw(n, pos_gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not a.no_bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not a.no_bf16):
             logits = model(x[:, :-1], pos, inv)
         loss = F.cross_entropy(logits.float().reshape(-1, cfg.hparams.n_vocab), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -149,7 +167,7 @@ def main(argv=None) -> dict:
             log.flush()
             print(json.dumps(rec), flush=True)
         if step % a.ckpt_every == 0 or step == a.steps:
-            torch.save({"state_dict": model.state_dict(), "opt": opt.state_dict(), "step": step,
+            torch.save({"state_dict": cpu_state(model), "opt": opt.state_dict(), "step": step,
                         "data_gen": data_gen.get_state(), "pos_gen": pos_gen.get_state()}, ckpt + ".tmp")
             os.replace(ckpt + ".tmp", ckpt)
         if a.stop_after is not None and step >= a.stop_after and step < a.steps:
@@ -159,8 +177,8 @@ def main(argv=None) -> dict:
             "tokens": a.steps * a.batch * n, "lr": lr, "lr_min": lr_min, "warmup": warmup,
             "weight_decay": wd, "ode_lr": a.ode_lr, "seed": a.seed, "data_seed": a.data_seed, "init": a.init,
             "bf16": not a.no_bf16, "seconds_this_run": round(time.time() - t_start, 1),
-            "threads": a.threads}
-    torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict(), "info": info},
+            "threads": a.threads, "device": str(dev)}
+    torch.save({"state_dict": cpu_state(model), "config": cfg.to_dict(), "info": info},
                os.path.join(a.out, "model.pt"))
     with open(os.path.join(a.out, "info.json"), "w") as f:
         json.dump(info, f, indent=1)
