@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Sequence
 from ..errors import ClexError
 
 __all__ = ["ChatTemplate", "TemplateError", "CHATML", "ChatFormat", "FORMATS", "detect_format",
-           "special_tokens_from_metadata"]
+           "special_tokens_from_metadata", "find_format", "FORMAT_ALIASES"]
 
 CHATML = (
     "{% for message in messages %}"
@@ -180,6 +180,22 @@ FORMATS: tuple[ChatFormat, ...] = (
 )
 _BY_NAME = {f.name: f for f in FORMATS}
 CHATML_FORMAT = _BY_NAME["chatml"]
+
+
+# llama-cpp-python's chat_format names for the formats we have under another name
+FORMAT_ALIASES = {"llama-3": "llama3", "mistral-instruct": "mistral-v3", "phi-3": "phi3",
+                  "phi-4": "phi4", "gemma-3": "gemma", "deepseek-coder": "deepseek",
+                  "deepseek-v2": "deepseek2", "deepseek-v3": "deepseek3", "granite-3": "granite",
+                  "command-r-plus": "command-r"}
+
+
+def find_format(name: str) -> ChatFormat:
+    """The built-in format called `name` (ours or llama-cpp-python's chat_format name)."""
+    key = FORMAT_ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in _BY_NAME:
+        names = sorted(set(_BY_NAME) | set(FORMAT_ALIASES))
+        raise TemplateError(f"unknown chat_format {name!r} (choose from {', '.join(names)})")
+    return _BY_NAME[key]
 
 
 def detect_format(md: Mapping) -> tuple[ChatFormat, str]:
@@ -325,8 +341,9 @@ class ChatTemplate:
         self._special_from = tokenizer
 
     @classmethod
-    def from_metadata(cls, md: Mapping) -> "ChatTemplate":
-        """The GGUF's own template; without one, the format its vocabulary points to."""
+    def from_metadata(cls, md: Mapping, chat_format: str | None = None) -> "ChatTemplate":
+        """The GGUF's own template; without one, the format its vocabulary points to.
+        `chat_format` (a built-in format's name, see find_format) overrides both."""
         tokens = [str(t) for t in md.get("tokenizer.ggml.tokens") or ()]
 
         def text_of(key):
@@ -337,6 +354,8 @@ class ChatTemplate:
         special = special_tokens_from_metadata(md)
         fmt, why = detect_format(md)
         source = md.get("tokenizer.chat_template")
+        if chat_format is not None:
+            fmt, why, source = find_format(chat_format), f"{chat_format}, as asked", None
         if source:      # the file's template; its turns end as the vocabulary's format says
             return cls(source, bos, eos, special,
                        end=[t for t in fmt.end if isinstance(source, str) and t in source])

@@ -11,6 +11,7 @@ error rather than a deadlock.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -20,49 +21,20 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .text.chat_template import ChatTemplate
-from .errors import ClexError, ContextFullError
-from .engine.session import Session
-from .text.generate import Generation
-from .text.sampler import Sampler, SamplingParams, log_softmax
+from ..engine.session import Session
+from ..errors import ClexError, ContextFullError
+from ..text.chat_template import ChatTemplate, find_format
+from ..text.generate import Generation
+from ..text.sampler import Sampler, SamplingParams, log_softmax
+from . import shapes
+from .embeddings import LLAMA_POOLING_TYPE_UNSPECIFIED, embed_ids, pooling_of
+from .options import (NEUTRAL_INIT, KeepLogits, check_neutral, check_neutral_init, kv_type_of,
+                      metadata_str)
 
 __all__ = ["Llama", "LLAMA_DEFAULT_SEED"]
 
 # llama.cpp's "no seed given": draw a random one.
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
-
-# llama-cpp-python constructor arguments that change nothing on a CPU-only runtime; accepted so
-# that existing code runs, ignored.
-_IGNORED_INIT = {"n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "use_mmap", "use_mlock",
-                 "logits_all", "embedding", "offload_kqv", "flash_attn", "numa", "n_ubatch",
-                 "n_threads_batch", "chat_format", "chat_handler", "lora_path", "lora_base",
-                 "type_k", "type_v", "rpc_servers", "spm_infill"}
-
-
-def _check_neutral(**kw) -> None:
-    """Options llama-cpp-python has and we do not: fine at their neutral value, else an error."""
-    neutral = {"suffix": None, "typical_p": 1.0, "tfs_z": 1.0, "mirostat_mode": 0,
-               "grammar": None, "stopping_criteria": None, "logits_processor": None,
-               "functions": None, "function_call": None, "tools": None, "tool_choice": None,
-               "response_format": None}
-    for k, v in kw.items():
-        if v != neutral[k] and not (v is None and neutral[k] is None):
-            raise ValueError(f"clexrt does not support {k}={v!r}")
-
-
-def _metadata_str(v) -> str | None:
-    """A GGUF value as llama.cpp prints it (floats with %f, bools lower-case); arrays -> None."""
-    if isinstance(v, bool) or isinstance(v, np.bool_):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):f}"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return None
 
 
 class Llama:
@@ -81,29 +53,40 @@ class Llama:
                  n_batch: int = 512, seed: int = LLAMA_DEFAULT_SEED, verbose: bool = False,
                  vocab_only: bool = False, last_n_tokens_size: int = 64, rope: str = "auto",
                  clex_mode: str | None = None, kv_policy: str | None = None,
-                 context_shift: bool = False, n_keep: int = 1, kv_type: str = "f32", **kwargs):
-        unknown = set(kwargs) - _IGNORED_INIT
+                 context_shift: bool = False, n_keep: int = 1, kv_type: str = "f32",
+                 type_k=None, type_v=None, logits_all: bool = False,
+                 chat_format: str | None = None, n_threads_batch: int | None = None,
+                 pooling_type: int = LLAMA_POOLING_TYPE_UNSPECIFIED,
+                 clex_log_scale: bool | None = None, **kwargs):
+        unknown = set(kwargs) - set(NEUTRAL_INIT)
         if unknown:
             raise TypeError(f"Llama() got unexpected arguments: {', '.join(sorted(unknown))}")
-        from .text.tokenizer import Tokenizer
+        check_neutral_init(kwargs)
+        if n_threads_batch not in (None, -1, n_threads):
+            raise ValueError("Llama(n_threads_batch=...): clexrt uses n_threads for prompts "
+                             "and generation alike; set n_threads")
+        kv_type = kv_type_of(type_k, type_v, kv_type)
+        from ..text.tokenizer import Tokenizer
 
         t0 = time.perf_counter()
         self.model_path = str(model_path)
         if vocab_only:
-            from .gguf.reader import read_metadata
+            from ..gguf.reader import read_metadata
 
             md = read_metadata(self.model_path)
             model = None
         else:
-            from .engine.model import Model
+            from ..engine.model import Model
 
+            extra = {} if clex_log_scale is None else {"log_scale": clex_log_scale}
             model = Model(self.model_path, n_ctx=n_ctx, n_threads=n_threads, rope=rope,
                           clex_mode=clex_mode, kv_policy=kv_policy, n_batch=n_batch,
-                          context_shift=context_shift, n_keep=n_keep, kv_type=kv_type)
+                          context_shift=context_shift, n_keep=n_keep, kv_type=kv_type, **extra)
             md = model.metadata
         tokenizer = Tokenizer.from_metadata(md)
         self._setup(model, tokenizer, md, seed=seed, verbose=verbose, n_ctx=n_ctx,
-                    last_n_tokens_size=last_n_tokens_size)
+                    last_n_tokens_size=last_n_tokens_size, logits_all=logits_all,
+                    chat_format=chat_format, pooling_type=pooling_type)
         if verbose:
             what = "vocabulary" if vocab_only else f"model, n_ctx={self.n_ctx()}"
             print(f"clexrt: loaded {what} from {self.model_path} in "
@@ -112,16 +95,25 @@ class Llama:
     @classmethod
     def from_parts(cls, model, tokenizer, metadata: Mapping | None = None, *,
                    model_path: str = "", seed: int = LLAMA_DEFAULT_SEED, verbose: bool = False,
-                   last_n_tokens_size: int = 64) -> "Llama":
-        """A Llama over an already loaded model (None for vocabulary only) and tokenizer."""
+                   last_n_tokens_size: int = 64, **kw) -> "Llama":
+        """A Llama over an already loaded model (None for vocabulary only) and tokenizer;
+        `kw`: logits_all, chat_format, pooling_type."""
         self = cls.__new__(cls)
         self.model_path = model_path or str(getattr(model, "path", "") or "")
         md = metadata if metadata is not None else getattr(model, "metadata", {}) or {}
         self._setup(model, tokenizer, md, seed=seed, verbose=verbose, n_ctx=0,
-                    last_n_tokens_size=last_n_tokens_size)
+                    last_n_tokens_size=last_n_tokens_size, **kw)
         return self
 
-    def _setup(self, model, tokenizer, md, *, seed, verbose, n_ctx, last_n_tokens_size):
+    def _setup(self, model, tokenizer, md, *, seed, verbose, n_ctx, last_n_tokens_size,
+               logits_all=False, chat_format=None, pooling_type=LLAMA_POOLING_TYPE_UNSPECIFIED):
+        self.pooling = pooling_of(md, pooling_type)
+        self._chat_format = chat_format
+        if chat_format is not None:
+            find_format(chat_format)             # an unknown name fails here, not at the first chat
+        self.logits_all = bool(logits_all) and model is not None
+        if self.logits_all:
+            model = KeepLogits(model)
         self._model = model
         self._tokenizer = tokenizer
         self._raw_metadata = md
@@ -129,7 +121,7 @@ class Llama:
         self.last_n_tokens_size = last_n_tokens_size
         self.metadata: dict[str, str] = {}
         for k, v in md.items():
-            s = _metadata_str(v)
+            s = metadata_str(v)
             if s is not None:
                 self.metadata[k] = s
         self._session = Session(model) if model is not None else None
@@ -177,7 +169,7 @@ class Llama:
     @property
     def chat_template(self) -> ChatTemplate:
         if self._chat_template is None:
-            self._chat_template = ChatTemplate.from_metadata(self._raw_metadata)
+            self._chat_template = ChatTemplate.from_metadata(self._raw_metadata, self._chat_format)
         return self._chat_template
 
     def set_seed(self, seed: int) -> None:
@@ -245,6 +237,80 @@ class Llama:
         with self._busy():
             self.last_logits = self._need_model().eval(tokens)
 
+    @property
+    def scores(self) -> np.ndarray:
+        """With logits_all=True: the logits of every cached position, [n_tokens, n_vocab]."""
+        if not self.logits_all:
+            raise ValueError("scores are kept only with Llama(logits_all=True)")
+        return self._model.scores[:self.n_tokens]
+
+    def _real_model(self):
+        m = self._model
+        return m._m if isinstance(m, KeepLogits) else m
+
+    def save_state(self, path=None) -> bytes:
+        """The KV cache, its token ids and the rope state (engine.batch.get_state), as bytes;
+        with `path`, also written to that file."""
+        from ..engine.batch import get_state
+
+        self._need_model()
+        with self._busy():
+            data = get_state(self._real_model())
+        if path is not None:
+            tmp = f"{os.fspath(path)}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        return data
+
+    def load_state(self, state) -> None:
+        """Restores what save_state gave (bytes, or the path of its file). A state saved from
+        another model is a ClexError, and the cache is left as it was."""
+        from ..engine.batch import set_state
+
+        self._need_model()
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            try:
+                with open(state, "rb") as f:
+                    state = f.read()
+            except OSError as e:
+                raise ClexError(f"{state}: cannot read the saved state: {e.strerror}") from None
+        with self._busy():
+            set_state(self._real_model(), bytes(state))
+            self.last_logits = None
+
+    def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False):
+        """Embeddings of a text or a list of texts: one vector each (pooled as self.pooling
+        says), or one per token with pooling "none". `normalize`: to unit length (euclidean).
+        `truncate`: inputs past the context are cut to it (otherwise an error)."""
+        self._need_model()
+        texts = [input] if isinstance(input, str) else list(input)
+        out, total = [], 0
+        with self._busy():
+            try:
+                for text in texts:
+                    ids = self.tokenize(text, add_bos=True)
+                    if len(ids) > self.n_ctx():
+                        if not truncate:
+                            self._check_fits(ids)
+                        ids = ids[:self.n_ctx()]
+                    self._check_fits(ids)
+                    v = embed_ids(self._real_model(), ids, self.pooling, 2 if normalize else None)
+                    out.append(v.tolist())
+                    total += len(ids)
+            finally:
+                self._session.reset()       # the hidden states' forward used the cache
+        result = out[0] if isinstance(input, str) else out
+        return (result, total) if return_count else result
+
+    def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict:
+        """OpenAI's embeddings response (vectors as embed() gives them, not normalized)."""
+        vectors, n = self.embed(input, return_count=True)
+        if isinstance(input, str):
+            vectors = [vectors]
+        return shapes.embeddings_result(model or self.model_path, [np.asarray(v) for v in vectors], n)
+
     def close(self) -> None:
         if self._model is not None:
             self._model.close()
@@ -273,39 +339,18 @@ class Llama:
             raise ContextFullError(
                 f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self.n_ctx()}")
 
-    def _sampler(self, seed, **kw) -> Sampler:
+    def _sampler(self, seed, grammar: str | None = None, end_ids=(), **kw) -> Sampler:
+        constraint = None
+        if grammar:
+            from ..text.constrain import Constraint
+
+            constraint = Constraint(self._tokenizer, grammar, end_ids)
         s = Sampler(SamplingParams(penalty_last_n=self.last_n_tokens_size,
                                    logit_bias={int(k): float(v) for k, v in (kw.pop("logit_bias") or {}).items()},
-                                   seed=seed, **kw))
+                                   seed=seed, **kw), constraint=constraint)
         if seed is None:
             s.rng = self._rng         # calls without a seed continue the Llama's stream
         return s
-
-    def _top_dict(self, lp: float, tok: int, top: list[tuple[int, float]]) -> dict[str, float]:
-        d = {self._token_str(i): v for i, v in top}
-        d[self._token_str(tok)] = lp
-        return d
-
-    def _logprobs_obj(self, tokens, offsets, lps, tops) -> dict:
-        return {"tokens": [self._token_str(t) for t in tokens], "text_offset": list(offsets),
-                "token_logprobs": list(lps), "top_logprobs": list(tops)}
-
-    def _echo_logprobs(self, prompt_tokens, n_top) -> tuple[str, dict]:
-        """Prompt text and logprobs for echo=True (the first token has none, as in OpenAI)."""
-        rows = self._model.logits(prompt_tokens)      # leaves the prompt in the cache
-        text, offsets, lps, tops = "", [], [None], [None]
-        dec = self._tokenizer.stream_decoder()
-        for i, t in enumerate(prompt_tokens):
-            offsets.append(len(text))
-            text += dec.feed(t)
-            if i:
-                lp = log_softmax(rows[i - 1])
-                k = min(max(n_top, 0), lp.shape[0])
-                idx = np.argsort(-lp, kind="stable")[:k]
-                lps.append(float(lp[t]))
-                tops.append(self._top_dict(float(lp[t]), t, [(int(j), float(lp[j])) for j in idx]))
-        text += dec.flush()
-        return text, self._logprobs_obj(prompt_tokens, offsets, lps, tops)
 
     def create_completion(self, prompt: str | Sequence[int], suffix: str | None = None,
                           max_tokens: int | None = 16, temperature: float = 0.8,
@@ -318,14 +363,18 @@ class Llama:
                           mirostat_eta: float = 0.1, model: str | None = None,
                           stopping_criteria=None, logits_processor=None, grammar=None,
                           logit_bias: dict[int, float] | None = None):
-        """OpenAI text completion: a dict, or an iterator of chunk dicts when `stream`."""
-        _check_neutral(suffix=suffix, typical_p=typical_p, tfs_z=tfs_z,
-                       mirostat_mode=mirostat_mode, grammar=grammar,
-                       stopping_criteria=stopping_criteria, logits_processor=logits_processor)
+        """OpenAI text completion: a dict, or an iterator of chunk dicts when `stream`.
+        `grammar`: GBNF or Lark text (or llama-cpp-python's LlamaGrammar) the text must match."""
+        check_neutral(suffix=suffix, typical_p=typical_p, tfs_z=tfs_z,
+                      mirostat_mode=mirostat_mode, stopping_criteria=stopping_criteria,
+                      logits_processor=logits_processor)
+        from ..text.constrain import grammar_for
+
         self._need_model()
         prompt_tokens = self._prompt_tokens(prompt)
         self._check_fits(prompt_tokens)
-        sampler = self._sampler(seed, temperature=temperature, top_k=top_k, top_p=top_p,
+        g = grammar_for(grammar=getattr(grammar, "_grammar", grammar))
+        sampler = self._sampler(seed, g, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repeat_penalty=repeat_penalty,
                                 frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty, logit_bias=logit_bias)
@@ -334,37 +383,10 @@ class Llama:
         echo_text = (prompt if isinstance(prompt, str) else None) if echo else False
         run = self._run(prompt_tokens, sampler, max_tokens, stop, logprobs, echo_text)
         if stream:
-            return self._stream_completion(head, run)
-        text, lp, gen = "", None, None
-        for kind, payload in run:
-            if kind == "piece":
-                text += payload[0]
-                if payload[1] is not None:
-                    lp = payload[1] if lp is None else {
-                        k: lp[k] + payload[1][k] for k in lp}
-            else:
-                gen = payload
-        return dict(head, choices=[{"text": text, "index": 0, "logprobs": lp,
-                                    "finish_reason": gen.finish_reason}],
-                    usage=self._usage(gen))
+            return shapes.completion_stream(head, run)
+        return shapes.completion_result(head, run)
 
     __call__ = create_completion
-
-    @staticmethod
-    def _usage(gen: Generation) -> dict:
-        return {"prompt_tokens": len(gen.prompt), "completion_tokens": len(gen.tokens),
-                "total_tokens": len(gen.prompt) + len(gen.tokens)}
-
-    def _stream_completion(self, head, run) -> Iterator[dict]:
-        gen = None
-        for kind, payload in run:
-            if kind == "piece":
-                yield dict(head, choices=[{"text": payload[0], "index": 0, "logprobs": payload[1],
-                                           "finish_reason": None}])
-            else:
-                gen = payload
-        yield dict(head, choices=[{"text": "", "index": 0, "logprobs": None,
-                                   "finish_reason": gen.finish_reason}])
 
     def _run(self, prompt_tokens, sampler, max_tokens, stop, n_logprobs, echo,
              extra_stop: Sequence[str] = (), extra_eog: Sequence[int] = ()) -> Iterator[tuple[str, object]]:
@@ -380,7 +402,10 @@ class Llama:
             if echo is not False:
                 lp = None
                 if n_logprobs is not None:
-                    text, lp = self._echo_logprobs(prompt_tokens, n_logprobs)
+                    rows = self._model.logits(prompt_tokens)     # leaves the prompt cached
+                    text, lp = shapes.echo_logprobs(rows, prompt_tokens, n_logprobs,
+                                                    self._tokenizer.stream_decoder(),
+                                                    self._token_str)
                 else:
                     dec = self._tokenizer.stream_decoder()
                     text = "".join(dec.feed(t) for t in prompt_tokens) + dec.flush()
@@ -397,10 +422,11 @@ class Llama:
             for piece in gen:
                 lp = None
                 if n_logprobs is not None:
-                    lp = self._logprobs_obj(
-                        [t.id for t in piece.tokens], [base + t.offset for t in piece.tokens],
-                        [t.logprob for t in piece.tokens],
-                        [self._top_dict(t.logprob, t.id, t.top) for t in piece.tokens])
+                    ts = piece.tokens
+                    lp = shapes.logprobs_obj(
+                        self._token_str, [t.id for t in ts], [base + t.offset for t in ts],
+                        [t.logprob for t in ts],
+                        [shapes.top_dict(self._token_str, t.logprob, t.id, t.top) for t in ts])
                 yield "piece", (piece.text, lp)
             if self.verbose:
                 self._print_timings(gen)
@@ -431,62 +457,32 @@ class Llama:
                                logprobs: bool | None = None, top_logprobs: int | None = None):
         """OpenAI chat completion through the GGUF's chat template (if it has none, the format its
         special tokens show: text.chat_template.detect_format); the format's end-of-turn token
-        ends the reply even where the vocabulary does not mark it end-of-generation."""
-        _check_neutral(functions=functions, function_call=function_call, tools=tools,
-                       tool_choice=tool_choice, typical_p=typical_p, response_format=response_format,
-                       tfs_z=tfs_z, mirostat_mode=mirostat_mode, logits_processor=logits_processor,
-                       grammar=grammar)
+        ends the reply even where the vocabulary does not mark it end-of-generation. `tools` are
+        rendered by the template and calls parsed back into `tool_calls` (text.tools);
+        `response_format` (json_object / json_schema) and `grammar` constrain the reply."""
+        from ..text.tools import legacy_functions, plan_chat
+
+        check_neutral(typical_p=typical_p, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                      logits_processor=logits_processor)
+        if functions is not None or function_call is not None:
+            if tools is not None or tool_choice is not None:
+                raise ValueError("give tools / tool_choice or the older functions / "
+                                 "function_call, not both")
+            tools, tool_choice = legacy_functions(functions, function_call)
         self._need_model()
-        template = self.chat_template
-        prompt_tokens = template.tokenize(self._tokenizer, messages, add_generation_prompt=True)
-        self._check_fits(prompt_tokens)
-        sampler = self._sampler(seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                                min_p=min_p, repeat_penalty=repeat_penalty,
+        plan = plan_chat(self.chat_template, self._tokenizer, messages, tools, tool_choice,
+                         response_format, getattr(grammar, "_grammar", grammar))
+        self._check_fits(plan.prompt)
+        end = plan.end_ids
+        sampler = self._sampler(seed, plan.grammar, end, temperature=temperature, top_k=top_k,
+                                top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                 frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty, logit_bias=logit_bias)
         n_lp = (top_logprobs or 0) if logprobs else None
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
                 "created": int(time.time()), "model": model or self.model_path}
-        run = self._run(prompt_tokens, sampler, max_tokens, stop, n_lp, echo=False,
-                        extra_stop=template.stop, extra_eog=template.end_ids(self._tokenizer))
+        run = self._run(plan.prompt, sampler, max_tokens, stop, n_lp, echo=False,
+                        extra_stop=plan.stop, extra_eog=end)
         if stream:
-            return self._stream_chat(head, run)
-        text, content_lp, gen = "", [], None
-        for kind, payload in run:
-            if kind == "piece":
-                text += payload[0]
-                if payload[1] is not None:
-                    content_lp += self._chat_logprobs(payload[1])
-            else:
-                gen = payload
-        return dict(head, choices=[{"index": 0, "message": {"role": "assistant", "content": text},
-                              "logprobs": {"content": content_lp, "refusal": None}
-                              if logprobs else None,
-                              "finish_reason": gen.finish_reason}],
-                    usage=self._usage(gen))
-
-    @staticmethod
-    def _chat_logprobs(lp: dict) -> list[dict]:
-        out = []
-        for tok, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
-            out.append({"token": tok, "logprob": v, "bytes": None,
-                        "top_logprobs": [{"token": t, "logprob": x, "bytes": None}
-                                         for t, x in (top or {}).items()]})
-        return out
-
-    def _stream_chat(self, head, run) -> Iterator[dict]:
-        head = dict(head, object="chat.completion.chunk")
-        yield dict(head, choices=[{"index": 0, "delta": {"role": "assistant"},
-                                   "logprobs": None, "finish_reason": None}])
-        gen = None
-        for kind, payload in run:
-            if kind == "piece":
-                if payload[0] or payload[1]:
-                    lp = ({"content": self._chat_logprobs(payload[1]), "refusal": None}
-                          if payload[1] is not None else None)
-                    yield dict(head, choices=[{"index": 0, "delta": {"content": payload[0]},
-                                               "logprobs": lp, "finish_reason": None}])
-            else:
-                gen = payload
-        yield dict(head, choices=[{"index": 0, "delta": {}, "logprobs": None,
-                                   "finish_reason": gen.finish_reason}])
+            return shapes.chat_stream(head, run, plan)
+        return shapes.chat_result(head, run, plan, bool(logprobs))

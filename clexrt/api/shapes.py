@@ -1,0 +1,158 @@
+"""OpenAI's result and stream-chunk dicts (completion, chat completion, embeddings), as
+llama-cpp-python and llama-server give them; `Llama` and the server both build them here.
+
+A run is the stream of events a generation gives: ("piece", (text, logprobs dict or None)) and
+finally ("done", Generation)."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..text.sampler import log_softmax
+
+__all__ = ["usage", "chat_logprobs", "completion_result", "completion_stream", "chat_result",
+           "chat_stream", "embeddings_result"]
+
+
+def top_dict(token_str, lp: float, tok: int, top) -> dict[str, float]:
+    d = {token_str(i): v for i, v in top}
+    d[token_str(tok)] = lp
+    return d
+
+
+def logprobs_obj(token_str, tokens, offsets, lps, tops) -> dict:
+    return {"tokens": [token_str(t) for t in tokens], "text_offset": list(offsets),
+            "token_logprobs": list(lps), "top_logprobs": list(tops)}
+
+
+def echo_logprobs(rows, prompt_tokens, n_top, decoder, token_str) -> tuple[str, dict]:
+    """Prompt text and logprobs for echo=True from the prompt's logits `rows` (the first token
+    has none, as in OpenAI)."""
+    text, offsets, lps, tops = "", [], [None], [None]
+    for i, t in enumerate(prompt_tokens):
+        offsets.append(len(text))
+        text += decoder.feed(t)
+        if i:
+            lp = log_softmax(rows[i - 1])
+            k = min(max(n_top, 0), lp.shape[0])
+            idx = np.argsort(-lp, kind="stable")[:k]
+            lps.append(float(lp[t]))
+            tops.append(top_dict(token_str, float(lp[t]), t, [(int(j), float(lp[j])) for j in idx]))
+    text += decoder.flush()
+    return text, logprobs_obj(token_str, prompt_tokens, offsets, lps, tops)
+
+
+def usage(n_prompt: int, n_completion: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
+            "total_tokens": n_prompt + n_completion}
+
+
+def gen_usage(gen) -> dict:
+    return usage(len(gen.prompt), len(gen.tokens))
+
+
+def _add_logprobs(a: dict | None, b: dict | None) -> dict | None:
+    if b is None:
+        return a
+    return b if a is None else {k: a[k] + b[k] for k in a}
+
+
+def chat_logprobs(lp: dict) -> list[dict]:
+    """A completion-style logprobs dict as chat's list of {token, logprob, top_logprobs}."""
+    out = []
+    for tok, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        out.append({"token": tok, "logprob": v, "bytes": list(tok.encode("utf-8")),
+                    "top_logprobs": [{"token": t, "logprob": x, "bytes": list(t.encode("utf-8"))}
+                                     for t, x in (top or {}).items()]})
+    return out
+
+
+def completion_result(head: dict, run: Iterable) -> dict:
+    text, lp, gen = "", None, None
+    for kind, payload in run:
+        if kind == "piece":
+            text += payload[0]
+            lp = _add_logprobs(lp, payload[1])
+        else:
+            gen = payload
+    return dict(head, choices=[{"text": text, "index": 0, "logprobs": lp,
+                                "finish_reason": gen.finish_reason}], usage=gen_usage(gen))
+
+
+def completion_stream(head: dict, run: Iterable, with_usage: bool = False) -> Iterator[dict]:
+    """Chunks; the last one has the finish_reason (and the usage when `with_usage`)."""
+    gen = None
+    for kind, payload in run:
+        if kind == "piece":
+            yield dict(head, choices=[{"text": payload[0], "index": 0, "logprobs": payload[1],
+                                       "finish_reason": None}])
+        else:
+            gen = payload
+    last = dict(head, choices=[{"text": "", "index": 0, "logprobs": None,
+                                "finish_reason": gen.finish_reason}])
+    if with_usage:
+        last["usage"] = gen_usage(gen)
+    yield last
+
+
+def chat_result(head: dict, run: Iterable, plan, want_logprobs: bool) -> dict:
+    """`plan`: text.tools.ChatPlan (it parses tool calls out of the reply)."""
+    text, content_lp, gen = "", [], None
+    for kind, payload in run:
+        if kind == "piece":
+            text += payload[0]
+            if payload[1] is not None:
+                content_lp += chat_logprobs(payload[1])
+        else:
+            gen = payload
+    message, reason = plan.message(text)
+    return dict(head, object="chat.completion",
+                choices=[{"index": 0, "message": message,
+                          "logprobs": {"content": content_lp, "refusal": None}
+                          if want_logprobs else None,
+                          "finish_reason": reason or gen.finish_reason}],
+                usage=gen_usage(gen))
+
+
+def chat_stream(head: dict, run: Iterable, plan, with_usage: bool = False) -> Iterator[dict]:
+    """Chunks: the role, the content deltas, and a last chunk with the finish_reason (and the
+    usage when `with_usage`). With tools in force the reply is held until it is complete, then
+    sent as one delta: content, or tool_calls (each with its index)."""
+    head = dict(head, object="chat.completion.chunk")
+
+    def chunk(delta, reason=None, lp=None):
+        return dict(head, choices=[{"index": 0, "delta": delta, "logprobs": lp,
+                                    "finish_reason": reason}])
+
+    yield chunk({"role": "assistant"})
+    gen, held = None, ""
+    for kind, payload in run:
+        if kind != "piece":
+            gen = payload
+        elif plan.tools:
+            held += payload[0]
+        elif payload[0] or payload[1]:
+            lp = ({"content": chat_logprobs(payload[1]), "refusal": None}
+                  if payload[1] is not None else None)
+            yield chunk({"content": payload[0]}, lp=lp)
+    reason = None
+    if plan.tools:
+        message, reason = plan.message(held)
+        if message.get("tool_calls"):
+            yield chunk({"tool_calls": [dict(c, index=i)
+                                        for i, c in enumerate(message["tool_calls"])]})
+        elif held:
+            yield chunk({"content": held})
+    last = chunk({}, reason or gen.finish_reason)
+    if with_usage:
+        last["usage"] = gen_usage(gen)
+    yield last
+
+
+def embeddings_result(model: str, vectors: list, n_tokens: int) -> dict:
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "embedding": [float(x) for x in v] if getattr(v, "ndim", 1) == 1
+                      else [[float(x) for x in row] for row in v], "index": i}
+                     for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
