@@ -192,3 +192,134 @@ def test_hidden_rows_equal_numpy(tiny):
     check(lib.clex_eval_hidden(s.ctxs[0], ffi.cast("int32_t *", t.ctypes.data), t.size, 0,
                                ffi.cast("float *", out.ctypes.data)))
     assert np.abs(out - ref).max() < TOL
+
+
+# ---------------------------------------------------------------------------- SlotPool
+
+from pathlib import Path  # noqa: E402
+
+from clexrt import Model  # noqa: E402
+from clexrt.engine.batch import SlotPool  # noqa: E402
+from clexrt.engine.session import Session  # noqa: E402
+from clexrt.errors import ContextFullError, ModelError  # noqa: E402
+
+TINY_CLEX = Path(__file__).resolve().parents[1] / "models" / "tiny-clex.gguf"
+
+
+def _pool_vs_solo(path, prompts, n_steps, n_ctx=64, seed=0, **kw):
+    """Decode greedy-free random tokens: each prompt in a slot (Session.prefill), then n_steps
+    batched steps over every slot; the same per sequence on a Model of its own. Returns the
+    largest |batched - solo| relative to the largest logit, and the pool's slots' histories."""
+    rng = np.random.default_rng(seed)
+    with SlotPool(path, len(prompts), n_ctx, n_threads=2, **kw) as pool:
+        V = pool.n_vocab
+        steps = [[int(x) for x in rng.integers(0, V, len(prompts))] for _ in range(n_steps)]
+        for s, p in zip(pool.slots, prompts):
+            Session(s).prefill(p)
+        got = [pool.step(list(zip(pool.slots, toks))) for toks in steps]
+        hist = [s.tokens.tolist() for s in pool.slots]
+        changes = [s.table_changes for s in pool.slots]
+    worst = 0.0
+    for i, p in enumerate(prompts):
+        with Model(path, n_ctx=n_ctx, n_threads=2, **kw) as m:
+            Session(m).prefill(p)
+            for k, toks in enumerate(steps):
+                want = m.eval([toks[i]])
+                worst = max(worst, float(np.abs(got[k][i] - want).max() / np.abs(want).max()))
+            assert m.tokens.tolist() == hist[i] and m.table_changes == changes[i]
+    return worst, hist, changes
+
+
+def test_pool_slots_at_different_lengths_equal_solo_models(tiny):
+    path, cfg = tiny["q4_1"]
+    rng = np.random.default_rng(4)
+    prompts = _seqs(rng, cfg.n_vocab, (3, 17, 9, 1))
+    worst, hist, _ = _pool_vs_solo(path, prompts, 5)
+    assert worst <= SOLO
+    w = tm.read_weights(path)     # and the last step of one slot against numpy
+    assert len(hist[1]) == 22
+    with SlotPool(path, 2, 64, n_threads=2) as pool:
+        Session(pool.slots[1]).prefill(hist[1][:-1])
+        Session(pool.slots[0]).prefill(hist[0][:-1])
+        rows = pool.step([(pool.slots[1], hist[1][-1]), (pool.slots[0], hist[0][-1])])
+    for row, h in zip(rows, (hist[1], hist[0])):
+        ref = tm.reference_forward(w, cfg, h, act=tm.ACT_OF["q4_1"])[-1]
+        assert np.abs(row - ref).max() < TOL
+
+
+def test_pool_prompt_cache_reuse_and_errors(tiny):
+    path, cfg = tiny["f32"]
+    with SlotPool(path, 2, 16, n_threads=1) as pool:
+        a, b = pool.slots
+        s = Session(a)
+        s.prefill([1, 2, 3, 4, 5])
+        s.prefill([1, 2, 3, 9])            # the longest common prefix is kept
+        assert s.n_prefill_eval == 1 and a.tokens.tolist() == [1, 2, 3, 9]
+        with pytest.raises(ModelError, match="twice"):
+            pool.step([(a, 1), (a, 2)])
+        with pytest.raises(ModelError, match="outside the vocabulary"):
+            pool.step([(a, 1), (b, cfg.n_vocab)])
+        Session(b).prefill(list(range(1, 16)))
+        with pytest.raises(ContextFullError, match="slot 1"):
+            for _ in range(3):
+                pool.step([(a, 1), (b, 2)])
+        assert b.n_past == 16 and pool.step([]) == []
+        with SlotPool(path, 1, 16) as other:
+            with pytest.raises(ModelError, match="not one of this pool"):
+                pool.step([(other.slots[0], 1)])
+
+
+def _arch_files(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    import hfgen
+    from clexrt.convert import convert_hf
+    root = tmp_path_factory.mktemp("archs")
+    specs = {"gemma3": hfgen.TFSpec("gemma3", n_layer=6, window=8), "phi2": hfgen.TFSpec("phi2"),
+             "mixtral": hfgen.TFSpec("mixtral"), "qwen2": hfgen.TFSpec("qwen2"),
+             "mistral": hfgen.TFSpec("mistral", window=8)}
+    out = {}
+    for name, spec in specs.items():
+        hfgen.make_tf_checkpoint(root / name, spec)
+        out[name] = root / f"{name}.gguf"
+        convert_hf(root / name, out[name], outtype="f32", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def arch_files(tmp_path_factory):
+    return _arch_files(tmp_path_factory)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "phi2", "mixtral", "qwen2", "mistral"])
+def test_pool_every_architecture(arch_files, arch):
+    """Gemma 3 (local layers with their own rope table, sliding window 8, q/k norms, post-norms,
+    GeGLU), Phi-2 (NeoX rope on part of each head, parallel residual, layer norm, GELU, biases),
+    Mixtral (experts), Qwen2 (q/k/v biases), Mistral (window): slots past the window, at
+    different lengths, equal their own solo models."""
+    rng = np.random.default_rng(9)
+    path = str(arch_files[arch])
+    with Model(path, n_ctx=8, n_threads=1) as m:
+        V = m.n_vocab
+    prompts = _seqs(rng, V, (2, 13, 6))
+    worst, _, _ = _pool_vs_solo(path, prompts, 4, seed=1)
+    assert worst <= SOLO
+
+
+def test_pool_smollm2(smollm2):
+    prompts = [[1, 504, 3458, 282], list(range(100, 131)), [2, 9]]
+    worst, _, _ = _pool_vs_solo(smollm2, prompts, 3, n_ctx=64)
+    assert worst <= SOLO
+
+
+@pytest.mark.skipif(not TINY_CLEX.exists(), reason="models/tiny-clex.gguf is not present")
+@pytest.mark.parametrize("kv_policy", ["rerotate", "recompute"])
+def test_pool_clex_slots_at_different_t_through_a_table_change(kv_policy):
+    """tiny-clex (L = 128): one slot crosses 128 -> 129 tokens (t 1 -> 2: its cached keys are
+    brought to the new table) while the others decode at t = 1 and t = 3, each equal to its own
+    solo model (which changes table at the same step)."""
+    rng = np.random.default_rng(2)
+    prompts = _seqs(rng, 4096, (126, 40, 300))
+    worst, hist, changes = _pool_vs_solo(str(TINY_CLEX), prompts, 4, n_ctx=512, kv_policy=kv_policy)
+    assert worst <= SOLO
+    assert changes == [1, 0, 0] and [len(h) for h in hist] == [130, 44, 304]
