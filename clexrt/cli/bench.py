@@ -14,7 +14,7 @@ import time
 import click
 import numpy as np
 
-from .options import rope_options
+from .options import log_scale_option, rope_options
 
 
 def _stats(xs):
@@ -67,7 +67,9 @@ def run_bench(model, n_prompt: int, n_gen: int, depth: int, reps: int, seed: int
 @click.option("-b", "--batch", default=512, show_default=True, type=click.IntRange(1, 1 << 16))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @rope_options
-def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy, kv_type):
+@log_scale_option
+def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy, kv_type,
+        clex_log_scale):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
     from ..engine import native as _lib
     from ..engine.model import Model
@@ -77,7 +79,7 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
     model_path = resolve_model(model_path)
     n_ctx = depth + max(n_prompt, n_gen) + 1
     model = Model(model_path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, rope=rope,
-                  clex_mode=clex_mode, kv_policy=kv_policy, kv_type=kv_type)
+                  clex_mode=clex_mode, kv_policy=kv_policy, kv_type=kv_type, log_scale=clex_log_scale)
     res = run_bench(model, n_prompt, n_gen, depth, reps)
     change = None
     if depth and model.schedule.method != "none":
@@ -129,7 +131,7 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
         sched = model.schedule
         ts = sorted({sched.factor(depth + 1), sched.factor(depth + max(n_prompt, n_gen))})
         click.echo(f"rope: {st['method']} ({st['mode']}), t = {' .. '.join(f'{t:g}' for t in ts)} in the tests, "
-                   f"kv policy {st['kv_policy']}")
+                   f"kv policy {st['kv_policy']}{', log_scale on' if st.get('log_scale') else ''}")
     if change:
         click.echo(f"table change at depth {depth} (t {change['from_t']:g} <-> {change['to_t']:g}, "
                    f"{change['policy']}): {row['table_change_ms']:.2f} ± {row['table_change_ms_std']:.2f} ms")

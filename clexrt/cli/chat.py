@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .options import ctx_threads_options, rope_options
+from .options import ctx_threads_options, log_scale_option, rope_options
 from ..errors import ClexError
 from .registry import resolve_model, smollm2_path
 
@@ -49,6 +49,8 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
             ("context", f"{model.n_ctx} tokens (trained at {hp.n_ctx_train})"),
             ("threads", str(getattr(model, "n_threads", "?"))),
             ("chat template", template.describe())]
+    if getattr(model, "clex", None) is not None or getattr(model, "log_scale", False):
+        info.insert(-1, ("log_scale", "on" if model.log_scale else "off"))
     return info
 
 
@@ -72,10 +74,11 @@ def _model_info(model, path: str, template) -> list[tuple[str, str]]:
               callback=_check("max_tokens"), help="Most tokens per reply; -1: no limit.")
 @ctx_threads_options
 @rope_options
+@log_scale_option
 @click.option("--history-file", default="~/.clexrt_history", show_default=True,
               metavar="PATH", help="Where the input history is kept; '' keeps none.")
 def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens,
-        n_ctx, threads, rope, clex_mode, kv_policy, kv_type, history_file):
+        n_ctx, threads, rope, clex_mode, kv_policy, kv_type, clex_log_scale, history_file):
     """Chat with MODEL in the terminal. Piped stdin is one message; only the reply is printed."""
     from .conversation import ChatParams
     from .repl import ctrl_c_raises
@@ -89,7 +92,7 @@ def cmd(model_name, system, temperature, top_k, top_p, min_p, repeat_penalty, se
     params = ChatParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                         repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
     model_kw = dict(n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
-                    kv_policy=kv_policy, kv_type=kv_type)
+                    kv_policy=kv_policy, kv_type=kv_type, log_scale=clex_log_scale)
     if not sys.stdin.isatty():
         text = sys.stdin.read()
         if not text.strip():

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from .options import ctx_threads_options, rope_options
+from .options import ctx_threads_options, log_scale_option, rope_options
 from ..errors import ClexError
 from .registry import resolve_model
 
@@ -46,12 +46,13 @@ def _rate(n: int, t: float) -> str:
 @click.option("--stop", multiple=True, help="Stop at this text (repeatable); it is not printed.")
 @ctx_threads_options
 @rope_options
+@log_scale_option
 @click.option("--context-shift", is_flag=True,
               help="When the context is full, drop the older half (after the first token) and go on.")
 @click.option("--verbose", is_flag=True, help="Report loading and settings on stderr.")
 def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, stop, n_ctx, threads,
-        rope, clex_mode, kv_policy, kv_type, context_shift, verbose):
+        rope, clex_mode, kv_policy, kv_type, clex_log_scale, context_shift, verbose):
     """Continue PROMPT with MODEL and stream the text to stdout (timings to stderr)."""
     from ..engine.session import Session
     from ..text.generate import Generation
@@ -68,7 +69,8 @@ def cmd(model_name, prompt, prompt_file, n_predict, temp, seed, top_k, top_p, mi
     err = sys.stderr
     t0 = time.perf_counter()
     model = Model(path, n_ctx=n_ctx, n_threads=threads, rope=rope, clex_mode=clex_mode,
-                  kv_policy=kv_policy, context_shift=context_shift, kv_type=kv_type)
+                  kv_policy=kv_policy, context_shift=context_shift, kv_type=kv_type,
+                  log_scale=clex_log_scale)
     try:
         tok = Tokenizer.from_metadata(model.metadata)
         if verbose:
@@ -122,9 +124,11 @@ def _rope_t(model) -> float:
 
 
 def _rope_line(model) -> str:
-    """The RoPE scaling in force (method, t, table changes), from model.rope_state."""
+    """The RoPE scaling in force (method, t, table changes, log_scale), from model.rope_state."""
     from ..rope import describe_state
-    return describe_state(model.rope_state)
+    st = model.rope_state
+    ls = f", log_scale on (x{st['log_factor']:.4g})" if st.get("log_scale") else ""
+    return describe_state(st) + ls
 
 
 def _timings(gen, err) -> None:

@@ -94,7 +94,7 @@ def _chat_format(md: dict) -> dict:
 
 def describe(path: str) -> dict:
     """Everything `info` shows, as a JSON-ready dict."""
-    from ..engine.model import unsupported_weight
+    from ..engine.model import log_scale_choice, unsupported_weight
     from ..gguf import GGUFFile, validate_model
 
     with GGUFFile(path) as g:
@@ -113,6 +113,10 @@ def describe(path: str) -> dict:
         declared = _declared(hp, g)
         if problem is None and declared and declared.get("error"):
             problem = declared["error"]
+        clex = _clex(md)
+        if clex and "error" not in clex and hp is not None:
+            # whether Model(log_scale=None) applies it, and why (docs/clex.md, "log_scale")
+            clex["log_scale_default"], clex["log_scale_why"] = log_scale_choice(hp)
         types = Counter(t.type_name for t in g.tensors.values())
         ft = md.get("general.file_type")
         out = {
@@ -139,7 +143,7 @@ def describe(path: str) -> dict:
             "tokenizer": _tokenizer_info(md),
             "chat_template": md.get("tokenizer.chat_template"),
             "chat_format": _chat_format(md),
-            "clex": _clex(md),
+            "clex": clex,
             "forward": _forward_info(hp, g) if hp is not None else None,
             "runnable": problem is None,
             "problem": problem,
@@ -250,6 +254,11 @@ def _print(d: dict) -> None:
     if c:
         echo("clex:")
         for k, v in c.items():
+            if k in ("log_scale_default", "log_scale_why"):
+                continue
+            if k == "log_scale" and "log_scale_default" in c:
+                v = (f"{str(v).lower()} in the file; {'on' if c['log_scale_default'] else 'off'} by default: "
+                     f"{c['log_scale_why']} (--clex-log-scale on|off)")
             if k == "grid" and isinstance(v, list) and len(v) > 8:
                 v = f"{len(v)} points, {v[0]:g} .. {v[-1]:g}"
             echo(f"    {k}: {json.dumps(v) if not isinstance(v, str) else v}")

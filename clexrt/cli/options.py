@@ -10,6 +10,7 @@ ROPES = ("auto", "none", "linear", "ntk", "yarn", "clex")
 MODES = ("ceil", "continuous")
 KV_POLICIES = ("rerotate", "recompute")
 KV_TYPES = ("f32", "f16")
+LOG_SCALE = {"on": True, "off": False}
 
 
 def _stack(*options):
@@ -33,6 +34,13 @@ rope_options = _stack(
     click.option("--kv-policy", type=click.Choice(KV_POLICIES), default=None,
                  help="What a RoPE table change does to the cached keys (default: rerotate)."),
     kv_type_option)
+
+# --clex-log-scale on|off -> clex_log_scale True | False | None (Model(log_scale=...))
+log_scale_option = click.option(
+    "--clex-log-scale", "clex_log_scale", type=click.Choice(tuple(LOG_SCALE)), default=None,
+    callback=lambda ctx, param, value: None if value is None else LOG_SCALE[value],
+    help="CLEX's log_scale, q *= log(n_kv)/log(L) as the official flash attention (default: the "
+         "file's clex.log_scale where the official code applies it; docs/clex.md).")
 
 # -c/--ctx and -t/--threads of the commands that hold one conversation
 ctx_threads_options = _stack(

@@ -8,6 +8,8 @@ After each chunk `[i]ppl` is printed; at the end `Final estimate: PPL = X +/- Y`
 error of the mean negative log-likelihood carried through exp.
 
 A sweep (`--ctx 512,1024,2048 --rope none,ntk,clex`) gives one row per (context, method).
+With log_scale on (`--clex-log-scale on`, or a CLEX file that asks for it) each chunk's queries are
+scaled by log(n_ctx)/log(L), as the official full forward of n_ctx tokens scales them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from .options import kv_type_option
+from .options import kv_type_option, log_scale_option
 from ..errors import ClexError
 
 __all__ = ["cmd", "perplexity", "PplResult"]
@@ -38,9 +40,11 @@ class PplResult:
     tokens_scored: int
     seconds: float
     chunk_ppl: list
+    log_scale: bool = False
 
     def label(self) -> str:
-        return self.method if self.mode is None else f"{self.method} ({self.mode})"
+        name = self.method if self.mode is None else f"{self.method} ({self.mode})"
+        return name + (" +log" if self.log_scale else "")
 
 
 def _nll_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -93,7 +97,8 @@ def perplexity(model, tokens, n_ctx: int, n_chunks: int = -1, bos_id: int | None
     method = st.get("method", "none")
     return PplResult(ctx=n_ctx, method=method, mode=st.get("mode") if method != "none" else None,
                      t=float(st.get("t", 1.0)), ppl=ppl, ppl_err=err, chunks=n, tokens_scored=count,
-                     seconds=time.perf_counter() - t0, chunk_ppl=chunk_ppl)
+                     seconds=time.perf_counter() - t0, chunk_ppl=chunk_ppl,
+                     log_scale=bool(st.get("log_scale", False)))
 
 
 def _split(values: str, what: str) -> list[str]:
@@ -153,6 +158,7 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
               help="Schedule mode(s), comma-separated: ceil, continuous (default: the method's).")
 @click.option("--kv-policy", default=None, help="rerotate | recompute (full forwards do not use it).")
 @kv_type_option
+@log_scale_option
 @click.option("--chunks", type=int, default=-1, show_default=True,
               help="Chunks per row; -1: as many as the text holds.")
 @click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")
@@ -160,7 +166,8 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row on stdout.")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png",
               help="Plot perplexity against context length (needs matplotlib: pip install 'clexrt[plot]').")
-def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, kv_type, chunks, threads, batch, as_json, plot_path):
+def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, kv_type, clex_log_scale, chunks, threads, batch,
+        as_json, plot_path):
     """Perplexity of MODEL on a text at one or more context lengths (llama-perplexity's method)."""
     from ..engine.model import Model
     from .registry import resolve_model
@@ -188,7 +195,7 @@ def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, kv_type, chunks,
         for mode in modes:
             try:
                 model = Model(path, n_ctx=max(ctxs), n_threads=threads, rope=method, clex_mode=mode,
-                              kv_policy=kv_policy, n_batch=batch, kv_type=kv_type)
+                              kv_policy=kv_policy, n_batch=batch, kv_type=kv_type, log_scale=clex_log_scale)
             except ClexError as e:
                 if len(methods) * len(modes) == 1:
                     raise
@@ -211,7 +218,8 @@ def cmd(model_name, text_file, ctx, rope, clex_mode, kv_policy, kv_type, chunks,
                 for n_ctx in ctxs:
                     st = model.schedule
                     name = st.method if st.method == "none" else f"{st.method} ({st.mode})"
-                    print(f"perplexity: ctx {n_ctx}, rope {name}, t = {st.factor(n_ctx):g}", file=log)
+                    ls = f", log_scale x{model.log_factor(n_ctx):.4g}" if model.log_scale else ""
+                    print(f"perplexity: ctx {n_ctx}, rope {name}, t = {st.factor(n_ctx):g}{ls}", file=log)
                     try:
                         res = perplexity(model, tokens, n_ctx, chunks, bos_id=bos,
                                          progress=lambda i, p: (log.write(f"[{i}]{p:.4f},"), log.flush()))
