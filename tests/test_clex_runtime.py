@@ -12,8 +12,12 @@ logits at 8L then move by 1.6e-3 between the converter's baked table and torch's
 float32 ulps (1e-6 relative, the converter's tolerance: the order of summation in the ODE's small
 matmuls); the runtime given torch's own tables agrees with the reference to 1.4e-5 there. No
 float32 solver controls that noise, so the end-to-end 1e-3 is asserted on the halved network.
+
+The checkpoint here says `log_scale: false`, so these tests are the math without it;
+tests/test_log_scale.py runs the same reference with the official flash path's log_scale.
 """
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -38,7 +42,12 @@ DOWN = "model.clex_layer.proj_func.ode_down_proj"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clexrt")
+    return build(tmp_path_factory.mktemp("clexrt"), log_scale=False)
+
+
+def build(root, log_scale: bool):
+    """The halved-network checkpoint, its config.json's log_scale set, converted to F32:
+    (gguf path, weights, Official)."""
     original = hfgen.weights
 
     def weights(spec, n_vocab):
@@ -51,7 +60,11 @@ def ckpt(tmp_path_factory):
         w = hfgen.make_checkpoint(root / "hf", SPEC)
     finally:
         hfgen.weights = original
-    path = root / "clex-f32.gguf"
+    cfg_path = root / "hf" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["log_scale"] = log_scale
+    cfg_path.write_text(json.dumps(cfg))
+    path = root / f"clex-f32-{'log' if log_scale else 'plain'}.gguf"
     convert_hf(root / "hf", path, outtype="f32", progress=False)
     return str(path), w, Official(w, SPEC)
 
@@ -97,9 +110,10 @@ class Official:
                 "v": [torch.zeros(0, self.spec.n_head_kv, self.hd, dtype=torch.float64)
                       for _ in range(self.spec.n_layer)]}
 
-    def step(self, cache, ids):
+    def step(self, cache, ids, log_scale=False):
         """Append ids to the cache (keys before RoPE); every key rotated with the table of the
-        new total length; returns the logits of ids [len(ids), V]."""
+        new total length; returns the logits of ids [len(ids), V]. log_scale: the official flash
+        path's q *= log(kv_seq_len) / log(max_position_embeddings), kv_seq_len = the new total."""
         s, w, hd = self.spec, self.w, self.hd
         n_past = cache["k"][0].shape[0]
         n = len(ids)
@@ -131,6 +145,10 @@ class Official:
             kr = rot(cache["k"][i], torch.arange(N)).repeat_interleave(rep, 1)
             vv = cache["v"][i].repeat_interleave(rep, 1)
             qr = rot(q, qpos)
+            if log_scale:       # as modeling_llama_clex.py's LlamaFlashAttention2 writes it
+                log_n = (torch.log(torch.tensor(N * 1.0)).to(dtype=qr.dtype) /
+                         torch.log(torch.tensor(s.n_ctx)).to(dtype=qr.dtype))
+                qr = qr * log_n
             att = torch.softmax(torch.einsum("thd,shd->hts", qr, kr) / math.sqrt(hd) + mask, -1)
             o = torch.einsum("hts,shd->thd", att, vv).reshape(n, s.n_head * hd)
             x = x + o @ w[p + "self_attn.o_proj.weight"].T
@@ -140,8 +158,8 @@ class Official:
         x = rms(x, w["model.norm.weight"])
         return (x @ w["lm_head.weight"].T).numpy()
 
-    def full(self, ids):
-        return self.step(self.new_cache(), ids)
+    def full(self, ids, log_scale=False):
+        return self.step(self.new_cache(), ids, log_scale)
 
 
 def ids_for(n, seed=0, vocab=None):

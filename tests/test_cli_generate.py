@@ -282,6 +282,9 @@ def test_info_shows_clex_tables(tmp_path):
     r = run("info", str(path))
     assert r.exit_code == 0, r.output
     assert "clex:" in r.stdout and "train_length: " in r.stdout and "grid: " in r.stdout
+    # zero-network tables: the flag is the converter's default, and log_scale stays off
+    assert c["log_scale"] is True and c["log_scale_default"] is False
+    assert "log_scale: true in the file; off by default: zero-network (ntk) tables" in r.stdout
 
 
 DATA_F32 = Path(__file__).parent / "data" / "llamacpp_greedy_f32.json"
@@ -323,3 +326,4 @@ def test_shared_option_choices_agree_with_the_model():
     for name in ("generate", "chat", "bench"):
         r = run(name, "--help")
         assert r.exit_code == 0 and "--kv-type [f32|f16]" in r.output and "--clex-mode [ceil|continuous]" in r.output
+        assert "--clex-log-scale [on|off]" in r.output
