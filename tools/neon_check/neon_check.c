@@ -11,6 +11,7 @@
  *     q4_1_x4 (one row, four activation rows) against four calls of the generic q4_1:
  *     |neon - ref| <= 1e-5 * sum|w*x| + 1e-6, with sum|w*x| over the dequantized operands;
  *     axpy element-wise: |neon - ref| <= 1e-5 * (|y| + |a*x|) + 1e-6;
+ *     ffn_act element-wise: |neon - ref| <= 1e-6 |ref| + 4e-7 |g u| (the tanh form's cancellation);
  *     for every variant the CPU runs (widening, and SDOT where available);
  *   - end to end, through the public API: tiny random models with F32 / F16 / BF16 / Q8_0 /
  *     Q4_0 / Q4_1 (and mixed) weights, clex_eval under CLEX_ISA_SCALAR and CLEX_ISA_NEON,
@@ -429,6 +430,24 @@ static void check_float_kernels(const clex_kernels *gk, const clex_kernels *nk) 
         ok = ok && worst <= 1.0;
         record("axpy_f32", ok, worst, "n=%lld: worst |err|/allowed %.3g (or wrote past the end)", (long long)n,
                worst);
+
+        /* the FFN activation of each kind (u: pa; g: px, widened) against the scalar reference */
+        for (int32_t kind = CLEX_FFN_SWIGLU; kind <= CLEX_FFN_GELU; kind++) {
+            const float *u = kind == CLEX_FFN_GELU ? NULL : pa;
+            for (int64_t i = 0; i < n; i++) py0[i] = py1[i] = px[i] * 4.0f;
+            gk->act(kind, n, py0, u);
+            nk->act(kind, n, py1, u);
+            double w = 0.0;
+            int aok = 1;
+            for (int64_t i = n; i < n + SLACK; i++) aok &= py1[i] == 12345.0f;
+            for (int64_t i = 0; i < n; i++) {
+                const double s = fabs(4.0 * px[i]) * (u ? fabs((double)u[i]) : 1.0);
+                const double al = 1e-6 * fabs((double)py0[i]) + 4e-7 * s + 1e-30;
+                const double e = fabs((double)py0[i] - (double)py1[i]) / al;
+                if (e > w) w = e;
+            }
+            record("ffn_act", aok && w <= 1.0, w, "kind %d n=%lld: worst |err|/allowed %.3g", (int)kind, (long long)n, w);
+        }
     }
 }
 
@@ -683,7 +702,7 @@ static int build_tiny(tiny_t *t, clex_model **m) {
     clex_tensor tok = make_weight(t, t->types[0], E, hp->n_vocab, 1.0, "token_embd");
     clex_tensor onorm = make_norm(t, E, "output_norm");
     clex_tensor out = t->types[9] ? (clex_tensor){0} : make_weight(t, t->types[1], E, hp->n_vocab, 0.3, "output");
-    clex_layer layers[2];
+    clex_layer layers[2] = {0};   /* the optional tensors (biases, extra norms, experts) absent */
     for (int l = 0; l < hp->n_layer; l++) {
         clex_layer *L = &layers[l];
         L->attn_norm = make_norm(t, E, "attn_norm");
@@ -696,7 +715,7 @@ static int build_tiny(tiny_t *t, clex_model **m) {
         L->w_up = make_weight(t, t->types[7], E, F, 0.2, "ffn_up");
         L->w_down = make_weight(t, t->types[8], F, E, 0.15, "ffn_down");
     }
-    return clex_model_create(hp, &tok, &onorm, t->types[9] ? NULL : &out, layers, m);
+    return clex_model_create(hp, &tok, &onorm, NULL, t->types[9] ? NULL : &out, NULL, layers, m);
 }
 
 /* one model: the lock-step check (one thread), then the free-running two-thread run, strict
@@ -862,6 +881,7 @@ static int check_dispatch(clex_kernels *widen, clex_kernels *sdot, clex_kernels 
         SLOT("f32", vec_dot[CLEX_TYPE_F32]), SLOT("f16", vec_dot[CLEX_TYPE_F16]), SLOT("bf16", vec_dot[CLEX_TYPE_BF16]),
         SLOT("quant_q8_0", from_float[CLEX_TYPE_Q8_0]), SLOT("quant_q8_1", from_float[CLEX_TYPE_Q8_1]),
         SLOT("quant_q8_K", from_float[CLEX_TYPE_Q8_K]), SLOT("axpy_f32", axpy_f32),
+        SLOT("act", act),
     };
 #undef SLOT
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)

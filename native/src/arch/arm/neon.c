@@ -88,6 +88,50 @@ void clex_neon_vec_dot_bf16(int64_t n, float *s, const void *vw, const void *vx)
     *s = sum;
 }
 
+/* e^x with x clamped to [-87, 88]: the x86 sets' method (Cody-Waite reduction by ln 2, Cephes'
+ * degree-5 polynomial, 2^n built in the exponent bits); ~1 ulp */
+static inline float32x4_t exp4(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(88.0f));
+    const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+    float32x4_t r = vfmsq_n_f32(x, n, 0.693359375f);
+    r = vfmsq_n_f32(r, n, -2.12194440e-4f);
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), vmulq_f32(p, r), r);
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+/* g * sigmoid(a): SiLU a = g, GELU's tanh form a = 2 sqrt(2/pi) (g + 0.044715 g^3) */
+static inline float32x4_t act4(int32_t kind, float32x4_t g) {
+    float32x4_t a = g;
+    if (kind != CLEX_FFN_SWIGLU)
+        a = vmulq_f32(vmulq_n_f32(g, 2.0f * 0.7978845608028654f),
+                      vfmaq_n_f32(vdupq_n_f32(1.0f), vmulq_f32(g, g), 0.044715f));
+    return vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), exp4(vnegq_f32(a))));
+}
+
+void clex_neon_act(int32_t kind, int64_t n, float *g, const float *u) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = act4(kind, vld1q_f32(g + i));
+        if (u) v = vmulq_f32(v, vld1q_f32(u + i));
+        vst1q_f32(g + i, v);
+    }
+    if (i < n) {   /* the tail through the same arithmetic, in a padded copy */
+        float tg[4] = {0}, tu[4] = {0};
+        for (int64_t j = i; j < n; j++) tg[j - i] = g[j], tu[j - i] = u ? u[j] : 0.0f;
+        float32x4_t v = act4(kind, vld1q_f32(tg));
+        if (u) v = vmulq_f32(v, vld1q_f32(tu));
+        vst1q_f32(tg, v);
+        for (int64_t j = i; j < n; j++) g[j] = tg[j - i];
+    }
+}
+
 void clex_neon_axpy_f32(int64_t n, float a, const float *x, float *y) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {

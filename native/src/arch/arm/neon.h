@@ -57,6 +57,7 @@ void clex_neon_vec_dot_f32(int64_t n, float *s, const void *w, const void *x);
 void clex_neon_vec_dot_f16(int64_t n, float *s, const void *w, const void *x);
 void clex_neon_vec_dot_bf16(int64_t n, float *s, const void *w, const void *x);
 void clex_neon_axpy_f32(int64_t n, float a, const float *x, float *y);
+void clex_neon_act(int32_t kind, int64_t n, float *g, const float *u);
 void clex_neon_quant_q8_0(const float *x, void *y, int64_t n);
 void clex_neon_quant_q8_1(const float *x, void *y, int64_t n);
 void clex_neon_quant_q8_K(const float *x, void *y, int64_t n);
@@ -65,7 +66,7 @@ void clex_neon_quant_q8_K(const float *x, void *y, int64_t n);
     .vec_dot[CLEX_TYPE_F32] = clex_neon_vec_dot_f32, .vec_dot[CLEX_TYPE_F16] = clex_neon_vec_dot_f16, \
     .vec_dot[CLEX_TYPE_BF16] = clex_neon_vec_dot_bf16, .from_float[CLEX_TYPE_Q8_0] = clex_neon_quant_q8_0, \
     .from_float[CLEX_TYPE_Q8_1] = clex_neon_quant_q8_1, .from_float[CLEX_TYPE_Q8_K] = clex_neon_quant_q8_K, \
-    .axpy_f32 = clex_neon_axpy_f32
+    .axpy_f32 = clex_neon_axpy_f32, .act = clex_neon_act
 
 /* the two integer-kernel tables (neon_widen.c; neon_sdot.c when CLEX_NEON_HAVE_SDOT) */
 extern const clex_kernels clex_neon_widen;
