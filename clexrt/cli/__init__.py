@@ -18,6 +18,7 @@ COMMANDS = {
     "info": ("clexrt.cli.info", "Show what a GGUF file holds."),
     "perplexity": ("clexrt.cli.perplexity", "Perplexity against context length."),
     "quantize": ("clexrt.cli.quantize", "Quantize a GGUF to a llama.cpp file type (Q4_K_M, ...)."),
+    "serve": ("clexrt.cli.serve", "Serve a model over an OpenAI-compatible HTTP API."),
 }
 
 

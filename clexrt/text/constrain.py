@@ -28,6 +28,7 @@ from .special_tokens import CONTROL, UNKNOWN
 
 __all__ = ["ConstraintError", "Constraint", "grammar_for", "json_schema_grammar", "available"]
 
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # llguidance's own marker for a token that grammar text must never produce (its llama.cpp adapter
 # prefixes control tokens with it)
 _SPECIAL_PREFIX = b"\xff"
@@ -114,7 +115,9 @@ def json_schema_grammar(schema) -> str:
     if not isinstance(schema, (Mapping, bool)):
         raise ConstraintError("a JSON schema must be an object")
     try:
-        return llg.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+        # JSON as json.dumps writes it, without free whitespace (a small model's greedy reply
+        # could otherwise fill max_tokens with newlines); a schema's own x-guidance overrides
+        return llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_STYLE)
     except (ValueError, TypeError) as e:
         raise ConstraintError(f"JSON schema rejected: {e}") from None
 

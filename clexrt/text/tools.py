@@ -34,7 +34,6 @@ __all__ = ["ToolError", "tool_format", "template_knows_tools", "check_tools", "p
            "ChatPlan", "plan_chat", "legacy_functions"]
 
 HERMES, LLAMA3, MISTRAL = "hermes", "llama3", "mistral"
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class ToolError(ClexError, ValueError):
@@ -239,7 +238,9 @@ def _call_schema(tools: Sequence[Mapping], tool_choice, args_key: str) -> dict:
                             args_key: t["function"].get("parameters") or {"type": "object"}}}
             for t in chosen]
     schema = alts[0] if len(alts) == 1 else {"anyOf": alts}
-    return dict(schema, **{"x-guidance": _JSON_STYLE})
+    from .constrain import JSON_STYLE
+
+    return dict(schema, **{"x-guidance": JSON_STYLE})
 
 
 def forced_call_lark(tools: Sequence[Mapping], tool_choice, fmt: str) -> str | None:
