@@ -127,7 +127,9 @@ def _rope_line(model) -> str:
     """The RoPE scaling in force (method, t, table changes, log_scale), from model.rope_state."""
     from ..rope import describe_state
     st = model.rope_state
-    ls = f", log_scale on (x{st['log_factor']:.4g})" if st.get("log_scale") else ""
+    ls = ", log_scale on" if st.get("log_scale") else ""
+    if ls and model.n_past:
+        ls += f" (q x{st['log_factor']:.4g})"
     return describe_state(st) + ls
 
 
