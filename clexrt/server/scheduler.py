@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..engine.session import Session, common_prefix
+from ..engine.session import PROMPT_CHUNK, Session, common_prefix
 from ..errors import ClexError
 
 __all__ = ["Scheduler", "Job", "QueueFull"]
@@ -80,9 +80,13 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: dict[int, _Active] = {}          # slot index -> its job
         self._last_used = [0.0] * len(self.slots)
+        # per slot: how far its cache was written by whole prefill chunks (see _reuse)
+        self._aligned = [0] * len(self.slots)
         self._cv = threading.Condition()
         self._stop = False
         self.n_done = 0
+        self.n_cancelled = 0
+        self.cancelled_tokens = 0           # tokens the cancelled generations had made
         self._thread = threading.Thread(target=self._run, name="clexrt-model", daemon=True)
         self._thread.start()
 
@@ -100,7 +104,8 @@ class Scheduler:
     def state(self) -> dict:
         with self._cv:
             return {"slots": len(self.slots), "busy": len(self._active),
-                    "waiting": len(self._waiting), "done": self.n_done}
+                    "waiting": len(self._waiting), "done": self.n_done,
+                    "cancelled": self.n_cancelled, "cancelled_tokens": self.cancelled_tokens}
 
     def close(self) -> None:
         with self._cv:
@@ -151,19 +156,31 @@ class Scheduler:
         act = self._active[i]
         try:
             if job.make is None:
+                self._aligned[i] = 0            # its forward is not in prefill chunks
                 result = job.work(self.slots[i])
                 self._finish(i, "done", result)
                 return
             gen = job.make(self.slots[i])
             act.gen = job.gen = gen
             session = self.sessions[i]
+            session.truncate(self._reuse(i, gen.prompt))
             logits = session.prefill(gen.prompt)
+            self._aligned[i] = len(gen.prompt) // PROMPT_CHUNK * PROMPT_CHUNK
             gen.n_prompt_eval = session.n_prefill_eval
             gen.start()
             pieces, tok = gen.step(logits, room=self._room(i))
             self._deliver(i, act, pieces, tok)
         except Exception as e:                 # the request's fault or the model's: its answer
             self._finish(i, "error", e)
+
+    def _reuse(self, i: int, prompt) -> int:
+        """How much of slot i's cache the prompt keeps: the common prefix, cut to whole
+        prefill chunks that were evaluated as whole chunks. The rest is then evaluated in the
+        same chunks as from an empty cache, so a reply does not depend on what the slot held
+        before: the C core's kernels round differently for different batch sizes, and a
+        prefix evaluated in other pieces can change a greedy reply at a near-tie."""
+        common = min(common_prefix(self.slots[i].tokens, prompt), len(prompt) - 1)
+        return min(self._aligned[i], common // PROMPT_CHUNK * PROMPT_CHUNK)
 
     def _room(self, i: int) -> bool:
         s = self.slots[i]
@@ -172,6 +189,8 @@ class Scheduler:
     def _decode(self) -> None:
         for i, act in list(self._active.items()):
             if act.job.cancelled:
+                self.n_cancelled += 1
+                self.cancelled_tokens += len(act.gen.tokens) if act.gen is not None else 0
                 self._finish(i, "error", ClexError("cancelled"))
         batch = [(i, act) for i, act in self._active.items() if act.token is not None]
         if not batch:
