@@ -78,6 +78,7 @@ class SlotPool:
         self.slots: list[Slot] = []
         try:
             self.slots.append(Slot(path, **kw))
+            kw.pop("check_tensors", None)            # slot 0 scanned the weights they share
             for _ in range(1, int(n_slots)):
                 self.slots.append(Slot(path, owner=self.slots[0], **kw))
         except BaseException:

@@ -13,6 +13,12 @@
  *     ffn_block         n = norm(x); x += post-norm(w_down act(w_gate n, w_up n) + b_down)
  *   output              logits = output(norm(x)) (+ bias, soft-capped), last token or all
  *
+ * clex_eval_batch runs the same steps over one token of each of several contexts of the model:
+ * the route (clex_route, model.h) gives each token's context and position, which only the rope
+ * angles (embed), the KV write (rope_step) and attention read; everything else works on rows of
+ * the batch, so the products read each weight once for all the contexts. A plain eval is the
+ * route with every token on the one context.
+ *
  * The architecture fields of clex_hparams / clex_layer are read where they matter: the norm
  * (norm_row), the rope layout (rope_rotate, model.h), the FFN's activation (clex_k.act), the
  * residual wiring (layer), and the optional tensors (biases, q/k norms, post-norms: absent ones
