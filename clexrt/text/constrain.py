@@ -78,9 +78,16 @@ class _Vocab:
         self._tokenizer = tokenizer
 
     def __call__(self, text):
+        """llguidance tokenizes bytes the grammar forces, which continue earlier text: so no
+        SentencePiece space prefix in front (the tokenizer adds one at the start of a text)."""
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8", errors="replace")
-        return list(self._tokenizer.encode(text, add_bos=False, special=False))
+        tok = self._tokenizer
+        if getattr(tok, "_spm", False) and getattr(tok, "add_space_prefix", False):
+            out: list[int] = []
+            tok._encode_spm(text.replace(" ", "\u2581"), out)   # encode() minus the prefix
+            return out
+        return list(tok.encode(text, add_bos=False, special=False))
 
 
 _CACHE: dict[int, tuple[object, object]] = {}
