@@ -287,20 +287,15 @@ class Llama:
         self._need_model()
         texts = [input] if isinstance(input, str) else list(input)
         out, total = [], 0
-        with self._busy():
-            try:
-                for text in texts:
-                    ids = self.tokenize(text, add_bos=True)
-                    if len(ids) > self.n_ctx():
-                        if not truncate:
-                            self._check_fits(ids)
-                        ids = ids[:self.n_ctx()]
-                    self._check_fits(ids)
-                    v = embed_ids(self._real_model(), ids, self.pooling, 2 if normalize else None)
-                    out.append(v.tolist())
-                    total += len(ids)
-            finally:
-                self._session.reset()       # the hidden states' forward used the cache
+        with self._busy():                  # the cache then holds the last input
+            for text in texts:
+                ids = self.tokenize(text, add_bos=True)
+                if len(ids) > self.n_ctx() and truncate:
+                    ids = ids[:self.n_ctx()]
+                self._check_fits(ids)
+                v = embed_ids(self._real_model(), ids, self.pooling, 2 if normalize else None)
+                out.append(v.tolist())
+                total += len(ids)
         result = out[0] if isinstance(input, str) else out
         return (result, total) if return_count else result
 

@@ -12,7 +12,8 @@ import numpy as np
 from ..text.sampler import log_softmax
 
 __all__ = ["usage", "chat_logprobs", "completion_result", "completion_stream", "chat_result",
-           "chat_stream", "embeddings_result"]
+           "chat_stream", "embeddings_result", "CompletionStream", "ChatStream",
+           "CompletionResult", "ChatResult"]
 
 
 def top_dict(token_str, lp: float, tok: int, top) -> dict[str, float]:
@@ -68,86 +69,132 @@ def chat_logprobs(lp: dict) -> list[dict]:
     return out
 
 
-def completion_result(head: dict, run: Iterable) -> dict:
-    text, lp, gen = "", None, None
-    for kind, payload in run:
+class CompletionStream:
+    """Completion chunks, pushed one event at a time (the server feeds events as they come)."""
+
+    def __init__(self, head: dict, with_usage: bool = False):
+        self.head, self.with_usage = head, with_usage
+
+    def start(self) -> list[dict]:
+        return []
+
+    def feed(self, kind: str, payload) -> list[dict]:
         if kind == "piece":
-            text += payload[0]
-            lp = _add_logprobs(lp, payload[1])
+            return [dict(self.head, choices=[{"text": payload[0], "index": 0,
+                                              "logprobs": payload[1], "finish_reason": None}])]
+        last = dict(self.head, choices=[{"text": "", "index": 0, "logprobs": None,
+                                         "finish_reason": payload.finish_reason}])
+        if self.with_usage:
+            last["usage"] = gen_usage(payload)
+        return [last]
+
+
+class ChatStream:
+    """Chat chunks: the role, the content deltas, and a last chunk with the finish_reason (and
+    the usage when `with_usage`). With tools in force the reply is held until it is complete,
+    then sent as one delta: content, or tool_calls (each with its index). `plan`:
+    text.tools.ChatPlan (it parses tool calls out of the reply)."""
+
+    def __init__(self, head: dict, plan, with_usage: bool = False):
+        self.head = dict(head, object="chat.completion.chunk")
+        self.plan, self.with_usage, self.held = plan, with_usage, ""
+
+    def _chunk(self, delta, reason=None, lp=None):
+        return dict(self.head, choices=[{"index": 0, "delta": delta, "logprobs": lp,
+                                         "finish_reason": reason}])
+
+    def start(self) -> list[dict]:
+        return [self._chunk({"role": "assistant"})]
+
+    def feed(self, kind: str, payload) -> list[dict]:
+        if kind == "piece":
+            if self.plan.tools:
+                self.held += payload[0]
+                return []
+            if not (payload[0] or payload[1]):
+                return []
+            lp = ({"content": chat_logprobs(payload[1]), "refusal": None}
+                  if payload[1] is not None else None)
+            return [self._chunk({"content": payload[0]}, lp=lp)]
+        out, reason = [], None
+        if self.plan.tools:
+            message, reason = self.plan.message(self.held)
+            if message.get("tool_calls"):
+                out.append(self._chunk({"tool_calls": [dict(c, index=i) for i, c in
+                                                       enumerate(message["tool_calls"])]}))
+            elif self.held:
+                out.append(self._chunk({"content": self.held}))
+        last = self._chunk({}, reason or payload.finish_reason)
+        if self.with_usage:
+            last["usage"] = gen_usage(payload)
+        return out + [last]
+
+
+class CompletionResult:
+    """One completion dict from the events (feed them all, then `result`)."""
+
+    def __init__(self, head: dict):
+        self.head, self.text, self.lp, self.gen = head, "", None, None
+
+    def feed(self, kind: str, payload) -> None:
+        if kind == "piece":
+            self.text += payload[0]
+            self.lp = _add_logprobs(self.lp, payload[1])
         else:
-            gen = payload
-    return dict(head, choices=[{"text": text, "index": 0, "logprobs": lp,
-                                "finish_reason": gen.finish_reason}], usage=gen_usage(gen))
+            self.gen = payload
+
+    def result(self) -> dict:
+        return dict(self.head, choices=[{"text": self.text, "index": 0, "logprobs": self.lp,
+                                         "finish_reason": self.gen.finish_reason}],
+                    usage=gen_usage(self.gen))
+
+
+class ChatResult(CompletionResult):
+    def __init__(self, head: dict, plan, want_logprobs: bool = False):
+        super().__init__(head)
+        self.plan, self.want_logprobs, self.content_lp = plan, want_logprobs, []
+
+    def feed(self, kind: str, payload) -> None:
+        if kind == "piece" and payload[1] is not None:
+            self.content_lp += chat_logprobs(payload[1])
+        super().feed(kind, payload)
+
+    def result(self) -> dict:
+        message, reason = self.plan.message(self.text)
+        return dict(self.head, object="chat.completion",
+                    choices=[{"index": 0, "message": message,
+                              "logprobs": {"content": self.content_lp, "refusal": None}
+                              if self.want_logprobs else None,
+                              "finish_reason": reason or self.gen.finish_reason}],
+                    usage=gen_usage(self.gen))
+
+
+def _drain(shaper, run: Iterable) -> Iterator[dict]:
+    yield from shaper.start()
+    for kind, payload in run:
+        yield from shaper.feed(kind, payload)
+
+
+def _collect(shaper, run: Iterable) -> dict:
+    for kind, payload in run:
+        shaper.feed(kind, payload)
+    return shaper.result()
 
 
 def completion_stream(head: dict, run: Iterable, with_usage: bool = False) -> Iterator[dict]:
-    """Chunks; the last one has the finish_reason (and the usage when `with_usage`)."""
-    gen = None
-    for kind, payload in run:
-        if kind == "piece":
-            yield dict(head, choices=[{"text": payload[0], "index": 0, "logprobs": payload[1],
-                                       "finish_reason": None}])
-        else:
-            gen = payload
-    last = dict(head, choices=[{"text": "", "index": 0, "logprobs": None,
-                                "finish_reason": gen.finish_reason}])
-    if with_usage:
-        last["usage"] = gen_usage(gen)
-    yield last
-
-
-def chat_result(head: dict, run: Iterable, plan, want_logprobs: bool) -> dict:
-    """`plan`: text.tools.ChatPlan (it parses tool calls out of the reply)."""
-    text, content_lp, gen = "", [], None
-    for kind, payload in run:
-        if kind == "piece":
-            text += payload[0]
-            if payload[1] is not None:
-                content_lp += chat_logprobs(payload[1])
-        else:
-            gen = payload
-    message, reason = plan.message(text)
-    return dict(head, object="chat.completion",
-                choices=[{"index": 0, "message": message,
-                          "logprobs": {"content": content_lp, "refusal": None}
-                          if want_logprobs else None,
-                          "finish_reason": reason or gen.finish_reason}],
-                usage=gen_usage(gen))
+    return _drain(CompletionStream(head, with_usage), run)
 
 
 def chat_stream(head: dict, run: Iterable, plan, with_usage: bool = False) -> Iterator[dict]:
-    """Chunks: the role, the content deltas, and a last chunk with the finish_reason (and the
-    usage when `with_usage`). With tools in force the reply is held until it is complete, then
-    sent as one delta: content, or tool_calls (each with its index)."""
-    head = dict(head, object="chat.completion.chunk")
+    return _drain(ChatStream(head, plan, with_usage), run)
 
-    def chunk(delta, reason=None, lp=None):
-        return dict(head, choices=[{"index": 0, "delta": delta, "logprobs": lp,
-                                    "finish_reason": reason}])
 
-    yield chunk({"role": "assistant"})
-    gen, held = None, ""
-    for kind, payload in run:
-        if kind != "piece":
-            gen = payload
-        elif plan.tools:
-            held += payload[0]
-        elif payload[0] or payload[1]:
-            lp = ({"content": chat_logprobs(payload[1]), "refusal": None}
-                  if payload[1] is not None else None)
-            yield chunk({"content": payload[0]}, lp=lp)
-    reason = None
-    if plan.tools:
-        message, reason = plan.message(held)
-        if message.get("tool_calls"):
-            yield chunk({"tool_calls": [dict(c, index=i)
-                                        for i, c in enumerate(message["tool_calls"])]})
-        elif held:
-            yield chunk({"content": held})
-    last = chunk({}, reason or gen.finish_reason)
-    if with_usage:
-        last["usage"] = gen_usage(gen)
-    yield last
+def completion_result(head: dict, run: Iterable) -> dict:
+    return _collect(CompletionResult(head), run)
+
+
+def chat_result(head: dict, run: Iterable, plan, want_logprobs: bool) -> dict:
+    return _collect(ChatResult(head, plan, want_logprobs), run)
 
 
 def embeddings_result(model: str, vectors: list, n_tokens: int) -> dict:
