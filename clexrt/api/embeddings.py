@@ -46,7 +46,9 @@ def embd_normalize(v: np.ndarray, norm: int = 2) -> np.ndarray:
     elif norm == 2:
         s = float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
     else:
-        s = float(np.sum(np.abs(x.astype(np.float64)) ** norm) ** (1.0 / norm))
+        a = np.abs(x.astype(np.float64))
+        m = float(a.max(initial=0.0))          # scaled by the largest, so |x|^p cannot overflow
+        s = m * float(np.sum((a / m) ** norm) ** (1.0 / norm)) if m > 0 else 0.0
     return (x * np.float32(1.0 / s if s > 0 else 0.0)).astype(np.float32)
 
 

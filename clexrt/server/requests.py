@@ -78,6 +78,9 @@ def _sampler(served: Served, req, grammar: str | None, end_ids=()) -> Sampler:
     except ValueError:
         raise ApiError(400, "logit_bias keys must be token ids", "invalid_request",
                        "logit_bias") from None
+    if any(not -100.0 <= v <= 100.0 for v in bias.values()):      # OpenAI's range
+        raise ApiError(400, "logit_bias values must be between -100 and 100", "invalid_request",
+                       "logit_bias")
     p = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                        min_p=req.min_p, repeat_penalty=req.repeat_penalty,
                        frequency_penalty=req.frequency_penalty,

@@ -131,6 +131,11 @@ class Sampler:
             self.constraint.mask(x)
         apply_penalties(x, history, p.penalty_last_n, p.repeat_penalty,
                         p.frequency_penalty, p.presence_penalty)
+        if not np.isfinite(x).all():
+            # extreme biases or penalties: +inf is the largest float, NaN is never drawn, and
+            # -inf (what the constraint forbids) stays
+            np.nan_to_num(x, copy=False, nan=-np.inf, posinf=np.finfo(np.float32).max,
+                          neginf=-np.inf)
         return x
 
     def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
