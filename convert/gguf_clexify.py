@@ -81,7 +81,7 @@ def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
     if any(key.startswith("clex.") for key in md):
         plan.notes.append("existing clex.* keys replaced")
     ode = ClexODE(inv)
-    for key, value in bake_clex(ode, L, int(max_factor), "ntk").items():
+    for key, value in bake_clex(ode, L, int(max_factor), "ntk", log_scale=False).items():
         plan.add(key, value)
     plan.notes.append(f"CLEX (ntk): {how}, d = {d}, L = {L}, t in 1..{max_factor}")
     if ARCHS[arch].local_rope_base is not None and md.get(k + "attention.sliding_window"):

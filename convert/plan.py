@@ -116,7 +116,9 @@ def _clex_keys(ckpt: HFCheckpoint, clex_init: str | None, clex_max_factor: int |
         if not clex_max_factor:
             raise ConvertError("--clex-init ntk needs --clex-max-factor M")
         inv = base_inv_freq(cfg.hparams.rope_freq_base, d, convention="hf")
-        m, act, dt, log_scale, pf = clex_max_factor, "tanh", 0.01, True, 0
+        # no network: within L the file is the plain model; the official flash path's log_scale
+        # belongs to a trained CLEX checkpoint's config, so it is written off
+        m, act, dt, log_scale, pf = clex_max_factor, "tanh", 0.01, False, 0
     if m < 1 or m > 1024:
         raise ConvertError(f"CLEX max_factor must be in 1..1024, got {m}")
     if clex_init == "ode":
