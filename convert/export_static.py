@@ -180,9 +180,10 @@ def export_plan(g, n_ctx: int) -> Plan:
     plan.notes.append(f"static CLEX table for ctx {n}: {how}; it is used at every length")
     plan.notes.append(f"removed {sum(k.startswith('clex.') for k in dropped)} clex.* keys"
                       + "".join(f", {k}" for k in dropped if not k.startswith("clex.")))
-    if clex.log_scale:
+    from clexrt.engine.model import log_scale_choice
+    if log_scale_choice(hp)[0]:
         plan.notes.append("clex.log_scale is not exported: llama.cpp has no such query scale for "
-                          f"{arch}; the file runs as clexrt does with log_scale off")
+                          f"{arch}; the file runs as clexrt does with --clex-log-scale off")
     return plan
 
 

@@ -41,6 +41,9 @@ CHUNKS = 3
 BIN = Path(os.environ.get("CLEXRT_LLAMA_CPP_BIN") or ROOT.parent / "llama/build/bin")
 HAVE_LLAMA = (BIN / "llama-perplexity").is_file()
 LLAMA_FLAGS = ["-t", "2", "-ctk", "f32", "-ctv", "f32", "-fa", "off"]
+# the export carries no log_scale (llama.cpp's llama graph has no query scale): the original is
+# compared with it off, whatever the file's clex.log_scale says
+NO_LOG = ["--clex-log-scale", "off"]
 
 if not MODEL.is_file():
     pytest.skip(f"{MODEL} is not there", allow_module_level=True)
@@ -202,14 +205,14 @@ def test_clexrt_runs_the_export_as_the_ceil_schedule(exported, text, tmp_path):
     f32 = tmp_path / "tiny-clex-f32.gguf"
     _f32_with_clex(MODEL, f32)
     for n, path in exported.items():
-        a = _ppl_json(MODEL, n, text, "--rope", "clex", "--clex-mode", "ceil")
+        a = _ppl_json(MODEL, n, text, "--rope", "clex", "--clex-mode", "ceil", *NO_LOG)
         b = _ppl_json(path, n, text, "--rope", "auto")
         assert a["t"] == _t_of(n) and b["method"] == "none"
         assert math.isclose(a["ppl"], b["ppl"], rel_tol=1e-3), (n, a["ppl"], b["ppl"])
         f32_out = tmp_path / f"f32-static-{n}.gguf"
         r = CliRunner().invoke(cli, ["export-static", str(f32), "--ctx", str(n), "-o", str(f32_out), "--no-progress"])
         assert r.exit_code == 0, r.output
-        a = _ppl_json(f32, n, text, "--rope", "clex", "--clex-mode", "ceil")
+        a = _ppl_json(f32, n, text, "--rope", "clex", "--clex-mode", "ceil", *NO_LOG)
         b = _ppl_json(f32_out, n, text)
         assert math.isclose(a["ppl"], b["ppl"], rel_tol=1e-6), (n, a["ppl"], b["ppl"])
         with Model(str(MODEL), n_ctx=n, rope="clex", clex_mode="ceil", n_threads=1) as m1, \
@@ -282,7 +285,7 @@ llama = pytest.mark.skipif(not HAVE_LLAMA, reason=f"llama-perplexity is not in {
 def test_llama_perplexity_on_the_export_is_clexrt_ceil(exported, text):
     for n, path in exported.items():
         theirs = _llama_ppl(path, n, text)
-        ours = _ppl_json(MODEL, n, text, "--rope", "clex", "--clex-mode", "ceil")
+        ours = _ppl_json(MODEL, n, text, "--rope", "clex", "--clex-mode", "ceil", *NO_LOG)
         assert abs(theirs / ours["ppl"] - 1) < 5e-3, (n, theirs, ours["ppl"])
         # the factors are what brings llama.cpp there: on the original it runs unscaled, farther off
         if n == 4 * L:
@@ -309,3 +312,38 @@ def test_clexify_output_runs_in_llama_cpp_within_L(which, text, tmp_path, reques
     ours = _ppl_json(out, n, text, chunks=chunks)
     assert ours["method"] == "clex" and ours["t"] == 1.0
     assert abs(theirs / ours["ppl"] - 1) < 5e-3, (which, theirs, ours["ppl"])
+
+
+def test_qwen2_clexified_is_exported_as_its_ntk_base(tmp_path):
+    """A zero-network CLEX table on qwen2 (whose llama.cpp rope takes no factors) becomes the
+    official zero network's closed form, NTK scaling by s = 2t-1: base * s^(d/(d-2)); clexrt runs
+    the export as the clexified file's ceil schedule, and so does llama.cpp where it is there."""
+    pytest.importorskip("transformers")
+    import hfgen
+    from test_convert_archs import SPECS, _convert, _ids
+
+    from clexrt import Model
+    from clexrt.convert import clexify
+    from clexrt.convert.export_static import export_static
+
+    hfgen.make_tf_checkpoint(tmp_path / "qwen2", SPECS["qwen2"])
+    plain = _convert(tmp_path / "qwen2", tmp_path / "qwen2.gguf")
+    clex, out = tmp_path / "qwen2-clex.gguf", tmp_path / "qwen2-static.gguf"
+    clexify(str(plain), str(clex), max_factor=4, progress=False)
+    src = GGUFReader(str(clex))
+    lt, base = int(_field(src, "clex.train_length")), float(_field(src, "qwen2.rope.freq_base"))
+    d = 2 * len(_field(src, "clex.inv_freq"))
+    n = 3 * lt                                                   # t = 3
+    export_static(str(clex), str(out), n, progress=False)
+    r = GGUFReader(str(out))
+    assert "rope_freqs.weight" not in _tensors(out) and not [k for k in r.fields if k.startswith("clex.")]
+    assert math.isclose(float(_field(r, "qwen2.rope.freq_base")), base * 5 ** (d / (d - 2)), rel_tol=1e-5)
+    ids = _ids(n, int(_field(src, "qwen2.vocab_size")) if "qwen2.vocab_size" in src.fields else 200, seed=3)
+    with Model(str(clex), rope="clex", clex_mode="ceil", n_threads=1) as a, Model(str(out), n_threads=1) as b:
+        la, lb = a.logits(ids), b.logits(ids)
+    assert np.abs(la - lb).max() <= 1e-4 * np.abs(la).max()
+    if HAVE_LLAMA:
+        text = tmp_path / "corpus.txt"
+        text.write_text(" ".join(hfgen.CORPUS * 4), encoding="utf-8")
+        theirs, ours = _llama_ppl(out, 32, text, 2), _ppl_json(out, 32, text, chunks=2)
+        assert abs(theirs / ours["ppl"] - 1) < 5e-3, (theirs, ours["ppl"])
