@@ -67,7 +67,13 @@ class Slot(Model):
 class SlotPool:
     """n_slots sequences over one model (docs/architecture.md): `slots` (each a Slot with its own
     KV cache of n_ctx tokens and its own CLEX schedule), `model` (slot 0, which owns the weights:
-    its metadata, hparams and vocabulary are everyone's), and `step` (one batched decode)."""
+    its metadata, hparams and vocabulary are everyone's), and `step` (one batched decode).
+    exact (True): each step's logits are bit for bit each slot's own slot.eval([token]) (the
+    products token by token with the one-token kernels, the weights still read once per step);
+    False: the multi-token kernels over the batch (faster where a type has them, equal up to
+    float rounding)."""
+
+    exact = True
 
     def __init__(self, path, n_slots: int, n_ctx: int, n_threads: int | None = None, **model_kwargs):
         if int(n_slots) < 1:
@@ -119,7 +125,7 @@ class SlotPool:
                     s._prepare(1)                 # its table for the new length, a shift
                 except ContextFullError as e:
                     raise ContextFullError(f"slot {self._slot_index(s)}: {e}") from None
-            logits = _eval_batch(slots, toks)
+            logits = _eval_batch(slots, toks, self.exact)
             for s, t, row in zip(slots, toks, logits):
                 if not np.isfinite(row).all():
                     raise s._nonfinite_error()
@@ -142,12 +148,12 @@ class SlotPool:
         self.close()
 
 
-def _eval_batch(slots: Sequence[Model], toks: np.ndarray) -> np.ndarray:
+def _eval_batch(slots: Sequence[Model], toks: np.ndarray, exact: bool) -> np.ndarray:
     ctxs = ffi.new("clex_ctx *[]", [s._ctx for s in slots])
     pos = np.array([s.n_past for s in slots], dtype=np.int32)
     out = np.empty((len(slots), slots[0].n_vocab), dtype=np.float32)
     check(lib.clex_eval_batch(ctxs, ffi.cast("int32_t *", toks.ctypes.data), ffi.cast("int32_t *", pos.ctypes.data),
-                              len(slots), ffi.cast("float *", out.ctypes.data)), "batched decode")
+                              len(slots), ffi.cast("float *", out.ctypes.data), int(exact)), "batched decode")
     return out
 
 

@@ -266,13 +266,16 @@ int clex_eval_hidden(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t 
 /* One decoding step of n contexts of the same model in one pass: token i goes to ctxs[i] at
  * position n_past[i] (appended to that context's KV cache, rotated with its rope tables, its
  * attention scaled by its kq scale), and logits (may be NULL) gets [n, n_vocab], row i token i's.
- * The matrix products run over the n tokens together, so each weight is read once per step.
  * The contexts must be distinct; n <= ctxs[0]'s n_batch and n_past[i] < ctxs[0]'s n_ctx as
  * well as ctxs[i]'s: the first context runs the step (its thread pool, its scratch), the
- * others lend only their caches and tables. Each context's row equals what clex_eval of that
- * one token on it alone gives, up to float summation order in the products (bit for bit where
- * the kernels do not depend on the number of tokens). */
-int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits);
+ * others lend only their caches and tables. Each weight is read once per step for all n
+ * tokens. exact = 0: the products run over the n tokens together (the multi-token kernels),
+ * each row equal to that token's lone clex_eval up to float summation order; exact != 0: each
+ * token's products use the one-token kernels (the weight rows stay in cache between tokens),
+ * so each row is bit for bit what clex_eval of that token alone gives on a context with as
+ * many threads as ctxs[0] (attention is split into chunks as a lone token's is, either way). */
+int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits,
+                    int32_t exact);
 /* The KV cache's rows of positions [0, n_past) as stored (the cache's element type), keys then
  * values, each [n_layer][n_head_kv][n_past][head_dim]: clex_ctx_kv_state_bytes(c, n_past) bytes.
  * _read copies them out; _write puts them back (nbytes must be that size, n_past <= n_ctx). */

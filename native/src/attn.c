@@ -115,16 +115,13 @@ static int64_t attn_chunks(int64_t T, int64_t HKV, int64_t n_keys, int nth) {
     return ch < 1 ? 1 : ch;
 }
 
-/* Head h's output from its chunks' (max, sum of exp, sum of e * v): each chunk's sum rescaled
- * to the overall max, over the overall sum of exp. */
-static void combine_chunks(const clex_ctx *c, int64_t h, int64_t chunks) {
-    const int64_t D = c->m->hp.head_dim;
-    const float *ph = c->part + h * ATT_MAX_CHUNKS * (D + 2);
+/* Head h's output (out) from its chunks' (max, sum of exp, sum of e * v) at ph: each chunk's sum
+ * rescaled to the overall max, over the overall sum of exp. */
+static void combine_chunks(int64_t D, const float *ph, int64_t chunks, float *out) {
     float m = -INFINITY;
     for (int64_t ch = 0; ch < chunks; ch++) m = ph[ch * (D + 2)] > m ? ph[ch * (D + 2)] : m;
     double l = 0.0;
     for (int64_t ch = 0; ch < chunks; ch++) l += (double)ph[ch * (D + 2) + 1] * exp((double)ph[ch * (D + 2)] - m);
-    float *out = c->att + h * D;
     memset(out, 0, (size_t)D * sizeof(float));
     for (int64_t ch = 0; ch < chunks; ch++)
         clex_k.axpy_f32(D, (float)(exp((double)ph[ch * (D + 2)] - m) / l), ph + ch * (D + 2) + 2, out);
@@ -138,19 +135,38 @@ static int64_t first_key(int64_t pos, int32_t n_swa) {
     return n_swa > 0 && pos + 1 > n_swa ? pos + 1 - n_swa : 0;
 }
 
+/* How many chunks token t's keys are split into: as a lone token's decode splits them for a
+ * batched decode (each token then equals its own decode bit for bit), else attn_chunks. */
+static int64_t token_chunks(const clex_route *r, int32_t n_swa, int64_t T, int64_t t, int64_t HKV, int nth) {
+    const int64_t pos = route_pos(r, t);
+    return attn_chunks(r->ctx ? 1 : T, HKV, pos + 1 - first_key(pos, n_swa), nth);
+}
+
+/* the chunks' partial results of token t, head h (c->part: [T][n_head][ATT_MAX_CHUNKS][D + 2]) */
+static float *part_at(const clex_ctx *c, int64_t t, int64_t h) {
+    const int64_t D = c->m->hp.head_dim;
+    return c->part + ((t * c->m->hp.n_head + h) * ATT_MAX_CHUNKS) * (D + 2);
+}
+
+/* Units (token, kv head, chunk) of chunks_max chunks per token: a token with fewer skips the rest. */
 void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith, int nth) {
     const clex_hparams *hp = &c->m->hp;
     const int64_t D = hp->head_dim, H = hp->n_head, HKV = hp->n_head_kv, qd = H * D;
     const int64_t grp = H / HKV;
     const int32_t n_swa = c->m->layers[l].n_swa;
-    const int64_t pos0 = route_pos(r, 0);
-    const int64_t chunks = attn_chunks(T, HKV, pos0 + 1 - first_key(pos0, n_swa), nth);
+    int64_t cmax = token_chunks(r, n_swa, T, 0, HKV, nth);
+    for (int64_t t = 1; r->ctx && t < T; t++) {
+        const int64_t ct = token_chunks(r, n_swa, T, t, HKV, nth);
+        cmax = ct > cmax ? ct : cmax;
+    }
     const float base = hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D);
     float *scores = c->scores + (int64_t)ith * c->n_ctx;
     int64_t lo, hi;
-    split(T * HKV * chunks, ith, nth, &lo, &hi);
+    split(T * HKV * cmax, ith, nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) {
-        const int64_t t = j / (HKV * chunks), hk = (j / chunks) % HKV, ch = j % chunks;
+        const int64_t t = j / (HKV * cmax), hk = (j / cmax) % HKV, ch = j % cmax;
+        const int64_t chunks = cmax > 1 ? token_chunks(r, n_swa, T, t, HKV, nth) : 1;
+        if (ch >= chunks) continue;
         const clex_ctx *kc = route_ctx(c, r, t);   /* the token's own cache and kq scale */
         const int64_t pos = route_pos(r, t), k0 = first_key(pos, n_swa), n_keys = pos + 1 - k0;
         const int64_t p0 = k0 + n_keys * ch / chunks, p1 = k0 + n_keys * (ch + 1) / chunks;
@@ -158,11 +174,14 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
         const float scale = kc->kq_scale * base;
         for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
             attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, hp->attn_softcap, scores,
-                        c->att + t * qd + h * D, chunks > 1 ? c->part + (h * ATT_MAX_CHUNKS + ch) * (D + 2) : NULL);
+                        c->att + t * qd + h * D, chunks > 1 ? part_at(c, t, h) + ch * (D + 2) : NULL);
     }
-    if (chunks > 1) {   /* combine the chunks of each head (T = 1) */
+    if (cmax > 1) {   /* combine the chunks of each (token, head) that has several */
         clex_pool_barrier(c->pool);
-        split(H, ith, nth, &lo, &hi);
-        for (int64_t h = lo; h < hi; h++) combine_chunks(c, h, chunks);
+        split(T * H, ith, nth, &lo, &hi);
+        for (int64_t j = lo; j < hi; j++) {
+            const int64_t t = j / H, chunks = token_chunks(r, n_swa, T, t, HKV, nth);
+            if (chunks > 1) combine_chunks(D, part_at(c, t, j % H), chunks, c->att + j * D);
+        }
     }
 }

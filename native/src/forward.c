@@ -37,6 +37,7 @@ typedef struct {
     float *logits;        /* NULL, [n_vocab] (last) or [n_tok, n_vocab] */
     int32_t all_logits;
     float *hidden;        /* NULL or [n_tok, n_embd]: every token's output-normed row */
+    int32_t one_by_one;   /* products token by token with the one-token kernels (an exact batch) */
 } fwd_args;
 
 /* One thread's walk through the steps of one batch. */
@@ -85,6 +86,22 @@ static void add_bias(float *y, int64_t rows, int64_t T, const float *b, int64_t 
     if (!b) return;
     for (int64_t t = 0; t < T; t++)
         for (int64_t r = lo; r < hi; r++) y[t * rows + r] += b[r];
+}
+
+/* y[t, lo..hi) (+)= W[lo..hi) . a[t] for n_tok tokens: all at once (the kernels for n_tok
+ * tokens), or with one_by_one each token alone with the kernels a one-token eval uses, so every
+ * row is bit for bit its token's own decode (the rows [lo, hi) stay in cache between tokens) */
+static inline void mat_rows(const fwd *f, const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y,
+                            int64_t ystride,
+                        int accumulate, int64_t lo, int64_t hi) {
+    if (!f->fa->one_by_one) {
+        clex_matmul_rows(w, a, n_tok, y, ystride, accumulate, lo, hi);
+        return;
+    }
+    for (int64_t t = 0; t < n_tok; t++) {
+        const clex_acts at = clex_acts_from(a, t);
+        clex_matmul_rows(w, &at, 1, y + t * ystride, ystride, accumulate, lo, hi);
+    }
 }
 
 /* ------------------------------------------------------------------ steps */
@@ -140,7 +157,7 @@ static void product(fwd *f, const clex_tensor *w, const clex_tensor *b, const cl
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(f->c, &f->step, f->ith, f->nth, rows);
     while (clex_sched_next(&sc, &lo, &hi)) {
-        clex_matmul_rows(w, a, n_tok, y, rows, accumulate, lo, hi);
+        mat_rows(f, w, a, n_tok, y, rows, accumulate, lo, hi);
         add_bias(y, rows, n_tok, opt(b), lo, hi);
     }
 }
@@ -183,17 +200,17 @@ static void qkv_step(fwd *f, const clex_layer *L) {
     while (clex_sched_next(&sc, &lo, &hi)) {
         if (lo < b1) {
             const int64_t r1 = hi < b1 ? hi : b1;
-            clex_matmul_rows(&L->wq, &f->a, T, c->q, qd, 0, lo, r1);
+            mat_rows(f, &L->wq, &f->a, T, c->q, qd, 0, lo, r1);
             add_bias(c->q, qd, T, opt(&L->bq), lo, r1);
         }
         if (hi > b1 && lo < b2) {
             const int64_t r0 = (lo > b1 ? lo : b1) - b1, r1 = (hi < b2 ? hi : b2) - b1;
-            clex_matmul_rows(&L->wk, &f->a, T, c->k, kvd, 0, r0, r1);
+            mat_rows(f, &L->wk, &f->a, T, c->k, kvd, 0, r0, r1);
             add_bias(c->k, kvd, T, opt(&L->bk), r0, r1);
         }
         if (hi > b2) {
             const int64_t r0 = (lo > b2 ? lo : b2) - b2, r1 = (hi < b3 ? hi : b3) - b2;
-            clex_matmul_rows(&L->wv, &f->a, T, c->v, kvd, 0, r0, r1);
+            mat_rows(f, &L->wv, &f->a, T, c->v, kvd, 0, r0, r1);
             add_bias(c->v, kvd, T, opt(&L->bv), r0, r1);
         }
     }
@@ -236,8 +253,8 @@ static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w
     clex_sched sc = clex_sched_begin(c, &f->step, f->ith, f->nth, F);
     while (clex_sched_next(&sc, &lo, &hi)) {
         float *up = gated ? c->up : c->gate;
-        if (gated) clex_matmul_rows(w_gate, &f->a, T, c->gate, F, 0, lo, hi);
-        clex_matmul_rows(w_up, &f->a, T, up, F, 0, lo, hi);
+        if (gated) mat_rows(f, w_gate, &f->a, T, c->gate, F, 0, lo, hi);
+        mat_rows(f, w_up, &f->a, T, up, F, 0, lo, hi);
         add_bias(up, F, T, opt(b_up), lo, hi);
         for (int64_t t = 0; t < T; t++)
             clex_k.act(f->hp->ffn_kind, hi - lo, c->gate + t * F + lo, gated ? c->up + t * F + lo : NULL);
@@ -407,7 +424,7 @@ static void output(fwd *f) {
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(f->c, &f->step, f->ith, f->nth, V);
     while (clex_sched_next(&sc, &lo, &hi)) {
-        clex_matmul_rows(&f->m->output, &ao, f->T - t0, fa->logits, V, 0, lo, hi);
+        mat_rows(f, &f->m->output, &ao, f->T - t0, fa->logits, V, 0, lo, hi);
         add_bias(fa->logits, V, f->T - t0, opt(&f->m->output_b), lo, hi);
         if (cap > 0.0f)
             for (int64_t t = 0; t < f->T - t0; t++)
@@ -454,7 +471,7 @@ static int eval_seq(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t n
     for (int32_t done = 0; done < n_tok; done += c->n_batch) {
         const int32_t nb = n_tok - done < c->n_batch ? n_tok - done : c->n_batch;
         const int last = done + nb == n_tok;
-        fwd_args fa = {c, tokens + done, nb, {NULL, NULL, n_past + done}, NULL, all_logits, NULL};
+        fwd_args fa = {c, tokens + done, nb, {NULL, NULL, n_past + done}, NULL, all_logits, NULL, 0};
         if (logits && all_logits) fa.logits = logits + (int64_t)done * V;
         else if (logits && last) fa.logits = logits;
         if (hidden) fa.hidden = hidden + (int64_t)done * E;
@@ -494,13 +511,15 @@ static int check_batch(clex_ctx *const *ctxs, const int32_t *n_past, int32_t n) 
     return CLEX_OK;
 }
 
-int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits) {
+int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits,
+                    int32_t exact) {
     if (!ctxs || !tokens || !n_past || !ctxs[0]) return clex_fail(CLEX_E_INVALID, "NULL argument");
     if (n <= 0) return clex_fail(CLEX_E_INVALID, "no tokens to evaluate");
     int rc = check_batch(ctxs, n_past, n);
     if (!rc) rc = check_tokens(ctxs[0], tokens, n);
+    if (!rc) rc = clex_ctx_reserve_part(ctxs[0], n);
     if (rc) return rc;
-    fwd_args fa = {ctxs[0], tokens, n, {ctxs, n_past, 0}, logits, 1, NULL};
+    fwd_args fa = {ctxs[0], tokens, n, {ctxs, n_past, 0}, logits, 1, NULL, exact != 0};
     run_forward(&fa);
     return CLEX_OK;
 }

@@ -383,6 +383,7 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     }
     c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
+    c->part_tokens = 1;
     return !fail;
 }
 
@@ -419,6 +420,16 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
                          (double)kv_elems * 2.0 * (double)elt / (1024.0 * 1024.0));
     }
     *out = c;
+    return CLEX_OK;
+}
+
+int clex_ctx_reserve_part(clex_ctx *c, int32_t n) {
+    if (n <= c->part_tokens) return CLEX_OK;
+    const size_t per = (size_t)c->m->hp.n_head * ATT_MAX_CHUNKS * ((size_t)c->m->hp.head_dim + 2) * sizeof(float);
+    float *p = realloc(c->part, (size_t)n * per);
+    if (!p) return clex_fail(CLEX_E_NOMEM, "out of memory for a batch of %d contexts", n);
+    c->part = p;
+    c->part_tokens = n;
     return CLEX_OK;
 }
 

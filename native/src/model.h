@@ -82,7 +82,8 @@ struct clex_ctx {
     int32_t *ecount;       /* [n_expert] */
     float *xe;             /* [B, n_embd] an expert's gathered inputs, then its outputs */
     float *scores;         /* [n_threads, n_ctx] */
-    float *part;           /* [n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
+    float *part;           /* [part_tokens][n_head, ATT_MAX_CHUNKS, head_dim + 2]: chunked decoding's partials */
+    int32_t part_tokens;   /* 1, more once a batched decode of more contexts has run on this one */
     /* row chunks of matrix products are handed out dynamically, so a thread that the OS
      * delays does not hold the others at the next barrier; step k uses counter k % 2 */
     _Atomic int64_t chunk[2];
@@ -148,6 +149,9 @@ static inline int64_t route_pos(const clex_route *r, int64_t t) { return r->pos 
 /* t must be [ne0, ne1] (ne1 = 0: a vector) of a type the forward pass runs (F32 if f32_only),
  * with nbytes to match; `what` names it when t->name is NULL. */
 int clex_check_tensor(const clex_tensor *t, const char *what, int64_t ne0, int64_t ne1, int f32_only);
+
+/* Room in c->part for the chunks of n tokens' heads (a batched decode run on c). */
+int clex_ctx_reserve_part(clex_ctx *c, int32_t n);
 
 /* ---- matmul.c: activations and row products ---- */
 
