@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 11
+#define CLEX_ABI_VERSION 12
 
 enum {
     CLEX_OK = 0,
