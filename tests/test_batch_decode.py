@@ -326,13 +326,26 @@ def test_pool_smollm2(smollm2):
 
 
 @pytest.mark.skipif(not TINY_CLEX.exists(), reason="models/tiny-clex.gguf is not present")
-@pytest.mark.parametrize("kv_policy", ["rerotate", "recompute"])
-def test_pool_clex_slots_at_different_t_through_a_table_change(kv_policy):
+@pytest.mark.parametrize("kv_policy,log_scale", [("rerotate", False), ("recompute", False), ("rerotate", True)])
+def test_pool_clex_slots_at_different_t_through_a_table_change(kv_policy, log_scale):
     """tiny-clex (L = 128): one slot crosses 128 -> 129 tokens (t 1 -> 2: its cached keys are
     brought to the new table) while the others decode at t = 1 and t = 3, each equal to its own
-    solo model (which changes table at the same step)."""
+    solo model (which changes table at the same step); with log_scale every slot's attention
+    scale is its own length's, step by step."""
     rng = np.random.default_rng(2)
     prompts = _seqs(rng, 4096, (126, 40, 300))
-    worst, hist, changes = _pool_vs_solo(str(TINY_CLEX), prompts, 4, n_ctx=512, kv_policy=kv_policy)
+    worst, hist, changes = _pool_vs_solo(str(TINY_CLEX), prompts, 4, n_ctx=512, kv_policy=kv_policy,
+                                         log_scale=log_scale)
     assert worst == 0.0
     assert changes == [1, 0, 0] and [len(h) for h in hist] == [130, 44, 304]
+
+
+def test_pool_context_shift_in_one_slot(tiny):
+    """A slot with context_shift past its n_ctx shifts its own cache inside step (Model._prepare)
+    while the other keeps decoding: both equal their solo models."""
+    path, cfg = tiny["f32"]
+    rng = np.random.default_rng(8)
+    prompts = _seqs(rng, cfg.n_vocab, (14, 3))
+    worst, hist, _ = _pool_vs_solo(path, prompts, 6, n_ctx=16, context_shift=True, n_keep=2)
+    assert worst == 0.0
+    assert len(hist[0]) < 20 and hist[0][:2] == prompts[0][:2] and len(hist[1]) == 9
