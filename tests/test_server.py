@@ -342,3 +342,23 @@ def test_full_queue_is_503_and_disconnect_frees_the_slot(one_slot):
     c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
     r = c.completions.create(model=model, prompt="The capital of France is", max_tokens=3, temperature=0)
     assert r.choices[0].text == " Paris.\n"
+
+
+def test_disconnect_before_an_unstreamed_reply_cancels_it(one_slot):
+    import socket
+
+    port = one_slot[1]
+    before = one_slot[0].scheduler.state()["cancelled"]
+    body = json.dumps({"model": one_slot[0].served.model_id, "prompt": "Once upon a time",
+                       "max_tokens": 300, "temperature": 0}).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)
+    end = time.monotonic() + 10
+    while _raw(port, "GET", "/health")[2]["slots_processing"] == 0 and time.monotonic() < end:
+        time.sleep(0.02)
+    s.close()                                               # gone before the reply
+    assert _wait_idle(port)
+    st = one_slot[0].scheduler.state()
+    assert st["cancelled"] == before + 1

@@ -89,6 +89,15 @@ async def _stream(job: Job, shaper, echo: str | None, include_usage: bool):
         job.cancel()                # a client gone mid-stream frees its slot at the next token
 
 
+async def _watch_disconnect(request: Request, job: Job, every: float = 0.2) -> None:
+    """A client that leaves before its (unstreamed) reply cancels the job."""
+    while not job.cancelled:
+        if await request.is_disconnected():
+            job.cancel()
+            return
+        await asyncio.sleep(every)
+
+
 def create_app(served: Served, scheduler: Scheduler, *, api_key: str | None = None,
                max_body: int = 8 << 20) -> FastAPI:
     """The application over a loaded model (`served`) and its scheduler."""
@@ -97,7 +106,7 @@ def create_app(served: Served, scheduler: Scheduler, *, api_key: str | None = No
     install_handlers(app)
     app.state.served, app.state.scheduler = served, scheduler
 
-    async def run_generation(prepare, req):
+    async def run_generation(prepare, req, request: Request):
         p = await _prepare(prepare, served, req)
         loop = asyncio.get_running_loop()
         job = _submit(scheduler, Job(list(p.gen.prompt), lambda slot, g=p.gen: g, loop))
@@ -105,18 +114,21 @@ def create_app(served: Served, scheduler: Scheduler, *, api_key: str | None = No
             return StreamingResponse(_stream(job, p.stream(), p.echo, p.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        result = await _whole(job, p.result(), p.echo)
-        return JSONResponse(result)
+        watch = asyncio.ensure_future(_watch_disconnect(request, job))
+        try:
+            return JSONResponse(await _whole(job, p.result(), p.echo))
+        finally:
+            watch.cancel()
 
     @app.post("/v1/completions", tags=["openai"])
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         """Text completion (OpenAI); `stream` gives server-sent events."""
-        return await run_generation(prepare_completion, req)
+        return await run_generation(prepare_completion, req, request)
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    async def chat_completions(req: ChatRequest):
+    async def chat_completions(req: ChatRequest, request: Request):
         """Chat completion through the model's chat template, with tools and response_format."""
-        return await run_generation(prepare_chat, req)
+        return await run_generation(prepare_chat, req, request)
 
     @app.post("/v1/embeddings", tags=["openai"])
     async def embeddings(req: EmbeddingRequest):
