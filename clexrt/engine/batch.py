@@ -126,11 +126,15 @@ class SlotPool:
                 except ContextFullError as e:
                     raise ContextFullError(f"slot {self._slot_index(s)}: {e}") from None
             logits = _eval_batch(slots, toks, self.exact)
+            bad = None
             for s, t, row in zip(slots, toks, logits):
-                if not np.isfinite(row).all():
-                    raise s._nonfinite_error()
+                if not np.isfinite(row).all():     # as Model.eval: that slot keeps its cache
+                    bad = bad or s
+                    continue
                 s._hist[s.n_past] = t
                 s.n_past += 1
+            if bad is not None:
+                raise bad._nonfinite_error()
         out: list = [None] * len(items)
         for pos, k in enumerate(order):
             out[k] = logits[pos]
