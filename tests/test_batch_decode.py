@@ -285,7 +285,8 @@ def _arch_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("archs")
     specs = {"gemma3": hfgen.TFSpec("gemma3", n_layer=6, window=8), "phi2": hfgen.TFSpec("phi2"),
              "mixtral": hfgen.TFSpec("mixtral"), "qwen2": hfgen.TFSpec("qwen2"),
-             "mistral": hfgen.TFSpec("mistral", window=8)}
+             "mistral": hfgen.TFSpec("mistral", window=8), "gptneox": hfgen.TFSpec("gptneox"),
+             "llama3": hfgen.TFSpec("llama3")}
     out = {}
     for name, spec in specs.items():
         hfgen.make_tf_checkpoint(root / name, spec)
@@ -300,12 +301,12 @@ def arch_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("exact", [True, False])
-@pytest.mark.parametrize("arch", ["gemma3", "phi2", "mixtral", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["gemma3", "phi2", "mixtral", "qwen2", "mistral", "gptneox", "llama3"])
 def test_pool_every_architecture(arch_files, arch, exact):
     """Gemma 3 (local layers with their own rope table, sliding window 8, q/k norms, post-norms,
     GeGLU), Phi-2 (NeoX rope on part of each head, parallel residual, layer norm, GELU, biases),
-    Mixtral (experts), Qwen2 (q/k/v biases), Mistral (window): slots past the window, at
-    different lengths, equal their own solo models."""
+    Mixtral (experts), Qwen2 (q/k/v biases), Mistral (window), GPT-NeoX, Llama 3 (its declared
+    rope scaling): slots past the window, at different lengths, equal their own solo models."""
     rng = np.random.default_rng(9)
     path = str(arch_files[arch])
     with Model(path, n_ctx=8, n_threads=1) as m:
