@@ -192,10 +192,29 @@ def test_forced_tool_call_is_parsed_into_tool_calls(client, model_id):
 
 
 # ---------------------------------------------------------------------------- parallel requests
-# On the tiny F32 checkpoint (conftest's ckpts: a SentencePiece vocabulary, random weights): its
-# batched decode is exact, so a reply cannot depend on which requests shared its steps. (On the
-# Q4_1 SmolLM2 file the C core's batched products round differently from the one-token path,
-# which can flip a greedy reply at a near-tie: a core matter, reported, not the scheduler's.)
+# SlotPool.step is exact (each row bit for bit the slot's own one-token decode) and a slot reuses
+# a cached prefix only in whole prefill chunks, so a greedy reply cannot depend on which requests
+# shared its steps or what its slot held before. 8 x 10 on the tiny F32 checkpoint (conftest's
+# ckpts: a SentencePiece vocabulary, random weights; fast), 4 x 3 chats on SmolLM2.
+def test_concurrent_smollm2_chats_equal_one_by_one(client, model_id):
+    prompts = ["Name a fruit.", "Name a color.", "Name a planet.", "Name an animal."]
+
+    def ask(p):
+        return client.chat.completions.create(model=model_id, max_tokens=12, temperature=0,
+                                              messages=[{"role": "user", "content": p}]
+                                              ).choices[0].message.content
+
+    alone = {p: ask(p) for p in prompts}
+    got = []
+    threads = [threading.Thread(target=lambda w=w: got.extend(
+        (prompts[(w + k) % 4], ask(prompts[(w + k) % 4])) for k in range(3))) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 12 and sorted(got) == sorted((p, alone[p]) for p, _ in got)
+
+
 PROMPTS = [f"the number {k} and the word {w}" for k, w in enumerate("abcdefghij")]
 
 
