@@ -39,6 +39,9 @@ def _loopback(host: str) -> bool:
               help="Requests that may wait for a slot; past that: 503 with Retry-After.")
 @click.option("--alias", "model_id", default=None, help="The model id clients name (default: the file name).")
 @click.option("--chat-format", default=None, help="A built-in chat format instead of the GGUF's template.")
+@click.option("--fast-batch", is_flag=True,
+              help="Batched decode with the multi-token kernels: more tokens/s with several "
+                   "slots, but a reply may differ at a near-tie from the same request alone.")
 @click.option("--max-body", type=click.IntRange(1024), default=8 << 20, show_default=True,
               help="Largest request body, in bytes (413 past it).")
 @rope_options
@@ -46,7 +49,7 @@ def _loopback(host: str) -> bool:
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
 def cmd(model_name, host, port, parallel, n_ctx, threads, api_key, max_queue, model_id,
-        chat_format, max_body, rope, clex_mode, kv_policy, kv_type, clex_log_scale, log_level):
+        chat_format, fast_batch, max_body, rope, clex_mode, kv_policy, kv_type, clex_log_scale, log_level):
     """Serve MODEL over OpenAI's HTTP API (/v1/chat/completions, /v1/completions,
     /v1/embeddings, /v1/models) and llama-server's /health, /tokenize, /detokenize."""
     try:
@@ -66,7 +69,7 @@ def cmd(model_name, host, port, parallel, n_ctx, threads, api_key, max_queue, mo
         kw["log_scale"] = clex_log_scale
     server = load(path, parallel=parallel, n_ctx=n_ctx, n_threads=threads, api_key=api_key,
                   max_queue=max_queue, model_id=model_id, max_body=max_body,
-                  chat_format=chat_format, **kw)
+                  chat_format=chat_format, exact=not fast_batch, **kw)
     click.echo(f"clexrt serve: {server.served.model_id} on http://{host}:{port}/v1 "
                f"({parallel} slot{'s' if parallel > 1 else ''} of {server.served.n_ctx} tokens)",
                err=True)

@@ -34,8 +34,12 @@ class LoadedServer:
 
 def load(model_path: str, *, parallel: int = 1, n_ctx: int = 4096, n_threads: int | None = None,
          api_key: str | None = None, max_queue: int = 16, model_id: str | None = None,
-         max_body: int = 8 << 20, chat_format: str | None = None, **model_kwargs) -> LoadedServer:
-    """A SlotPool of `parallel` slots of n_ctx tokens each, its scheduler and the app."""
+         max_body: int = 8 << 20, chat_format: str | None = None, exact: bool = True,
+         **model_kwargs) -> LoadedServer:
+    """A SlotPool of `parallel` slots of n_ctx tokens each, its scheduler and the app.
+    `exact` (SlotPool.exact): every batched decode row bit for bit the slot's own one-token
+    decode, so a reply never depends on the requests it shared steps with; False: the
+    multi-token kernels (faster, equal up to rounding)."""
     try:
         from ..engine.batch import SlotPool
     except ImportError as e:                    # pragma: no cover - part of the package
@@ -50,6 +54,7 @@ def load(model_path: str, *, parallel: int = 1, n_ctx: int = 4096, n_threads: in
     if int(parallel) < 1:
         raise ClexError(f"--parallel must be at least 1, got {parallel}")
     pool = SlotPool(model_path, int(parallel), int(n_ctx), n_threads, **model_kwargs)
+    pool.exact = bool(exact)
     try:
         md = pool.model.metadata
         tok = Tokenizer.from_metadata(md)
