@@ -122,6 +122,23 @@ def test_chat_stream_and_not(client, model_id, llm):
     assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 4
 
 
+def test_logprobs_and_echo(client, model_id, llm):
+    want = llm.create_chat_completion(CHAT, max_tokens=3, temperature=0, logprobs=True,
+                                      top_logprobs=2)["choices"][0]["logprobs"]["content"]
+    r = client.chat.completions.create(model=model_id, messages=CHAT, max_tokens=3, temperature=0,
+                                       logprobs=True, top_logprobs=2)
+    got = r.choices[0].logprobs.content
+    assert [t.token for t in got] == [t["token"] for t in want]
+    assert [t.logprob for t in got] == pytest.approx([t["logprob"] for t in want], abs=1e-6)
+    assert [len(t.top_logprobs) for t in got] == [2, 2, 2]
+    r = client.completions.create(model=model_id, prompt="Hi", max_tokens=3, temperature=0, logprobs=1)
+    w = llm("Hi", max_tokens=3, temperature=0, logprobs=1)["choices"][0]["logprobs"]
+    assert r.choices[0].logprobs.tokens == w["tokens"]
+    assert r.choices[0].logprobs.text_offset == w["text_offset"]
+    r = client.completions.create(model=model_id, prompt="Hi", max_tokens=3, temperature=0, echo=True)
+    assert r.choices[0].text == "Hi" + llm("Hi", max_tokens=3, temperature=0)["choices"][0]["text"]
+
+
 def test_embeddings(client, model_id, llm):
     import numpy as np
 
