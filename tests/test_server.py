@@ -398,3 +398,40 @@ def test_disconnect_before_an_unstreamed_reply_cancels_it(one_slot):
     assert _wait_idle(port)
     st = one_slot[0].scheduler.state()
     assert st["cancelled"] == before + 1
+
+
+def test_clex_slots_keep_their_own_schedule(ckpts):
+    """Two CLEX sequences decoded together cross table changes (L = 64) at their own lengths;
+    each reply and each slot's t are those of the same request run alone through Llama."""
+    from clexrt.api import Llama
+    from clexrt.server import load, run_in_thread
+
+    path = str(ckpts["clex"][2])
+    srv = load(path, parallel=2, n_ctx=256, n_threads=1)
+    handle, port = run_in_thread(srv.app)
+    try:
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        prompts = [list(range(3, 3 + 50)), list(range(10, 10 + 90))]      # t moves at 64, 128
+        got = {}
+
+        def ask(p):
+            r = c.completions.create(model=srv.served.model_id, prompt=p, max_tokens=40,
+                                     temperature=0)
+            got[len(p)] = (r.choices[0].text, r.usage.completion_tokens)
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        slots = {s.n_past: s.rope_state["t"] for s in srv.pool.slots}
+    finally:
+        handle.stop()
+        srv.close()
+    llm = Llama(path, n_ctx=256, n_threads=1)
+    for p in prompts:
+        want = llm(p, max_tokens=40, temperature=0)
+        assert got[len(p)] == (want["choices"][0]["text"], want["usage"]["completion_tokens"])
+        assert slots[llm.n_tokens] == llm.rope_state["t"]          # its own t, as alone
+    assert len(set(slots.values())) == 2, slots
+    assert min(n for _, n in got.values()) > 14          # past L = 64 for the first one
