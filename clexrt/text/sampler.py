@@ -75,7 +75,8 @@ def apply_penalties(logits: np.ndarray, history: Sequence[int], last_n: int = 64
     ids, counts = ids[ok], counts[ok]
     v = logits[ids]
     if repeat != 1.0:
-        v = np.where(v <= 0, v * repeat, v / repeat)
+        with np.errstate(divide="ignore", over="ignore"):   # extreme penalties: +-inf, mapped later
+            v = np.where(v <= 0, v * repeat, v / repeat)
     logits[ids] = v - (counts * frequency + presence)
 
 
