@@ -17,7 +17,8 @@ ALLOWED = {
     "engine": {"gguf", "rope"},
     "text": {"engine", "gguf"},
     "api": {"engine", "gguf", "rope", "text"},
-    "cli": {"engine", "gguf", "rope", "text", "api", "convert"},
+    "server": {"engine", "gguf", "rope", "text", "api"},   # the HTTP face of the api layer
+    "cli": {"engine", "gguf", "rope", "text", "api", "server", "convert"},
     "convert": {"engine", "gguf", "rope", "text"},
 }
 
