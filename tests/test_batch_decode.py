@@ -326,6 +326,17 @@ def test_pool_smollm2(smollm2):
     assert worst == 0.0
 
 
+def test_pool_gemma3_real():
+    """Gemma 3 270M Q4_K_M (Q4_K, Q6_K, Q8_0 products in groups of four, local layers, window
+    512): five slots, one past its window, bit for bit their solo decodes."""
+    from clexrt.cli.registry import gemma3_path
+    path = gemma3_path()
+    if path is None:
+        pytest.skip("the Gemma 3 270M package is not installed (make install adds it)")
+    prompts = [[2, 818, 5279], list(range(1000, 1530)), [2, 9], list(range(300, 340)), [2]]
+    assert _pool_vs_solo(path, prompts, 2, n_ctx=600)[0] == 0.0
+
+
 @pytest.mark.skipif(not TINY_CLEX.exists(), reason="models/tiny-clex.gguf is not present")
 @pytest.mark.parametrize("kv_policy,log_scale", [("rerotate", False), ("recompute", False), ("rerotate", True)])
 def test_pool_clex_slots_at_different_t_through_a_table_change(kv_policy, log_scale):
@@ -350,3 +361,21 @@ def test_pool_context_shift_in_one_slot(tiny):
     worst, hist, _ = _pool_vs_solo(path, prompts, 6, n_ctx=16, context_shift=True, n_keep=2)
     assert worst == 0.0
     assert len(hist[0]) < 20 and hist[0][:2] == prompts[0][:2] and len(hist[1]) == 9
+
+
+@pytest.mark.parametrize("wtype", ["q4_0", "q4_1", "q5_1", "q8_0", "q2_k", "q4_k", "q6_k", "iq4_xs", "bf16"])
+def test_exact_batches_of_every_weight_type(tmp_path, wtype):
+    """Seven slots (groups of four and a rest; the tile kernels' threshold passed in fast mode):
+    exact steps equal each slot's own decode bit for bit on every instruction set, whichever
+    kernels the type's products take in groups."""
+    from clexrt.engine import native
+    p = tmp_path / f"k-{wtype}.gguf"
+    cfg = tm.write_tiny(p, wtype, tm.tiny_hparams(**tm.TINY_K), seed=5)
+    prompts = _seqs(np.random.default_rng(6), cfg.n_vocab, (1, 2, 3, 5, 8, 13, 21))
+    before = native.isa()
+    try:
+        for isa in native.supported_isas():
+            native.set_isa(isa)
+            assert _pool_vs_solo(str(p), prompts, 2)[0] == 0.0, isa
+    finally:
+        native.set_isa(before)

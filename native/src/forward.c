@@ -88,19 +88,30 @@ static void add_bias(float *y, int64_t rows, int64_t T, const float *b, int64_t 
         for (int64_t r = lo; r < hi; r++) y[t * rows + r] += b[r];
 }
 
+/* Tokens per product call that give every token its one-token result: four where the type's
+ * four-row kernel agrees with its one-row kernel bit for bit (and its tile kernels, which do
+ * not, start later), else one. */
+static int64_t exact_group(const clex_tensor *w) {
+    if (!clex_dot4_exact(w->type)) return 1;
+    int64_t g = 4;
+    const clex_tile_kernel *tk = clex_k.tiles ? &clex_k.tiles->type[w->type] : NULL;
+    if (tk && tk->bytes && tk->min_tok <= g) g = tk->min_tok - 1;
+    return g < 1 ? 1 : g;
+}
+
 /* y[t, lo..hi) (+)= W[lo..hi) . a[t] for n_tok tokens: all at once (the kernels for n_tok
- * tokens), or with one_by_one each token alone with the kernels a one-token eval uses, so every
- * row is bit for bit its token's own decode (the rows [lo, hi) stay in cache between tokens) */
+ * tokens), or with one_by_one in groups that the kernels treat as a one-token eval does, so
+ * every row is bit for bit its token's own decode (the rows [lo, hi) stay in cache meanwhile) */
 static inline void mat_rows(const fwd *f, const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y,
-                            int64_t ystride,
-                        int accumulate, int64_t lo, int64_t hi) {
+                            int64_t ystride, int accumulate, int64_t lo, int64_t hi) {
     if (!f->fa->one_by_one) {
         clex_matmul_rows(w, a, n_tok, y, ystride, accumulate, lo, hi);
         return;
     }
-    for (int64_t t = 0; t < n_tok; t++) {
+    const int64_t g = exact_group(w);
+    for (int64_t t = 0; t < n_tok; t += g) {
         const clex_acts at = clex_acts_from(a, t);
-        clex_matmul_rows(w, &at, 1, y + t * ystride, ystride, accumulate, lo, hi);
+        clex_matmul_rows(w, &at, n_tok - t < g ? n_tok - t : g, y + t * ystride, ystride, accumulate, lo, hi);
     }
 }
 
@@ -511,6 +522,18 @@ static int check_batch(clex_ctx *const *ctxs, const int32_t *n_past, int32_t n) 
     return CLEX_OK;
 }
 
+/* every weight type of m probed (clex_dot4_exact) before the threads ask */
+static void probe_weights(const clex_model *m) {
+    clex_dot4_exact(m->output.type);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const clex_layer *L = &m->layers[l];
+        const clex_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down,
+                                   &L->ffn_gate_inp, &L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (ws[i]->data) clex_dot4_exact(ws[i]->type);
+    }
+}
+
 int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits,
                     int32_t exact) {
     if (!ctxs || !tokens || !n_past || !ctxs[0]) return clex_fail(CLEX_E_INVALID, "NULL argument");
@@ -519,6 +542,7 @@ int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t 
     if (!rc) rc = check_tokens(ctxs[0], tokens, n);
     if (!rc) rc = clex_ctx_reserve_part(ctxs[0], n);
     if (rc) return rc;
+    if (exact) probe_weights(ctxs[0]->m);
     fwd_args fa = {ctxs[0], tokens, n, {ctxs, n_past, 0}, logits, 1, NULL, exact != 0};
     run_forward(&fa);
     return CLEX_OK;

@@ -290,6 +290,62 @@ void clex_model_free(clex_model *m) {
 
 uint64_t clex_model_n_params(const clex_model *m) { return m ? m->n_params : 0; }
 
+/* ------------------------------------------------------------------ kernels' agreement */
+
+#define PROBE_N 2048   /* values per probe row: 8 super-blocks, 64 small blocks */
+
+/* pseudo-random values in [-1, 1) from a fixed LCG */
+static void probe_values(float *x, int64_t n, uint32_t seed) {
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
+    }
+}
+
+/* Four rows of `type` against four activation rows: the four-row kernel's sums equal the
+ * one-row kernel's, bit for bit. 0 when the type cannot be probed (no quantizer). */
+static int probe_dot4(int32_t type) {
+    const clex_type_traits *tr = clex_traits(type);
+    const clex_vec_dot4_fn dot4 = clex_k.vec_dot4[type];
+    if (!dot4) return 1;
+    const clex_type_traits *xt = tr->vec_dot_type >= 0 ? clex_traits(tr->vec_dot_type) : NULL;
+    const uint64_t wb = row_bytes(tr, PROBE_N), xb = xt ? row_bytes(xt, PROBE_N) : PROBE_N * sizeof(float);
+    float *f = malloc(PROBE_N * sizeof(float));
+    uint8_t *w = malloc(4 * wb), *x = malloc(4 * xb);
+    int ok = f && w && x;
+    for (int r = 0; ok && r < 4; r++) {
+        probe_values(f, PROBE_N, 17u + (uint32_t)r);
+        ok = clex_quantize_row(type, f, w + r * wb, PROBE_N) == CLEX_OK;
+        probe_values(f, PROBE_N, 91u + (uint32_t)r);
+        if (xt) ok = ok && clex_quantize_act(tr->vec_dot_type, f, x + r * xb, PROBE_N) == CLEX_OK;
+        else memcpy(x + r * xb, f, PROBE_N * sizeof(float));
+    }
+    for (int r = 0; ok && r < 4; r++) {
+        float s4[4], s;
+        dot4(PROBE_N, s4, w + r * wb, x, (size_t)xb);
+        for (int j = 0; j < 4 && ok; j++) {
+            clex_k.vec_dot[type](PROBE_N, &s, w + r * wb, x + j * xb);
+            ok = memcmp(&s, &s4[j], sizeof s) == 0;
+        }
+    }
+    free(f);
+    free(w);
+    free(x);
+    return ok;
+}
+
+int clex_dot4_exact(int32_t type) {
+    static _Atomic signed char known[CLEX_ISA_NEON + 1][CLEX_TYPE_COUNT];   /* 0: not probed yet */
+    const int isa = clex_isa();
+    if (type < 0 || type >= CLEX_TYPE_COUNT || isa < 0 || isa > CLEX_ISA_NEON || !clex_traits(type)) return 0;
+    signed char k = atomic_load(&known[isa][type]);
+    if (!k) {
+        k = probe_dot4(type) ? 1 : -1;
+        atomic_store(&known[isa][type], k);
+    }
+    return k > 0;
+}
+
 /* ------------------------------------------------------------------ context */
 
 int clex_kv_type_supported(int32_t type) { return type == CLEX_TYPE_F32 || type == CLEX_TYPE_F16; }

@@ -150,6 +150,12 @@ static inline int64_t route_pos(const clex_route *r, int64_t t) { return r->pos 
  * with nbytes to match; `what` names it when t->name is NULL. */
 int clex_check_tensor(const clex_tensor *t, const char *what, int64_t ne0, int64_t ne1, int f32_only);
 
+/* 1 when the current kernels' four-row product of weight type `type` gives bit for bit its
+ * one-row product (or it has no four-row kernel), 0 otherwise: found once per instruction set
+ * and type on fixed pseudo-random rows (model.c). An exact batched decode groups tokens by four
+ * only for such types. */
+int clex_dot4_exact(int32_t type);
+
 /* Room in c->part for the chunks of n tokens' heads (a batched decode run on c). */
 int clex_ctx_reserve_part(clex_ctx *c, int32_t n);
 
