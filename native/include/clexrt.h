@@ -270,10 +270,12 @@ int clex_eval_hidden(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t 
  * well as ctxs[i]'s: the first context runs the step (its thread pool, its scratch), the
  * others lend only their caches and tables. Each weight is read once per step for all n
  * tokens. exact = 0: the products run over the n tokens together (the multi-token kernels),
- * each row equal to that token's lone clex_eval up to float summation order; exact != 0: each
- * token's products use the one-token kernels (the weight rows stay in cache between tokens),
- * so each row is bit for bit what clex_eval of that token alone gives on a context with as
- * many threads as ctxs[0] (attention is split into chunks as a lone token's is, either way). */
+ * each row equal to that token's lone clex_eval up to float summation order; exact != 0: the
+ * products take the tokens in groups the kernels treat as a lone token (by four where a type's
+ * four-row kernel agrees bit for bit with its one-row one, else one by one; the weight rows
+ * stay in cache between groups), so each row is bit for bit what clex_eval of that token alone
+ * gives on a context with as many threads as ctxs[0] (attention is split into chunks as a lone
+ * token's is, either way). */
 int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits,
                     int32_t exact);
 /* The KV cache's rows of positions [0, n_past) as stored (the cache's element type), keys then
