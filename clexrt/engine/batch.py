@@ -69,9 +69,9 @@ class SlotPool:
     KV cache of n_ctx tokens and its own CLEX schedule), `model` (slot 0, which owns the weights:
     its metadata, hparams and vocabulary are everyone's), and `step` (one batched decode).
     exact (True): each step's logits are bit for bit each slot's own slot.eval([token]) (the
-    products token by token with the one-token kernels, the weights still read once per step);
-    False: the multi-token kernels over the batch (faster where a type has them, equal up to
-    float rounding)."""
+    products in groups of tokens the kernels treat as a lone token, the weights still read once
+    per step); False: the multi-token kernels over the batch (faster where a type's tile or
+    four-row kernels round otherwise than its one-row kernel, e.g. Q4_1; equal up to that)."""
 
     exact = True
 
