@@ -65,7 +65,7 @@ def clexrt_bench(model, threads, p, n, reps, tree=None):
                          capture_output=True, text=True, check=True, cwd=tree or ROOT, env=env).stdout
     row = json.loads(out.strip().splitlines()[-1])
     return {"pp": row["pp_tps"], "tg": row["tg_tps"], "rss": row["peak_rss_bytes"], "kv": row["kv_bytes"],
-            "isa": row["isa"]}
+            "isa": row["isa"], "read_gbps": row.get("read_gbps"), "wbpt": row.get("weight_bytes_per_token")}
 
 
 def main():
@@ -119,8 +119,17 @@ def main():
     result["peak_rss_bytes"], result["rss_limit_bytes"] = rss, limit
     print(f"peak RSS {rss / 2**20:.1f} MiB; limit file + KV + 64 MiB = {limit / 2**20:.1f} MiB: "
           f"{'ok' if rss <= limit else 'OVER'}")
-    bw = 28e9
-    print(f"bandwidth bound for tg at ~28 GB/s: {bw / size:.0f} t/s; clexrt reaches {med['tg'] / (bw / size):.0%}")
+    if ours[0]["read_gbps"]:
+        # the read bandwidth clexrt bench measured after each of its rounds (same threads), so the
+        # yardstick is interleaved with both sides' figures; the same weight bytes per token for both
+        bw, wb = statistics.median(r["read_gbps"] for r in ours), ours[0]["wbpt"]
+        result["read_gbps"], result["weight_bytes_per_token"] = bw, wb
+        line = f"tg as weight GB/s (of {wb / 2**20:.1f} MiB per token) and % of the {bw:.1f} GB/s a plain read reaches:"
+        line += f" clexrt {med['tg'] * wb / 1e9:.1f} GB/s = {100 * med['tg'] * wb / 1e9 / bw:.0f}%"
+        if theirs:
+            line += f", llama.cpp {lm['tg'] * wb / 1e9:.1f} GB/s = {100 * lm['tg'] * wb / 1e9 / bw:.0f}%"
+            result["bandwidth_pct"] = {"clexrt": 100 * med["tg"] * wb / 1e9 / bw, "llama.cpp": 100 * lm["tg"] * wb / 1e9 / bw}
+        print(line)
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2))
 

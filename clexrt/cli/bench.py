@@ -2,7 +2,9 @@
 
 pp: one eval of P random token ids after D cached ones; tg: N evals of one random id each after
 D cached ones. Only those evals are timed (the depth prefill is not). Each figure is the mean and
-standard deviation of tokens/s over the repetitions, after one untimed warm-up."""
+standard deviation of tokens/s over the repetitions, after one untimed warm-up. tg is also shown
+as the weight bytes it streams per second and as a % of the read bandwidth the machine reaches
+with the same threads, measured after the tests (clexrt.engine.bandwidth)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +16,7 @@ import time
 import click
 import numpy as np
 
+from ..engine.bandwidth import decode_bytes_per_token, read_bandwidth
 from .options import log_scale_option, rope_options
 
 
@@ -66,10 +69,13 @@ def run_bench(model, n_prompt: int, n_gen: int, depth: int, reps: int, seed: int
               help="Tokens already in the KV cache before each test.")
 @click.option("-b", "--batch", default=512, show_default=True, type=click.IntRange(1, 1 << 16))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--bandwidth/--no-bandwidth", default=True, show_default=True,
+              help="Measure the machine's read bandwidth with the same threads (a plain read of a buffer 4x the "
+                   "last-level cache, best of 5) and show tg as weight GB/s and as a % of it.")
 @rope_options
 @log_scale_option
-def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope, clex_mode, kv_policy, kv_type,
-        clex_log_scale):
+def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, bandwidth, rope, clex_mode, kv_policy,
+        kv_type, clex_log_scale):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
     from ..engine import native as _lib
     from ..engine.model import Model
@@ -114,7 +120,13 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
         if k in res:
             mean, sd = _stats(res[k])
             row[f"{k}_tps"], row[f"{k}_tps_std"], row[f"{k}_samples"] = mean, sd, res[k]
+    hp = model.hparams
+    row["weight_bytes_per_token"] = decode_bytes_per_token(model.gguf, hp.n_expert, hp.n_expert_used)
     model.close()
+    if bandwidth and "tg_tps" in row:
+        row["read_gbps"] = read_bandwidth(row["threads"])
+        row["tg_weight_gbps"] = row["tg_tps"] * row["weight_bytes_per_token"] / 1e9
+        row["tg_bandwidth_pct"] = 100.0 * row["tg_weight_gbps"] / row["read_gbps"]
     if as_json:
         click.echo(json.dumps(row))
         return
@@ -126,6 +138,10 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, as_json, rope,
         if f"{k}_tps" in row:
             name = f"{k}{n}" + (f" @ d{depth}" if depth else "")
             click.echo(f"{name:>12} | {row[k + '_tps']:>11.2f} ± {row[k + '_tps_std']:>6.2f}")
+    if "read_gbps" in row:
+        click.echo(f"tg streams {row['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token: "
+                   f"{row['tg_weight_gbps']:.1f} GB/s, {row['tg_bandwidth_pct']:.0f}% of the {row['read_gbps']:.1f} GB/s "
+                   f"a plain read reaches with {row['threads']} threads")
     st = row["rope"]
     if st["method"] != "none":
         sched = model.schedule

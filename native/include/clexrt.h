@@ -178,6 +178,11 @@ int clex_isa_supported(int isa);
 int clex_set_isa(int isa);
 const char *clex_isa_name(int isa);
 int clex_physical_cores(void);
+/* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of
+ * `bytes` (<= 0: 4 x the last-level cache, 256 MiB..2 GiB; a plain sum of 64-bit words), the
+ * best of `passes`. The buffer is freed before it
+ * returns; call it in a process whose peak RSS does not matter (clexrt bench uses a child). */
+int clex_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t passes, double *gb_per_s);
 
 /* ---- tensor types ---- */
 const char *clex_type_name(int32_t type);       /* "Q4_K" ...; NULL for an id ggml does not define */
