@@ -15,7 +15,7 @@ from clexrt.cli.repl import Repl
 from clexrt.errors import ContextFullError
 
 THREADS = "2"
-COLORS = "Name three colors."
+COLORS = "Name three colors, separated by commas."
 
 
 def _parts(smollm2, n_ctx):
@@ -136,12 +136,12 @@ def test_regen_clear_and_system(conv):
 
 
 def test_full_context_is_reported_never_truncated(smollm2):
-    model, tok, template = _parts(smollm2, 48)
+    model, tok, template = _parts(smollm2, 56)
     try:
         c = Conversation(model, tok, template, ChatParams(temperature=0))
         repl, out = _repl(c)
-        repl.handle(COLORS)                                # 34 + 11 of 48 tokens: a warning
-        assert re.search(r"warning: the context is 9\d% full \(4\d/48 tokens\); /clear",
+        repl.handle(COLORS)                                # 38 + 15 of 56 tokens: a warning
+        assert re.search(r"warning: the context is 9\d% full \(5\d/56 tokens\); /clear",
                          out.getvalue())
         n = len(out.getvalue())
         repl.handle("And three animals?")                  # does not fit: said, not truncated
@@ -152,9 +152,9 @@ def test_full_context_is_reported_never_truncated(smollm2):
         repl.handle("/clear")
         n = len(out.getvalue())
         repl.handle("Write a long story about a dragon.")  # the reply runs into the end
-        assert re.search(r"the context is full \(48/48 tokens\): the reply stops here\. "
+        assert re.search(r"the context is full \(56/56 tokens\): the reply stops here\. "
                          r"/clear starts", out.getvalue()[n:])
-        assert c.messages[-1]["content"] and c.n_used == 48
+        assert c.messages[-1]["content"] and c.n_used == 56
     finally:
         model.close()
 

@@ -71,7 +71,7 @@ class SlotPool:
     exact (True): each step's logits are bit for bit each slot's own slot.eval([token]) (the
     products in groups of tokens the kernels treat as a lone token, the weights still read once
     per step); False: the multi-token kernels over the batch (faster where a type's tile or
-    four-row kernels round otherwise than its one-row kernel, e.g. Q4_1; equal up to that)."""
+    four-row kernels round otherwise than its one-row kernel; equal up to that)."""
 
     exact = True
 

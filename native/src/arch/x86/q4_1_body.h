@@ -58,22 +58,37 @@ static void vec_dot_q4_1(int64_t n, float *s, const void *vw, const void *vx) {
     *s = finish(_mm_add_ps(acc0, acc1), accm);
 }
 
+/* Four activation rows, each summed exactly as vec_dot_q4_1 sums one (even and odd blocks in
+ * two accumulators, the minimum's terms a pair at a time), so prefill gives decoding's bits and
+ * an exact batched decode may group four tokens. */
+static inline void q4_1_x4_block(const block_q4_1 *w, const block_q8_1 *const x[4], int64_t i, __m128 acc[4],
+                                 __m128 sm[4]) {
+    __m128i lo, hi;
+    unpack_q4(w[i].qs, &lo, &hi);
+    const __m128 dm = load_dm(&w[i].d);
+    for (int j = 0; j < 4; j++) {
+        sm[j] = _mm_mul_ps(dm, load_ds(&x[j][i]));
+        acc[j] = _mm_fmadd_ps(_mm_shuffle_ps(sm[j], sm[j], 0), _mm_cvtepi32_ps(dot_u4_halves(lo, hi, x[j][i].qs)),
+                              acc[j]);
+    }
+}
+
 static void vec_dot_q4_1_x4(int64_t n, float *s, const void *vw, const void *vx, size_t xstride) {
     const block_q4_1 *w = vw;
     const block_q8_1 *x[4];
     for (int j = 0; j < 4; j++) x[j] = (const block_q8_1 *)((const uint8_t *)vx + j * xstride);
     const int64_t nb = n / QK;
-    __m128 acc[4], accm[4];
-    for (int j = 0; j < 4; j++) acc[j] = accm[j] = _mm_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        __m128i lo, hi;
-        unpack_q4(w[i].qs, &lo, &hi);
-        const __m128 dm = load_dm(&w[i].d);
-        for (int j = 0; j < 4; j++) {
-            const __m128 sj = _mm_mul_ps(dm, load_ds(&x[j][i]));
-            accm[j] = _mm_add_ps(accm[j], sj);
-            acc[j] = _mm_fmadd_ps(_mm_shuffle_ps(sj, sj, 0), _mm_cvtepi32_ps(dot_u4_halves(lo, hi, x[j][i].qs)), acc[j]);
-        }
+    __m128 acc0[4], acc1[4], accm[4], s0[4], s1[4];
+    for (int j = 0; j < 4; j++) acc0[j] = acc1[j] = accm[j] = _mm_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        q4_1_x4_block(w, x, i, acc0, s0);
+        q4_1_x4_block(w, x, i + 1, acc1, s1);
+        for (int j = 0; j < 4; j++) accm[j] = _mm_add_ps(accm[j], _mm_add_ps(s0[j], s1[j]));
     }
-    for (int j = 0; j < 4; j++) s[j] = finish(acc[j], accm[j]);
+    if (i < nb) {
+        q4_1_x4_block(w, x, i, acc0, s0);
+        for (int j = 0; j < 4; j++) accm[j] = _mm_add_ps(accm[j], s0[j]);
+    }
+    for (int j = 0; j < 4; j++) s[j] = finish(_mm_add_ps(acc0[j], acc1[j]), accm[j]);
 }
