@@ -28,22 +28,7 @@ def convert_hf(src, out=None, outtype: str = "f16", dry_run: bool = False, vocab
 
 def clexify(src, out=None, max_factor: int = 8, train_length: int | None = None, dry_run: bool = False,
             progress: bool = True):
-    import os
+    from .gguf_clexify import clexify_plan
+    from .gguf_out import rewrite_gguf
 
-    from clexrt.errors import ConvertError
-
-    from .gguf_clexify import clexify_plan, open_gguf
-    from .gguf_out import write_plan
-
-    if out is not None and os.path.exists(out) and os.path.samefile(src, out):
-        raise ConvertError("the output would overwrite the input: choose another path")
-    g = open_gguf(src)
-    try:
-        plan = clexify_plan(g, max_factor, train_length)
-        if not dry_run:
-            if out is None:
-                raise ValueError("an output path is needed unless dry_run")
-            write_plan(plan, out, progress=progress)
-    finally:
-        g.close()
-    return plan
+    return rewrite_gguf(src, out, lambda g: clexify_plan(g, max_factor, train_length), dry_run, progress)

@@ -33,7 +33,6 @@ a trained ODE's table is not, and is a ConvertError naming the architecture.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from gguf import GGUFValueType
@@ -42,7 +41,7 @@ from clexrt.errors import ConvertError, GGUFError
 from clexrt.gguf.schema import validate_model
 from clexrt.rope import RopeSchedule, base_inv_freq, phase_error
 
-from .gguf_out import Plan, TensorPlan, write_plan
+from .gguf_out import Plan, TensorPlan, rewrite_gguf
 from .requantize import _copy_metadata, _tensor_plan
 
 FREQS = "rope_freqs.weight"
@@ -189,20 +188,4 @@ def export_plan(g, n_ctx: int) -> Plan:
 
 def export_static(src, out, n_ctx: int, dry_run: bool = False, progress: bool = True) -> Plan:
     """clexrt export-static: src (a CLEX GGUF) -> out, the static table of context n_ctx."""
-    from .gguf_clexify import open_gguf
-
-    if not os.path.isfile(src):
-        raise ConvertError(f"no such file: {src}")
-    if out is not None and (os.path.abspath(out) == os.path.abspath(src)
-                            or (os.path.exists(out) and os.path.samefile(src, out))):
-        raise ConvertError(f"the output {out} would overwrite the input: choose another path")
-    g = open_gguf(src)
-    try:
-        plan = export_plan(g, n_ctx)
-        if not dry_run:
-            if out is None:
-                raise ValueError("an output path is needed unless dry_run")
-            write_plan(plan, out, progress=progress)
-    finally:
-        g.close()
-    return plan
+    return rewrite_gguf(src, out, lambda g: export_plan(g, n_ctx), dry_run, progress)

@@ -286,3 +286,26 @@ def write_plan(plan: Plan, out_path, progress: bool = True) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def rewrite_gguf(src, out, make_plan: Callable, dry_run: bool = False, progress: bool = True):
+    """The GGUF-to-GGUF commands' common course (clexify, quantize, export-static): refuse an
+    output that is the input, open src, make_plan(g) -> Plan, write it to out unless dry_run,
+    close; returns the plan."""
+    from .gguf_clexify import open_gguf
+
+    if not os.path.isfile(src):
+        raise ConvertError(f"no such file: {src}")
+    if out is not None and (os.path.abspath(out) == os.path.abspath(src)
+                            or (os.path.exists(out) and os.path.samefile(src, out))):
+        raise ConvertError(f"the output {out} would overwrite the input: choose another path")
+    g = open_gguf(src)
+    try:
+        plan = make_plan(g)
+        if not dry_run:
+            if out is None:
+                raise ValueError("an output path is needed unless dry_run")
+            write_plan(plan, out, progress=progress)
+    finally:
+        g.close()
+    return plan

@@ -10,7 +10,6 @@ order and alignment are the input's. A tensor whose type does not change is copi
 """
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
@@ -23,7 +22,7 @@ from clexrt.gguf.schema import validate_model
 
 from . import mixture as M
 from . import native_rows as R
-from .gguf_out import Plan, TensorPlan, write_plan
+from .gguf_out import Plan, TensorPlan
 from .imatrix import ImportanceMatrix, load_imatrix
 
 GGML_QNT_VERSION = 2          # general.quantization_version, ggml's current block layouts
@@ -184,21 +183,9 @@ def _tensor_plan(g, name: str, ti, new: int, imp, n_threads) -> TensorPlan:
 def quantize_gguf(src, out, file_type: str, imatrix=None, n_threads: int | None = None, pure: bool = False,
                   dry_run: bool = False, progress: bool = True) -> Plan:
     """clexrt quantize: src (a model GGUF) -> out in file_type. imatrix: a path or None."""
-    from .gguf_clexify import open_gguf
+    from .gguf_out import rewrite_gguf
 
     file_type = resolve_file_type(file_type)
-    if not os.path.isfile(src):
-        raise ConvertError(f"no such file: {src}")
-    if out is not None and os.path.exists(out) and os.path.exists(src) and os.path.samefile(src, out):
-        raise ConvertError("the output would overwrite the input: choose another path")
     im = load_imatrix(imatrix) if imatrix is not None else None
-    g = open_gguf(src)
-    try:
-        plan = quantize_plan(g, file_type, im, n_threads=n_threads, pure=pure)
-        if not dry_run:
-            if out is None:
-                raise ValueError("an output path is needed unless dry_run")
-            write_plan(plan, out, progress=progress)
-    finally:
-        g.close()
-    return plan
+    return rewrite_gguf(src, out, lambda g: quantize_plan(g, file_type, im, n_threads=n_threads, pure=pure),
+                        dry_run, progress)
