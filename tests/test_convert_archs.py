@@ -198,7 +198,9 @@ def _model(path, **kw):
         from clexrt.engine.model import Model
     except ImportError as e:    # the native core is not built
         pytest.skip(f"clexrt.engine.model unavailable: {e}")
-    return Model(str(path), n_threads=1, **kw)
+    # transformers' modules, the reference, never apply a CLEX checkpoint's log_scale (only the
+    # official flash-attention path does: tests/test_log_scale.py)
+    return Model(str(path), n_threads=1, **{"log_scale": False, **kw})
 
 
 def _rel(got, ref):

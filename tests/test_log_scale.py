@@ -66,8 +66,9 @@ def test_the_default_follows_the_file_and_an_explicit_choice_wins(files):
 
 
 def test_off_where_the_official_code_never_applies_it(files, tmp_path):
-    """The official Phi-2 and Mixtral never read log_scale; clexify's zero-network tables carry
-    the flag only as the converter's default; a file without CLEX tables has no L of its own."""
+    """The official Phi-2 and Mixtral never read log_scale; clexify's zero-network tables are the
+    plain model within L (clexify writes the flag off; older files carried it on only as the
+    converter's default); a file without CLEX tables has no L of its own."""
     tm = pytest.importorskip("tinymodel")
     on, _, _ = files
     with Model(on) as m:
@@ -85,8 +86,10 @@ def test_off_where_the_official_code_never_applies_it(files, tmp_path):
             base = m.logits(ids)
         with Model(path, log_scale=True) as m:       # asked for: log(n)/log(the training length)
             assert m.log_scale is True and np.abs(m.logits(ids) - base).max() > 1e-3
-    with GGUFFile(str(tmp_path / "cx.gguf")) as g:
-        assert bool(g.metadata["clex.log_scale"]) is True and g.metadata["clex.init"] == "ntk"
+    with GGUFFile(str(tmp_path / "cx.gguf")) as g:      # clexify writes the flag off now ...
+        assert bool(g.metadata["clex.log_scale"]) is False and g.metadata["clex.init"] == "ntk"
+    # ... and an older clexify's file (flag on, zero network) still runs without it
+    assert log_scale_choice(dataclasses.replace(hp, clex=dataclasses.replace(hp.clex, init="ntk")))[0] is False
     with pytest.raises(Exception, match="log_scale must be True, False or None"):
         Model(on, log_scale="on")
 
