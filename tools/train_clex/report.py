@@ -186,6 +186,9 @@ def main() -> None:
     ap.add_argument("--xtokens", type=int, default=8192, help="the cross-check with PyTorch")
     ap.add_argument("--only", choices=tuple(STAGE), help="evaluate this model (cached) and stop")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--reuse", action="append", default=[], choices=tuple(STAGE),
+                    help="a model not retrained: its GGUF under --root as it is, its training record from "
+                         "the repository's models/MANIFEST.json, no PyTorch cross-check")
     ap.add_argument("--build", default=B)
     ap.add_argument("--root", default=ROOT)
     ap.add_argument("--threads", type=int, default=THREADS)
@@ -197,7 +200,7 @@ def main() -> None:
     res = []
     for model in ([a.only] if a.only else dict.fromkeys(r[1] for r in ROWS)):
         rows = evaluate(model, main_text, False)
-        if not a.no_torch:
+        if not a.no_torch and model not in a.reuse:
             for r, x in zip(rows, evaluate(model, x_text, True)):
                 r["xcheck"] = {c: v["ppl"] for c, v in x["ppl"].items()}
                 r["torch"] = x["torch"]
@@ -216,9 +219,13 @@ def main() -> None:
     plot(res, os.path.join(OUT, "docs", "img", "tiny_clex_ppl.png"))
     man = {"models": {}, "test_text": {"path": os.path.relpath(TEXT, ROOT), "sha256": sha256(TEXT)},
            "results": {r["label"]: {c: r["ppl"][c]["ppl"] for c in r["ppl"]} for r in res}}
+    old = json.load(open(os.path.join(ROOT, "models", "MANIFEST.json"))) if a.reuse else {}
     for name, stage in STAGE.items():
         g = os.path.join(OUT, "models", f"{name}.gguf")
-        info = json.load(open(os.path.join(B, stage, "info.json")))
+        if name in a.reuse:
+            info = dict(old["models"][name]["train"], reused="not retrained: the GGUF of the earlier run")
+        else:
+            info = json.load(open(os.path.join(B, stage, "info.json")))
         man["models"][name] = {"file": f"models/{name}.gguf", "sha256": sha256(g), "bytes": os.path.getsize(g),
                                "train": info}
     man["corpus"] = {k: v for k, v in json.load(open(os.path.join(HERE, "data", "corpus_manifest.json"))).items()
