@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGUFValueType
 
-from clexrt.errors import ConvertError, GGUFError
+from clexrt.errors import ConvertError
 
 from clexrt.rope.ode import ClexODE
 from clexrt.rope.tables import bake_clex
@@ -94,15 +94,3 @@ def clexify_plan(g, max_factor: int, train_length: int | None = None) -> Plan:
             source="copied", raw=True, size=ti.nbytes))
     plan.alignment = alignment
     return plan
-
-
-def open_gguf(path):
-    from clexrt.gguf.reader import GGUFFile
-    try:
-        return GGUFFile(path)
-    except FileNotFoundError:
-        raise ConvertError(f"no such file: {path}") from None
-    except GGUFError as e:
-        raise ConvertError(str(e)) from None
-    except OSError as e:
-        raise ConvertError(f"cannot read {path}: {e.strerror or e}") from None

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
-from clexrt.errors import ConvertError
+from clexrt.errors import ConvertError, GGUFError
 from clexrt.gguf.constants import FILE_TYPES as GGUF_FILE_TYPES
 
 from . import native_rows
@@ -288,12 +288,23 @@ def write_plan(plan: Plan, out_path, progress: bool = True) -> None:
                 pass
 
 
+def open_gguf(path):
+    from clexrt.gguf.reader import GGUFFile
+
+    try:
+        return GGUFFile(path)
+    except FileNotFoundError:
+        raise ConvertError(f"no such file: {path}") from None
+    except GGUFError as e:
+        raise ConvertError(str(e)) from None
+    except OSError as e:
+        raise ConvertError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def rewrite_gguf(src, out, make_plan: Callable, dry_run: bool = False, progress: bool = True):
     """The GGUF-to-GGUF commands' common course (clexify, quantize, export-static): refuse an
     output that is the input, open src, make_plan(g) -> Plan, write it to out unless dry_run,
     close; returns the plan."""
-    from .gguf_clexify import open_gguf
-
     if not os.path.isfile(src):
         raise ConvertError(f"no such file: {src}")
     if out is not None and (os.path.abspath(out) == os.path.abspath(src)

@@ -16,7 +16,8 @@ def f32_copy(src: str, dst: str) -> None:
     import gguf
     from gguf import GGUFValueType
 
-    from clexrt.convert.gguf_clexify import clexify_plan, open_gguf
+    from clexrt.convert.gguf_clexify import clexify_plan
+    from clexrt.convert.gguf_out import open_gguf
     from clexrt.convert.gguf_out import TensorPlan, write_plan
 
     g = open_gguf(src)

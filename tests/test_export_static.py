@@ -176,7 +176,7 @@ def _f32_with_clex(src, dst):
     """An F32 copy of src that keeps its clex.* keys (gguf-py dequantizes each tensor)."""
     import gguf
 
-    from clexrt.convert.gguf_clexify import open_gguf
+    from clexrt.convert.gguf_out import open_gguf
     from clexrt.convert.gguf_out import Plan, TensorPlan, write_plan
     from clexrt.convert.requantize import _copy_metadata
 

@@ -63,7 +63,8 @@ def declared_copy(src: str, dst: str, keys: dict, tensors: dict) -> None:
     """src with `keys` (under its architecture) set and F32 `tensors` added; all else copied."""
     from gguf import GGUFValueType
 
-    from clexrt.convert.gguf_clexify import clexify_plan, open_gguf
+    from clexrt.convert.gguf_clexify import clexify_plan
+    from clexrt.convert.gguf_out import open_gguf
     from clexrt.convert.gguf_out import TensorPlan, write_plan
 
     g = open_gguf(src)
