@@ -93,7 +93,7 @@ fuzz-c:
 	  -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build/fuzz/c- build/fuzz/c_corpus
 
 # The tiny CLEX-LLaMA of docs/tiny_clex.md (issue 8): corpus (Debian's python3.11-doc), tokenizer,
-# base / CLEX / twin training (about 1.5 h of 2 shared cores), HF export, models/*.gguf, evaluation, table
+# base / CLEX / twin training (1.5-2 h of 2 shared cores), HF export, models/*.gguf, evaluation, table
 # and plot. CLEX_DEB=path/to/python3.11-doc_*.deb skips `apt-get download`; steps already done are skipped.
 # Trains on a CUDA GPU when torch sees one (a CUDA build of torch; PyPI's Linux wheel is one), else one
 # CPU thread per process; e.g. TRAIN_CLEX_ARGS="--device cpu --ft-steps 800".
