@@ -30,7 +30,8 @@ rope_options = _stack(
     click.option("--rope", type=click.Choice(ROPES), default="auto", show_default=True,
                  help="RoPE scaling method; auto: clex for a GGUF with CLEX tables, else as the GGUF says."),
     click.option("--clex-mode", type=click.Choice(MODES), default=None,
-                 help="Schedule mode (default: continuous; docs/clex.md)."),
+                 help="Schedule mode (default: continuous: t = N/L in steps of 1/S, lower perplexity than ceil "
+                      "between multiples of L on a trained CLEX model; docs/tiny_clex.md)."),
     click.option("--kv-policy", type=click.Choice(KV_POLICIES), default=None,
                  help="What a RoPE table change does to the cached keys (default: rerotate)."),
     kv_type_option)
