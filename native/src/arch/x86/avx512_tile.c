@@ -108,6 +108,15 @@ INLINE void tv_transpose(const uint8_t *const tp[TV_T], size_t off, __m512i out[
         out[4 * h + 2 * u + v] = tv_perm(q[h][0][u], 4 + v, q[h][1][u]);
 }
 
+/* the TV_T token rows of a tile (x + t * xstride bytes) as pointers and byte offsets; the missing
+ * tokens (t >= ntok) read the last token's row */
+INLINE void tv_rows(const uint8_t *x, size_t xstride, int ntok, const uint8_t *tp[TV_T], int32_t off[TV_T]) {
+    for (int l = 0; l < TV_T; l++) {
+        off[l] = (int32_t)((uint64_t)(l < ntok ? l : ntok - 1) * xstride);
+        tp[l] = x + off[l];
+    }
+}
+
 /* nb blocks of ntok (<= 16) tokens' Q8_0 rows (q81: Q8_1 rows), xstride bytes apart, into S32_XB
  * bytes per block: the transposed codes plus 128, each token's scale d (0 beyond ntok; the
  * missing tokens' codes are the last token's), and for Q8_1 each token's s = d * sum(codes) */
@@ -116,10 +125,7 @@ INLINE void s32_prep(int64_t nb, const uint8_t *x, size_t xstride, int ntok, int
     const size_t qs = q81 ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
     const uint8_t *tp[TV_T];
     int32_t off[TV_T];
-    for (int l = 0; l < TV_T; l++) {
-        off[l] = (int32_t)((uint64_t)(l < ntok ? l : ntok - 1) * xstride);
-        tp[l] = x + off[l];
-    }
+    tv_rows(x, xstride, ntok, tp, off);
     const __m512i vindex = _mm512_loadu_si512(off);
     const __mmask16 live = (__mmask16)((1u << ntok) - 1);
     for (int64_t b = 0; b < nb; b++, out += S32_XB) {
@@ -284,10 +290,7 @@ static size_t kq_bytes(int64_t n) { return (size_t)(n / QK_K) * sizeof(clex_kpac
 INLINE void kq_prep(int64_t nsb, const uint8_t *x, size_t xstride, int ntok, int sub16, int mins, uint8_t *out) {
     const uint8_t *tp[TV_T];
     int32_t off[TV_T];
-    for (int l = 0; l < TV_T; l++) {
-        off[l] = (int32_t)((uint64_t)(l < ntok ? l : ntok - 1) * xstride);
-        tp[l] = x + off[l];
-    }
+    tv_rows(x, xstride, ntok, tp, off);
     const __m512i vindex = _mm512_loadu_si512(off);
     const __mmask16 live = (__mmask16)((1u << ntok) - 1);
     for (int64_t sb = 0; sb < nsb; sb++, out += KQ_XB) {
