@@ -28,20 +28,16 @@ N_CTX = 384
 GREEDY = Path(__file__).parent / "data" / "llamacpp_greedy.json"
 
 
-def _start(**kw):
-    from clexrt.server import load, run_in_thread
+def _running(**kw):
+    from clexrt.server import running
 
-    srv = load(SMOL, n_ctx=N_CTX, n_threads=2, **kw)
-    handle, port = run_in_thread(srv.app)
-    return srv, handle, port
+    return running(SMOL, n_ctx=N_CTX, n_threads=2, **kw)
 
 
 @pytest.fixture(scope="module")
 def server():
-    srv, handle, port = _start(parallel=4, max_queue=64, max_body=1 << 16)
-    yield srv, port
-    handle.stop()
-    srv.close()
+    with _running(parallel=4, max_queue=64, max_body=1 << 16) as (srv, port):
+        yield srv, port
 
 
 @pytest.fixture(scope="module")
@@ -239,13 +235,10 @@ PROMPTS = [f"the number {k} and the word {w}" for k, w in enumerate("abcdefghij"
 
 @pytest.fixture(scope="module")
 def tiny_server(ckpts):
-    from clexrt.server import load, run_in_thread
+    from clexrt.server import running
 
-    srv = load(str(ckpts["plain"][2]), parallel=4, n_ctx=256, n_threads=1, max_queue=64)
-    handle, port = run_in_thread(srv.app)
-    yield srv, port
-    handle.stop()
-    srv.close()
+    with running(str(ckpts["plain"][2]), parallel=4, n_ctx=256, n_threads=1, max_queue=64) as served:
+        yield served
 
 
 def test_concurrent_clients_get_what_they_get_alone(tiny_server):
@@ -315,10 +308,8 @@ KEY = "s3cret-key"
 
 @pytest.fixture(scope="module")
 def one_slot():
-    srv, handle, port = _start(parallel=1, max_queue=1, api_key=KEY)
-    yield srv, port
-    handle.stop()
-    srv.close()
+    with _running(parallel=1, max_queue=1, api_key=KEY) as served:
+        yield served
 
 
 def _stream_request(port, body, key=KEY):
@@ -406,12 +397,10 @@ def test_clex_slots_keep_their_own_schedule(ckpts):
     """Two CLEX sequences decoded together cross table changes (L = 64) at their own lengths;
     each reply and each slot's t are those of the same request run alone through Llama."""
     from clexrt.api import Llama
-    from clexrt.server import load, run_in_thread
+    from clexrt.server import running
 
     path = str(ckpts["clex"][2])
-    srv = load(path, parallel=2, n_ctx=256, n_threads=1)
-    handle, port = run_in_thread(srv.app)
-    try:
+    with running(path, parallel=2, n_ctx=256, n_threads=1) as (srv, port):
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         prompts = [list(range(3, 3 + 50)), list(range(10, 10 + 90))]      # t moves at 64, 128
         got = {}
@@ -427,9 +416,6 @@ def test_clex_slots_keep_their_own_schedule(ckpts):
         for t in threads:
             t.join()
         slots = {s.n_past: s.rope_state["t"] for s in srv.pool.slots}
-    finally:
-        handle.stop()
-        srv.close()
     llm = Llama(path, n_ctx=256, n_threads=1)
     for p in prompts:
         want = llm(p, max_tokens=40, temperature=0)

@@ -12,13 +12,10 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 @pytest.fixture(scope="module")
 def fuzz_server(ckpts):
-    from clexrt.server import load, run_in_thread
+    from clexrt.server import running
 
-    srv = load(str(ckpts["plain"][2]), parallel=2, n_ctx=64, n_threads=1, max_queue=8)
-    handle, port = run_in_thread(srv.app)
-    yield srv, port
-    handle.stop()
-    srv.close()
+    with running(str(ckpts["plain"][2]), parallel=2, n_ctx=64, n_threads=1, max_queue=8) as served:
+        yield served
 
 
 def test_no_server_errors(fuzz_server):

@@ -10,6 +10,7 @@ FastAPI and uvicorn are imported only here, so the rest of clexrt runs without t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import ClexError
 
-__all__ = ["load", "LoadedServer", "serve", "run_in_thread"]
+__all__ = ["load", "LoadedServer", "serve", "run_in_thread", "running"]
 
 
 @dataclass
@@ -119,3 +120,18 @@ def run_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str = 
             raise ClexError(f"the server did not start on {host}:{port}")
         time.sleep(0.02)
     return _Running(server, t), port
+
+
+@contextlib.contextmanager
+def running(path, **kw):
+    """load(path, **kw) served by run_in_thread on a free loopback port (tests, notebooks):
+    yields (server, port); stops the server and closes the model on leaving."""
+    srv = load(path, **kw)
+    try:
+        handle, port = run_in_thread(srv.app)
+        try:
+            yield srv, port
+        finally:
+            handle.stop()
+    finally:
+        srv.close()
