@@ -23,13 +23,14 @@ import math
 import numpy as np
 import pytest
 
+import clexref
 import hfgen
 from clexrt import Model
 from clexrt.convert import convert_hf
 from clexrt.errors import ContextFullError, ModelError
 
 torch = pytest.importorskip("torch")
-torchdiffeq = pytest.importorskip("torchdiffeq")
+pytest.importorskip("torchdiffeq")   # clexref solves the official ODE with it
 
 pytestmark = pytest.mark.torch
 
@@ -79,27 +80,9 @@ class Official:
         self.tables = self._solve(w)        # t -> float32 inverse frequencies
 
     def _solve(self, w):
-        d = self.hd
-        up = torch.from_numpy(np.asarray(w["model.clex_layer.proj_func.ode_up_proj"], np.float32))
-        down = torch.from_numpy(np.asarray(w["model.clex_layer.proj_func.ode_down_proj"], np.float32))
-        act = torch.tanh if self.spec.act == "tanh" else torch.nn.functional.silu
-        index = torch.arange(0, d, 2, dtype=torch.float32)
-
-        class ODE(torch.nn.Module):
-            def forward(self, t, y):
-                a = 1 if t < 1 else 2 * t - 1
-                n = 1.0 / ((10000 * a ** (d / (d - 2))) ** (index / d))
-                dn = -2 * index / (d - 2) / (10000 ** (index / d) * a ** (index / (d - 2) + 1))
-                return act((y + torch.log(n)) @ up) @ down + dn / n
-
-        inv = torch.from_numpy(np.asarray(w["model.clex_layer.inv_freq"], np.float32))
-        times = torch.arange(1, self.spec.max_factor + 1, dtype=torch.float32)
-        with torch.no_grad():
-            sol = torchdiffeq.odeint(ODE(), torch.log(inv), times, method="rk4", options={"step_size": 0.01})
-        tabs = {1: inv.numpy().copy()}
-        for t in range(2, self.spec.max_factor + 1):
-            tabs[t] = torch.exp(sol[t - 1]).numpy()
-        return tabs
+        return clexref.official_tables(w["model.clex_layer.inv_freq"], w["model.clex_layer.proj_func.ode_up_proj"],
+                                       w["model.clex_layer.proj_func.ode_down_proj"], self.spec.act, 0.01,
+                                       range(1, self.spec.max_factor + 1))
 
     def t_of(self, n):
         return min(-(-n // self.spec.n_ctx), self.spec.max_factor)

@@ -29,6 +29,8 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGUFReader
 
+import clexref
+
 from clexrt.cli import cli
 from clexrt.errors import ClexError
 
@@ -98,30 +100,14 @@ def _ppl_json(path, n, text, *args, chunks=CHUNKS) -> dict:
 # The official CLEX math, in PyTorch (the official code's ODE; base 10000 hard-coded in its time
 # embedding, whatever the model's rope base)
 def official_tables(path, ts) -> dict[int, np.ndarray]:
-    torch = pytest.importorskip("torch")
-    torchdiffeq = pytest.importorskip("torchdiffeq")
+    pytest.importorskip("torch")
+    pytest.importorskip("torchdiffeq")
     r = GGUFReader(str(path))
-    inv = torch.tensor(np.asarray(_field(r, "clex.inv_freq"), np.float32))
-    up = torch.tensor(np.asarray(_field(r, "clex.ode_up"), np.float32).reshape(
-        [int(x) for x in _field(r, "clex.ode_up_shape")]))
-    down = torch.tensor(np.asarray(_field(r, "clex.ode_down"), np.float32).reshape(
-        [int(x) for x in _field(r, "clex.ode_down_shape")]))
-    act = torch.tanh if _field(r, "clex.act") == "tanh" else torch.nn.functional.silu
-    dt = float(_field(r, "clex.time_dt"))
-    d = 2 * inv.numel()
-    index = torch.arange(0, d, 2, dtype=torch.float32)
-
-    class ODE(torch.nn.Module):
-        def forward(self, t, y):
-            a = 1 if t < 1 else 2 * t - 1
-            n = 1.0 / ((10000 * a ** (d / (d - 2))) ** (index / d))
-            dn = -2 * index / (d - 2) / (10000 ** (index / d) * a ** (index / (d - 2) + 1))
-            return act((y + torch.log(n)) @ up) @ down + dn / n
-
-    times = torch.arange(1, max(ts) + 1, dtype=torch.float32)
-    with torch.no_grad():
-        sol = torchdiffeq.odeint(ODE(), torch.log(inv), times, method="rk4", options={"step_size": dt})
-    return {t: (inv.numpy() if t == 1 else torch.exp(sol[t - 1]).numpy()) for t in ts}
+    up = np.asarray(_field(r, "clex.ode_up"), np.float32).reshape([int(x) for x in _field(r, "clex.ode_up_shape")])
+    down = np.asarray(_field(r, "clex.ode_down"), np.float32).reshape(
+        [int(x) for x in _field(r, "clex.ode_down_shape")])
+    return clexref.official_tables(_field(r, "clex.inv_freq"), up, down, _field(r, "clex.act"),
+                                   float(_field(r, "clex.time_dt")), ts)
 
 
 def _t_of(n: int) -> int:

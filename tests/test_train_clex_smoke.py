@@ -139,21 +139,28 @@ def test_a_killed_run_resumes_to_the_same_model(trained, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_exported_clex_folder_converts_and_runs_like_pytorch(trained, tmp_path):
-    from clexrt import Model
+def _exported_clex(trained, tmp_path):
+    """The smoke CLEX run exported as a Hugging Face folder and converted to F32: (its config,
+    the GGUF, the PyTorch model in eval mode, the tokenizer)"""
     from clexrt.convert import convert_hf
 
     tmp, tok, _ = trained
     hf = tmp_path / "hf"
     conf = tc_export.export(str(tmp / "clex" / "model.pt"), tok, str(hf), "smoke")
-    assert conf["rope_scaling"] == {"type": "clex", "max_factor": 8, "param_factor": 1, "time_dt": 0.01,
-                                    "act": "tanh", "factor": 1}
     gguf = tmp_path / "smoke.gguf"
     convert_hf(str(hf), str(gguf), outtype="f32", progress=False)
     m = tc_model.TinyLlama(tc_model.Config.make(**TINY), clex=True)
     m.load_state_dict(torch.load(tmp / "clex" / "model.pt", weights_only=False)["state_dict"])
     m.eval()
-    sp = spm.SentencePieceProcessor(model_file=tok)
+    return conf, gguf, m, spm.SentencePieceProcessor(model_file=tok)
+
+
+def test_exported_clex_folder_converts_and_runs_like_pytorch(trained, tmp_path):
+    from clexrt import Model
+
+    conf, gguf, m, sp = _exported_clex(trained, tmp_path)
+    assert conf["rope_scaling"] == {"type": "clex", "max_factor": 8, "param_factor": 1, "time_dt": 0.01,
+                                    "act": "tanh", "factor": 1}
     ids = [1] + sp.encode((TOOLS / "data" / "test.txt").read_text(encoding="utf-8")[60_000:70_000])[:95]
     with Model(str(gguf), rope="clex", clex_mode="ceil") as cm:
         got = cm.logits(ids)
@@ -170,17 +177,8 @@ def test_continuous_tables_between_integers_follow_the_ode(trained, tmp_path):
     """clexrt's continuous schedule at t = N/L exactly (rope_steps=0; ppl_steps.py, docs/tiny_clex.md's
     CLEX continuous row) against the trained network's own ODE solved on [1, N/L] in PyTorch."""
     from clexrt import Model
-    from clexrt.convert import convert_hf
 
-    tmp, tok, _ = trained
-    hf = tmp_path / "hf"
-    tc_export.export(str(tmp / "clex" / "model.pt"), tok, str(hf), "smoke")
-    gguf = tmp_path / "smoke.gguf"
-    convert_hf(str(hf), str(gguf), outtype="f32", progress=False)
-    m = tc_model.TinyLlama(tc_model.Config.make(**TINY), clex=True)
-    m.load_state_dict(torch.load(tmp / "clex" / "model.pt", weights_only=False)["state_dict"])
-    m.eval()
-    sp = spm.SentencePieceProcessor(model_file=tok)
+    _, gguf, m, sp = _exported_clex(trained, tmp_path)
     ids = [1] + sp.encode((TOOLS / "data" / "test.txt").read_text(encoding="utf-8")[70_000:80_000])[:79]
     assert len(ids) == 80                                   # t = 80 / 32 = 2.5, between grid points
     with Model(str(gguf), rope="clex", clex_mode="continuous", rope_steps=0) as cm:
