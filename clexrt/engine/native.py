@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 12
+EXPECTED_ABI = 13
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).
@@ -44,8 +44,9 @@ def type_name(type_id: int) -> str | None:
     return None if p == ffi.NULL else ffi.string(p).decode()
 
 
-# KV cache element types: name -> (type id, bytes per element)
-KV_TYPES = {type_name(t).lower(): (t, int(lib.clex_type_block_bytes(t)))
+# KV cache element types: name -> (type id, values per block, bytes per block); a cached row of
+# head_dim values is head_dim / block blocks (Q8_0: 32 values in 34 bytes; f32, f16: blocks of 1)
+KV_TYPES = {type_name(t).lower(): (t, int(lib.clex_type_block_size(t)), int(lib.clex_type_block_bytes(t)))
             for t in range(lib.CLEX_TYPE_COUNT) if lib.clex_kv_type_supported(t)}
 
 # The architecture fields of clex_hparams: HParams' names -> the core's enum values

@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 12
+#define CLEX_ABI_VERSION 13
 
 enum {
     CLEX_OK = 0,
@@ -216,6 +216,13 @@ int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, i
 /* The FFN activation the forward pass applies (current ISA) over n values: g = act(g) * u, or
  * g = act(g) where u is NULL; kind a CLEX_FFN_* (SwiGLU: SiLU; GeGLU, GELU: GELU's tanh form). */
 int clex_ffn_act(int32_t kind, int64_t n, float *g, const float *u);
+/* The attention kernels the forward pass runs over n cached rows of D values of KV cache type
+ * kv_type (current ISA): scores s[p] = scale * (q . K[p]) for p < n, and the weighted sum
+ * out[i] += sum_p w[p] * V[p][i]. K and V are rows as the cache stores them (for Q8_0: D / 32
+ * blocks each, D a multiple of 32); q is D floats for F32 and F16, and D / 32 Q8_0 blocks (the
+ * query as clex_quantize_act quantizes it) for Q8_0. */
+int clex_attn_scores(int32_t kv_type, int64_t n, int64_t D, const void *q, const void *K, float scale, float *s);
+int clex_attn_wsum(int32_t kv_type, int64_t n, int64_t D, const float *w, const void *V, float *out);
 
 /* ---- model ---- */
 /* output NULL (or data NULL): tied, the logits come from tok_embd; output_norm_b and output_b
@@ -234,8 +241,11 @@ uint64_t clex_model_n_params(const clex_model *m);
 
 /* ---- context ---- */
 /* n_ctx: KV cache capacity in tokens; n_batch: tokens per internal step (scratch size);
- * n_threads <= 0: one per physical core; kv_type: the cache's element type, CLEX_TYPE_F32 or
- * CLEX_TYPE_F16 (half the memory; keys and values rounded to half when stored). */
+ * n_threads <= 0: one per physical core; kv_type: the cache's element type, CLEX_TYPE_F32,
+ * CLEX_TYPE_F16 (half the memory; keys and values rounded to half when stored) or CLEX_TYPE_Q8_0
+ * (34 bytes per 32 values; each row of head_dim values quantized to Q8_0 blocks when stored,
+ * and attention scores taken against the query quantized to Q8_0; head_dim must be a multiple
+ * of 32, else CLEX_E_INVALID). */
 int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                     int32_t kv_type, clex_ctx **out);
 int clex_kv_type_supported(int32_t type);       /* 1 for the KV cache types clex_ctx_create takes */
@@ -255,11 +265,13 @@ int clex_ctx_set_rope_set(clex_ctx *c, int32_t set, const float *inv_freq, int32
  * temperature sets it to mscale^2). Must be finite and positive; applies from the next eval. */
 int clex_ctx_set_attn_scale(clex_ctx *c, float kq_scale);
 /* Rotate the cached keys at positions [0, n_past) from table `old_inv` to the current table
- * (of the layers of table 0; _set: of table `set`). */
+ * (of the layers of table 0; _set: of table `set`). An f16 or Q8_0 key is converted to float,
+ * rotated and stored again in the cache's type (rounded or requantized). */
 int clex_ctx_rerotate(clex_ctx *c, const float *old_inv, int32_t n_past);
 int clex_ctx_rerotate_set(clex_ctx *c, int32_t set, const float *old_inv, int32_t n_past);
 /* Context shift: drop cached positions [n_keep, n_keep + n_discard) of [0, n_past), move the
- * later ones down and rotate their keys to the new positions (current table). */
+ * later ones down and rotate their keys to the new positions (current table; keys converted as
+ * clex_ctx_rerotate converts them, values moved as stored). */
 int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discard);
 /* Evaluate n_tok tokens at positions n_past .. n_past+n_tok-1 (appending to the KV cache).
  * logits: [n_vocab] for the last token, or [n_tok, n_vocab] when all_logits != 0; may be NULL. */
@@ -284,7 +296,8 @@ int clex_eval_hidden(clex_ctx *c, const int32_t *tokens, int32_t n_tok, int32_t 
 int clex_eval_batch(clex_ctx *const *ctxs, const int32_t *tokens, const int32_t *n_past, int32_t n, float *logits,
                     int32_t exact);
 /* The KV cache's rows of positions [0, n_past) as stored (the cache's element type), keys then
- * values, each [n_layer][n_head_kv][n_past][head_dim]: clex_ctx_kv_state_bytes(c, n_past) bytes.
+ * values, each [n_layer][n_head_kv][n_past] rows of head_dim values (F32: 4 bytes a value, F16:
+ * 2, Q8_0: head_dim / 32 blocks of 34 bytes): clex_ctx_kv_state_bytes(c, n_past) bytes.
  * _read copies them out; _write puts them back (nbytes must be that size, n_past <= n_ctx). */
 uint64_t clex_ctx_kv_state_bytes(const clex_ctx *c, int32_t n_past);
 int clex_ctx_kv_read(const clex_ctx *c, int32_t n_past, void *dst, uint64_t nbytes);

@@ -1,9 +1,12 @@
 /* Attention over the KV cache.
  *
  * The scalar reference kernels (see internal.h): scores and weighted value sums over a whole run
- * of keys, for both cache types, and the f16 row conversions. One call covers a run of keys, so
- * the SIMD versions (arch/x86/avx2.c) pay the arithmetic, not a call and a horizontal sum per
- * key. Arithmetic is float32 throughout; an f16 cache only rounds what it stores.
+ * of keys, for each cache type, and the f16 row conversions. One call covers a run of keys, so
+ * the SIMD versions (arch/x86/avx2.c, avx512.c; the Q8_0 ones in avx2_attn.c, avx512_attn.c)
+ * pay the arithmetic, not a call and a horizontal sum per key. Arithmetic is float32 throughout;
+ * an f16 cache only rounds what it stores. A Q8_0 cache's scores are integer products of the key
+ * blocks and the query head quantized to Q8_0 (as llama.cpp's CPU attention over a Q8_0 cache
+ * takes them), each block's scaled by the two scales.
  *
  * Then the attention step of the forward pass: causal attention, one (token, KV head, chunk of
  * keys) at a time, the query heads of a GQA group taking turns over the same run of cached keys
@@ -32,6 +35,16 @@ void clex_scores16_generic(int64_t n, int64_t D, const float *q, const clex_fp16
     }
 }
 
+/* key row p's blocks against the query's: sum over blocks of (integer product) * (dk * dq),
+ * the Q8_0 x Q8_0 dot product of the weights' kernels */
+void clex_scores_q8_generic(int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale, float *s) {
+    for (int64_t p = 0; p < n; p++) {
+        float acc;
+        clex_vec_dot_q8_0_q8_0_generic(D, &acc, K + p * (D / QK), q);
+        s[p] = acc * scale;
+    }
+}
+
 void clex_wsum32_generic(int64_t n, int64_t D, const float *w, const float *V, float *out) {
     for (int64_t p = 0; p < n; p++)
         for (int64_t i = 0; i < D; i++) out[i] += w[p] * V[p * D + i];
@@ -40,6 +53,17 @@ void clex_wsum32_generic(int64_t n, int64_t D, const float *w, const float *V, f
 void clex_wsum16_generic(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out) {
     for (int64_t p = 0; p < n; p++)
         for (int64_t i = 0; i < D; i++) out[i] += w[p] * clex_fp16_to_fp32(V[p * D + i]);
+}
+
+/* each value block once: its codes times w[p] * its scale */
+void clex_wsum_q8_generic(int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out) {
+    const int64_t nb = D / QK;
+    for (int64_t p = 0; p < n; p++)
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q8_0 *v = V + p * nb + b;
+            const float a = w[p] * clex_fp16_to_fp32(v->d);
+            for (int j = 0; j < QK; j++) out[b * QK + j] += a * (float)v->qs[j];
+        }
 }
 
 void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n) {
@@ -53,33 +77,44 @@ void clex_from_f16_generic(const clex_fp16 *x, float *y, int64_t n) {
 /* ------------------------------------------------------------------ one head */
 
 typedef struct {
-    const float *k32, *v32;        /* one KV head's rows [n_ctx, D] (f32 cache) */
-    const clex_fp16 *k16, *v16;    /* or (f16 cache) */
+    int32_t type;             /* the cache's CLEX_TYPE_* */
+    const char *k, *v;        /* one KV head's rows [n_ctx], `row` bytes each */
+    size_t row;
 } kv_head;
 
 static kv_head kv_head_at(const clex_ctx *c, int l, int64_t hk) {
-    const int64_t off = kv_offset(c, l, hk, 0);
-    kv_head kv = {NULL, NULL, NULL, NULL};
-    if (c->kv_type == CLEX_TYPE_F16) {
-        kv.k16 = (const clex_fp16 *)c->k_cache + off;
-        kv.v16 = (const clex_fp16 *)c->v_cache + off;
-    } else {
-        kv.k32 = (const float *)c->k_cache + off;
-        kv.v32 = (const float *)c->v_cache + off;
-    }
-    return kv;
+    return (kv_head){c->kv_type, kv_row_at(c, c->k_cache, l, hk, 0), kv_row_at(c, c->v_cache, l, hk, 0), c->kv_row};
 }
 
-/* One query head over keys [p0, p1) of its KV head, scores and value sum each one kernel call
- * over the whole run of keys (the run stays in cache for the group's next head); `sc` holds
- * p1 - p0 scores. part == NULL: [p0, p1) is every key, and `out` gets the normalised result
- * (scores, max, exp, sum, then the sum of (e/sum) * v). Otherwise part gets (max, sum of exp,
- * unnormalised sum of e * v) for the combination step. */
-static void attend_head(int64_t D, const float *q, const kv_head *kv, int64_t p0, int64_t p1,
+/* the kernels of the cache's type over keys (values) [p0, p0 + n); q: the query in the type's
+ * query form (floats; Q8_0 blocks for a Q8_0 cache) */
+static void scores_run(const kv_head *kv, int64_t D, const void *q, int64_t p0, int64_t n, float scale, float *s) {
+    const void *K = kv->k + (size_t)p0 * kv->row;
+    switch (kv->type) {
+    case CLEX_TYPE_F16: clex_k.scores16(n, D, q, K, scale, s); break;
+    case CLEX_TYPE_Q8_0: clex_k.scores_q8(n, D, q, K, scale, s); break;
+    default: clex_k.scores32(n, D, q, K, scale, s); break;
+    }
+}
+
+static void wsum_run(const kv_head *kv, int64_t D, const float *w, int64_t p0, int64_t n, float *out) {
+    const void *V = kv->v + (size_t)p0 * kv->row;
+    switch (kv->type) {
+    case CLEX_TYPE_F16: clex_k.wsum16(n, D, w, V, out); break;
+    case CLEX_TYPE_Q8_0: clex_k.wsum_q8(n, D, w, V, out); break;
+    default: clex_k.wsum32(n, D, w, V, out); break;
+    }
+}
+
+/* One query head (q, in the cache's query form) over keys [p0, p1) of its KV head, scores and
+ * value sum each one kernel call over the whole run of keys (the run stays in cache for the
+ * group's next head); `sc` holds p1 - p0 scores. part == NULL: [p0, p1) is every key, and `out`
+ * gets the normalised result (scores, max, exp, sum, then the sum of (e/sum) * v). Otherwise
+ * part gets (max, sum of exp, unnormalised sum of e * v) for the combination step. */
+static void attend_head(int64_t D, const void *q, const kv_head *kv, int64_t p0, int64_t p1,
                         float scale, float cap, float *sc, float *out, float *part) {
     const int64_t n = p1 - p0;
-    if (kv->k16) clex_k.scores16(n, D, q, kv->k16 + p0 * D, scale, sc);
-    else clex_k.scores32(n, D, q, kv->k32 + p0 * D, scale, sc);
+    scores_run(kv, D, q, p0, n, scale, sc);
     if (cap > 0.0f)   /* soft-capping: c tanh(s / c) */
         for (int64_t i = 0; i < n; i++) sc[i] = cap * tanhf(sc[i] / cap);
     float m = -INFINITY;
@@ -95,12 +130,48 @@ static void attend_head(int64_t D, const float *q, const kv_head *kv, int64_t p0
     }
     float *o = part ? part + 2 : out;
     memset(o, 0, (size_t)D * sizeof(float));
-    if (kv->v16) clex_k.wsum16(n, D, sc, kv->v16 + p0 * D, o);
-    else clex_k.wsum32(n, D, sc, kv->v32 + p0 * D, o);
+    wsum_run(kv, D, sc, p0, n, o);
     if (part) {
         part[0] = m;
         part[1] = (float)acc;
     }
+}
+
+/* Query head q (D floats) in the form a cache of `type` meets it: itself, or for a Q8_0 cache
+ * quantized once into qq (D / 32 blocks), as the activation quantizer does. */
+static const void *query_form(int32_t type, int64_t D, const float *q, block_q8_0 *qq) {
+    if (type != CLEX_TYPE_Q8_0) return q;
+    clex_k.from_float[CLEX_TYPE_Q8_0](q, qq, D);
+    return qq;
+}
+
+/* ------------------------------------------------------------------ the kernels, for tests */
+
+static int attn_check(int32_t kv_type, int64_t n, int64_t D, const void *a, const void *b, const void *c) {
+    clex_init_once();
+    if (!clex_kv_type_supported(kv_type)) return clex_fail(CLEX_E_INVALID, "KV cache type %d is not supported", kv_type);
+    const int64_t blck = clex_traits(kv_type)->blck;
+    if (n < 0 || D <= 0 || D % blck)
+        return clex_fail(CLEX_E_INVALID, "%lld rows of %lld values of %s (whole blocks of %lld)", (long long)n,
+                         (long long)D, clex_traits(kv_type)->name, (long long)blck);
+    if (n > 0 && (!a || !b || !c)) return clex_fail(CLEX_E_INVALID, "NULL argument");
+    return CLEX_OK;
+}
+
+int clex_attn_scores(int32_t kv_type, int64_t n, int64_t D, const void *q, const void *K, float scale, float *s) {
+    const int rc = attn_check(kv_type, n, D, q, K, s);
+    if (rc || n == 0) return rc;
+    const kv_head kv = {kv_type, K, NULL, 0};
+    scores_run(&kv, D, q, 0, n, scale, s);
+    return CLEX_OK;
+}
+
+int clex_attn_wsum(int32_t kv_type, int64_t n, int64_t D, const float *w, const void *V, float *out) {
+    const int rc = attn_check(kv_type, n, D, w, V, out);
+    if (rc || n == 0) return rc;
+    const kv_head kv = {kv_type, NULL, V, 0};
+    wsum_run(&kv, D, w, 0, n, out);
+    return CLEX_OK;
 }
 
 /* ------------------------------------------------------------------ chunked decoding */
@@ -161,6 +232,7 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
     }
     const float base = hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D);
     float *scores = c->scores + (int64_t)ith * c->n_ctx;
+    block_q8_0 *qq = c->qq + (int64_t)ith * (D / QK + 1);
     int64_t lo, hi;
     split(T * HKV * cmax, ith, nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) {
@@ -173,8 +245,8 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
         const kv_head kv = kv_head_at(kc, l, hk);
         const float scale = kc->kq_scale * base;
         for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
-            attend_head(D, c->q + t * qd + h * D, &kv, p0, p1, scale, hp->attn_softcap, scores,
-                        c->att + t * qd + h * D, chunks > 1 ? part_at(c, t, h) + ch * (D + 2) : NULL);
+            attend_head(D, query_form(kv.type, D, c->q + t * qd + h * D, qq), &kv, p0, p1, scale, hp->attn_softcap,
+                        scores, c->att + t * qd + h * D, chunks > 1 ? part_at(c, t, h) + ch * (D + 2) : NULL);
     }
     if (cmax > 1) {   /* combine the chunks of each (token, head) that has several */
         clex_pool_barrier(c->pool);

@@ -85,6 +85,8 @@ const clex_kernels clex_kernels_scalar = {
     .to_f16 = clex_to_f16_generic,
     .from_f16 = clex_from_f16_generic,
     .act = clex_act_generic,
+    .scores_q8 = clex_scores_q8_generic,
+    .wsum_q8 = clex_wsum_q8_generic,
 };
 
 clex_kernels clex_k;
@@ -108,8 +110,14 @@ static pthread_mutex_t g_isa_lock = PTHREAD_MUTEX_INITIALIZER;
 static void apply_isa(int isa) {
     clex_kernels k = clex_kernels_scalar;
 #ifdef CLEX_X86
-    if (isa == CLEX_ISA_AVX2 || isa == CLEX_ISA_AVX512) clex_kernels_install(&k, clex_kernels_avx2());
-    if (isa == CLEX_ISA_AVX512) clex_kernels_install(&k, clex_kernels_avx512());
+    if (isa == CLEX_ISA_AVX2 || isa == CLEX_ISA_AVX512) {
+        clex_kernels_install(&k, clex_kernels_avx2());
+        clex_kernels_install(&k, clex_kernels_avx2_attn());
+    }
+    if (isa == CLEX_ISA_AVX512) {
+        clex_kernels_install(&k, clex_kernels_avx512());
+        clex_kernels_install(&k, clex_kernels_avx512_attn());
+    }
 #endif
 #ifdef CLEX_NEON
     if (isa == CLEX_ISA_NEON) clex_kernels_install(&k, clex_kernels_neon());

@@ -25,9 +25,12 @@ int clex_fail(int code, const char *fmt, ...)
  *          activation type (already converted by that type's from_float).
  * vec_dot4: one weight row against four activation rows (x, x + xstride, ... bytes apart):
  *          s[0..3]. Prefill uses it so a weight block is unpacked once for four tokens.
- * Attention over runs of cached keys (rows of D, f32 or f16):
+ * Attention over runs of cached keys (rows of D, f32, f16 or Q8_0):
  *   scores: s[p] = scale * (q . K[p]) for p < n;   wsum: out += sum_p w[p] * V[p];
  * and the row conversions to and from f16 that an f16 cache's writes and re-rotations need.
+ * A Q8_0 cache (D a multiple of 32, rows of D/32 blocks) has its own pair: scores_q8 takes the
+ * query head quantized to Q8_0 and sums, block by block, the integer product times the key's
+ * and the query's scales; wsum_q8 adds each value block times w[p] * its scale.
  * The scalar versions (quants.c, attn.c) are the specification; SIMD versions must match them
  * within float rounding, the activation quantizers bit for bit (tests hold them to it). */
 typedef void (*clex_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
@@ -41,6 +44,9 @@ typedef void (*clex_wsum32_fn)(int64_t n, int64_t D, const float *w, const float
 typedef void (*clex_wsum16_fn)(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
 typedef void (*clex_to_f16_fn)(const float *x, clex_fp16 *y, int64_t n);
 typedef void (*clex_from_f16_fn)(const clex_fp16 *x, float *y, int64_t n);
+typedef void (*clex_scores_q8_fn)(int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale,
+                                  float *s);
+typedef void (*clex_wsum_q8_fn)(int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out);
 /* The FFN's activation over n values: g = act(g) * u, or g = act(g) when u is NULL; kind is a
  * CLEX_FFN_* (SiLU for SwiGLU, GELU's tanh form for GeGLU and GELU). Both are x * sigmoid(a x ...):
  * SIMD versions evaluate that sigmoid with their own exp, within a few ulp of the scalar one. */
@@ -103,7 +109,9 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
     X(clex_to_f16_fn, to_f16)                                                                     \
     X(clex_from_f16_fn, from_f16)                                                                 \
     X(clex_act_fn, act)                                                                           \
-    X(const clex_tile_set *, tiles)
+    X(const clex_tile_set *, tiles)                                                               \
+    X(clex_scores_q8_fn, scores_q8)                                                               \
+    X(clex_wsum_q8_fn, wsum_q8)
 
 #define CLEX_KERNEL_FIELD(type, name) type name;
 typedef struct {
@@ -127,6 +135,10 @@ void clex_init_once(void);
 #define CLEX_X86 1
 const clex_kernels *clex_kernels_avx2(void);
 const clex_kernels *clex_kernels_avx512(void);
+/* the Q8_0 cache's attention kernels (arch/x86/avx2_attn.c, avx512_attn.c), laid over the
+ * set of the same instruction set */
+const clex_kernels *clex_kernels_avx2_attn(void);
+const clex_kernels *clex_kernels_avx512_attn(void);
 #endif
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #define CLEX_NEON 1
@@ -176,6 +188,8 @@ void clex_wsum32_generic(int64_t n, int64_t D, const float *w, const float *V, f
 void clex_wsum16_generic(int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out);
 void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n);
 void clex_from_f16_generic(const clex_fp16 *x, float *y, int64_t n);
+void clex_scores_q8_generic(int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale, float *s);
+void clex_wsum_q8_generic(int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out);
 void clex_act_generic(int32_t kind, int64_t n, float *g, const float *u);
 
 /* ---- thread pool: every thread runs the same job; barriers separate its steps ---- */

@@ -1,20 +1,35 @@
 /* The KV cache's contents: writing a token's rows, re-rotating the cached keys to a new rope
- * table (clex_ctx_rerotate) and the context shift (clex_ctx_shift). */
+ * table (clex_ctx_rerotate) and the context shift (clex_ctx_shift). A row is converted from
+ * floats when it is stored and back to floats when a key turns (clex_kv_put_row, _get_row):
+ * an f16 or Q8_0 key is rotated in float32 and stored again, rounded or requantized, as
+ * llama.cpp's rope shift of a quantized cache does; values are only ever moved, as stored. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model.h"
 
-void clex_kv_store(clex_ctx *c, int l, int64_t h, int64_t pos, const float *k, const float *v) {
-    const int64_t D = c->m->hp.head_dim, off = kv_offset(c, l, h, pos);
-    if (c->kv_type == CLEX_TYPE_F16) {
-        clex_k.to_f16(k, (clex_fp16 *)c->k_cache + off, D);
-        clex_k.to_f16(v, (clex_fp16 *)c->v_cache + off, D);
-    } else {
-        memcpy((float *)c->k_cache + off, k, (size_t)D * sizeof(float));
-        memcpy((float *)c->v_cache + off, v, (size_t)D * sizeof(float));
+void clex_kv_put_row(const clex_ctx *c, const float *x, void *row) {
+    const int64_t D = c->m->hp.head_dim;
+    switch (c->kv_type) {
+    case CLEX_TYPE_F16: clex_k.to_f16(x, row, D); break;
+    case CLEX_TYPE_Q8_0: clex_k.from_float[CLEX_TYPE_Q8_0](x, row, D); break;   /* the reference's bytes */
+    default: memcpy(row, x, (size_t)D * sizeof(float)); break;
     }
+}
+
+void clex_kv_get_row(const clex_ctx *c, const void *row, float *x) {
+    const int64_t D = c->m->hp.head_dim;
+    switch (c->kv_type) {
+    case CLEX_TYPE_F16: clex_k.from_f16(row, x, D); break;
+    case CLEX_TYPE_Q8_0: clex_traits(CLEX_TYPE_Q8_0)->to_float(row, x, D); break;
+    default: memcpy(x, row, (size_t)D * sizeof(float)); break;
+    }
+}
+
+void clex_kv_store(clex_ctx *c, int l, int64_t h, int64_t pos, const float *k, const float *v) {
+    clex_kv_put_row(c, k, kv_row_at(c, c->k_cache, l, h, pos));
+    clex_kv_put_row(c, v, kv_row_at(c, c->v_cache, l, h, pos));
 }
 
 /* ------------------------------------------------------------------ re-rotation and shift */
@@ -27,7 +42,7 @@ typedef struct {
     int32_t n;              /* positions to process */
     int32_t src0, dst0;     /* position p = src0 + j moves to dst0 + j (rerotate: both 0) */
     float *cs;              /* [n, n_pairs, 2] cos, sin of each position's change of angle */
-    float *rows;            /* [n_threads, head_dim] scratch (f16 cache) */
+    float *rows;            /* [n_threads, head_dim] scratch (a key while it turns) */
 } rot_args;
 
 /* The change of angle of each (position, pair), formed in double from the two float angles the
@@ -51,28 +66,18 @@ static void rotation_angles(const rot_args *ra, int ith, int nth) {
 
 /* One (layer, kv head) unit's keys at src0 + j, turned to dst0 + j, values moved with them.
  * Positions go in increasing order: a shift moves keys down, so a position is always read
- * before anything is written over it. row: head_dim floats of scratch (an f16 key while it
+ * before anything is written over it. row: head_dim floats of scratch (the key while it
  * turns). */
 static void rotate_unit(const rot_args *ra, int64_t u, float *row) {
     const clex_ctx *c = ra->c;
-    const int64_t D = c->m->hp.head_dim, n_ctx = c->n_ctx, P = c->n_pairs;
+    const int64_t P = c->n_pairs, l = u / c->m->hp.n_head_kv, h = u % c->m->hp.n_head_kv;
     const int32_t layout = c->m->hp.rope_layout;
-    const size_t elt = c->kv_elt;
-    char *kb = (char *)c->k_cache + (size_t)(u * n_ctx * D) * elt;
-    char *vb = (char *)c->v_cache + (size_t)(u * n_ctx * D) * elt;
     for (int64_t j = 0; j < ra->n; j++) {
         const int64_t ps = ra->src0 + j, pd = ra->dst0 + j;
-        float *k = row;
-        if (elt == 2) clex_k.from_f16((const clex_fp16 *)(kb + (size_t)(ps * D) * 2), row, D);
-        else k = (float *)(kb + (size_t)(ps * D) * 4);
-        float *kd = elt == 2 ? row : (float *)(kb + (size_t)(pd * D) * 4);
-        rope_rotate(layout, kd, k, ra->cs + j * P * 2, (int32_t)P);
-        if (elt == 2) {
-            clex_k.to_f16(row, (clex_fp16 *)(kb + (size_t)(pd * D) * 2), D);
-        } else if (pd != ps) {
-            memmove(kd + 2 * P, k + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
-        }
-        if (pd != ps) memmove(vb + (size_t)(pd * D) * elt, vb + (size_t)(ps * D) * elt, (size_t)D * elt);
+        clex_kv_get_row(c, kv_row_at(c, c->k_cache, l, h, ps), row);
+        rope_rotate(layout, row, row, ra->cs + j * P * 2, (int32_t)P);
+        clex_kv_put_row(c, row, kv_row_at(c, c->k_cache, l, h, pd));
+        if (pd != ps) memmove(kv_row_at(c, c->v_cache, l, h, pd), kv_row_at(c, c->v_cache, l, h, ps), c->kv_row);
     }
 }
 
@@ -132,7 +137,7 @@ int clex_ctx_shift(clex_ctx *c, int32_t n_past, int32_t n_keep, int32_t n_discar
 uint64_t clex_ctx_kv_state_bytes(const clex_ctx *c, int32_t n_past) {
     if (!c || n_past < 0 || n_past > c->n_ctx) return 0;
     const clex_hparams *hp = &c->m->hp;
-    return 2 * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)n_past * (uint64_t)hp->head_dim * c->kv_elt;
+    return 2 * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)n_past * (uint64_t)c->kv_row;
 }
 
 /* rows [0, n_past) of every (layer, kv head) of both caches to (to_buf) or from buf */
@@ -143,8 +148,8 @@ static int kv_copy(const clex_ctx *c, int32_t n_past, char *buf, uint64_t nbytes
     if (nbytes != clex_ctx_kv_state_bytes(c, n_past))
         return clex_fail(CLEX_E_INVALID, "KV state of %d positions is %llu bytes, not %llu", n_past,
                          (unsigned long long)clex_ctx_kv_state_bytes(c, n_past), (unsigned long long)nbytes);
-    const int64_t units = (int64_t)c->m->hp.n_layer * c->m->hp.n_head_kv, D = c->m->hp.head_dim;
-    const size_t run = (size_t)n_past * (size_t)D * c->kv_elt, whole = (size_t)c->n_ctx * (size_t)D * c->kv_elt;
+    const int64_t units = (int64_t)c->m->hp.n_layer * c->m->hp.n_head_kv;
+    const size_t run = (size_t)n_past * c->kv_row, whole = (size_t)c->n_ctx * c->kv_row;
     char *caches[2] = {c->k_cache, c->v_cache};
     for (int kv = 0; kv < 2; kv++)
         for (int64_t u = 0; u < units; u++) {

@@ -348,7 +348,9 @@ int clex_dot4_exact(int32_t type) {
 
 /* ------------------------------------------------------------------ context */
 
-int clex_kv_type_supported(int32_t type) { return type == CLEX_TYPE_F32 || type == CLEX_TYPE_F16; }
+int clex_kv_type_supported(int32_t type) {
+    return type == CLEX_TYPE_F32 || type == CLEX_TYPE_F16 || type == CLEX_TYPE_Q8_0;
+}
 
 static void *xcalloc(size_t n, size_t sz, int *fail) {
     if (n == 0) n = 1;
@@ -362,21 +364,33 @@ void clex_ctx_free(clex_ctx *c) {
     clex_pool_free(c->pool);
     void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q, c->k, c->v, c->att,
                     c->gate, c->up, c->cs, c->par, c->scores, c->part, c->router, c->sel, c->selw,
-                    c->etok, c->eslot, c->ecount, c->xe};
+                    c->etok, c->eslot, c->ecount, c->xe, c->qq};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     for (int s = 0; s < CLEX_ACT_N; s++) free(c->act[s]);
     free(c);
 }
 
-/* Elements in each cache, every product checked: n_layer * n_head_kv * n_ctx * head_dim can
- * pass 2^64; 0 when both caches of `elt`-byte elements cannot be addressed. */
-static uint64_t kv_elements(const clex_hparams *hp, int32_t n_ctx, size_t elt) {
-    uint64_t kv_elems = 1;
-    const uint64_t dims[4] = {(uint64_t)hp->n_layer, (uint64_t)hp->n_head_kv, (uint64_t)n_ctx, (uint64_t)hp->head_dim};
-    for (int i = 0; i < 4; i++)
-        if (__builtin_mul_overflow(kv_elems, dims[i], &kv_elems) || kv_elems > (uint64_t)SIZE_MAX / 2 / 2 / elt)
-            return 0;
-    return kv_elems;
+/* Rows in each cache, every product checked: n_layer * n_head_kv * n_ctx rows of `row` bytes
+ * can pass 2^64; 0 when both caches cannot be addressed. */
+static uint64_t kv_rows(const clex_hparams *hp, int32_t n_ctx, size_t row) {
+    uint64_t rows = 1;
+    const uint64_t dims[3] = {(uint64_t)hp->n_layer, (uint64_t)hp->n_head_kv, (uint64_t)n_ctx};
+    for (int i = 0; i < 3; i++)
+        if (__builtin_mul_overflow(rows, dims[i], &rows) || rows > (uint64_t)SIZE_MAX / 4 / row) return 0;
+    return rows;
+}
+
+/* Bytes of one cached row of head_dim values of kv_type (a supported type); 0 with the error
+ * set when head_dim is not a whole number of the type's blocks. */
+static size_t kv_row_bytes(const clex_hparams *hp, int32_t kv_type) {
+    const clex_type_traits *t = clex_traits(kv_type);
+    if (hp->head_dim % t->blck) {
+        clex_fail(CLEX_E_INVALID, "a %s KV cache stores rows in blocks of %lld values: the head dimension %d is "
+                  "not a multiple of %lld (use an f16 or f32 cache)", t->name, (long long)t->blck, hp->head_dim,
+                  (long long)t->blck);
+        return 0;
+    }
+    return (size_t)(hp->head_dim / t->blck) * (size_t)t->bytes;
 }
 
 /* w's row length, if it is longer than the one kept for its activation slot (maxk) */
@@ -406,7 +420,7 @@ static void alloc_acts(clex_ctx *c, int *fail) {
 }
 
 /* the KV cache and the scratch for batches of n_batch tokens; 0 when an allocation failed */
-static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
+static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
     const clex_hparams *hp = &c->m->hp;
     const size_t B = (size_t)c->n_batch, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
@@ -414,8 +428,8 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     const size_t S = (size_t)c->m->n_sets;
     c->inv_freq = xcalloc(S * (size_t)c->n_pairs, sizeof(float), &fail);
     /* calloc of a large block maps zero pages lazily: only the positions used become resident */
-    c->k_cache = xcalloc(kv_elems, c->kv_elt, &fail);
-    c->v_cache = xcalloc(kv_elems, c->kv_elt, &fail);
+    c->k_cache = xcalloc(kv_rows, c->kv_row, &fail);
+    c->v_cache = xcalloc(kv_rows, c->kv_row, &fail);
     c->x = xcalloc(B * E, sizeof(float), &fail);
     c->xn = xcalloc(B * E, sizeof(float), &fail);
     c->q = xcalloc(B * qd, sizeof(float), &fail);
@@ -439,6 +453,8 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_elems) {
     }
     c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
+    /* every context: a batched decode runs on the first context's scratch whatever its own type */
+    c->qq = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)(hp->head_dim / QK + 1), sizeof(block_q8_0), &fail);
     c->part_tokens = 1;
     return !fail;
 }
@@ -449,15 +465,16 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
     *out = NULL;
     if (!m) return clex_fail(CLEX_E_INVALID, "model is NULL");
     if (!clex_kv_type_supported(kv_type))
-        return clex_fail(CLEX_E_INVALID, "KV cache type %d: only F32 (%d) and F16 (%d)", kv_type, CLEX_TYPE_F32,
-                         CLEX_TYPE_F16);
+        return clex_fail(CLEX_E_INVALID, "KV cache type %d: only F32 (%d), F16 (%d) and Q8_0 (%d)", kv_type,
+                         CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_Q8_0);
     if (n_ctx <= 0) return clex_fail(CLEX_E_INVALID, "n_ctx must be positive, got %d", n_ctx);
     if (n_batch <= 0) return clex_fail(CLEX_E_INVALID, "n_batch must be positive, got %d", n_batch);
     if (n_threads <= 0) n_threads = clex_physical_cores();
     if (n_batch > n_ctx) n_batch = n_ctx;
-    const size_t elt = kv_type == CLEX_TYPE_F16 ? 2 : 4;
-    const uint64_t kv_elems = kv_elements(&m->hp, n_ctx, elt);
-    if (!kv_elems) return clex_fail(CLEX_E_NOMEM, "a KV cache of %d tokens does not fit in memory", n_ctx);
+    const size_t row = kv_row_bytes(&m->hp, kv_type);
+    if (!row) return CLEX_E_INVALID;
+    const uint64_t rows = kv_rows(&m->hp, n_ctx, row);
+    if (!rows) return clex_fail(CLEX_E_NOMEM, "a KV cache of %d tokens does not fit in memory", n_ctx);
     clex_ctx *c = calloc(1, sizeof *c);
     if (!c) return clex_fail(CLEX_E_NOMEM, "out of memory");
     c->m = m;
@@ -466,14 +483,14 @@ int clex_ctx_create(const clex_model *m, int32_t n_ctx, int32_t n_batch, int32_t
     c->n_pairs = m->hp.n_rot / 2;
     c->kq_scale = 1.0f;
     c->kv_type = kv_type;
-    c->kv_elt = elt;
-    c->kv_bytes = kv_elems * 2 * elt;
+    c->kv_row = row;
+    c->kv_bytes = rows * 2 * row;
     int rc = clex_pool_create(n_threads, &c->pool);
     if (rc) { free(c); return rc; }
-    if (!ctx_alloc(c, kv_elems)) {
+    if (!ctx_alloc(c, rows)) {
         clex_ctx_free(c);
         return clex_fail(CLEX_E_NOMEM, "out of memory allocating a context of %d tokens (KV cache %.1f MiB)", n_ctx,
-                         (double)kv_elems * 2.0 * (double)elt / (1024.0 * 1024.0));
+                         (double)rows * 2.0 * (double)row / (1024.0 * 1024.0));
     }
     *out = c;
     return CLEX_OK;

@@ -2,8 +2,11 @@
  * attn.c, kv.c, matmul.c).
  *
  * KV cache: keys are stored after rotation (so decoding never re-rotates them), both caches as
- * [layer][kv head][position][head_dim], float32 or f16 (clex_ctx_create's kv_type). With f16
- * the new keys and values are rounded to half when stored; every product and sum stays float32.
+ * [layer][kv head][position] rows of head_dim values in the cache's type (clex_ctx_create's
+ * kv_type): float32, f16 (the new keys and values rounded to half when stored) or Q8_0 (each row
+ * head_dim / 32 block_q8_0, quantized by the Q8_0 activation quantizer: gguf-py's bytes). f32 and
+ * f16 rows meet float32 queries; a Q8_0 row meets the query head quantized to Q8_0 (integer
+ * products, as llama.cpp's quantized cache does). Sums and the softmax stay float32.
  */
 #ifndef CLEXRT_MODEL_H
 #define CLEXRT_MODEL_H
@@ -55,11 +58,12 @@ struct clex_ctx {
     int32_t n_pairs;       /* n_rot / 2 */
     float *inv_freq;       /* [n_sets][n_pairs] the tables new tokens are rotated with */
     float kq_scale;        /* extra factor on q.k/sqrt(head_dim) (YaRN temperature); 1 by default */
-    void *k_cache;         /* [n_layer][n_head_kv][n_ctx][head_dim] of kv_type */
+    void *k_cache;         /* [n_layer][n_head_kv][n_ctx] rows of head_dim values of kv_type */
     void *v_cache;         /* same */
-    int32_t kv_type;       /* CLEX_TYPE_F32 or CLEX_TYPE_F16 */
-    size_t kv_elt;         /* bytes per cached element */
+    int32_t kv_type;       /* CLEX_TYPE_F32, CLEX_TYPE_F16 or CLEX_TYPE_Q8_0 */
+    size_t kv_row;         /* bytes per cached row (head_dim values) */
     uint64_t kv_bytes;
+    block_q8_0 *qq;        /* [n_threads][head_dim / 32]: a query head quantized for a Q8_0 cache */
     /* scratch for one batch of up to n_batch tokens */
     float *x;              /* [B, n_embd] residual stream */
     float *xn;             /* [B, n_embd] normalised input of the next products (then an output's pre-norm rows) */
@@ -101,10 +105,10 @@ static inline uint64_t row_bytes(const clex_type_traits *tr, int64_t ne0) {
     return (uint64_t)(ne0 / tr->blck) * (uint64_t)tr->bytes;
 }
 
-/* Element offset of (layer, kv head, position) in either cache. */
-static inline int64_t kv_offset(const clex_ctx *c, int64_t l, int64_t h, int64_t pos) {
-    const clex_hparams *hp = &c->m->hp;
-    return (l * hp->n_head_kv + h) * c->n_ctx * hp->head_dim + pos * hp->head_dim;
+/* The row of (layer, kv head, position) in `cache` (c->k_cache or c->v_cache). */
+static inline char *kv_row_at(const clex_ctx *c, void *cache, int64_t l, int64_t h, int64_t pos) {
+    const int64_t row = (l * c->m->hp.n_head_kv + h) * c->n_ctx + pos;
+    return (char *)cache + (size_t)row * c->kv_row;
 }
 
 /* Rotary position embedding of one head: pair i turns by the angle whose cos, sin are
@@ -200,5 +204,8 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
 /* ---- kv.c ---- */
 /* Store token row k (rotated) and v of kv head h at position pos of layer l's cache. */
 void clex_kv_store(clex_ctx *c, int l, int64_t h, int64_t pos, const float *k, const float *v);
+/* One cached row (head_dim values) in the cache's type from floats, and back. */
+void clex_kv_put_row(const clex_ctx *c, const float *x, void *row);
+void clex_kv_get_row(const clex_ctx *c, const void *row, float *x);
 
 #endif

@@ -359,17 +359,23 @@ static void fuzz_model(input *in) {
     if (absurd && kv < ((__int128)1 << 64)) goto done;   /* large but representable: not our case */
     clex_ctx *c = NULL;
 #if CLEX_ABI_VERSION >= 5
-    /* the KV cache's element type: F32, F16, or one it must refuse */
-    static const int32_t kv_types[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_F16, CLEX_TYPE_Q8_0, 99};
+    /* the KV cache's element type: F32, F16, Q8_0 (since ABI 13; a head_dim of whole blocks of 32
+     * only), or one it must refuse */
+    static const int32_t kv_types[] = {CLEX_TYPE_F32, CLEX_TYPE_F16, CLEX_TYPE_Q4_0, CLEX_TYPE_Q8_0, 99};
     const int32_t kv_type = kv_types[take(in, 1) % 5];
+#if CLEX_ABI_VERSION >= 13
+    const int kv_ok = kv_type == CLEX_TYPE_F32 || kv_type == CLEX_TYPE_F16 || kv_type == CLEX_TYPE_Q8_0;
+#else
+    const int kv_ok = kv_type == CLEX_TYPE_F32 || kv_type == CLEX_TYPE_F16;
+#endif
 #if CLEX_ABI_VERSION >= 6
     rc = clex_ctx_create(m, n_ctx, n_batch, n_threads, kv_type, &c);
-    ORACLE(clex_kv_type_supported(kv_type) == (kv_type == CLEX_TYPE_F32 || kv_type == CLEX_TYPE_F16),
-           "kv_type_supported(%d)", kv_type);
+    ORACLE(clex_kv_type_supported(kv_type) == kv_ok, "kv_type_supported(%d)", kv_type);
 #else
     rc = clex_ctx_create_kv(m, n_ctx, n_batch, n_threads, kv_type, &c);
 #endif
-    if (kv_type != CLEX_TYPE_F32 && kv_type != CLEX_TYPE_F16) ORACLE(rc != 0, "ctx_create accepted kv type %d", kv_type);
+    if (!kv_ok) ORACLE(rc != 0, "ctx_create accepted kv type %d", kv_type);
+    if (kv_type == CLEX_TYPE_Q8_0 && hp.head_dim % 32) ORACLE(rc != 0, "Q8_0 cache with head_dim %d", hp.head_dim);
 #else
     rc = clex_ctx_create(m, n_ctx, n_batch, n_threads, &c);
 #endif
