@@ -45,8 +45,10 @@ class Llama:
 
     clexrt-specific arguments: `rope` (the scaling method: "auto" reads the GGUF), `clex_mode`
     and `kv_policy` (see the model docs), `context_shift` and `n_keep` (past the context, drop the
-    older half of the tokens after the first n_keep instead of stopping), `kv_type` ("f32", or
-    "f16" for half the KV cache's memory); they are passed to :class:`clexrt.engine.model.Model`.
+    older half of the tokens after the first n_keep instead of stopping), `kv_type` ("f32", "f16"
+    for half the KV cache's memory, "q8_0" for 34/128 of it; llama-cpp-python's type_k / type_v
+    name the same, and must agree: one type for keys and values); they are passed to
+    :class:`clexrt.engine.model.Model`.
     """
 
     def __init__(self, model_path: str, *, n_ctx: int = 0, n_threads: int | None = None,

@@ -49,23 +49,21 @@ def check_neutral_init(kw: Mapping) -> None:
 
 
 def kv_type_of(type_k, type_v, kv_type: str) -> str:
-    """The one KV element type of type_k / type_v / kv_type (they must agree)."""
+    """The one KV element type of type_k / type_v / kv_type. clexrt's cache has one type for keys
+    and values, so they must agree (llama.cpp's different -ctk and -ctv are an error here)."""
     names = set()
     for arg, v in (("type_k", type_k), ("type_v", type_v)):
         if v is None:
             continue
         name = _KV_NAMES.get(v.lower() if isinstance(v, str) else v)
         if name is None:
-            raise ValueError(f"Llama({arg}={v!r}): the KV cache is f32 (0) or f16 (1)")
-        if name == "q8_0":
-            raise ValueError(f"Llama({arg}=q8_0): a Q8_0 KV cache does not exist in clexrt yet "
-                             f"(f32 or f16)")
+            raise ValueError(f"Llama({arg}={v!r}): the KV cache is f32 (0), f16 (1) or q8_0 (8)")
         names.add(name)
     if kv_type != "f32":
         names.add(kv_type)
     if len(names) > 1:
         raise ValueError(f"type_k, type_v and kv_type disagree ({', '.join(sorted(names))}): "
-                         f"clexrt's KV cache has one element type")
+                         f"clexrt's KV cache has one element type for keys and values")
     return names.pop() if names else kv_type
 
 

@@ -1,9 +1,10 @@
 """`clexrt info MODEL [--json]`: what a GGUF file holds, without loading the weights.
 
 Architecture, parameter count, quantization (the file type and a count of tensors per type),
-context length and shape, RoPE settings, the tokenizer (kind, pre-tokenizer, vocabulary size,
-special tokens), the chat template (the file's, or the built-in format its vocabulary points to,
-and why), and the CLEX tables if the file has them.
+context length and shape, RoPE settings, the KV cache's bytes per token of each cache type, the
+tokenizer (kind, pre-tokenizer, vocabulary size, special tokens), the chat template (the file's,
+or the built-in format its vocabulary points to, and why), and the CLEX tables if the file has
+them.
 """
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ def describe(path: str) -> dict:
             "chat_format": _chat_format(md),
             "clex": clex,
             "forward": _forward_info(hp, g) if hp is not None else None,
+            "kv_cache": _kv_cache(hp) if hp is not None else None,
             "runnable": problem is None,
             "problem": problem,
         }
@@ -173,6 +175,20 @@ def _forward_info(hp, g) -> dict:
             "tensors": extra + present, "embd_scale": hp.embd_scale or None,
             "attn_scale": hp.attn_scale or None, "attn_softcap": hp.attn_softcap or None,
             "final_softcap": hp.final_softcap or None, "sliding_window": swa, "note": spec.note or None}
+
+
+def _kv_cache(hp) -> dict:
+    """The KV cache's bytes per token for each cache type (--kv-type): keys and values of every
+    layer and KV head; None for a type whose blocks the head dimension is not a whole number of."""
+    from ..engine.native import KV_TYPES
+    rows = 2 * hp.n_layer * hp.n_head_kv
+    return {name: None if hp.head_dim % blck else rows * hp.head_dim // blck * nbytes
+            for name, (_, blck, nbytes) in KV_TYPES.items()}
+
+
+def _kv_line(kv: dict) -> str:
+    return "per token " + ", ".join(f"{k} {v / 1024:.1f} KiB" if v is not None else f"{k} n/a (head dim)"
+                                    for k, v in kv.items()) + " (--kv-type)"
 
 
 def _forward_line(f: dict) -> str:
@@ -229,6 +245,8 @@ def _print(d: dict) -> None:
     echo(f"rope:            base {r['freq_base']}, {dims} dims{scaling}")
     if d.get("forward"):
         echo(f"forward:         {_forward_line(d['forward'])}")
+    if d.get("kv_cache"):
+        echo(f"kv cache:        {_kv_line(d['kv_cache'])}")
     t = d["tokenizer"]
     pre = f", pre {t['pre']}" if t.get("pre") else ""
     echo(f"tokenizer:       {t['model']}{pre}, {t['vocab_size']} tokens, add_bos {t['add_bos']}")

@@ -17,7 +17,7 @@ index in it (the C core runs a batch on its first context); the other slots' poo
 their own prefills and table changes.
 
 hidden_states(model, ids): the rows the LM head would read (after the output norm), for
-embeddings. get_state / set_state: a model's KV cache rows (as stored, f32 or f16), its token
+embeddings. get_state / set_state: a model's KV cache rows (as stored: f32, f16 or Q8_0 blocks), its token
 history and rope state, with the model's identity checked on load.
 """
 from __future__ import annotations

@@ -86,7 +86,9 @@ class Model:
     of raising ContextFullError. rope_steps: continuous mode moves t in steps of 1/rope_steps
     (None: rope.default_steps(L), 16 where L >= 4096; 0: t = N/L exactly, a new table every
     token). kv_type: f32 (the default: exact) | f16 (half the KV cache's memory, keys and values
-    rounded to half when stored, as llama.cpp's default cache is). log_scale: the official flash
+    rounded to half when stored, as llama.cpp's default cache is) | q8_0 (34/128 of f32's memory:
+    keys and values quantized to Q8_0 blocks when stored, attention scores against the query
+    quantized to Q8_0, as llama.cpp's -ctk/-ctv q8_0; head_dim must be a multiple of 32). log_scale: the official flash
     path's q *= log(n_kv)/log(L) (None: the file's clex.log_scale where the official code applies it)."""
 
     def __init__(self, path, n_ctx: int = 0, n_threads: int | None = None, rope: str = "auto",
@@ -168,8 +170,8 @@ class Model:
         if kv_type not in KV_TYPES:
             raise ModelError(f"unknown kv_type {kv_type!r} (choose from {', '.join(KV_TYPES)})")
         self.kv_type = kv_type
-        type_id, elt = KV_TYPES[kv_type]
-        kv_bytes = 2 * elt * hp.n_layer * hp.n_head_kv * hp.head_dim * n_ctx
+        type_id, blck, nbytes = KV_TYPES[kv_type]   # a head_dim not of whole blocks: the core says so
+        kv_bytes = 2 * hp.n_layer * hp.n_head_kv * n_ctx * (hp.head_dim // blck) * nbytes
         avail = _mem_available()
         if n_ctx > (1 << 24) or (avail is not None and kv_bytes > avail):
             have = f"; {avail / 2**30:.1f} GiB is available" if avail is not None else ""
