@@ -26,8 +26,8 @@ def plain(ckpts):
 
 @pytest.mark.parametrize("kw,words", [
     ({"n_gpu_layers": -1}, "CUDA"), ({"n_gpu_layers": 1}, "issue 19"),
-    ({"lora_path": "a.gguf"}, "LoRA"), ({"type_k": 8}, "Q8_0"), ({"type_v": "q8_0"}, "Q8_0"),
-    ({"type_k": 1, "type_v": 0}, "one element type"), ({"type_k": 5}, r"f32 \(0\) or f16 \(1\)"),
+    ({"lora_path": "a.gguf"}, "LoRA"), ({"type_k": 8, "type_v": "f16"}, "one element type"),
+    ({"type_k": 1, "type_v": 0}, "one element type"), ({"type_k": 5}, r"f32 \(0\), f16 \(1\) or q8_0 \(8\)"),
     ({"use_mmap": False}, "maps"), ({"use_mlock": True}, "lock"), ({"flash_attn": True}, "attention"),
     ({"n_ubatch": 64}, "n_batch"), ({"chat_handler": object()}, "chat_format"),
     ({"n_threads": 2, "n_threads_batch": 1}, "n_threads"), ({"main_gpu": 1}, "CUDA"),

@@ -325,5 +325,5 @@ def test_shared_option_choices_agree_with_the_model():
     assert cmd_options.KV_POLICIES == model.KV_POLICIES and cmd_options.KV_TYPES == tuple(model.KV_TYPES)
     for name in ("generate", "chat", "bench"):
         r = run(name, "--help")
-        assert r.exit_code == 0 and "--kv-type [f32|f16]" in r.output and "--clex-mode [ceil|continuous]" in r.output
+        assert r.exit_code == 0 and "--kv-type [f32|f16|q8_0]" in r.output and "--clex-mode [ceil|continuous]" in r.output
         assert "--clex-log-scale [on|off]" in r.output

@@ -70,7 +70,7 @@ def test_type_table_is_ggmls():
     assert sorted(run) == sorted([*TYPES.values(), *RUN_ONLY.values()])
     listed = ffi.string(lib.clex_supported_weight_types()).decode()
     assert listed == ", ".join(ffi.string(lib.clex_type_name(t)).decode() for t in run)
-    assert [lib.clex_kv_type_supported(t) for t in (0, 1, 2, 8, 30, -1)] == [1, 1, 0, 0, 0, 0]
+    assert [lib.clex_kv_type_supported(t) for t in (0, 1, 2, 8, 30, -1)] == [1, 1, 0, 1, 0, 0]
 
 
 def test_size_only_types_have_no_conversions():
@@ -295,6 +295,80 @@ def test_attention_kernels_at_odd_head_dims(tmp_path, isa, kv_type):
         with Model(str(path), n_threads=2, kv_type=kv_type, n_batch=16) as m:
             got = m.logits(ids)
         assert np.abs(got - ref).max() < 1e-3, (isa, kv_type, cfg.head_dim)
+
+
+# The attention kernels through clex_attn_scores / clex_attn_wsum, per KV cache type, against
+# float64 numpy on the rows as stored (gguf-py dequantizes the Q8_0 blocks and the Q8_0 query):
+# scores s[p] = scale * q . K[p], sums out + sum_p w[p] V[p]. Head dims: Q8_0's hot 64 and 128,
+# odd block counts (96, 160), one block (32) and past the kernels' prepared query (544: the
+# reference); f32 and f16 also at an odd multiple of 8 (40). Key counts on both sides of the
+# kernels' groups of 4 and 8. Float32 sums of m terms differ from the exact value by at most
+# about m * 2^-24 * sum |term|: the bounds below allow (blocks + 4) * 2^-24 for a score (a Q8_0
+# integer block sum is exact) and (keys + 3) * 2^-24 for a weighted sum, of the sum of |terms|.
+ATTN_DIMS = {"f32": (8, 40, 64, 128), "f16": (8, 40, 64, 128), "q8_0": (32, 64, 96, 128, 160, 544)}
+ATTN_KEYS = (1, 3, 4, 7, 8, 9, 17, 70)
+EPS32 = 2.0 ** -24
+
+
+def kv_rows(kv_type, rng, n, D):
+    """n cached rows of D values as the cache stores them, and those rows in float64. Q8_0:
+    random codes (every byte, -128 included) and scales of varied size and sign, some zero."""
+    if kv_type == "q8_0":
+        b = rng.integers(0, 256, (n * D // 32, 34), dtype=np.uint8)
+        d = (rng.standard_normal(len(b)) * 10.0 ** rng.integers(-4, 1, len(b))).astype(np.float16)
+        d[rng.random(len(b)) < 0.05] = 0
+        b[:, :2] = d.view(np.uint8).reshape(-1, 2)
+        return b, quants.dequantize(b, QT.Q8_0).astype(np.float64).reshape(n, D)
+    x = rng.standard_normal((n, D)).astype(np.float32 if kv_type == "f32" else np.float16)
+    return x, x.astype(np.float64)
+
+
+def kv_query(kv_type, rng, D):
+    """a query head in the form the cache type's scores take, and in float64"""
+    q = rng.standard_normal(D).astype(np.float32)
+    if kv_type != "q8_0":
+        return q, q.astype(np.float64)
+    qb = quants.quantize(q[None, :], QT.Q8_0)
+    return qb, quants.dequantize(qb, QT.Q8_0).astype(np.float64).ravel()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv_type", list(ATTN_DIMS))
+def test_attention_kernels_match_float64(isa, kv_type):
+    rng = np.random.default_rng(12)
+    t = {"f32": 0, "f16": 1, "q8_0": 8}[kv_type]
+    _lib.set_isa(isa)
+    for D in ATTN_DIMS[kv_type]:
+        blocks = D // 32 if kv_type == "q8_0" else D
+        for n in ATTN_KEYS:
+            K, Kd = kv_rows(kv_type, rng, n, D)
+            q, qd = kv_query(kv_type, rng, D)
+            scale = 0.125
+            s = np.full(n, np.nan, np.float32)
+            _lib.check(lib.clex_attn_scores(t, n, D, ptr(q), ptr(K), scale, ptr(s, "float *")))
+            want = scale * (Kd @ qd)
+            bound = (blocks + 4) * EPS32 * scale * (np.abs(Kd) @ np.abs(qd)) + 1e-30
+            assert (np.abs(s - want) <= bound).all(), (isa, kv_type, D, n, np.abs(s - want).max())
+            V, Vd = kv_rows(kv_type, rng, n, D)
+            w = rng.random(n).astype(np.float32)
+            w[rng.random(n) < 0.2] = 0
+            out0 = rng.standard_normal(D).astype(np.float32)
+            out = out0.copy()
+            _lib.check(lib.clex_attn_wsum(t, n, D, ptr(w, "float *"), ptr(V), ptr(out, "float *")))
+            want = out0 + w.astype(np.float64) @ Vd
+            bound = (n + 3) * EPS32 * (np.abs(out0) + w @ np.abs(Vd)) + 1e-30
+            assert (np.abs(out - want) <= bound).all(), (isa, kv_type, D, n, np.abs(out - want).max())
+
+
+def test_attention_kernels_reject_bad_arguments():
+    f = np.zeros(64, np.float32)
+    b = np.zeros(68, np.uint8)
+    assert lib.clex_attn_scores(8, 1, 48, ptr(b), ptr(b), 1.0, ptr(f, "float *")) == lib.CLEX_E_INVALID
+    assert "whole blocks of 32" in _lib.last_error()
+    assert lib.clex_attn_wsum(2, 1, 64, ptr(f, "float *"), ptr(b), ptr(f, "float *")) == lib.CLEX_E_INVALID
+    assert lib.clex_attn_scores(0, -1, 8, ptr(f), ptr(f), 1.0, ptr(f, "float *")) == lib.CLEX_E_INVALID
+    assert lib.clex_attn_wsum(1, 2, 8, ffi.NULL, ptr(f), ptr(f, "float *")) == lib.CLEX_E_INVALID
+    assert lib.clex_attn_scores(8, 0, 64, ffi.NULL, ffi.NULL, 1.0, ffi.NULL) == lib.CLEX_OK   # nothing to do
 
 
 # The tile kernels of prefill (native/src/internal.h clex_tile_set; x86: avx512_tile.c with

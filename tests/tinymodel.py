@@ -243,14 +243,28 @@ def acts_of_file(path) -> dict[str, str | None]:
     return {t.name: ACT_OF.get(t.tensor_type.name.lower()) for t in r.tensors}
 
 
+def q8_0_rows(x: np.ndarray) -> np.ndarray:
+    """x's float32 rows (the last axis, a whole number of blocks of 32) through gguf-py's Q8_0
+    quantizer and dequantizer, in float64."""
+    x32 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+    back = gguf.quants.dequantize(gguf.quants.quantize(x32, QT.Q8_0), QT.Q8_0)
+    return back.reshape(x.shape).astype(np.float64)
+
+
 def reference_forward(w: dict, cfg: HParams, ids, inv_freq=None, n_rot=None,
-                      act: str | None = None, kq_scale: float = 1.0, kv_f16: bool = False) -> np.ndarray:
+                      act: str | None = None, kq_scale: float = 1.0, kv_f16: bool = False,
+                      kv_q8: bool = False, kv_rows=None, q_round=None) -> np.ndarray:
     """Textbook LLaMA forward in float64: [len(ids), n_vocab] logits. Rotary pairs are adjacent
     (GGUF layout) and position p turns pair i by p * inv_freq[i] (angles from float32 products,
     as the runtime forms them). `act` ("q8_0"/"q8_1", or a dict tensor name -> that) rounds a
     matrix product's input to 8-bit blocks first, as integer products of quantized weights do.
     kq_scale multiplies every attention logit q.k/sqrt(d) (YaRN's temperature: mscale^2).
-    kv_f16 rounds the rotated keys and the values to IEEE half, as an f16 KV cache stores them."""
+    kv_f16 rounds the rotated keys and the values to IEEE half, as an f16 KV cache stores them;
+    kv_q8 rounds them (as float32 rows of head_dim) to gguf-py's Q8_0 blocks, as a Q8_0 cache
+    stores them, and each query head to Q8_0, as scores over a Q8_0 cache take it. kv_rows
+    ([n_layer] of (k, v), each [T, n_head_kv, head_dim]) replaces the rotated keys and values of
+    each layer (a cache's rows, read back), q_round(layer, q [T, n_head, head_dim]) the rotated
+    queries."""
     H, HKV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     n_rot = n_rot or cfg.n_rot
     inv = rope_table(cfg.freq_base, n_rot) if inv_freq is None else np.asarray(inv_freq, np.float32)
@@ -284,6 +298,12 @@ def reference_forward(w: dict, cfg: HParams, ids, inv_freq=None, n_rot=None,
         v = mm(h, p + "attn_v.weight").reshape(T, HKV, D)
         if kv_f16:
             k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
+        if kv_q8:
+            q, k, v = (q8_0_rows(a) for a in (q, k, v))
+        if kv_rows is not None:
+            k, v = (np.asarray(a, np.float64) for a in kv_rows[i])
+        if q_round is not None:
+            q = q_round(i, q)
         rep = H // HKV
         k = np.repeat(k, rep, axis=1)
         v = np.repeat(v, rep, axis=1)
