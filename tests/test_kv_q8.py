@@ -230,6 +230,33 @@ def test_batched_decode_equals_each_alone(tiny):
         assert np.array_equal(k, ka) and np.array_equal(v, va)
 
 
+@pytest.mark.parametrize("first", ["f32", "q8_0"])
+def test_batch_of_mixed_cache_types(tiny, first):
+    """clex_eval_batch over contexts of one model with an f32 and a Q8_0 cache, either first (the
+    first lends its scratch, the Q8_0 query's included): each row bit for bit its lone decode."""
+    from test_batch_decode import Shared
+    path, cfg = tiny["d64", "f32"]
+    types = {"f32": lib.CLEX_TYPE_F32, "q8_0": lib.CLEX_TYPE_Q8_0}
+    order = [first, "q8_0" if first == "f32" else "f32"]
+    seqs = [list(np.random.default_rng(11).integers(0, cfg.n_vocab, n)) for n in (6, 13)]
+    runs = []
+    for _ in range(2):
+        s = Shared(path, n_ctxs=0)
+        for kv in order:
+            pc = ffi.new("clex_ctx **")
+            _lib.check(lib.clex_ctx_create(s.m, 64, 16, 2, types[kv], pc))
+            s.ctxs.append(ffi.gc(pc[0], lib.clex_ctx_free))
+            s.n_past.append(0)
+        for i, seq in enumerate(seqs):
+            s.set_rope(i, tm.rope_table(cfg.freq_base, cfg.n_rot))
+            s.eval(i, seq)
+        runs.append(s)
+    alone = np.stack([runs[0].eval(i, [7]) for i in range(2)])
+    got = runs[1].batch([0, 1], [7, 7], exact=1)
+    assert np.array_equal(got, alone)
+    assert runs[0].kv(1) == runs[1].kv(1)
+
+
 # ---------------------------------------------------------------------------------------------- bytes
 
 
