@@ -148,6 +148,38 @@ static float *part_at(const clex_ctx *c, int64_t t, int64_t h) {
     return c->part + ((t * c->m->hp.n_head + h) * ATT_MAX_CHUNKS) * (D + 2);
 }
 
+/* Prefill through the blocked kernel (clex_k.fattn), in units of (query head, 16 consecutive
+ * tokens) dealt round-robin to the threads, so each thread gets early and late tokens alike.
+ * Returns 0 where it does not apply: a batch over several contexts (batched decoding keeps each
+ * token's own chunking), soft-capping, a head size or cache type the kernel does not take, a
+ * batch too short to fill its lanes. */
+#define FATTN_MIN_TOKENS 8
+static int attention_blocked(clex_ctx *c, int l, int64_t T, const clex_route *r, float scale, int ith, int nth) {
+    const clex_hparams *hp = &c->m->hp;
+    const int64_t D = hp->head_dim, H = hp->n_head, grp = H / hp->n_head_kv, qd = H * D;
+    if (!clex_k.fattn || r->ctx || T < FATTN_MIN_TOKENS || hp->attn_softcap > 0.0f || D % 16 || D > CLEX_FATTN_MAX_D ||
+        (c->kv_type != CLEX_TYPE_F32 && c->kv_type != CLEX_TYPE_F16))
+        return 0;
+    const int32_t n_swa = c->m->layers[l].n_swa;
+    const int64_t blocks = (T + 15) / 16;
+    for (int64_t u = ith; u < H * blocks; u += nth) {
+        const int64_t h = u % H, t0 = u / H * 16, nt = T - t0 < 16 ? T - t0 : 16;
+        int64_t lo[16], hi[16];
+        for (int64_t i = 0; i < nt; i++) {
+            const int64_t pos = route_pos(r, t0 + i);
+            lo[i] = first_key(pos, n_swa);
+            hi[i] = pos + 1;
+        }
+        const kv_head kv = kv_head_at(c, l, h / grp);
+        const clex_fattn_job job = {D, (int32_t)nt, kv.k16 != NULL, c->q + t0 * qd + h * D, qd,
+                                    kv.k16 ? (const void *)kv.k16 : (const void *)kv.k32,
+                                    kv.v16 ? (const void *)kv.v16 : (const void *)kv.v32, lo, hi, scale,
+                                    c->att + t0 * qd + h * D, qd};
+        clex_k.fattn(&job);
+    }
+    return 1;
+}
+
 /* Units (token, kv head, chunk) of chunks_max chunks per token: a token with fewer skips the rest. */
 void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith, int nth) {
     const clex_hparams *hp = &c->m->hp;
@@ -160,6 +192,7 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
         cmax = ct > cmax ? ct : cmax;
     }
     const float base = hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D);
+    if (attention_blocked(c, l, T, r, c->kq_scale * base, ith, nth)) return;
     float *scores = c->scores + (int64_t)ith * c->n_ctx;
     int64_t lo, hi;
     split(T * HKV * cmax, ith, nth, &lo, &hi);

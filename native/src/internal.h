@@ -45,6 +45,23 @@ typedef void (*clex_from_f16_fn)(const clex_fp16 *x, float *y, int64_t n);
  * CLEX_FFN_* (SiLU for SwiGLU, GELU's tanh form for GeGLU and GELU). Both are x * sigmoid(a x ...):
  * SIMD versions evaluate that sigmoid with their own exp, within a few ulp of the scalar one. */
 typedef void (*clex_act_fn)(int32_t kind, int64_t n, float *g, const float *u);
+/* Prefill attention of one query head over nt (<= 16) consecutive tokens of a batch: token t
+ * (query q + t * q_stride, scaled by `scale`) attends to keys [k_lo[t], k_hi[t]) of its KV
+ * head's cache rows k, v ([n_ctx, D], f32, or f16 when f16), softmax in float32, the result to
+ * out + t * out_stride. D a multiple of 16, at most CLEX_FATTN_MAX_D. NULL: the per-token path. */
+#define CLEX_FATTN_MAX_D 256
+typedef struct {
+    int64_t D;
+    int32_t nt, f16;
+    const float *q;
+    int64_t q_stride;
+    const void *k, *v;
+    const int64_t *k_lo, *k_hi;
+    float scale;
+    float *out;
+    int64_t out_stride;
+} clex_fattn_job;
+typedef void (*clex_fattn_fn)(const clex_fattn_job *j);
 
 /* ---- tiled prefill (matmul.c) ----
  * A weight type may have tile kernels: pack rewrites rows of its weights once into the kernel's
@@ -103,6 +120,7 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
     X(clex_to_f16_fn, to_f16)                                                                     \
     X(clex_from_f16_fn, from_f16)                                                                 \
     X(clex_act_fn, act)                                                                           \
+    X(clex_fattn_fn, fattn)                                                                       \
     X(const clex_tile_set *, tiles)
 
 #define CLEX_KERNEL_FIELD(type, name) type name;
@@ -127,6 +145,7 @@ void clex_init_once(void);
 #define CLEX_X86 1
 const clex_kernels *clex_kernels_avx2(void);
 const clex_kernels *clex_kernels_avx512(void);
+void clex_avx512_fattn(const clex_fattn_job *j);
 #endif
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #define CLEX_NEON 1
