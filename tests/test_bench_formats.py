@@ -155,3 +155,26 @@ def test_depth_prefix_is_reused_between_runs(tiny):
         assert m.n_past == 8 and (m.tokens == first).all()
         cache.to(0)
         assert m.n_past == 0
+
+
+def test_table_change_cost_at_each_depth_of_a_clex_model(tmp_path):
+    import dataclasses
+
+    import hfgen
+    from clexrt.convert import convert_hf
+
+    spec = dataclasses.replace(hfgen.CLEX, n_ctx=32, max_factor=4)
+    hfgen.make_checkpoint(tmp_path / "hf", spec)
+    model = tmp_path / "clex.gguf"
+    convert_hf(tmp_path / "hf", model, outtype="f32", progress=False)
+    args = ["-m", model, "-p", "0", "-n", "4", "-d", "0,40,60", "-r", "1", "-t", "1", "--rope", "clex",
+            "--clex-mode", "ceil", "--no-bandwidth"]
+    rows = [json.loads(line) for line in _run(*args, "-o", "jsonl").splitlines()]
+    assert [r["n_depth"] for r in rows] == [0, 40, 60]
+    assert "table_change" not in rows[0]
+    for r in rows[1:]:
+        assert r["table_change"]["n_past"] == r["n_depth"] and r["table_change_ms"] > 0
+        assert r["rope"]["method"] == "clex"
+    notes = _run(*args).splitlines()[2 + 3:]
+    assert notes[0].startswith("rope: clex (ceil)")
+    assert [n.split(",")[0] for n in notes[1:]] == ["table change at depth 40", "table change at depth 60"]
