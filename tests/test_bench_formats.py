@@ -178,3 +178,11 @@ def test_table_change_cost_at_each_depth_of_a_clex_model(tmp_path):
     notes = _run(*args).splitlines()[2 + 3:]
     assert notes[0].startswith("rope: clex (ceil)")
     assert [n.split(",")[0] for n in notes[1:]] == ["table change at depth 40", "table change at depth 60"]
+
+
+def test_plan_repeats_follow_llama_bench_loops():
+    from clexrt.cli.bench import Test, plan_tests
+
+    got = plan_tests([2, 2], [0, 8], [16, 0], [4])
+    want = [Test(2, d, p, n) for _ in range(2) for d in (0, 8) for p, n in ((16, 0), (0, 4))]
+    assert got == want

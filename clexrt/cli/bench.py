@@ -4,9 +4,10 @@ pp: one eval of P random token ids after D cached ones; tg: N evals of one rando
 D cached ones. Only those evals are timed (the depth prefill is not). Each figure is the mean and
 standard deviation of tokens/s over the repetitions, after one untimed warm-up. -p, -n, -d and
 -t take comma-separated lists; the tests run in llama-bench's order (for each thread count, for
-each depth: the pp tests, then the tg tests), one model load per thread count. tg is also shown
-as the weight bytes it streams per second and as a % of the read bandwidth the machine reaches
-with the same threads, measured after that thread count's tests (clexrt.engine.bandwidth)."""
+each depth: the pp tests, then the tg tests), one model load per thread count (`-t 2,2` loads
+twice, as llama-bench runs it twice). tg is also shown as the weight bytes it streams per second
+and as a % of the read bandwidth the machine reaches with the same threads, measured after that
+thread count's tests (clexrt.engine.bandwidth)."""
 from __future__ import annotations
 
 import os
@@ -15,13 +16,14 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
+from itertools import groupby
 
 import click
 import numpy as np
 
 from ..engine.bandwidth import decode_bytes_per_token, read_bandwidth
 from ..gguf.constants import FILE_TYPES, GGML_TYPES
-from .bench_report import FORMATS, Printer, test_name
+from .bench_report import FORMATS, Printer, label_of
 from .options import log_scale_option, rope_options
 
 
@@ -83,7 +85,10 @@ class DepthCache:
     def to(self, depth: int) -> None:
         m = self.model
         keep = min(self.filled, depth) if self.reuse else 0
-        m.truncate(keep) if keep else m.reset()
+        if keep:
+            m.truncate(keep)
+        else:
+            m.reset()
         for i in range(keep, depth, 512):
             m.eval(self.rng.integers(0, m.n_vocab, min(512, depth - i)))
         self.filled = depth
@@ -163,7 +168,7 @@ def model_fields(model, path: str, batch: int) -> dict:
             "weight_bytes_per_token": decode_bytes_per_token(g, hp.n_expert, hp.n_expert_used)}
 
 
-def test_row(base: dict, test: Test, start: float, samples_ns: list[int], model) -> dict:
+def make_row(base: dict, test: Test, start: float, samples_ns: list[int], model) -> dict:
     ts = [test.n_tokens * 1e9 / ns for ns in samples_ns]
     avg_ns, sd_ns = _stats(samples_ns)
     avg_ts, sd_ts = _stats(ts)
@@ -196,14 +201,15 @@ def run_group(load, model_path: str, batch: int, tests: list[Test], reps: int,
     try:
         base = model_fields(model, model_path, batch)
         cache, rows = DepthCache(model, rng), []
-        for depth in dict.fromkeys(t.depth for t in tests):
+        for depth, same_depth in groupby(tests, key=lambda t: t.depth):
             here = []
-            for test in (t for t in tests if t.depth == depth):
+            for test in same_depth:
                 start = time.time()
-                here.append(test_row(base, test, start, time_test(model, cache, test, reps, rng), model))
+                here.append(make_row(base, test, start, time_test(model, cache, test, reps, rng), model))
             change = table_change(model, depth, reps)
-            for row in here if change else ():
-                add_table_change(row, change)
+            if change:
+                for row in here:
+                    add_table_change(row, change)
             rows += here
         schedule = model.schedule
     finally:
@@ -225,7 +231,7 @@ def notes(rows: list[dict], schedule) -> list[str]:
     if tg:
         out.append(f"tg streams {tg[0]['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token:")
         for r in tg:
-            out.append(f"  {test_name(r['n_prompt'], r['n_gen'], r['n_depth'])}: {r['tg_weight_gbps']:.1f} GB/s, "
+            out.append(f"  {label_of(r['n_prompt'], r['n_gen'], r['n_depth'])}: {r['tg_weight_gbps']:.1f} GB/s, "
                        f"{r['tg_bandwidth_pct']:.0f}% of the {r['read_gbps']:.1f} GB/s a plain read reaches with "
                        f"{r['n_threads']} threads")
     st = rows[0]["rope"]
@@ -294,8 +300,8 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, fmt, as_json, 
 
     printer = Printer(fmt, kv_columns=kv_type != "f32")
     rows, schedule = [], None
-    for t in dict.fromkeys(x.threads for x in tests):
-        got, schedule = run_group(load, model_path, batch, [x for x in tests if x.threads == t], reps, bandwidth)
+    for _, group in groupby(tests, key=lambda x: x.threads):
+        got, schedule = run_group(load, model_path, batch, list(group), reps, bandwidth)
         printer.print_rows(got)
         rows += got
     printer.finish()

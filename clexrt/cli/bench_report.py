@@ -36,7 +36,7 @@ _MD_KV = [("type_k", 6), ("type_v", 6)]
 _MD_TAIL = [("test", 15), ("t/s", 20)]
 
 
-def test_name(n_prompt: int, n_gen: int, depth: int) -> str:
+def label_of(n_prompt: int, n_gen: int, depth: int) -> str:
     """llama-bench's test label: pp512, tg128, pp512+tg128, with ' @ d4096' at a depth."""
     name = f"pp{n_prompt}" if not n_gen else f"tg{n_gen}" if not n_prompt else f"pp{n_prompt}+tg{n_gen}"
     return name + (f" @ d{depth}" if depth else "")
@@ -119,7 +119,7 @@ def _md_value(row: dict, column: str) -> str:
     if column == "threads":
         return str(row["n_threads"])
     if column == "test":
-        return test_name(row["n_prompt"], row["n_gen"], row["n_depth"])
+        return label_of(row["n_prompt"], row["n_gen"], row["n_depth"])
     if column == "t/s":
         return f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f}"
     return str(row[column])
