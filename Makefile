@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 NATIVE  := $(wildcard native/src/*.c native/src/*.h native/src/arch/*.h native/src/arch/*/*.c native/src/arch/*/*.h native/include/*.h native/build.py)
 
-.PHONY: install test test-fast chat bench asan fuzz fuzz-c kbench neon-check train-clex stress-ctrl-c clean
+.PHONY: install test test-fast chat bench bench-1b asan fuzz fuzz-c kbench neon-check train-clex stress-ctrl-c clean
 
 install: $(STAMP)
 
@@ -41,9 +41,19 @@ test-fast: $(STAMP)
 chat: $(STAMP)
 	$(VENV)/bin/clexrt chat
 
-# Side by side with llama.cpp's llama-bench (LLAMA_BENCH=/path/to/llama-bench); docs/performance.md.
+# Side by side with llama.cpp's llama-bench (LLAMA_BENCH=/path/to/llama-bench), SmolLM2 by default
+# (BENCH_ARGS="--model FILE ..." for others); the run's table replaces the bench section of
+# BENCH_DOC (BENCH_DOC= to leave it alone). bench-1b adds the TinyLlama-1.1B-shaped synthetic model
+# in Q4_0 Q4_1 Q8_0 Q4_K_M Q5_K_M Q6_K, generated into SYNTH_DIR where missing (~7 GB with its F16
+# file). docs/performance.md says how long each takes.
+BENCH_DOC ?= docs/performance.md
+SYNTH_DIR ?= build/synth
+BENCH := $(VPY) benchmarks/bench_vs_llamacpp.py $(if $(BENCH_DOC),--doc $(BENCH_DOC))
 bench: $(STAMP)
-	$(VPY) benchmarks/bench_vs_llamacpp.py $(BENCH_ARGS)
+	$(BENCH) $(BENCH_ARGS)
+
+bench-1b: $(STAMP)
+	$(BENCH) --tinyllama $(SYNTH_DIR) $(BENCH_ARGS)
 
 # Kernels in isolation: GB/s of weights streamed per type and instruction set.
 kbench:

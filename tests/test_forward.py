@@ -92,7 +92,9 @@ def test_f16_kv_cache_matches_reference(tiny_files, wtype, isa):
     assert np.abs(got - ref16).max() < TOL
     assert np.abs(got - ref16).max() < np.abs(ref32 - ref16).max()     # closer to its own reference
     assert np.abs(ref32 - ref16).max() > 1e-4                            # the rounding is real
-    assert np.abs(got - steps).max() < 1e-4
+    # prefill's kernels sum in another order (tiles), and a key that differs in its last float
+    # bit can round to the neighbouring half: within the reference's tolerance, not bit for bit
+    assert np.abs(got - steps).max() < TOL
 
 
 def test_kv_type_is_checked(tiny_files):
@@ -269,3 +271,35 @@ def test_decoding_with_split_keys_equals_the_full_forward(tiny_files, kv_type, t
         m.eval(ids[:100])
         steps = np.stack([m.eval([t]) for t in ids[100:]])
     assert np.abs(full[100:] - steps).max() < 1e-4
+
+
+@pytest.mark.parametrize("isa", _lib.supported_isas())
+@pytest.mark.parametrize("n_head,n_head_kv,window,kv", [(8, 2, 0, "f32"), (2, 1, 0, "f16"), (1, 1, 0, "f32"),
+                                                         (8, 4, 8, "f32"), (2, 2, 19, "f16")])
+def test_prefill_attention_in_blocks(tmp_path, isa, n_head, n_head_kv, window, kv):
+    """Prefill's blocked attention (AVX-512: 16 tokens per call, keys 16 at a time with a running
+    softmax) at head sizes 16, 64 and 128, batches starting at 0 and past cached tokens, batch
+    ends that fill part of the 16 lanes, sliding windows shorter and longer than a block: equal
+    to token-by-token decoding (the per-token path) and, without a window, to the float64
+    reference."""
+    cfg = tm.tiny_hparams(n_embd=128, n_head=n_head, n_head_kv=n_head_kv)
+    p = tmp_path / "heads.gguf"
+    extra = (lambda wr: wr.add_uint32("llama.attention.sliding_window", window)) if window else None
+    tm.write_tiny(p, "f32", cfg, extra=extra)
+    ids = list(np.random.default_rng(5).integers(0, cfg.n_vocab, 45))
+    before = _lib.isa()
+    _lib.set_isa(isa)
+    try:
+        with Model(p, n_threads=2, n_batch=64, kv_type=kv) as m:
+            full = m.logits(ids)
+            m.reset()
+            split = np.concatenate([m.eval(ids[:5], all_logits=True), m.eval(ids[5:], all_logits=True)])
+            m.reset()
+            steps = np.stack([m.eval([t]) for t in ids])
+    finally:
+        _lib.set_isa(before)
+    assert np.abs(full - steps).max() < 1e-4
+    assert np.abs(split - steps).max() < 1e-4
+    if not window:
+        ref = tm.reference_forward(tm.read_weights(p), cfg, ids, kv_f16=kv == "f16")
+        assert np.abs(full - ref).max() < TOL

@@ -271,7 +271,8 @@ def test_cli_chat_bench_and_info(files):
     assert replies[on, None] == replies[off, "on"] != replies[off, None] == replies[on, "off"]
     for path, flag, runs in ((off, "on", True), (on, "off", False), (on, None, True)):
         args = ["bench", "-m", path, "-p", 4, "-n", 2, "-r", 1, "--json"] + (["--clex-log-scale", flag] if flag else [])
-        assert json.loads(_cli(*args).stdout)["rope"]["log_scale"] is runs
+        rows = [json.loads(line) for line in _cli(*args).stdout.splitlines()]     # --json: a row per test
+        assert [r["rope"]["log_scale"] for r in rows] == [runs, runs]
     for path, runs in ((on, True), (off, False)):
         c = json.loads(_cli("info", path, "--json").stdout)["clex"]
         assert c["log_scale"] is runs and c["log_scale_default"] is runs

@@ -51,11 +51,32 @@ def model_id(server):
     return server[0].served.model_id
 
 
+class _FromEmpty:
+    """The reference Llama, its cache emptied before every call. The server evaluates each prompt
+    in the chunks it would use from an empty cache (scheduler._reuse); the C core's kernels round
+    differently for other batch sizes (prefill tiles), so a reference that reused a prefix cached
+    by an earlier test could differ at a near-tie."""
+
+    def __init__(self, llm):
+        self._llm = llm
+
+    def __call__(self, *a, **kw):
+        self._llm.reset()
+        return self._llm(*a, **kw)
+
+    def create_chat_completion(self, *a, **kw):
+        self._llm.reset()
+        return self._llm.create_chat_completion(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+
 @pytest.fixture(scope="module")
 def llm():
     from clexrt.api import Llama
 
-    return Llama(SMOL, n_ctx=N_CTX, n_threads=2)
+    return _FromEmpty(Llama(SMOL, n_ctx=N_CTX, n_threads=2))
 
 
 def _raw(port, method, path, body=None, headers=None):

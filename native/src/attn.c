@@ -11,7 +11,9 @@
  * Then the attention step of the forward pass: causal attention, one (token, KV head, chunk of
  * keys) at a time, the query heads of a GQA group taking turns over the same run of cached keys
  * and values. Decoding one token splits each head's keys into chunks (so every thread has work
- * when there are few KV heads) and combines the chunks' partial softmaxes afterwards. */
+ * when there are few KV heads) and combines the chunks' partial softmaxes afterwards. Prefill
+ * of an f32 or f16 cache where the instruction set has the blocked kernel (clex_k.fattn: 16
+ * tokens of one query head per call) takes that instead; a Q8_0 cache takes the per-token path. */
 #include <math.h>
 #include <string.h>
 
@@ -219,6 +221,36 @@ static float *part_at(const clex_ctx *c, int64_t t, int64_t h) {
     return c->part + ((t * c->m->hp.n_head + h) * ATT_MAX_CHUNKS) * (D + 2);
 }
 
+/* Prefill through the blocked kernel (clex_k.fattn), in units of (query head, 16 consecutive
+ * tokens) dealt round-robin to the threads, so each thread gets early and late tokens alike.
+ * Returns 0 where it does not apply: a batch over several contexts (batched decoding keeps each
+ * token's own chunking), soft-capping, a head size or cache type the kernel does not take, a
+ * batch too short to fill its lanes. */
+#define FATTN_MIN_TOKENS 8
+static int attention_blocked(clex_ctx *c, int l, int64_t T, const clex_route *r, float scale, int ith, int nth) {
+    const clex_hparams *hp = &c->m->hp;
+    const int64_t D = hp->head_dim, H = hp->n_head, grp = H / hp->n_head_kv, qd = H * D;
+    if (!clex_k.fattn || r->ctx || T < FATTN_MIN_TOKENS || hp->attn_softcap > 0.0f || D % 16 || D > CLEX_FATTN_MAX_D ||
+        (c->kv_type != CLEX_TYPE_F32 && c->kv_type != CLEX_TYPE_F16))
+        return 0;
+    const int32_t n_swa = c->m->layers[l].n_swa;
+    const int64_t blocks = (T + 15) / 16;
+    for (int64_t u = ith; u < H * blocks; u += nth) {
+        const int64_t h = u % H, t0 = u / H * 16, nt = T - t0 < 16 ? T - t0 : 16;
+        int64_t lo[16], hi[16];
+        for (int64_t i = 0; i < nt; i++) {
+            const int64_t pos = route_pos(r, t0 + i);
+            lo[i] = first_key(pos, n_swa);
+            hi[i] = pos + 1;
+        }
+        const kv_head kv = kv_head_at(c, l, h / grp);
+        const clex_fattn_job job = {D, (int32_t)nt, kv.type == CLEX_TYPE_F16, c->q + t0 * qd + h * D, qd,
+                                    kv.k, kv.v, lo, hi, scale, c->att + t0 * qd + h * D, qd};
+        clex_k.fattn(&job);
+    }
+    return 1;
+}
+
 /* Units (token, kv head, chunk) of chunks_max chunks per token: a token with fewer skips the rest. */
 void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith, int nth) {
     const clex_hparams *hp = &c->m->hp;
@@ -231,6 +263,7 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
         cmax = ct > cmax ? ct : cmax;
     }
     const float base = hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D);
+    if (attention_blocked(c, l, T, r, c->kq_scale * base, ith, nth)) return;
     float *scores = c->scores + (int64_t)ith * c->n_ctx;
     block_q8_0 *qq = c->qq + (int64_t)ith * (D / QK + 1);
     int64_t lo, hi;

@@ -148,13 +148,26 @@ static void embed(fwd *f) {
     sync(f);
 }
 
-/* xn = norm(x) for tokens [t0, T), prepared for the products that read it (cons) */
+/* Decoding one token, each thread prepares a product's whole input itself, into its own row
+ * (ith) of the activation buffers and xn, and goes on without a barrier: a row of a few
+ * thousand values costs less than making the threads meet (two fewer barriers per block).
+ * A batch, or a context whose buffers have fewer rows than threads, shares the rows out. */
+static int own_rows(const fwd *f) { return f->T == 1 && f->c->n_batch >= f->nth; }
+
+/* xn = norm(x) for tokens [t0, T), prepared for the products that read it (cons). only_cons:
+ * nothing but those products reads xn, so one token's row may be each thread's own. */
 static void norm_step(fwd *f, const clex_tensor *w_norm, const clex_tensor *b_norm, const clex_tensor *const *cons,
-                      int ncons, int64_t t0) {
+                      int ncons, int64_t t0, int only_cons) {
     clex_ctx *c = f->c;
     const int64_t E = f->hp->n_embd;
     unsigned need = 0;
     for (int i = 0; i < ncons; i++) need |= clex_act_need(cons[i]);
+    if (only_cons && t0 == 0 && own_rows(f)) {
+        float *xn = c->xn + f->ith * E;
+        norm_row(f->hp, xn, c->x, opt(w_norm), opt(b_norm));
+        clex_prepare_row(&f->a, xn, E, f->ith, need, c->act);
+        return;
+    }
     int64_t lo, hi;
     split(f->T - t0, f->ith, f->nth, &lo, &hi);
     for (int64_t t = t0 + lo; t < t0 + hi; t++) norm_row(f->hp, c->xn + t * E, c->x + t * E, opt(w_norm), opt(b_norm));
@@ -183,8 +196,12 @@ static void project_out(fwd *f, const clex_tensor *w, const clex_tensor *b, cons
     const int64_t E = f->hp->n_embd;
     int64_t lo, hi;
     split(f->T, f->ith, f->nth, &lo, &hi);
-    clex_prepare_acts(&f->a, in, k, lo, hi, clex_act_need(w), c->act);
-    sync(f);
+    if (own_rows(f)) {
+        clex_prepare_row(&f->a, in, k, f->ith, clex_act_need(w), c->act);
+    } else {
+        clex_prepare_acts(&f->a, in, k, lo, hi, clex_act_need(w), c->act);
+        sync(f);
+    }
     if (!post->data) {
         product(f, w, b, &f->a, f->T, dst, E, accumulate);
         sync(f);
@@ -360,7 +377,7 @@ static void expert_step(fwd *f, const clex_layer *L, int64_t e) {
  * batch reads each expert's weights once; decoding touches only the chosen experts) */
 static void moe_block(fwd *f, const clex_layer *L) {
     const clex_tensor *router[1] = {&L->ffn_gate_inp};   /* the experts prepare their own inputs */
-    norm_step(f, &L->ffn_norm, &L->ffn_norm_b, router, 1, 0);
+    norm_step(f, &L->ffn_norm, &L->ffn_norm_b, router, 1, 0, 0);
     route_step(f, L);
     for (int64_t e = 0; e < f->hp->n_expert; e++) expert_step(f, L, e);
 }
@@ -370,7 +387,7 @@ static void moe_block(fwd *f, const clex_layer *L) {
 /* the attention block; its output goes to dst (x, accumulated; or the parallel buffer) */
 static void attention_block(fwd *f, const clex_layer *L, int l, float *dst, int accumulate) {
     const clex_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
-    norm_step(f, &L->attn_norm, &L->attn_norm_b, qkv, 3, 0);
+    norm_step(f, &L->attn_norm, &L->attn_norm_b, qkv, 3, 0, 1);
     qkv_step(f, L);
     rope_step(f, L, l);
     clex_attention(f->c, l, f->T, &f->fa->route, f->ith, f->nth);
@@ -387,7 +404,7 @@ static void ffn_block(fwd *f, const clex_layer *L) {
     const clex_tensor *gu[2] = {&L->w_gate, &L->w_up};
     const int own_norm = L->ffn_norm.data != NULL;   /* else (parallel residual) attn_norm's again */
     norm_step(f, own_norm ? &L->ffn_norm : &L->attn_norm, own_norm ? &L->ffn_norm_b : &L->attn_norm_b,
-              f->hp->ffn_kind == CLEX_FFN_GELU ? gu + 1 : gu, f->hp->ffn_kind == CLEX_FFN_GELU ? 1 : 2, 0);
+              f->hp->ffn_kind == CLEX_FFN_GELU ? gu + 1 : gu, f->hp->ffn_kind == CLEX_FFN_GELU ? 1 : 2, 0, 1);
     gate_up_step(f, &L->w_gate, &L->w_up, &L->b_up, f->T);
     project_out(f, &L->w_down, &L->b_down, &L->ffn_post_norm, f->c->gate, f->hp->n_ff, f->c->x, 1);
 }
@@ -427,7 +444,7 @@ static void output(fwd *f) {
     if (!fa->logits && !fa->hidden) return;
     const int64_t t0 = fa->all_logits ? 0 : f->T - 1, V = f->hp->n_vocab;
     const clex_tensor *ow[1] = {&f->m->output};
-    norm_step(f, &f->m->output_norm, &f->m->output_norm_b, ow, fa->logits ? 1 : 0, fa->hidden ? 0 : t0);
+    norm_step(f, &f->m->output_norm, &f->m->output_norm_b, ow, fa->logits ? 1 : 0, fa->hidden ? 0 : t0, !fa->hidden);
     if (fa->hidden) copy_hidden(f);
     if (!fa->logits) return;
     const clex_acts ao = clex_acts_from(&f->a, t0);

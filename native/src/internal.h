@@ -51,6 +51,23 @@ typedef void (*clex_wsum_q8_fn)(int64_t n, int64_t D, const float *w, const bloc
  * CLEX_FFN_* (SiLU for SwiGLU, GELU's tanh form for GeGLU and GELU). Both are x * sigmoid(a x ...):
  * SIMD versions evaluate that sigmoid with their own exp, within a few ulp of the scalar one. */
 typedef void (*clex_act_fn)(int32_t kind, int64_t n, float *g, const float *u);
+/* Prefill attention of one query head over nt (<= 16) consecutive tokens of a batch: token t
+ * (query q + t * q_stride, scaled by `scale`) attends to keys [k_lo[t], k_hi[t]) of its KV
+ * head's cache rows k, v ([n_ctx, D], f32, or f16 when f16), softmax in float32, the result to
+ * out + t * out_stride. D a multiple of 16, at most CLEX_FATTN_MAX_D. NULL: the per-token path. */
+#define CLEX_FATTN_MAX_D 256
+typedef struct {
+    int64_t D;
+    int32_t nt, f16;
+    const float *q;
+    int64_t q_stride;
+    const void *k, *v;
+    const int64_t *k_lo, *k_hi;
+    float scale;
+    float *out;
+    int64_t out_stride;
+} clex_fattn_job;
+typedef void (*clex_fattn_fn)(const clex_fattn_job *j);
 
 /* ---- tiled prefill (matmul.c) ----
  * A weight type may have tile kernels: pack rewrites rows of its weights once into the kernel's
@@ -109,6 +126,7 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
     X(clex_to_f16_fn, to_f16)                                                                     \
     X(clex_from_f16_fn, from_f16)                                                                 \
     X(clex_act_fn, act)                                                                           \
+    X(clex_fattn_fn, fattn)                                                                       \
     X(const clex_tile_set *, tiles)                                                               \
     X(clex_scores_q8_fn, scores_q8)                                                               \
     X(clex_wsum_q8_fn, wsum_q8)
@@ -139,6 +157,7 @@ const clex_kernels *clex_kernels_avx512(void);
  * set of the same instruction set */
 const clex_kernels *clex_kernels_avx2_attn(void);
 const clex_kernels *clex_kernels_avx512_attn(void);
+void clex_avx512_fattn(const clex_fattn_job *j);
 #endif
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #define CLEX_NEON 1

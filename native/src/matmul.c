@@ -29,6 +29,16 @@ void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int6
     }
 }
 
+void clex_prepare_row(clex_acts *a, const float *x, int64_t k, int64_t row, unsigned need,
+                      void *const bufs[CLEX_ACT_N]) {
+    a->f32 = x;
+    a->k = k;
+    for (int s = 0; s < CLEX_ACT_N; s++) {
+        a->q[s] = bufs[s] ? (uint8_t *)bufs[s] + (uint64_t)row * act_row_bytes(s, k) : NULL;
+        if (need & (1u << s)) clex_k.from_float[clex_act_type(s)](x, a->q[s], k);
+    }
+}
+
 clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
     clex_acts r = *a;
     r.f32 = a->f32 + t0 * a->k;

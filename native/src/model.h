@@ -178,6 +178,10 @@ unsigned clex_act_need(const clex_tensor *w);
  * (rows of k / block blocks; k a whole number of blocks of each such type). */
 void clex_prepare_acts(clex_acts *a, const float *x, int64_t k, int64_t t0, int64_t t1, unsigned need,
                        void *const bufs[CLEX_ACT_N]);
+/* x (one row of k) into row `row` of bufs in every activation type of `need`; a then reads
+ * that row (and x itself for float weights) */
+void clex_prepare_row(clex_acts *a, const float *x, int64_t k, int64_t row, unsigned need,
+                      void *const bufs[CLEX_ACT_N]);
 /* the same activations from row t0 on */
 clex_acts clex_acts_from(const clex_acts *a, int64_t t0);
 /* y[t, r] (+)= W[r, :] . x[t, :]  for rows [r0, r1) and all n_tok tokens */

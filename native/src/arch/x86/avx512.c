@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include "../../internal.h"
+#include "exp512.h"
 #include "x86_k.h"
 
 static inline float h2f(clex_fp16 h) { return _cvtsh_ss(h); }
@@ -205,30 +206,13 @@ static void NAME(int64_t n, int64_t D, const float *w, const T *V, float *out) {
     }                                                                                           \
 }
 
-/* e^x as avx2.c's exp8, with scalef for the 2^n */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* g * sigmoid(a), as avx2.c's act8 */
 static inline __m512 act16(int32_t kind, __m512 g) {
     __m512 a = g;
     if (kind != CLEX_FFN_SWIGLU)
         a = _mm512_mul_ps(_mm512_mul_ps(g, _mm512_set1_ps(2.0f * 0.7978845608028654f)),
                           _mm512_fmadd_ps(_mm512_mul_ps(g, g), _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f)));
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), a));
+    const __m512 e = clex_exp512(_mm512_sub_ps(_mm512_setzero_ps(), a));
     return _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
@@ -249,7 +233,7 @@ WSUM512(wsum32_avx512, wsum32_run, float, clex_wsum32_generic)
 WSUM512(wsum16_avx512, wsum16_run, clex_fp16, clex_wsum16_generic)
 
 #define ATTENTION_512 .scores32 = scores32_avx512, .scores16 = scores16_avx512, .wsum32 = wsum32_avx512, \
-                      .wsum16 = wsum16_avx512, .act = act_avx512
+                      .wsum16 = wsum16_avx512, .act = act_avx512, .fattn = clex_avx512_fattn
 
 static const clex_kernels avx512_vnni = {
     .vec_dot = {

@@ -258,6 +258,9 @@ INLINE void u32_pack(int64_t n, const void *w, size_t wstride, int64_t rows, voi
     }
 }
 
+static void pack_Q4_1(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst) {
+    u32_pack(n, w, wstride, rows, dst, 0);
+}
 static void pack_Q5_1(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst) {
     u32_pack(n, w, wstride, rows, dst, 1);
 }
@@ -381,10 +384,7 @@ KQ_GEMM(kq_gemm_lv32, 0, 0)   /* IQ4_XS: signed levels, sub-blocks of 32 */
 
 const clex_tile_set clex_avx512vnni_tiles = {{
     S32_TILES(Q8_0), S32_TILES(Q4_0), S32_TILES(Q5_0), S32_TILES(IQ4_NL),
-    /* Q4_1 keeps its four-row kernel: that one gives the one-row kernel's bits, so a Q4_1
-     * model (SmolLM2, the default) prefills exactly as it decodes; this tile rounds the minimum's
-     * term in another order, which moved SmolLM2's greedy replies (tests/test_chat.py). u32_pack
-     * keeps its Q4_1 branch for a later, bit-matching version. */
+    [CLEX_TYPE_Q4_1] = {u32_bytes, pack_Q4_1, u32_gemm, S32_MAX_N, 6},
     [CLEX_TYPE_Q5_1] = {u32_bytes, pack_Q5_1, u32_gemm, S32_MAX_N, 6},
     KQ_TILES(Q2_K, kq_gemm_min16), KQ_TILES(Q4_K, kq_gemm_min32), KQ_TILES(Q5_K, kq_gemm_min32),
     KQ_TILES(Q3_K, kq_gemm_off16), KQ_TILES(Q6_K, kq_gemm_off16), KQ_TILES(IQ4_XS, kq_gemm_lv32),
