@@ -1,6 +1,7 @@
 /* Matrix products: activations prepared once per consumer type, rows of a weight matrix against
  * every token of a batch (the tile kernels where a type has them and the batch is long enough,
- * else the four-row kernels where it has those), the forward pass's dynamic row scheduling, and
+ * else the four-row kernels where it has those; a lone token, as in decoding, four weight rows at
+ * a time where the type has vec_dot4w), the forward pass's dynamic row scheduling, and
  * the standalone clex_matmul (tests, tools). */
 #include <stdlib.h>
 
@@ -63,6 +64,7 @@ typedef struct {
     int64_t k;
     clex_vec_dot_fn dot;
     clex_vec_dot4_fn dot4;   /* NULL: one row at a time */
+    clex_vec_dot4w_fn dot4w;   /* four weight rows against one token; NULL: one row at a time */
     const clex_type_traits *wt;   /* the weight type */
     int32_t xtype;                /* the activation type; -1: float */
 } row_op;
@@ -72,7 +74,8 @@ static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
     const int s = clex_act_slot(tr->vec_dot_type);
     row_op op = {w->data, s < 0 ? (const uint8_t *)a->f32 : (const uint8_t *)a->q[s], row_bytes(tr, w->ne[0]),
                  s < 0 ? (uint64_t)a->k * sizeof(float) : act_row_bytes(s, a->k), w->ne[0],
-                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], tr, s < 0 ? -1 : tr->vec_dot_type};
+                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], clex_k.vec_dot4w[w->type], tr,
+                 s < 0 ? -1 : tr->vec_dot_type};
     return op;
 }
 
@@ -143,7 +146,14 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
         for (; t < n_tok; t++) {
             const void *xr = op.x + (uint64_t)t * op.xb;
             float *yr = y + t * ystride;
-            for (int64_t r = rs; r < re; r++) {
+            int64_t r = rs;
+            if (op.dot4w)
+                for (; r + 4 <= re; r += 4) {
+                    float s4[4];
+                    op.dot4w(op.k, s4, op.base + (uint64_t)r * op.rb, (size_t)op.rb, xr);
+                    for (int j = 0; j < 4; j++) yr[r + j] = accumulate ? yr[r + j] + s4[j] : s4[j];
+                }
+            for (; r < re; r++) {
                 float s;
                 op.dot(op.k, &s, op.base + (uint64_t)r * op.rb, xr);
                 yr[r] = accumulate ? yr[r] + s : s;
