@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from clexrt.errors import ConvertError, GGUFError
 from clexrt.gguf.constants import FILE_TYPES as GGUF_FILE_TYPES
+from clexrt.gguf.strings import StringArray
 
 from . import native_rows
 from . import quantize as Q
@@ -122,7 +123,7 @@ def _infer(key, value):
         if sub is None:
             raise TypeError(f"{key}: cannot store an array of {value.dtype}")
         return GGUFValueType.ARRAY, sub, value.reshape(-1)
-    if isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+    if isinstance(value, (list, tuple, StringArray)) and all(isinstance(x, str) for x in value):
         return GGUFValueType.ARRAY, GGUFValueType.STRING, list(value)
     raise TypeError(f"{key}: cannot store {type(value).__name__}")
 
@@ -135,7 +136,7 @@ def _short(v) -> str:
     if isinstance(v, np.ndarray):
         head = ", ".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in v[:4].tolist())
         return f"[{head}{', ...' if v.size > 4 else ''}] ({v.size})"
-    if isinstance(v, list):
+    if isinstance(v, (list, StringArray)):
         head = ", ".join(repr(x) for x in v[:4])
         return f"[{head}{', ...' if len(v) > 4 else ''}] ({len(v)})"
     if isinstance(v, str):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clexrt.errors import ConvertError, GGUFError
+from clexrt.gguf.strings import StringArray
 
 SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
 _MAX_NAME = 1 << 16
@@ -95,7 +96,7 @@ def _load_gguf(path: str) -> ImportanceMatrix:
         md = g.metadata
         im = ImportanceMatrix(path, {}, legacy=False,
                               datasets=[str(d) for d in md.get("imatrix.datasets", [])]
-                              if isinstance(md.get("imatrix.datasets"), list) else [],
+                              if isinstance(md.get("imatrix.datasets"), (list, StringArray)) else [],
                               chunk_count=_int(md.get("imatrix.chunk_count")),
                               chunk_size=_int(md.get("imatrix.chunk_size")))
         pairs: dict[str, list] = {}

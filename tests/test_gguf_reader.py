@@ -12,6 +12,7 @@ import pytest
 from clexrt.errors import ClexError, GGUFError
 from clexrt.gguf.constants import ValueType as VT
 from clexrt.gguf.reader import GGUFFile, TensorInfo, read_metadata
+from clexrt.gguf.strings import StringArray
 from clexrt.gguf.schema import HParams, validate_model
 from ggufgen import (F16, F32, RawTensor, build_gguf, build_tiny_llama, make_tiny_llama_gguf,
                      tiny_llama_content)
@@ -56,7 +57,7 @@ def _metadata_equal(got, want_vt, want):
     if want_vt == VT.ARRAY:
         et, items = want
         if et in (VT.STRING, VT.ARRAY):
-            assert isinstance(got, list) and len(got) == len(items)
+            assert isinstance(got, StringArray if et == VT.STRING else list) and len(got) == len(items)
             for g_, w_ in zip(got, items):
                 _metadata_equal(g_, et, w_)
         else:
@@ -219,6 +220,28 @@ def test_invalid_utf8_is_kept(tmp_path):
     with GGUFFile(write(tmp_path, build_gguf(kvs, {}).data)) as g:
         s = g.metadata["x.s"]
         assert s.encode("utf-8", "surrogateescape") == b"a\xffb"
+
+
+def test_string_arrays_read_lazily(tmp_path):
+    """A string array is kept as its bytes (strings.py) and reads as the list of its strings."""
+    words = ["", "a", "é", "日本", "<|im_end|>", "Ġthe", "x" * 300]
+    kvs = {"general.architecture": (VT.STRING, "llama"), "x.words": (VT.ARRAY, (VT.STRING, words)),
+           "x.bad": (VT.ARRAY, (VT.STRING, [b"ok", b"a\xffb"]))}
+    with GGUFFile(write(tmp_path, build_gguf(kvs, {}).data)) as g:
+        w = g.metadata["x.words"]
+    # still readable once the file is closed: the bytes were copied
+    assert isinstance(w, StringArray) and len(w) == len(words)
+    assert list(w) == words and w.tolist() == words and w == words and w == tuple(words) and words == w
+    assert [w[i] for i in range(len(words))] == words and w[-1] == words[-1] and w[-len(words)] == ""
+    assert w[2:5] == words[2:5] and w[::-2] == words[::-2] and w[5:99] == words[5:]
+    assert "日本" in w and "日" not in w and w.index("Ġthe") == 5 and w != words[:-1] and w != ["no"] * 7
+    for bad in (len(words), -len(words) - 1):
+        with pytest.raises(IndexError):
+            w[bad]
+    with pytest.raises(TypeError):
+        w["1"]
+    assert g.metadata["x.bad"][1].encode("utf-8", "surrogateescape") == b"a\xffb"
+    assert StringArray.of(words) == w and list(StringArray.of([])) == [] and not StringArray.of([])
 
 
 def test_known_but_unrunnable_types_load(tmp_path):

@@ -2,8 +2,9 @@
  * ISA, reporting GB/s of weights streamed and ns per weight block (the type's own block: 32
  * values, or 256 for the K-quants and IQ4_XS); then the same matrix (at most 4 MiB of it) against
  * batches of 4 tokens (the four-row kernels) and of 64 (prefill: the tile kernels, where the type
- * and ISA have them), as ns per weight block per token; then the activation quantizers, ns per
- * 256 values.
+ * and ISA have them), as ns per weight block per token; under each, decoding's row kernels alone
+ * over the whole matrix, one row per call against four rows per call (vec_dot4w), in GB/s; then
+ * the activation quantizers, ns per 256 values.
  * Rows are 576 values (SmolLM2's width) for the 32-value types, 1536 (its FFN width, a multiple
  * of 256) for the super-block types. Each figure is the fastest of the runs in half a second.
  * Build: make kbench; run: build/kbench [MiB] [TYPE ...] (e.g. build/kbench 8 Q4_K Q6_K). */
@@ -14,6 +15,7 @@
 #include <time.h>
 
 #include "../native/include/clexrt.h"
+#include "../native/src/internal.h"   /* clex_k: the row kernels themselves */
 
 static double now(void) {
     struct timespec ts;
@@ -52,6 +54,45 @@ static double best_matmul(const clex_tensor *ct, const float *x, int64_t T, floa
 
 enum { T = 64 };
 
+/* Decoding's row kernels alone, one thread: every row of w against one activation row, one
+ * row per call (vec_dot) and four per call (vec_dot4w, where the ISA has one for the type), as
+ * GB/s of weights; the fastest pass of those in half a second. Both from the same rows. */
+static void bench_rows(int t, const unsigned char *w, int64_t N, int64_t K, int64_t rb, const float *x) {
+    const int at = clex_type_vec_dot_type(t);
+    unsigned char *xq = malloc(K * 4 + 64);
+    if (at) clex_quantize_act(at, x, xq, K);
+    else memcpy(xq, x, K * 4);
+    const clex_vec_dot_fn dot = clex_k.vec_dot[t];
+    const clex_vec_dot4w_fn dot4w = clex_k.vec_dot4w[t];
+    volatile float sink = 0;
+    double best[2] = {1e9, 1e9};
+    for (int v = 0; v < (dot4w ? 2 : 1); v++) {
+        const double start = now();
+        while (now() - start < 0.5) {
+            const double t0 = now();
+            float acc = 0, s4[4];
+            int64_t r = 0;
+            if (v)
+                for (; r + 4 <= N; r += 4) {
+                    dot4w(K, s4, w + r * rb, (size_t)rb, xq);
+                    acc += s4[0] + s4[3];
+                }
+            for (; r < N; r++) {
+                dot(K, s4, w + r * rb, xq);
+                acc += s4[0];
+            }
+            sink += acc;
+            const double dt = now() - t0;
+            if (dt < best[v]) best[v] = dt;
+        }
+    }
+    printf("       rows: one-row %6.2f GB/s", N * rb / best[0] / 1e9);
+    if (dot4w) printf("   four-row (vec_dot4w) %6.2f GB/s  x%.2f", N * rb / best[1] / 1e9, best[0] / best[1]);
+    else printf("   four-row: none");
+    printf("\n");
+    free(xq);
+}
+
 static void bench_type(int t, double mib, const float *x, const float *row, int yardstick) {
     const int64_t blck = clex_type_block_size(t), K = blck == 256 ? 1536 : 576;
     const int64_t rb = K / blck * clex_type_block_bytes(t);
@@ -71,6 +112,7 @@ static void bench_type(int t, double mib, const float *x, const float *row, int 
         printf("%-6s %-7s %7.1f MiB  %8.3f ms  %6.2f GB/s  %6.2f ns/block  ns/block/token, batch of 4: %6.2f, "
                "of %d: %6.2f\n", clex_type_name(t), clex_isa_name(isa), N * rb / 1048576.0, s * 1e3, N * rb / s / 1e9,
                s * 1e9 / blocks, s4 * 1e9 / bblocks / 4, T, sb * 1e9 / bblocks / T);
+        bench_rows(t, w, N, K, rb, row);
     }
     if (yardstick) stream_read(w, (size_t)(N * rb));
     free(w);

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ClexError
 from ..gguf.constants import FILE_TYPES
+from ..gguf.strings import StringArray
 from ..rope.methods import declared_rope
 from ..rope.tables import read_clex
 from .registry import resolve_model
@@ -32,7 +33,7 @@ def _plain(v):
         return v.item()
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, (list, tuple, StringArray)):
         return [_plain(x) for x in v]
     return v
 

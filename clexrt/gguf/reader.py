@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import GGUFError
 from .constants import _SCALAR, _SCALAR_STRUCT, FILE_TYPES, GGML_TYPES, TYPE_F16, TYPE_F32, ValueType
+from .strings import StringArray
 
 __all__ = ["GGUFFile", "TensorInfo", "ValueType", "GGML_TYPES", "FILE_TYPES", "read_metadata", "MAX_ALIGNMENT",
            "MAX_ARRAY_DEPTH"]
@@ -138,6 +139,22 @@ class _Parser:
         self.pos += n
         return s
 
+    def strings(self, count: int) -> StringArray:
+        """`count` strings, kept as one copy of their bytes (see strings.py)."""
+        base = self.pos + 8   # the first string's bytes
+        start = [0] * (count + 1)
+        unpack, buf = _U64.unpack_from, self.buf
+        for i in range(count):
+            self.need(8)
+            n = unpack(buf, self.pos)[0]
+            self.pos += 8
+            self.need(n)
+            start[i] = self.pos - base
+            self.pos += n
+        start[count] = self.pos - base + 8
+        data = bytes(buf[base:self.pos]) if count else b""
+        return StringArray(data, np.array(start, dtype=np.uint32 if self.pos - base < 1 << 31 else np.int64), 8)
+
     def remaining(self) -> int:
         return self.size - self.pos
 
@@ -179,7 +196,7 @@ class _Parser:
             return items, types
         if et is ValueType.STRING:
             self._bound_count(count, _MIN_STRING_BYTES, where)
-            return [self.string() for _ in range(count)], (ValueType.ARRAY, et)
+            return self.strings(count), (ValueType.ARRAY, et)
         dt = _SCALAR[et][1]
         self._bound_count(count, dt.itemsize, where)
         nbytes = count * dt.itemsize

@@ -210,6 +210,10 @@ int clex_quantize_act(int32_t type, const float *src, void *dst, int64_t n);
  * paired activation type (clex_type_vec_dot_type); uses the current ISA. */
 int32_t clex_type_vec_dot_type(int32_t type);
 int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float *out);
+/* The same for four weight rows (w, w + wstride, ... bytes apart) against one activation row,
+ * out[0..3], with the current ISA's four-weight-row kernel (decoding's); CLEX_E_UNSUPPORTED where
+ * the ISA has none for the type (decoding then takes one row at a time). Tests and tools. */
+int clex_vec_dot4w(int32_t type, int64_t n, const void *w, size_t wstride, const void *act, float *out);
 /* Y[t, r] = sum_k W[r, k] * X[t, k] for t < n_tok, r < W.ne[1]: the matrix product the forward
  * pass uses (activations quantized internally), with n_threads threads. */
 int clex_matmul(const clex_tensor *w, const float *x, int64_t n_tok, float *y, int32_t n_threads);

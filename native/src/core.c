@@ -95,6 +95,7 @@ void clex_kernels_install(clex_kernels *dst, const clex_kernels *src) {
     for (int t = 0; t < CLEX_TYPE_COUNT; t++) {
         if (src->vec_dot[t]) dst->vec_dot[t] = src->vec_dot[t];
         if (src->vec_dot4[t]) dst->vec_dot4[t] = src->vec_dot4[t];
+        if (src->vec_dot4w[t] || src->vec_dot[t]) dst->vec_dot4w[t] = src->vec_dot4w[t];
         if (src->from_float[t]) dst->from_float[t] = src->from_float[t];
     }
 #define INSTALL(type, name) if (src->name) dst->name = src->name;
@@ -113,10 +114,12 @@ static void apply_isa(int isa) {
     if (isa == CLEX_ISA_AVX2 || isa == CLEX_ISA_AVX512) {
         clex_kernels_install(&k, clex_kernels_avx2());
         clex_kernels_install(&k, clex_kernels_avx2_attn());
+        clex_kernels_install(&k, clex_kernels_avx2_dot4w());
     }
     if (isa == CLEX_ISA_AVX512) {
         clex_kernels_install(&k, clex_kernels_avx512());
         clex_kernels_install(&k, clex_kernels_avx512_attn());
+        clex_kernels_install(&k, clex_kernels_avx512_dot4w());
     }
 #endif
 #ifdef CLEX_NEON

@@ -25,6 +25,11 @@ int clex_fail(int code, const char *fmt, ...)
  *          activation type (already converted by that type's from_float).
  * vec_dot4: one weight row against four activation rows (x, x + xstride, ... bytes apart):
  *          s[0..3]. Prefill uses it so a weight block is unpacked once for four tokens.
+ * vec_dot4w: four weight rows (w, w + wstride, w + 2 wstride, w + 3 wstride bytes) against one
+ *          activation row: s[0..3]. Decoding uses it so the activations are loaded (and their
+ *          offset sums made) once for four rows, with four independent sums in flight. Each s[r]
+ *          is bit for bit what the same set's vec_dot gives for row r (the row summed in the
+ *          same order); NULL: one row at a time.
  * Attention over runs of cached keys (rows of D, f32, f16 or Q8_0):
  *   scores: s[p] = scale * (q . K[p]) for p < n;   wsum: out += sum_p w[p] * V[p];
  * and the row conversions to and from f16 that an f16 cache's writes and re-rotations need.
@@ -35,6 +40,7 @@ int clex_fail(int code, const char *fmt, ...)
  * within float rounding, the activation quantizers bit for bit (tests hold them to it). */
 typedef void (*clex_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
 typedef void (*clex_vec_dot4_fn)(int64_t n, float *s, const void *w, const void *x, size_t xstride);
+typedef void (*clex_vec_dot4w_fn)(int64_t n, float s[4], const void *w, size_t wstride, const void *x);
 typedef void (*clex_from_float_fn)(const float *x, void *y, int64_t n);
 typedef void (*clex_to_float_fn)(const void *x, float *y, int64_t n);
 typedef void (*clex_axpy_fn)(int64_t n, float a, const float *x, float *y);   /* y += a * x */
@@ -137,8 +143,10 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
  * it implements and leaves the rest NULL; clex_kernels_install lays such a set over another.
  * clex_k is the selected set: scalar, then the chosen ISA's sets in order (AVX-512 over AVX2).
  * Per-type slots are indexed by type id: vec_dot and vec_dot4 by weight type (vec_dot4 may stay
- * NULL: then one row at a time), from_float by activation type (Q8_0, Q8_1, Q8_K). The tile
- * kernels come as one set per instruction set (tiles; NULL: none), laid over whole. */
+ * NULL: then one row at a time), vec_dot4w likewise, from_float by activation type (Q8_0, Q8_1,
+ * Q8_K). A set that brings a type's vec_dot without its vec_dot4w takes the one below away (it
+ * was made to agree with the vec_dot below, not with the new one). The tile kernels come as one
+ * set per instruction set (tiles; NULL: none), laid over whole. */
 #define CLEX_KERNEL_SLOTS(X)                                                                      \
     X(clex_axpy_fn, axpy_f32)                                                                     \
     X(clex_scores32_fn, scores32)                                                                 \
@@ -164,6 +172,7 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
 typedef struct {
     clex_vec_dot_fn vec_dot[CLEX_TYPE_COUNT];
     clex_vec_dot4_fn vec_dot4[CLEX_TYPE_COUNT];
+    clex_vec_dot4w_fn vec_dot4w[CLEX_TYPE_COUNT];   /* by weight type; see clex_kernels_install */
     clex_from_float_fn from_float[CLEX_TYPE_COUNT];   /* same bytes as the traits' from_float_ref */
     CLEX_KERNEL_SLOTS(CLEX_KERNEL_FIELD)
 } clex_kernels;
@@ -186,6 +195,10 @@ const clex_kernels *clex_kernels_avx512(void);
  * set of the same instruction set */
 const clex_kernels *clex_kernels_avx2_attn(void);
 const clex_kernels *clex_kernels_avx512_attn(void);
+/* the four-weight-row kernels of decoding (arch/x86/avx2_dot4w.c, avx512_dot4w.c), laid over the
+ * set of the same instruction set, each agreeing with that set's vec_dot */
+const clex_kernels *clex_kernels_avx2_dot4w(void);
+const clex_kernels *clex_kernels_avx512_dot4w(void);
 void clex_avx512_fattn(const clex_fattn_job *j);
 #endif
 #if defined(__aarch64__) && defined(__ARM_NEON)

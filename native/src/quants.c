@@ -418,3 +418,13 @@ int clex_vec_dot(int32_t type, int64_t n, const void *w, const void *act, float 
     fn(n, out, w, act);
     return CLEX_OK;
 }
+
+int clex_vec_dot4w(int32_t type, int64_t n, const void *w, size_t wstride, const void *act, float *out) {
+    clex_init_once();
+    const clex_type_traits *t = clex_traits(type);
+    const clex_vec_dot4w_fn fn = t ? clex_k.vec_dot4w[type] : NULL;
+    const int rc = check_row(type, t, n, fn != NULL, "four-weight-row dot product");
+    if (rc) return rc;
+    fn(n, out, w, wstride, act);
+    return CLEX_OK;
+}

@@ -1,0 +1,143 @@
+"""The four-weight-row kernels of decoding (internal.h vec_dot4w: four consecutive weight rows
+against one activation row) against the same instruction set's one-row kernel, bit for bit per
+row, and against the scalar reference within test_kernels.py's summation-order tolerance; and
+clex_matmul with one token (the decoding path: rows in fours, the rest one by one) against the
+one-row kernel, bit for bit."""
+import numpy as np
+import pytest
+
+from clexrt.engine import native as _lib
+from clexrt.engine.native import ffi, lib
+
+from test_kernels import RUN_ONLY, TYPES, dequantize, ptr, quantize, weight_rows
+
+ALL = {**TYPES, **RUN_ONLY}
+# where each instruction set has four-weight-row kernels (a missing one is a failure: the set
+# lost its kernel); AVX-512's only on a CPU with VNNI (without it its one-row kernels differ)
+HAVE = {
+    "avx512": {"q4_0", "q4_k", "q6_k", "q5_0", "q5_k"},
+    "avx2": {"q4_0", "q4_k", "q6_k", "q5_k"},
+}
+ISAS = [i for i in _lib.supported_isas() if i in HAVE]
+
+
+def _vnni():
+    try:
+        return "avx512_vnni" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def expected(isa):
+    if isa == "avx512" and not _vnni():
+        return set()
+    return HAVE[isa]
+
+
+def _blocks(name):
+    """row lengths in values: odd block counts and every remainder path of the kernels' groups
+    (blocks of 32: groups of 16, then 8, 4, 2, 1), and a row as long as SmolLM2's FFN"""
+    blck = lib.clex_type_block_size(ALL[name])
+    if blck <= 32:
+        return [32 * nb for nb in (1, 2, 3, 5, 7, 18, 31, 33, 48)]
+    return [256 * nb for nb in (1, 2, 3, 6)]
+
+
+def _case(name, rng, n):
+    t = ALL[name]
+    at = lib.clex_type_vec_dot_type(t)
+    wq = weight_rows(name, rng, 4, n).reshape(4, -1)
+    x = rng.standard_normal(n).astype(np.float32)
+    xq = quantize(x, at) if at else x
+    return t, at, wq, xq
+
+
+def _dot4w(t, n, wq, xq):
+    out = np.full(4, np.nan, np.float32)
+    rc = lib.clex_vec_dot4w(t, n, ptr(wq), wq.strides[0], ptr(xq), ptr(out, "float *"))
+    return rc, out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(ALL))
+def test_dot4w_equals_one_row_kernel(isa, name):
+    rng = np.random.default_rng(40)
+    _lib.set_isa(isa)
+    for n in _blocks(name):
+        t, at, wq, xq = _case(name, rng, n)
+        rc, got = _dot4w(t, n, wq, xq)
+        if name not in expected(isa):
+            assert rc == lib.CLEX_E_UNSUPPORTED, (isa, name)
+            return
+        _lib.check(rc)
+        one = np.zeros(4, np.float32)
+        out = ffi.new("float *")
+        for r in range(4):
+            _lib.check(lib.clex_vec_dot(t, n, ptr(wq[r]), ptr(xq), out))
+            one[r] = out[0]
+        assert np.array_equal(got.view(np.uint32), one.view(np.uint32)), (isa, name, n, got, one)
+        # and the scalar reference, within the summation-order tolerance
+        _lib.set_isa("scalar")
+        x = (dequantize(xq, at, n) if at else xq).astype(np.float64)
+        for r in range(4):
+            _lib.check(lib.clex_vec_dot(t, n, ptr(wq[r]), ptr(xq), out))
+            w = dequantize(wq[r], t, n).astype(np.float64)
+            assert abs(got[r] - out[0]) <= 1e-5 * np.abs(w * x).sum() + 1e-6, (isa, name, n, r)
+        _lib.set_isa(isa)
+
+
+def test_dot4w_rows_are_independent():
+    """each sum reads its own row only: a row of zeros among random ones gives 0 there and the
+    others unchanged (a kernel that mixed rows or strides would fail)"""
+    rng = np.random.default_rng(41)
+    for isa in ISAS:
+        _lib.set_isa(isa)
+        for name in sorted(expected(isa)):
+            n = _blocks(name)[2]
+            t, at, wq, xq = _case(name, rng, n)
+            _lib.check(_dot4w(t, n, wq, xq)[0])
+            before = _dot4w(t, n, wq, xq)[1]
+            z = wq.copy()
+            z[2] = weight_rows(name, np.random.default_rng(0), 1, n) * 0   # all-zero blocks: d = 0
+            after = _dot4w(t, n, z, xq)[1]
+            assert after[2] == 0.0 and np.array_equal(after[[0, 1, 3]], before[[0, 1, 3]]), (isa, name)
+
+
+def test_dot4w_rejects_bad_arguments():
+    buf = np.zeros(64, np.uint8)
+    out = np.zeros(4, np.float32)
+    assert lib.clex_vec_dot4w(12345, 32, ptr(buf), 18, ptr(buf), ptr(out, "float *")) == lib.CLEX_E_UNSUPPORTED
+    _lib.set_isa("scalar")   # the scalar set has none: decoding takes one row at a time
+    assert lib.clex_vec_dot4w(2, 32, ptr(buf), 18, ptr(buf), ptr(out, "float *")) == lib.CLEX_E_UNSUPPORTED
+    assert "four-weight-row" in _lib.last_error()
+    for isa in ISAS:
+        _lib.set_isa(isa)
+        if "q4_0" in expected(isa):
+            assert lib.clex_vec_dot4w(2, 33, ptr(buf), 18, ptr(buf), ptr(out, "float *")) == lib.CLEX_E_INVALID
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
+def test_one_token_matmul_equals_one_row_kernel(isa, name):
+    """clex_matmul with one token, as decoding runs it (rows in blocks of 16, four at a time,
+    the rest one by one; 3 threads split the rows unevenly): every output bit for bit the
+    one-row kernel's"""
+    rng = np.random.default_rng(42)
+    t = ALL[name]
+    at = lib.clex_type_vec_dot_type(t)
+    N = 39
+    for K in (_blocks(name)[3], _blocks(name)[-1]):
+        Wq = weight_rows(name, rng, N, K).reshape(N, -1)
+        X = rng.standard_normal((1, K)).astype(np.float32)
+        ct = ffi.new("clex_tensor *", dict(type=t, n_dims=2, data=ptr(Wq), nbytes=Wq.nbytes))
+        ct.ne[0], ct.ne[1] = K, N
+        _lib.set_isa(isa)
+        Y = np.zeros((1, N), np.float32)
+        _lib.check(lib.clex_matmul(ct, ptr(X, "float *"), 1, ptr(Y, "float *"), 3))
+        xq = quantize(X[0], at) if at else X[0]
+        out = ffi.new("float *")
+        one = np.zeros(N, np.float32)
+        for r in range(N):
+            _lib.check(lib.clex_vec_dot(t, K, ptr(Wq[r]), ptr(xq), out))
+            one[r] = out[0]
+        assert np.array_equal(Y[0].view(np.uint32), one.view(np.uint32)), (isa, name, K)
