@@ -227,6 +227,15 @@ int clex_ffn_act(int32_t kind, int64_t n, float *g, const float *u);
  * query as clex_quantize_act quantizes it) for Q8_0. */
 int clex_attn_scores(int32_t kv_type, int64_t n, int64_t D, const void *q, const void *K, float scale, float *s);
 int clex_attn_wsum(int32_t kv_type, int64_t n, int64_t D, const float *w, const void *V, float *out);
+/* Decoding's GQA-group forms: g query heads (rows D floats, or D / 32 Q8_0 blocks, apart) over the
+ * same n rows, scores to s[j * n + p]; weights w[j * n + p], sums added to out + j * out_stride.
+ * Each head's result is the per-head kernel's, bit for bit. The softmax step over n scores:
+ * *max, s[i] = e^(s[i] - *max), *sum their sum (double); normalize: s[i] then divided by it. */
+int clex_attn_group_scores(int32_t kv_type, int64_t g, int64_t n, int64_t D, const void *q, const void *K,
+                           float scale, float *s);
+int clex_attn_group_wsum(int32_t kv_type, int64_t g, int64_t n, int64_t D, const float *w, const void *V, float *out,
+                         int64_t out_stride);
+int clex_attn_softmax(int64_t n, float *s, int32_t normalize, float *max, double *sum);
 
 /* ---- model ---- */
 /* output NULL (or data NULL): tied, the logits come from tok_embd; output_norm_b and output_b

@@ -68,6 +68,23 @@ void clex_wsum_q8_generic(int64_t n, int64_t D, const float *w, const block_q8_0
         }
 }
 
+/* the softmax step as decoding always took it: max, expf, a double sum in key order */
+void clex_softmax_generic(int64_t n, float *s, int normalize, float *max, double *sum) {
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = s[i] > m ? s[i] : m;
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        s[i] = expf(s[i] - m);
+        acc += s[i];
+    }
+    if (normalize) {
+        const float inv = (float)(1.0 / acc);
+        for (int64_t i = 0; i < n; i++) s[i] *= inv;
+    }
+    *max = m;
+    *sum = acc;
+}
+
 void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = clex_fp32_to_fp16(x[i]);
 }
@@ -108,43 +125,70 @@ static void wsum_run(const kv_head *kv, int64_t D, const float *w, int64_t p0, i
     }
 }
 
-/* One query head (q, in the cache's query form) over keys [p0, p1) of its KV head, scores and
- * value sum each one kernel call over the whole run of keys (the run stays in cache for the
- * group's next head); `sc` holds p1 - p0 scores. part == NULL: [p0, p1) is every key, and `out`
- * gets the normalised result (scores, max, exp, sum, then the sum of (e/sum) * v). Otherwise
- * part gets (max, sum of exp, unnormalised sum of e * v) for the combination step. */
-static void attend_head(int64_t D, const void *q, const kv_head *kv, int64_t p0, int64_t p1,
-                        float scale, float cap, float *sc, float *out, float *part) {
-    const int64_t n = p1 - p0;
-    scores_run(kv, D, q, p0, n, scale, sc);
-    if (cap > 0.0f)   /* soft-capping: c tanh(s / c) */
-        for (int64_t i = 0; i < n; i++) sc[i] = cap * tanhf(sc[i] / cap);
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; i++) m = sc[i] > m ? sc[i] : m;
-    double acc = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        sc[i] = expf(sc[i] - m);
-        acc += sc[i];
-    }
-    if (!part) {
-        const float inv = (float)(1.0 / acc);
-        for (int64_t i = 0; i < n; i++) sc[i] *= inv;
-    }
-    float *o = part ? part + 2 : out;
-    memset(o, 0, (size_t)D * sizeof(float));
-    wsum_run(kv, D, sc, p0, n, o);
-    if (part) {
-        part[0] = m;
-        part[1] = (float)acc;
-    }
+static void softmax_run(int64_t n, float *s, int normalize, float *max, double *sum) {
+    (clex_k.softmax ? clex_k.softmax : clex_softmax_generic)(n, s, normalize, max, sum);
 }
 
-/* Query head q (D floats) in the form a cache of `type` meets it: itself, or for a Q8_0 cache
- * quantized once into qq (D / 32 blocks), as the activation quantizer does. */
-static const void *query_form(int32_t type, int64_t D, const float *q, block_q8_0 *qq) {
-    if (type != CLEX_TYPE_Q8_0) return q;
-    clex_k.from_float[CLEX_TYPE_Q8_0](q, qq, D);
-    return qq;
+/* The g query heads of a GQA group (q: g rows in the query form, D floats or D / 32 blocks
+ * apart) over keys [p0, p0 + n): scores to s + j * n; the group kernel where the set has one,
+ * else the per-head kernel head by head (the same bits either way). */
+static void gscores_run(const kv_head *kv, int64_t g, int64_t D, const void *q, int64_t p0, int64_t n, float scale,
+                        float *s) {
+    const void *K = kv->k + (size_t)p0 * kv->row;
+    switch (kv->type) {
+    case CLEX_TYPE_F16:
+        if (clex_k.gscores16) { clex_k.gscores16(g, n, D, q, K, scale, s); return; }
+        break;
+    case CLEX_TYPE_Q8_0:
+        if (clex_k.gscores_q8) { clex_k.gscores_q8(g, n, D, q, K, scale, s); return; }
+        break;
+    default:
+        if (clex_k.gscores32) { clex_k.gscores32(g, n, D, q, K, scale, s); return; }
+        break;
+    }
+    const size_t qrow = kv->type == CLEX_TYPE_Q8_0 ? (size_t)(D / QK) * sizeof(block_q8_0) : (size_t)D * sizeof(float);
+    for (int64_t j = 0; j < g; j++) scores_run(kv, D, (const char *)q + j * qrow, p0, n, scale, s + j * n);
+}
+
+/* out + j * ostride += sum_p w[j * n + p] V[p0 + p] for heads j < g */
+static void gwsum_run(const kv_head *kv, int64_t g, int64_t D, const float *w, int64_t p0, int64_t n, float *out,
+                      int64_t ostride) {
+    const void *V = kv->v + (size_t)p0 * kv->row;
+    switch (kv->type) {
+    case CLEX_TYPE_F16:
+        if (clex_k.gwsum16) { clex_k.gwsum16(g, n, D, w, V, out, ostride); return; }
+        break;
+    case CLEX_TYPE_Q8_0:
+        if (clex_k.gwsum_q8) { clex_k.gwsum_q8(g, n, D, w, V, out, ostride); return; }
+        break;
+    default:
+        if (clex_k.gwsum32) { clex_k.gwsum32(g, n, D, w, V, out, ostride); return; }
+        break;
+    }
+    for (int64_t j = 0; j < g; j++) wsum_run(kv, D, w + j * n, p0, n, out + j * ostride);
+}
+
+/* The g query heads of one GQA group over keys [p0, p1) of their KV head: scores, (soft-cap,)
+ * max, exp, sum for each head, the scores and the value sums one pass over the run for all g
+ * (sc holds g * (p1 - p0) scores). Head j's result goes to out + j * ostride: the normalised output, or
+ * with part set (max, sum of exp, unnormalised sum of e * v) for the combination step. */
+static void attend_group(int64_t D, int64_t g, const void *q, const kv_head *kv, int64_t p0, int64_t p1, float scale,
+                         float cap, float *sc, float *out, int64_t ostride, int part) {
+    const int64_t n = p1 - p0;
+    gscores_run(kv, g, D, q, p0, n, scale, sc);
+    for (int64_t j = 0; j < g; j++) {
+        float *s = sc + j * n, m;
+        double acc;
+        if (cap > 0.0f)
+            for (int64_t i = 0; i < n; i++) s[i] = cap * tanhf(s[i] / cap);
+        softmax_run(n, s, !part, &m, &acc);
+        if (part) {
+            out[j * ostride] = m;
+            out[j * ostride + 1] = (float)acc;
+        }
+        memset(out + j * ostride + (part ? 2 : 0), 0, (size_t)D * sizeof(float));
+    }
+    gwsum_run(kv, g, D, sc, p0, n, out + (part ? 2 : 0), ostride);
 }
 
 /* ------------------------------------------------------------------ the kernels, for tests */
@@ -173,6 +217,37 @@ int clex_attn_wsum(int32_t kv_type, int64_t n, int64_t D, const float *w, const 
     if (rc || n == 0) return rc;
     const kv_head kv = {kv_type, NULL, V, 0};
     wsum_run(&kv, D, w, 0, n, out);
+    return CLEX_OK;
+}
+
+int clex_attn_group_scores(int32_t kv_type, int64_t g, int64_t n, int64_t D, const void *q, const void *K,
+                           float scale, float *s) {
+    const int rc = attn_check(kv_type, n, D, q, K, s);
+    if (rc) return rc;
+    if (g <= 0) return clex_fail(CLEX_E_INVALID, "a group of %lld heads", (long long)g);
+    if (n == 0) return CLEX_OK;
+    const kv_head kv = {kv_type, K, NULL, 0};
+    gscores_run(&kv, g, D, q, 0, n, scale, s);
+    return CLEX_OK;
+}
+
+int clex_attn_group_wsum(int32_t kv_type, int64_t g, int64_t n, int64_t D, const float *w, const void *V, float *out,
+                         int64_t out_stride) {
+    const int rc = attn_check(kv_type, n, D, w, V, out);
+    if (rc) return rc;
+    if (g <= 0 || out_stride < D)
+        return clex_fail(CLEX_E_INVALID, "a group of %lld heads, outputs %lld floats apart", (long long)g,
+                         (long long)out_stride);
+    if (n == 0) return CLEX_OK;
+    const kv_head kv = {kv_type, NULL, V, 0};
+    gwsum_run(&kv, g, D, w, 0, n, out, out_stride);
+    return CLEX_OK;
+}
+
+int clex_attn_softmax(int64_t n, float *s, int32_t normalize, float *max, double *sum) {
+    clex_init_once();
+    if (n <= 0 || !s || !max || !sum) return clex_fail(CLEX_E_INVALID, "softmax of %lld scores", (long long)n);
+    softmax_run(n, s, normalize != 0, max, sum);
     return CLEX_OK;
 }
 
@@ -264,8 +339,8 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
     }
     const float base = hp->attn_scale > 0.0f ? hp->attn_scale : 1.0f / sqrtf((float)D);
     if (attention_blocked(c, l, T, r, c->kq_scale * base, ith, nth)) return;
-    float *scores = c->scores + (int64_t)ith * c->n_ctx;
-    block_q8_0 *qq = c->qq + (int64_t)ith * (D / QK + 1);
+    float *scores = c->scores + (int64_t)ith * c->n_ctx * grp;       /* [grp][run] */
+    block_q8_0 *qq = c->qq + (int64_t)ith * (D / QK + 1) * grp;       /* [grp][D / 32] */
     int64_t lo, hi;
     split(T * HKV * cmax, ith, nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) {
@@ -277,9 +352,17 @@ void clex_attention(clex_ctx *c, int l, int64_t T, const clex_route *r, int ith,
         const int64_t p0 = k0 + n_keys * ch / chunks, p1 = k0 + n_keys * (ch + 1) / chunks;
         const kv_head kv = kv_head_at(kc, l, hk);
         const float scale = kc->kq_scale * base;
-        for (int64_t h = hk * grp; h < (hk + 1) * grp; h++)
-            attend_head(D, query_form(kv.type, D, c->q + t * qd + h * D, qq), &kv, p0, p1, scale, hp->attn_softcap,
-                        scores, c->att + t * qd + h * D, chunks > 1 ? part_at(c, t, h) + ch * (D + 2) : NULL);
+        const float *qg = c->q + t * qd + hk * grp * D;
+        const void *q = qg;
+        if (kv.type == CLEX_TYPE_Q8_0) {   /* each head quantized once, as the activation quantizer does */
+            for (int64_t j = 0; j < grp; j++) clex_k.from_float[CLEX_TYPE_Q8_0](qg + j * D, qq + j * (D / QK), D);
+            q = qq;
+        }
+        if (chunks > 1)
+            attend_group(D, grp, q, &kv, p0, p1, scale, hp->attn_softcap, scores, part_at(c, t, hk * grp) + ch * (D + 2),
+                         ATT_MAX_CHUNKS * (D + 2), 1);
+        else
+            attend_group(D, grp, q, &kv, p0, p1, scale, hp->attn_softcap, scores, c->att + t * qd + hk * grp * D, D, 0);
     }
     if (cmax > 1) {   /* combine the chunks of each (token, head) that has several */
         clex_pool_barrier(c->pool);

@@ -53,6 +53,28 @@ typedef void (*clex_from_f16_fn)(const clex_fp16 *x, float *y, int64_t n);
 typedef void (*clex_scores_q8_fn)(int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale,
                                   float *s);
 typedef void (*clex_wsum_q8_fn)(int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out);
+/* The GQA group's query heads over one run of keys in one pass (decoding's kernels: each key and
+ * value row is loaded, and converted, once for g heads): head j's query at q + j * D (Q8_0:
+ * q + j * D / 32 blocks), its scores to s + j * n, its weights at w + j * n, its sum added to
+ * out + j * ostride. Each head's results equal, bit for bit, what the per-head kernel of the same
+ * set gives it (attn.c loops the per-head kernels where a set has none: NULL is allowed). */
+typedef void (*clex_gscores32_fn)(int64_t g, int64_t n, int64_t D, const float *q, const float *K, float scale,
+                                  float *s);
+typedef void (*clex_gscores16_fn)(int64_t g, int64_t n, int64_t D, const float *q, const clex_fp16 *K, float scale,
+                                  float *s);
+typedef void (*clex_gscores_q8_fn)(int64_t g, int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K,
+                                   float scale, float *s);
+typedef void (*clex_gwsum32_fn)(int64_t g, int64_t n, int64_t D, const float *w, const float *V, float *out,
+                                int64_t ostride);
+typedef void (*clex_gwsum16_fn)(int64_t g, int64_t n, int64_t D, const float *w, const clex_fp16 *V, float *out,
+                                int64_t ostride);
+typedef void (*clex_gwsum_q8_fn)(int64_t g, int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out,
+                                 int64_t ostride);
+/* softmax step over n > 0 scores: *max = their maximum, s[i] = e^(s[i] - *max), *sum = the sum of
+ * those in double (float lanes converted and added in double); normalize: then s[i] *= (float)(1 /
+ * *sum). The reference (attn.c) uses expf; SIMD versions their own e^x, within a few ulp of it.
+ * NULL: attn.c's reference. */
+typedef void (*clex_softmax_fn)(int64_t n, float *s, int normalize, float *max, double *sum);
 /* The FFN's activation over n values: g = act(g) * u, or g = act(g) when u is NULL; kind is a
  * CLEX_FFN_* (SiLU for SwiGLU, GELU's tanh form for GeGLU and GELU). Both are x * sigmoid(a x ...):
  * SIMD versions evaluate that sigmoid with their own exp, within a few ulp of the scalar one. */
@@ -137,7 +159,14 @@ const clex_type_traits *clex_traits(int32_t type);   /* NULL for ids ggml does n
     X(clex_fattn_fn, fattn)                                                                       \
     X(const clex_tile_set *, tiles)                                                               \
     X(clex_scores_q8_fn, scores_q8)                                                               \
-    X(clex_wsum_q8_fn, wsum_q8)
+    X(clex_wsum_q8_fn, wsum_q8)                                                                   \
+    X(clex_gscores32_fn, gscores32)                                                               \
+    X(clex_gscores16_fn, gscores16)                                                               \
+    X(clex_gscores_q8_fn, gscores_q8)                                                             \
+    X(clex_gwsum32_fn, gwsum32)                                                                   \
+    X(clex_gwsum16_fn, gwsum16)                                                                   \
+    X(clex_gwsum_q8_fn, gwsum_q8)                                                                 \
+    X(clex_softmax_fn, softmax)
 
 #define CLEX_KERNEL_FIELD(type, name) type name;
 typedef struct {
@@ -222,6 +251,7 @@ void clex_to_f16_generic(const float *x, clex_fp16 *y, int64_t n);
 void clex_from_f16_generic(const clex_fp16 *x, float *y, int64_t n);
 void clex_scores_q8_generic(int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale, float *s);
 void clex_wsum_q8_generic(int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out);
+void clex_softmax_generic(int64_t n, float *s, int normalize, float *max, double *sum);
 void clex_act_generic(int32_t kind, int64_t n, float *g, const float *u);
 
 /* ---- thread pool: every thread runs the same job; barriers separate its steps ---- */

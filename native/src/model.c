@@ -451,10 +451,12 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
         c->ecount = xcalloc(NE, sizeof(int32_t), &fail);
         c->xe = xcalloc(B * E, sizeof(float), &fail);
     }
-    c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx, sizeof(float), &fail);
+    /* a GQA group's heads take one run of keys together (attn.c): n_ctx scores for each */
+    const size_t grp = (size_t)(hp->n_head / hp->n_head_kv);
+    c->scores = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)c->n_ctx * grp, sizeof(float), &fail);
     c->part = xcalloc((size_t)hp->n_head * ATT_MAX_CHUNKS * ((size_t)hp->head_dim + 2), sizeof(float), &fail);
     /* every context: a batched decode runs on the first context's scratch whatever its own type */
-    c->qq = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)(hp->head_dim / QK + 1), sizeof(block_q8_0), &fail);
+    c->qq = xcalloc((size_t)clex_pool_size(c->pool) * (size_t)(hp->head_dim / QK + 1) * grp, sizeof(block_q8_0), &fail);
     c->part_tokens = 1;
     return !fail;
 }

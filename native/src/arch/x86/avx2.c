@@ -13,6 +13,7 @@
 #endif
 
 #include <immintrin.h>
+#include <math.h>
 
 #include "../../internal.h"
 #include "x86_k.h"
@@ -249,6 +250,48 @@ SCORES(scores16_avx2, clex_fp16, ld16, clex_scores16_generic)
 WSUM(wsum32_avx2, float, ld32, clex_wsum32_generic)
 WSUM(wsum16_avx2, clex_fp16, ld16, clex_wsum16_generic)
 
+/* The softmax step (internal.h clex_softmax_fn), as avx512.c's: the max, e^(s - max) by exp8
+ * (0 below -87, NaN kept), each vector's lanes added in double; the last n % 8 by the reference's
+ * expf, into the same double sum. */
+static inline __m256 exp8_le0(__m256 x) {
+    const __m256 e = _mm256_and_ps(exp8(x), _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ));
+    return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+static void softmax_avx2(int64_t n, float *s, int normalize, float *max, double *sum) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + i));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float m = _mm_cvtss_f32(h);
+    for (; i < n; i++) m = s[i] > m ? s[i] : m;
+    const __m256 b = _mm256_set1_ps(m);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp8_le0(_mm256_sub_ps(_mm256_loadu_ps(s + i), b));
+        _mm256_storeu_ps(s + i, e);
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    const __m256d a = _mm256_add_pd(a0, a1);
+    const __m128d a2 = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    double acc = _mm_cvtsd_f64(_mm_add_sd(a2, _mm_unpackhi_pd(a2, a2)));
+    for (; i < n; i++) {
+        s[i] = expf(s[i] - m);
+        acc += s[i];
+    }
+    if (normalize) {
+        const float inv = (float)(1.0 / acc);
+        const __m256 vi = _mm256_set1_ps(inv);
+        for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), vi));
+        for (; i < n; i++) s[i] *= inv;
+    }
+    *max = m;
+    *sum = acc;
+}
+
 static void to_f16_avx2(const float *x, clex_fp16 *y, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -291,6 +334,7 @@ static const clex_kernels avx2_set = {
     .to_f16 = to_f16_avx2,
     .from_f16 = from_f16_avx2,
     .act = act_avx2,
+    .softmax = softmax_avx2,
     .tiles = &clex_avx2_tiles,
 };
 

@@ -12,6 +12,7 @@
 #endif
 
 #include <immintrin.h>
+#include <math.h>
 
 #include "../../internal.h"
 #include "exp512.h"
@@ -206,6 +207,169 @@ static void NAME(int64_t n, int64_t D, const float *w, const T *V, float *out) {
     }                                                                                           \
 }
 
+/* The GQA group's kernels (internal.h clex_gscores32_fn ...): up to four heads at a time against
+ * each key (value) row, loaded and converted once. Each head's arithmetic is the per-head
+ * kernel's step for step: the same FMA chains per lane, hsum8x16's tree per block of eight keys
+ * (computed as two halves of four keys: u0 from keys 0-3, u1 from 4-7, as hsum8x16 forms them),
+ * _mm512_reduce_add_ps for the last n % 8, so the bits are the per-head kernel's. */
+#define GSCORES512_BODY(NAME, T, LDM)                                                          \
+static inline __attribute__((always_inline)) void NAME(int G, int64_t n, int64_t D, const float *q, \
+                                                       const T *K, float scale, float *s, int64_t sstride) { \
+    const __m256 vs = _mm256_set1_ps(scale);                                                    \
+    int64_t p = 0;                                                                              \
+    for (; p + 8 <= n; p += 8) {                                                                \
+        __m256 u[2][4];                                                                         \
+        CLEX_UNROLL for (int half = 0; half < 2; half++) {                                      \
+            const T *k0 = K + (p + 4 * half) * D;                                               \
+            __m512 a[4][4];                                                                     \
+            CLEX_UNROLL for (int h = 0; h < G; h++)                                             \
+                CLEX_UNROLL for (int j = 0; j < 4; j++) a[h][j] = _mm512_setzero_ps();          \
+            for (int64_t i = 0; i < D; i += 16) {                                               \
+                const __mmask16 m = row_mask(D, i);                                             \
+                __m512 kv[4];                                                                   \
+                CLEX_UNROLL for (int j = 0; j < 4; j++) kv[j] = LDM(k0 + j * D + i, m);          \
+                CLEX_UNROLL for (int h = 0; h < G; h++) {                                       \
+                    const __m512 qi = ldm32(q + h * D + i, m);                                  \
+                    CLEX_UNROLL for (int j = 0; j < 4; j++) a[h][j] = _mm512_fmadd_ps(qi, kv[j], a[h][j]); \
+                }                                                                               \
+            }                                                                                   \
+            CLEX_UNROLL for (int h = 0; h < G; h++) {                                           \
+                __m256 t[4];                                                                    \
+                CLEX_UNROLL for (int j = 0; j < 4; j++)                                         \
+                    t[j] = _mm256_add_ps(_mm512_castps512_ps256(a[h][j]), _mm512_extractf32x8_ps(a[h][j], 1)); \
+                u[half][h] = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3])); \
+            }                                                                                   \
+        }                                                                                       \
+        CLEX_UNROLL for (int h = 0; h < G; h++) {                                               \
+            const __m256 tot = _mm256_add_ps(_mm256_permute2f128_ps(u[0][h], u[1][h], 0x20),    \
+                                             _mm256_permute2f128_ps(u[0][h], u[1][h], 0x31));   \
+            _mm256_storeu_ps(s + h * sstride + p, _mm256_mul_ps(tot, vs));                      \
+        }                                                                                       \
+    }                                                                                           \
+    for (; p < n; p++) {                                                                        \
+        __m512 a[4];                                                                            \
+        CLEX_UNROLL for (int h = 0; h < G; h++) a[h] = _mm512_setzero_ps();                     \
+        for (int64_t i = 0; i < D; i += 16) {                                                   \
+            const __m512 kv = LDM(K + p * D + i, row_mask(D, i));                               \
+            CLEX_UNROLL for (int h = 0; h < G; h++)                                             \
+                a[h] = _mm512_fmadd_ps(ldm32(q + h * D + i, row_mask(D, i)), kv, a[h]);         \
+        }                                                                                       \
+        CLEX_UNROLL for (int h = 0; h < G; h++) s[h * sstride + p] = _mm512_reduce_add_ps(a[h]) * scale; \
+    }                                                                                           \
+}
+
+/* heads in groups of four (six: two of three), each group one pass over the keys */
+static inline int head_step(int64_t left) { return left == 6 ? 3 : left > 4 ? 4 : (int)left; }
+
+#define GSCORES512(NAME, BODY, T, REF)                                                         \
+static void NAME(int64_t g, int64_t n, int64_t D, const float *q, const T *K, float scale, float *s) { \
+    if (D % 8) { for (int64_t h = 0; h < g; h++) REF(n, D, q + h * D, K, scale, s + h * n); return; } \
+    for (int64_t h = 0; h < g;) {                                                               \
+        const int G = head_step(g - h);                                                         \
+        switch (G) {                                                                            \
+        case 4: BODY(4, n, D, q + h * D, K, scale, s + h * n, n); break;                        \
+        case 3: BODY(3, n, D, q + h * D, K, scale, s + h * n, n); break;                        \
+        case 2: BODY(2, n, D, q + h * D, K, scale, s + h * n, n); break;                        \
+        default: BODY(1, n, D, q + h * D, K, scale, s + h * n, n); break;                       \
+        }                                                                                       \
+        h += G;                                                                                 \
+    }                                                                                           \
+}
+
+/* G heads' outputs over values [d0, d0 + 64) of the row (vectors past D masked off): o[h][j] +=
+ * w[h][p] * V[p][...], FMA by FMA as WSUM512_RUN adds them */
+#define GWSUM512_BODY(NAME, T, LDM)                                                            \
+static inline __attribute__((always_inline)) void NAME(int G, int64_t n, int64_t D, int64_t d0, const float *w, \
+                                                       const T *V, float *out, int64_t ostride) { \
+    __mmask16 mk[4];                                                                            \
+    CLEX_UNROLL for (int j = 0; j < 4; j++) {                                                   \
+        const int64_t left = D - d0 - 16 * j;                                                   \
+        mk[j] = left >= 16 ? 0xFFFF : left > 0 ? 0x00FF : 0;                                   \
+    }                                                                                           \
+    __m512 o[4][4];                                                                             \
+    CLEX_UNROLL for (int h = 0; h < G; h++)                                                     \
+        CLEX_UNROLL for (int j = 0; j < 4; j++) o[h][j] = ldm32(out + h * ostride + d0 + 16 * j, mk[j]); \
+    for (int64_t p = 0; p < n; p++) {                                                           \
+        const T *v = V + p * D + d0;                                                            \
+        __m512 x[4];                                                                            \
+        CLEX_UNROLL for (int j = 0; j < 4; j++) x[j] = LDM(v + 16 * j, mk[j]);                  \
+        CLEX_UNROLL for (int h = 0; h < G; h++) {                                               \
+            const __m512 wp = _mm512_set1_ps(w[h * n + p]);                                     \
+            CLEX_UNROLL for (int j = 0; j < 4; j++) o[h][j] = _mm512_fmadd_ps(wp, x[j], o[h][j]); \
+        }                                                                                       \
+    }                                                                                           \
+    CLEX_UNROLL for (int h = 0; h < G; h++)                                                     \
+        CLEX_UNROLL for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(out + h * ostride + d0 + 16 * j, mk[j], o[h][j]); \
+}
+
+#define GWSUM512(NAME, BODY, T, REF)                                                           \
+static void NAME(int64_t g, int64_t n, int64_t D, const float *w, const T *V, float *out, int64_t ostride) { \
+    if (D % 8) { for (int64_t h = 0; h < g; h++) REF(n, D, w + h * n, V, out + h * ostride); return; } \
+    for (int64_t h = 0; h < g;) {                                                               \
+        const int G = head_step(g - h);                                                         \
+        for (int64_t d0 = 0; d0 < D; d0 += 64) {                                                \
+            switch (G) {                                                                        \
+            case 4: BODY(4, n, D, d0, w + h * n, V, out + h * ostride, ostride); break;         \
+            case 3: BODY(3, n, D, d0, w + h * n, V, out + h * ostride, ostride); break;         \
+            case 2: BODY(2, n, D, d0, w + h * n, V, out + h * ostride, ostride); break;         \
+            default: BODY(1, n, D, d0, w + h * n, V, out + h * ostride, ostride); break;        \
+            }                                                                                   \
+        }                                                                                       \
+        h += G;                                                                                 \
+    }                                                                                           \
+}
+
+/* The softmax step (internal.h clex_softmax_fn): the max, then e^(s - max) by clex_exp512, the
+ * sum of each vector's lanes in double (two vectors of eight), so it is no less accurate than
+ * the reference's sum in key order; normalising multiplies by the same float as the reference. */
+static inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* e^x for x <= 0; 0 below -87 (where clex_exp512 clamps; expf's results there are subnormal) */
+static inline __m512 exp_le0(__m512 x) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ), clex_exp512(x));
+}
+
+static void softmax_avx512(int64_t n, float *s, int normalize, float *max, double *sum) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 vm0 = ninf, vm1 = ninf;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        vm0 = _mm512_max_ps(vm0, _mm512_loadu_ps(s + i));
+        vm1 = _mm512_max_ps(vm1, _mm512_loadu_ps(s + i + 16));
+    }
+    for (; i < n; i += 16) vm0 = _mm512_max_ps(vm0, _mm512_mask_loadu_ps(ninf, tail_mask(n - i), s + i));
+    const float m = _mm512_reduce_max_ps(_mm512_max_ps(vm0, vm1));
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    for (i = 0; i + 32 <= n; i += 32) {
+        const __m512 e0 = exp_le0(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm));
+        const __m512 e1 = exp_le0(_mm512_sub_ps(_mm512_loadu_ps(s + i + 16), vm));
+        _mm512_storeu_ps(s + i, e0);
+        _mm512_storeu_ps(s + i + 16, e1);
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e0)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e0, 1)));
+        a2 = _mm512_add_pd(a2, _mm512_cvtps_pd(_mm512_castps512_ps256(e1)));
+        a3 = _mm512_add_pd(a3, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e1, 1)));
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 t = tail_mask(n - i);
+        const __m512 e = _mm512_maskz_mov_ps(t, exp_le0(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, s + i), vm)));
+        _mm512_mask_storeu_ps(s + i, t, e);
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+    }
+    const double acc = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3)));
+    if (normalize) {
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / acc));
+        for (i = 0; i < n; i += 16) {
+            const __mmask16 t = tail_mask(n - i);
+            _mm512_mask_storeu_ps(s + i, t, _mm512_mul_ps(_mm512_maskz_loadu_ps(t, s + i), inv));
+        }
+    }
+    *max = m;
+    *sum = acc;
+}
+
 /* g * sigmoid(a), as avx2.c's act8 */
 static inline __m512 act16(int32_t kind, __m512 g) {
     __m512 a = g;
@@ -231,9 +395,19 @@ WSUM512_RUN(wsum32_run, float, ldm32)
 WSUM512_RUN(wsum16_run, clex_fp16, ldm16)
 WSUM512(wsum32_avx512, wsum32_run, float, clex_wsum32_generic)
 WSUM512(wsum16_avx512, wsum16_run, clex_fp16, clex_wsum16_generic)
+GSCORES512_BODY(gscores32_body, float, ldm32)
+GSCORES512_BODY(gscores16_body, clex_fp16, ldm16)
+GSCORES512(gscores32_avx512, gscores32_body, float, clex_scores32_generic)
+GSCORES512(gscores16_avx512, gscores16_body, clex_fp16, clex_scores16_generic)
+GWSUM512_BODY(gwsum32_body, float, ldm32)
+GWSUM512_BODY(gwsum16_body, clex_fp16, ldm16)
+GWSUM512(gwsum32_avx512, gwsum32_body, float, clex_wsum32_generic)
+GWSUM512(gwsum16_avx512, gwsum16_body, clex_fp16, clex_wsum16_generic)
 
 #define ATTENTION_512 .scores32 = scores32_avx512, .scores16 = scores16_avx512, .wsum32 = wsum32_avx512, \
-                      .wsum16 = wsum16_avx512, .act = act_avx512, .fattn = clex_avx512_fattn
+                      .wsum16 = wsum16_avx512, .act = act_avx512, .fattn = clex_avx512_fattn,           \
+                      .gscores32 = gscores32_avx512, .gscores16 = gscores16_avx512, .gwsum32 = gwsum32_avx512, \
+                      .gwsum16 = gwsum16_avx512, .softmax = softmax_avx512
 
 static const clex_kernels avx512_vnni = {
     .vec_dot = {

@@ -103,6 +103,145 @@ static void scores_q8_avx512(int64_t n, int64_t D, const block_q8_0 *q, const bl
     else clex_scores_q8_generic(n, D, q, K, scale, s);
 }
 
+/* The GQA group's kernels (internal.h clex_gscores_q8_fn, clex_gwsum_q8_fn): up to four heads
+ * against each key (value) row, whose codes are loaded, flipped (converted) and whose scales are
+ * converted once. Each head's arithmetic is the per-head kernel's, step for step: key_lanes' chain
+ * per key, totals8's tree per eight keys (formed as two halves of four, as totals8 does: u0 from
+ * keys 0-3, u1 from 4-7), _mm512_reduce_add_ps for the last n % 8; so the same bits. */
+static inline __attribute__((always_inline)) void gscores_q8_body(int G, int64_t n, int64_t nb, const query8 *qp,
+                                                                   const block_q8_0 *K, float scale, float *s,
+                                                                   int64_t sstride) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int64_t np = (nb + 1) / 2;
+    const __m256 vs = _mm256_set1_ps(scale);
+    int64_t p = 0;
+    for (; p + 8 <= n; p += 8) {
+        __m256 u[2][4];
+        UNROLL8 for (int half = 0; half < 2; half++) {
+            __m512 a[4][4];
+            UNROLL8 for (int h = 0; h < G; h++)
+                UNROLL8 for (int j = 0; j < 4; j++) a[h][j] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < np; i++) {
+                UNROLL8 for (int j = 0; j < 4; j++) {
+                    const block_q8_0 *k = K + (p + 4 * half + j) * nb;
+                    const __m512i ku = _mm512_xor_si512(codes2(k, 2 * i, nb), flip);
+                    const __m512 sk = scales2(k, 2 * i, nb);
+                    UNROLL8 for (int h = 0; h < G; h++) {
+                        const __m512i dot = _mm512_dpbusd_epi32(qp[h].corr[i], ku, qp[h].q[i]);
+                        a[h][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sk, qp[h].dq[i]), a[h][j]);
+                    }
+                }
+            }
+            UNROLL8 for (int h = 0; h < G; h++) {
+                __m256 t[4];
+                UNROLL8 for (int j = 0; j < 4; j++)
+                    t[j] = _mm256_add_ps(_mm512_castps512_ps256(a[h][j]), _mm512_extractf32x8_ps(a[h][j], 1));
+                u[half][h] = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+            }
+        }
+        UNROLL8 for (int h = 0; h < G; h++) {
+            const __m256 tot = _mm256_add_ps(_mm256_permute2f128_ps(u[0][h], u[1][h], 0x20),
+                                             _mm256_permute2f128_ps(u[0][h], u[1][h], 0x31));
+            _mm256_storeu_ps(s + h * sstride + p, _mm256_mul_ps(tot, vs));
+        }
+    }
+    for (; p < n; p++) {
+        __m512 a[4];
+        UNROLL8 for (int h = 0; h < G; h++) a[h] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < np; i++) {
+            const block_q8_0 *k = K + p * nb;
+            const __m512i ku = _mm512_xor_si512(codes2(k, 2 * i, nb), flip);
+            const __m512 sk = scales2(k, 2 * i, nb);
+            UNROLL8 for (int h = 0; h < G; h++) {
+                const __m512i dot = _mm512_dpbusd_epi32(qp[h].corr[i], ku, qp[h].q[i]);
+                a[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sk, qp[h].dq[i]), a[h]);
+            }
+        }
+        UNROLL8 for (int h = 0; h < G; h++) s[h * sstride + p] = _mm512_reduce_add_ps(a[h]) * scale;
+    }
+}
+
+/* heads in groups of four (six: two of three), each group one pass over the keys */
+static inline int head_step(int64_t left) { return left == 6 ? 3 : left > 4 ? 4 : (int)left; }
+
+#define GQ8_CASES(CALL) \
+    switch (G) { case 4: CALL(4); break; case 3: CALL(3); break; case 2: CALL(2); break; default: CALL(1); break; }
+
+static void gscores_q8_avx512(int64_t g, int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale,
+                              float *s) {
+    const int64_t nb = D / QK;
+    if (nb > 2 * MAX_PAIRS) {
+        for (int64_t h = 0; h < g; h++) clex_scores_q8_generic(n, D, q + h * nb, K, scale, s + h * n);
+        return;
+    }
+    query8 qp[4];
+    for (int64_t h = 0; h < g;) {
+        const int G = head_step(g - h);
+        for (int j = 0; j < G; j++) query_prepare(&qp[j], q + (h + j) * nb, nb);
+        float *sh = s + h * n;
+        if (nb == 2) {   /* head_dim 64, 128: constant block counts */
+#define GQ8_CALL(GG) gscores_q8_body(GG, n, 2, qp, K, scale, sh, n)
+            GQ8_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        } else if (nb == 4) {
+#define GQ8_CALL(GG) gscores_q8_body(GG, n, 4, qp, K, scale, sh, n)
+            GQ8_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        } else {
+#define GQ8_CALL(GG) gscores_q8_body(GG, n, nb, qp, K, scale, sh, n)
+            GQ8_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        }
+        h += G;
+    }
+}
+
+/* G heads' outputs over blocks [b0, b0 + m) of the rows (m 1 or 2): each block's codes converted
+ * once, added with weight w[h][p] * its scale, as wsum_q8_run adds them */
+static inline __attribute__((always_inline)) void gwsum_q8_body(int G, int m, int64_t n, int64_t nb, const float *w,
+                                                                 const block_q8_0 *V, float *out, int64_t ostride) {
+    __m512 o[4][4];
+    UNROLL8 for (int h = 0; h < G; h++)
+        UNROLL8 for (int j = 0; j < 2 * m; j++) o[h][j] = _mm512_loadu_ps(out + h * ostride + 16 * j);
+    for (int64_t p = 0; p < n; p++) {
+        const block_q8_0 *v = V + p * nb;
+        UNROLL8 for (int b = 0; b < m; b++) {
+            const float d = _cvtsh_ss(v[b].d);
+            const __m512 x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)v[b].qs)));
+            const __m512 x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(v[b].qs + 16))));
+            UNROLL8 for (int h = 0; h < G; h++) {
+                const __m512 a = _mm512_set1_ps(w[h * n + p] * d);
+                o[h][2 * b] = _mm512_fmadd_ps(a, x0, o[h][2 * b]);
+                o[h][2 * b + 1] = _mm512_fmadd_ps(a, x1, o[h][2 * b + 1]);
+            }
+        }
+    }
+    UNROLL8 for (int h = 0; h < G; h++)
+        UNROLL8 for (int j = 0; j < 2 * m; j++) _mm512_storeu_ps(out + h * ostride + 16 * j, o[h][j]);
+}
+
+static void gwsum_q8_avx512(int64_t g, int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out,
+                            int64_t ostride) {
+    const int64_t nb = D / QK;
+    for (int64_t h = 0; h < g;) {
+        const int G = head_step(g - h);
+        const float *wh = w + h * n;
+        float *oh = out + h * ostride;
+        for (int64_t b = 0; b < nb; b += 2) {   /* two blocks (64 values) a pass */
+            if (nb - b >= 2) {
+#define GQ8_CALL(GG) gwsum_q8_body(GG, 2, n, nb, wh, V + b, oh + b * QK, ostride)
+                GQ8_CASES(GQ8_CALL)
+#undef GQ8_CALL
+            } else {
+#define GQ8_CALL(GG) gwsum_q8_body(GG, 1, n, nb, wh, V + b, oh + b * QK, ostride)
+                GQ8_CASES(GQ8_CALL)
+#undef GQ8_CALL
+            }
+        }
+        h += G;
+    }
+}
+
 /* out[0 .. 32 m) += sum_p w[p] V[p][...] for the first m blocks of rows of nb blocks: inline, so
  * that a constant m keeps o in registers */
 static inline __attribute__((always_inline)) void wsum_q8_run(int64_t n, int64_t nb, const float *w,
@@ -139,10 +278,14 @@ static void wsum_q8_avx512(int64_t n, int64_t D, const float *w, const block_q8_
 static const clex_kernels avx512_attn_vnni = {
     .scores_q8 = scores_q8_avx512,
     .wsum_q8 = wsum_q8_avx512,
+    .gscores_q8 = gscores_q8_avx512,
+    .gwsum_q8 = gwsum_q8_avx512,
 };
 
+/* without VNNI the scores stay AVX2's, and so does their group form */
 static const clex_kernels avx512_attn_bw = {
     .wsum_q8 = wsum_q8_avx512,
+    .gwsum_q8 = gwsum_q8_avx512,
 };
 
 const clex_kernels *clex_kernels_avx512_attn(void) {

@@ -1,12 +1,13 @@
 /* e^x on 16 floats for the AVX-512 files (include after immintrin.h, inside their target
- * pragmas), as avx2.c's exp8: x clamped to [-87, 88], 2^n split off (n = round(x / ln 2)), e^r
+ * pragmas), as avx2.c's exp8: x clamped to [-87, 88] (NaN kept), 2^n split off (n = round(x / ln 2)), e^r
  * by a degree-6 polynomial on the remainder (Cody-Waite ln 2 in two parts), 2^n put back with
  * scalef. */
 #ifndef CLEXRT_EXP512_H
 #define CLEXRT_EXP512_H
 
 static inline __m512 clex_exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    /* max and min return their second operand where either is NaN: x second, so NaN stays NaN */
+    x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
