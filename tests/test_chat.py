@@ -12,6 +12,7 @@ import pytest
 
 from clexrt.cli.conversation import ChatParams, Conversation, TurnStats, parse_param, rope_label
 from clexrt.cli.repl import Repl
+from clexrt.engine.session import PROMPT_CHUNK
 from clexrt.errors import ContextFullError
 
 THREADS = "2"
@@ -49,6 +50,11 @@ def _collect(conv, text):
 
 # -- the conversation and the KV cache ------------------------------------------------------------
 
+def _last_chunk(n: int) -> int:
+    """tokens a prefill evaluates when the cache holds all n of them: its last (partial) chunk"""
+    return n - (n - 1) // PROMPT_CHUNK * PROMPT_CHUNK
+
+
 def test_second_turn_evaluates_only_its_new_tokens(conv):
     reply, st1 = _collect(conv, COLORS)
     assert "red" in reply.lower() and st1.finish == "stop"
@@ -62,8 +68,9 @@ def test_second_turn_evaluates_only_its_new_tokens(conv):
                                   [{"role": "user", "content": "And three animals?"}])
     assert p2 == full
     _, st2 = _collect(conv, "And three animals?")
-    assert st2.n_prompt == len(p2) - len(ids1)             # only the new tokens were evaluated
-    assert 0 < st2.n_prompt < 20 < len(p2)
+    keep = len(ids1) // PROMPT_CHUNK * PROMPT_CHUNK         # the cache, in whole chunks
+    assert st2.n_prompt == len(p2) - keep                   # only the tokens after those were evaluated
+    assert 0 < st2.n_prompt <= len(p2) and st2.n_prompt < PROMPT_CHUNK + 20
     assert st2.n_ctx_used == len(conv.ids) == len(p2) + st2.n_gen
     assert [m["role"] for m in conv.messages] == ["user", "assistant"] * 2
 
@@ -85,9 +92,9 @@ def test_interrupted_reply_keeps_what_was_shown(conv):
     conv.params.max_tokens = 8
     p2 = conv.prompt_for("Go on.")
     assert p2[:len(conv.ids)] == conv.ids
-    cached = len(conv.session.tokens)                      # the last token shown is not in yet
-    _, st2 = _collect(conv, "Go on.")
-    assert st2.n_prompt == len(p2) - cached < 25
+    cached = len(conv.session.tokens) // PROMPT_CHUNK * PROMPT_CHUNK   # its whole chunks (the last
+    _, st2 = _collect(conv, "Go on.")                                   # token shown is not in yet)
+    assert st2.n_prompt == len(p2) - cached < PROMPT_CHUNK + 25
 
 
 def test_interrupt_before_the_reply_drops_the_message(conv):
@@ -119,12 +126,12 @@ def test_regen_clear_and_system(conv):
     out = []
     st = conv.regen(out.append)
     assert "".join(out) == first                           # greedy: the same reply again
-    assert st.n_prompt == 1                                # the prompt was still cached
+    assert st.n_prompt == _last_chunk(len(conv._last_prompt))     # cached but its last chunk
     assert len(conv.messages) == 2
     conv.clear()
     assert conv.messages == [] and conv.n_used == 0
     _, st = _collect(conv, COLORS)
-    assert st.n_prompt == 1                                # same conversation start: cached
+    assert st.n_prompt == _last_chunk(len(conv._last_prompt))     # the same start: cached chunks
     conv.set_system("You are a pirate.")
     p = conv.template.render(conv.full_messages())
     assert p.startswith("<|im_start|>system\nYou are a pirate.<|im_end|>")
@@ -351,7 +358,7 @@ def test_repl_in_a_terminal(smollm2, tmp_path):
         c.expect(">>> ")
         c.sendline("And three animals?")
         c.expect(r"prompt (\d+) tok .* ctx (\d+)/1024")
-        assert int(c.match.group(1)) < 20 < n1 + 11          # only the new turn was evaluated
+        assert int(c.match.group(1)) < PROMPT_CHUNK + 20 < n1 + PROMPT_CHUNK + 11   # the new turn and the last chunk
         c.expect(">>> ")
 
         c.sendline("/set temperature hot")

@@ -121,8 +121,11 @@ class Session:
 
     def prefill(self, prompt: Sequence[int]) -> np.ndarray:
         """Makes the cache hold exactly `prompt` and returns the logits after its last token,
-        re-using the longest prefix already cached (at least one token is evaluated, for the
-        logits)."""
+        re-using the longest prefix already cached in whole chunks (at least one token is
+        evaluated, for the logits). Whole chunks, as the server's slots do: the rest is then
+        evaluated in the chunks a fresh prefill uses, so the logits do not depend on what the
+        cache held (prefill and one-token decoding round differently: a regenerated reply, or a
+        reply after /clear, is the first one's)."""
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise ValueError("the prompt has no tokens")
@@ -130,7 +133,7 @@ class Session:
             raise ContextFullError(
                 f"the prompt is {len(prompt)} tokens, longer than the context of {self.n_ctx} "
                 f"tokens (raise n_ctx or shorten the prompt)")
-        keep = min(common_prefix(self.model.tokens, prompt), len(prompt) - 1)
+        keep = min(common_prefix(self.model.tokens, prompt), len(prompt) - 1) // self.chunk * self.chunk
         if keep < self.n_past:
             self.truncate(keep)
         self.n_prefill_eval = len(prompt) - keep
