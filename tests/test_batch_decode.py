@@ -259,7 +259,7 @@ def test_pool_prompt_cache_reuse_and_errors(tiny):
     path, cfg = tiny["f32"]
     with SlotPool(path, 2, 16, n_threads=1) as pool:
         a, b = pool.slots
-        s = Session(a)
+        s = Session(a, chunk=1)               # the cache re-used token by token
         s.prefill([1, 2, 3, 4, 5])
         s.prefill([1, 2, 3, 9])            # the longest common prefix is kept
         assert s.n_prefill_eval == 1 and a.tokens.tolist() == [1, 2, 3, 9]
