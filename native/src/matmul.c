@@ -152,9 +152,11 @@ static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, const 
 void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
     const row_op op = row_op_for(w, a);
-    const uint8_t *end = op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb;   /* for the prefetches */
     const clex_tile_kernel *tk = tile_for(w, &op, n_tok);
     if (tk && rows_tiled(tk, &op, n_tok, y, ystride, accumulate, r0, r1)) return;
+    /* only a lone token streams the rows from memory; a batch's leftover tokens (after its
+     * groups of four) find them in cache, where the prefetches are wasted instructions */
+    const uint8_t *const pf_end = n_tok == 1 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
         int64_t t = 0;
@@ -167,13 +169,13 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
             if (op.dot4w)
                 for (; r + 4 <= re; r += 4) {
                     float s4[4];
-                    prefetch_ahead(&op, r, 4, end);
+                    if (pf_end) prefetch_ahead(&op, r, 4, pf_end);
                     op.dot4w(op.k, s4, op.base + (uint64_t)r * op.rb, (size_t)op.rb, xr);
                     for (int j = 0; j < 4; j++) yr[r + j] = accumulate ? yr[r + j] + s4[j] : s4[j];
                 }
             for (; r < re; r++) {
                 float s;
-                prefetch_ahead(&op, r, 1, end);
+                if (pf_end) prefetch_ahead(&op, r, 1, pf_end);
                 op.dot(op.k, &s, op.base + (uint64_t)r * op.rb, xr);
                 yr[r] = accumulate ? yr[r] + s : s;
             }
