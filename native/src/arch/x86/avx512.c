@@ -186,7 +186,8 @@ static void NAME(int64_t n, int64_t D, const float *q, const T *K, float scale, 
 static inline __attribute__((always_inline)) void NAME(int64_t n, int64_t D, const float *w, const T *V, \
                                                        float *out, int m, __mmask16 last) {     \
     __m512 o[8];                                                                                \
-    CLEX_UNROLL for (int j = 0; j < m; j++) o[j] = ldm32(out + 16 * j, j == m - 1 ? last : 0xFFFF); \
+    CLEX_UNROLL for (int j = 0; j < 8; j++)   /* all eight set, so no compiler sees one unset */  \
+        o[j] = j < m ? ldm32(out + 16 * j, j == m - 1 ? last : 0xFFFF) : _mm512_setzero_ps();   \
     for (int64_t p = 0; p < n; p++) {                                                           \
         const __m512 wp = _mm512_set1_ps(w[p]);                                                 \
         const T *v = V + p * D;                                                                 \
