@@ -56,6 +56,16 @@ static void sync(const fwd *f) { clex_pool_barrier(f->c->pool); }
 
 static const float *opt(const clex_tensor *t) { return (const float *)t->data; }
 
+/* rows [r0, r0 + n) of a 2-D weight matrix, as a matrix of their own */
+static clex_tensor row_view(const clex_tensor *t, int64_t r0, int64_t n) {
+    clex_tensor v = *t;
+    const uint64_t rb = row_bytes(clex_traits(t->type), t->ne[0]);
+    v.data = (const uint8_t *)t->data + (uint64_t)r0 * rb;
+    v.ne[1] = n;
+    v.nbytes = rb * (uint64_t)n;
+    return v;
+}
+
 /* ------------------------------------------------------------------ the architecture's choices */
 
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
@@ -280,12 +290,23 @@ static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w
     int64_t lo, hi;
     clex_sched sc = clex_sched_begin(c, &f->step, f->ith, f->nth, F);
     while (clex_sched_next(&sc, &lo, &hi)) {
-        float *up = gated ? c->up : c->gate;
-        if (gated) mat_rows(f, w_gate, &f->a, T, c->gate, F, 0, lo, hi);
-        mat_rows(f, w_up, &f->a, T, up, F, 0, lo, hi);
-        add_bias(up, F, T, opt(b_up), lo, hi);
-        for (int64_t t = 0; t < T; t++)
-            clex_k.act(f->hp->ffn_kind, hi - lo, c->gate + t * F + lo, gated ? c->up + t * F + lo : NULL);
+        if (!gated) {   /* act(up), in place */
+            mat_rows(f, w_up, &f->a, T, c->gate, F, 0, lo, hi);
+            add_bias(c->gate, F, T, opt(b_up), lo, hi);
+            for (int64_t t = 0; t < T; t++) clex_k.act(f->hp->ffn_kind, hi - lo, c->gate + t * F + lo, NULL);
+            continue;
+        }
+        /* gate's rows, then up's a slice at a time into this thread's buffer (rows [r0, r1) of
+         * w_up as a matrix of their own, the up values of token t at up[t * n]) */
+        mat_rows(f, w_gate, &f->a, T, c->gate, F, 0, lo, hi);
+        float *up = c->up + (int64_t)f->ith * c->n_batch * CLEX_UP_ROWS;
+        for (int64_t r0 = lo; r0 < hi; r0 += CLEX_UP_ROWS) {
+            const int64_t n = hi - r0 < CLEX_UP_ROWS ? hi - r0 : CLEX_UP_ROWS;
+            const clex_tensor wu = row_view(w_up, r0, n);
+            mat_rows(f, &wu, &f->a, T, up, n, 0, 0, n);
+            if (b_up->data) add_bias(up, n, T, (const float *)b_up->data + r0, 0, n);
+            for (int64_t t = 0; t < T; t++) clex_k.act(f->hp->ffn_kind, n, c->gate + t * F + r0, up + t * n);
+        }
     }
     sync(f);
 }

@@ -362,8 +362,8 @@ static void *xcalloc(size_t n, size_t sz, int *fail) {
 void clex_ctx_free(clex_ctx *c) {
     if (!c) return;
     clex_pool_free(c->pool);
-    void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q, c->k, c->v, c->att,
-                    c->gate, c->up, c->cs, c->par, c->scores, c->part, c->router, c->sel, c->selw,
+    void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q /* and k, v, att, gate */,
+                    c->up, c->cs, c->par, c->scores, c->part, c->router, c->sel, c->selw,
                     c->etok, c->eslot, c->ecount, c->xe, c->qq};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     for (int s = 0; s < CLEX_ACT_N; s++) free(c->act[s]);
@@ -432,12 +432,20 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
     c->v_cache = xcalloc(kv_rows, c->kv_row, &fail);
     c->x = xcalloc(B * E, sizeof(float), &fail);
     c->xn = xcalloc(B * E, sizeof(float), &fail);
-    c->q = xcalloc(B * qd, sizeof(float), &fail);
-    c->k = xcalloc(B * kvd, sizeof(float), &fail);
-    c->v = xcalloc(B * kvd, sizeof(float), &fail);
-    c->att = xcalloc(B * qd, sizeof(float), &fail);
-    c->gate = xcalloc(B * F, sizeof(float), &fail);
-    if (hp->ffn_kind != CLEX_FFN_GELU) c->up = xcalloc(B * F, sizeof(float), &fail);   /* a gated FFN's */
+    /* The attention's q, k, v, att and the FFN's gate never live at once (a layer's attention
+     * has been projected out before its FFN starts, and the FFN's output is in x or par before
+     * the next attention), so they share one block: the larger of the two phases. */
+    const size_t att_phase = 2 * qd + 2 * kvd, ffn_phase = F;
+    c->q = xcalloc(B * (att_phase > ffn_phase ? att_phase : ffn_phase), sizeof(float), &fail);
+    if (c->q) {
+        c->k = c->q + B * qd;
+        c->v = c->k + B * kvd;
+        c->att = c->v + B * kvd;
+        c->gate = c->q;
+    }
+    /* a gated FFN's up rows, a thread's slice at a time (forward.c's UP_ROWS) */
+    if (hp->ffn_kind != CLEX_FFN_GELU)
+        c->up = xcalloc((size_t)clex_pool_size(c->pool) * B * CLEX_UP_ROWS, sizeof(float), &fail);
     alloc_acts(c, &fail);
     c->cs = xcalloc(S * B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
     if (hp->parallel_residual) c->par = xcalloc(B * E, sizeof(float), &fail);

@@ -67,12 +67,12 @@ struct clex_ctx {
     /* scratch for one batch of up to n_batch tokens */
     float *x;              /* [B, n_embd] residual stream */
     float *xn;             /* [B, n_embd] normalised input of the next products (then an output's pre-norm rows) */
-    float *q;              /* [B, n_head*head_dim] */
-    float *k;              /* [B, n_head_kv*head_dim] */
+    float *q;              /* [B, n_head*head_dim]; q, k, v and att are one allocation, */
+    float *k;              /* [B, n_head_kv*head_dim]    which gate shares (model.c) */
     float *v;              /* [B, n_head_kv*head_dim] */
     float *att;            /* [B, n_head*head_dim] */
     float *gate;           /* [B, n_ff] (becomes act(gate) * up) */
-    float *up;             /* [B, n_ff]; NULL for the ungated GELU MLP */
+    float *up;             /* [n_threads][B, CLEX_UP_ROWS]: a thread's slice of up; NULL for the ungated GELU MLP */
     void *act[CLEX_ACT_N]; /* [B, k/blck] blocks of each activation type, k the longest row of
                             * the weights paired with it; NULL when no weight is */
     float *cs;             /* [n_sets][B, n_pairs, 2] cos, sin of each token's angles, per table */
@@ -92,6 +92,9 @@ struct clex_ctx {
      * delays does not hold the others at the next barrier; step k uses counter k % 2 */
     _Atomic int64_t chunk[2];
 };
+
+/* rows of a gated FFN's up projection a thread computes (and combines with gate) at a time */
+#define CLEX_UP_ROWS 256
 
 /* ---- small shared helpers ---- */
 
