@@ -350,7 +350,7 @@ INLINE void kq_group(int sub16, int mins, int nvec, int64_t nsb, const uint8_t *
                     __m512i c[8];
                     CLEX_UNROLL for (int u = 0; u < 8; u++) {
                         const int t = t0 + (sub16 ? u >> 1 : u), h = sub16 ? u & 1 : 0;
-                        c[u] = bc32(ps + t * KQ_PRE + 4 * (j0 + h));
+                        c[u] = mins ? _mm512_setzero_si512() : bc32(ps + t * KQ_PRE + 4 * (j0 + h));
                     }
                     CLEX_UNROLL for (int k = 0; k < 8; k++) {
                         if (sub16 && k >= 4) break;
