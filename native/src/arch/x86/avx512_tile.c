@@ -1,9 +1,10 @@
 /* AVX-512 + VNNI tile kernels for prefill (internal.h's clex_tile_set): many tokens against the
  * same weight rows, the weights' unpacking done once per call instead of once per four tokens.
- * Tiles of 16 weight rows x 16 tokens, the tokens in the lanes of the rows' accumulators: the
- * signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations; their section says
- * how), Q4_1 and Q5_1 (against Q8_1: the same with the minimums' term) and the K-quants Q2_K ..
- * Q6_K and IQ4_XS (against Q8_K) alike. */
+ * Tiles of 16 weight rows x 16 tokens. The signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL
+ * against Q8_0 activations; their section says how), Q4_1 and Q5_1 (against Q8_1: the same with
+ * the minimums' term) put the tokens in the lanes of the rows' accumulators, their activations
+ * transposed once per call; the K-quants Q2_K .. Q6_K and IQ4_XS (against Q8_K) put the weight
+ * rows in the lanes and broadcast the activations from where they lie (their section says why). */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
