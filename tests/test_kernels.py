@@ -417,6 +417,48 @@ def test_tile_kernels_match_scalar(isa, name):
         assert (np.abs(ref - Xd @ Wd.T) <= bound).all(), (name, nb, N, T)
 
 
+# The code bytes of each super-block type's block (ggml's layout), for the extreme-code test.
+TILE_CODE_BYTES = {"q2_k": (16, 80), "q3_k": (0, 96), "q4_k": (16, 144), "q5_k": (16, 176), "q6_k": (0, 192),
+                   "iq4_xs": (8, 136)}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(TILE_CODE_BYTES))
+def test_tile_kernels_extreme_codes(isa, name):
+    """The super-block tile kernels at the ends of their integer ranges: every code at its
+    largest or smallest (code bytes all 0xFF or all 0x00, the scales random) against activations
+    at +-127 (constant rows of either sign, and alternating signs), where the sub-block sums are
+    largest; 20 rows (a short group of rows after a full one) x 17 tokens (a short group of
+    tokens), 2048 values. Within the tile test's bound of the scalar kernels, which are exact in
+    their integer sums."""
+    from gguf.constants import GGML_QUANT_SIZES
+    import tinymodel as tm
+    rng = np.random.default_rng(5)
+    t = RUN_ONLY[name]
+    at = lib.clex_type_vec_dot_type(t)
+    N, K, T = 20, 2048, 17
+    lo, hi = TILE_CODE_BYTES[name]
+    bb = GGML_QUANT_SIZES[QT(t)][1]
+    X = np.ones((T, K), np.float32)
+    X[1::3] = -1.0
+    X[2::3, 1::2] = -1.0
+    X[2::3, 0::4] *= 0.5   # some codes below 127 too
+    for fill in (0xFF, 0x00):
+        W = tm.scaled_blocks(QT(t), N, K, rng, 1.0).reshape(-1, bb).copy()
+        W[:, lo:hi] = fill
+        Wq = W.reshape(-1)
+        _lib.set_isa("scalar")
+        ref = _matmul(t, Wq, N, K, X, 1)
+        _lib.set_isa(isa)
+        got = _matmul(t, Wq, N, K, X, 2)
+        Wd = dequantize(Wq, t, N * K).reshape(N, K).astype(np.float64)
+        Xd = np.stack([dequantize(quantize(X[i], at), at, K) for i in range(T)]).astype(np.float64)
+        bound = 1e-5 * (np.abs(Xd) @ np.abs(Wd).T) + 1e-6
+        assert np.abs(ref).max() > 0, (name, fill)
+        assert (np.abs(got - ref) <= bound).all(), (isa, name, fill, np.abs(got - ref).max())
+        assert (np.abs(ref - Xd @ Wd.T) <= bound).all(), (name, fill)
+
+
 FFN_KINDS = {"swiglu": 0, "geglu": 1, "gelu": 2}
 
 

@@ -360,72 +360,119 @@ CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_1, block_q8_1, q5_1_rows)
 
 /* ------------------------------------------------------------------ packing for the tile kernels */
 
-/* one packed super-block (x86_k.h's clex_kpack) from the unsigned codes u (as the row kernels
- * unpack them), their offset, the sub-blocks' int scales and minimums (16 int32 each; the first
- * 8 for sub-blocks of 32) and d, -dmin */
-INLINE void kpack_store(clex_kpack *p, const __m512i u[4], int offset, int sub16, __m512i sc, __m512i mins, float d,
-                        float ndmin) {
-    uint64_t sums[32];
-    CLEX_UNROLL for (int k = 0; k < 4; k++) {
-        const __m512i w = _mm512_sub_epi8(u[k], _mm512_set1_epi8((char)offset));
-        _mm512_storeu_si512(p->w + 64 * k, w);
-        /* the sums of each 8 weights plus 128, by vpsadbw */
-        _mm512_storeu_si512(sums + 8 * k, _mm512_sad_epu8(_mm512_xor_si512(w, _mm512_set1_epi8((char)0x80)),
-                                                           _mm512_setzero_si512()));
-    }
-    const int per = sub16 ? 2 : 4, n = sub16 ? 16 : 8;
-    for (int j = 0; j < 16; j++) {
-        int64_t sum = 0;
-        if (j < n)
-            for (int i = 0; i < per; i++) sum += (int64_t)sums[per * j + i] - 8 * 128;
-        p->corr[j] = (int32_t)(-128 * sum);
-    }
-    _mm512_storeu_ps(p->dsc, _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sc)));
-    _mm512_storeu_ps(p->dm, _mm512_mul_ps(_mm512_set1_ps(ndmin), _mm512_cvtepi32_ps(mins)));
-}
-
-INLINE void kpack_one(const void *vw, int64_t i, int32_t type, clex_kpack *p) {
-    __m512i u[4], v[4];
+/* One super-block of one row for the tile kernels (x86_k.h's packed groups): its codes as unsigned
+ * bytes in the activations' order (u), and its scale vector(s): sv[0] lane j = d * the scale of
+ * sub-block j (sub-blocks of 32: lanes 0 .. 7, with -dmin * the minimums in lanes 8 .. 15),
+ * sv[1] (Q2_K) lane j = -dmin * the minimum of sub-block j. */
+INLINE void kpack_one(const void *vw, int64_t i, int32_t type, __m512i u[4], __m512 sv[2]) {
+    __m512i v[4];
+    sv[1] = _mm512_setzero_ps();
     if (type == CLEX_TYPE_Q4_K || type == CLEX_TYPE_Q5_K) {
         const int five = type == CLEX_TYPE_Q5_K;
         const block_q4_K *w4 = vw;
         const block_q5_K *w5 = vw;
         const __m128i sm = k4_scales(five ? w5[i].scales : w4[i].scales);
-        const __mmask16 lo8 = 0x00FF;
         k45_unpack(five ? w5[i].qs : w4[i].qs, five ? w5[i].qh : NULL, _mm512_setzero_si512(), five, u, v);
         const clex_fp16 *dm = five ? &w5[i].d : &w4[i].d;
-        kpack_store(p, u, 0, 0, _mm512_maskz_cvtepu8_epi32(lo8, sm), _mm512_maskz_cvtepu8_epi32(lo8, _mm_srli_si128(sm, 8)),
-                    h2f(dm[0]), -h2f(dm[1]));
+        const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(h2f(dm[0])), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sm)));
+        const __m512 mn = _mm512_mul_ps(_mm512_set1_ps(-h2f(dm[1])),
+                                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_srli_si128(sm, 8))));
+        sv[0] = _mm512_insertf32x8(sc, _mm512_castps512_ps256(mn), 1);
     } else if (type == CLEX_TYPE_Q6_K) {
         const block_q6_K *w = vw;
         q6k_unpack(&w[i], u);
-        kpack_store(p, u, 32, 1, _mm512_cvtepi8_epi32(ld16(w[i].scales)), _mm512_setzero_si512(), h2f(w[i].d), 0.0f);
+        sv[0] = _mm512_mul_ps(_mm512_set1_ps(h2f(w[i].d)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld16(w[i].scales))));
     } else if (type == CLEX_TYPE_Q3_K) {
         const block_q3_K *w = vw;
         k23_unpack(w[i].qs, w[i].hmask, 1, u);
-        kpack_store(p, u, 4, 1, _mm512_cvtepi8_epi32(q3_scales16(w[i].scales)), _mm512_setzero_si512(), h2f(w[i].d),
-                    0.0f);
-    } else if (type == CLEX_TYPE_IQ4_XS) {
+        sv[0] = _mm512_mul_ps(_mm512_set1_ps(h2f(w[i].d)),
+                              _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q3_scales16(w[i].scales))));
+    } else if (type == CLEX_TYPE_IQ4_XS) {   /* the signed levels plus 128 */
         const block_iq4_xs *w = vw;
         const __m512i lv = _mm512_broadcast_i32x4(ld16(clex_iq4nl_levels));
-        CLEX_UNROLL for (int k = 0; k < 4; k++) u[k] = iq4_levels64(w[i].qs + 32 * k, lv);
-        kpack_store(p, u, 0, 0, _mm512_cvtepi16_epi32(_mm256_zextsi128_si256(iq4xs_scales(&w[i]))),
-                    _mm512_setzero_si512(), h2f(w[i].d), 0.0f);
+        CLEX_UNROLL for (int k = 0; k < 4; k++)
+            u[k] = _mm512_xor_si512(iq4_levels64(w[i].qs + 32 * k, lv), _mm512_set1_epi8((char)0x80));
+        sv[0] = _mm512_mul_ps(_mm512_set1_ps(h2f(w[i].d)),
+                              _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_zextsi128_si256(iq4xs_scales(&w[i])))));
     } else {   /* Q2_K */
         const block_q2_K *w = vw;
         const __m128i raw = ld16(w[i].scales), m4 = _mm_set1_epi8(0x0F);
         k23_unpack(w[i].qs, NULL, 0, u);
-        kpack_store(p, u, 0, 1, _mm512_cvtepu8_epi32(_mm_and_si128(raw, m4)),
-                    _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m4)), h2f(w[i].d), -h2f(w[i].dmin));
+        sv[0] = _mm512_mul_ps(_mm512_set1_ps(h2f(w[i].d)), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, m4))));
+        sv[1] = _mm512_mul_ps(_mm512_set1_ps(-h2f(w[i].dmin)),
+                              _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m4))));
+    }
+}
+
+/* v[r] dword l -> o[l] dword r (16 x 16: dword and qword interleaves, then 128-bit chunks) */
+INLINE void kpack_tr16(const __m512i v[16], __m512i o[16]) {
+    __m512i a[16], b[16];
+    CLEX_UNROLL for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    CLEX_UNROLL for (int i = 0; i < 4; i++) {
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    CLEX_UNROLL for (int j = 0; j < 4; j++) {
+        const __m512i c0 = _mm512_shuffle_i32x4(b[j], b[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i c1 = _mm512_shuffle_i32x4(b[j], b[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512i c2 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i c3 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
+        o[j] = _mm512_shuffle_i32x4(c0, c2, _MM_SHUFFLE(2, 0, 2, 0));
+        o[4 + j] = _mm512_shuffle_i32x4(c0, c2, _MM_SHUFFLE(3, 1, 3, 1));
+        o[8 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(2, 0, 2, 0));
+        o[12 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* rows of n values into groups of 16 rows (the last one R = rows mod 16 if not 0), x86_k.h's
+ * layout: each super-block's 16 rows unpacked, then their codes and scale vectors transposed 16 x
+ * 16 (rows into the lanes) and stored R dwords to a vector */
+INLINE void kpack_rows(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst, int32_t type) {
+    const int64_t nsb = n / QK_K;
+    const int nvec = clex_kpack_nvec(type);
+    const size_t rowb = (size_t)nsb * clex_kpack_bytes(type);
+    for (int64_t g0 = 0; g0 < rows; g0 += 16) {
+        const int R = rows - g0 < 16 ? (int)(rows - g0) : 16;
+        const size_t vs = 4 * (size_t)R;
+        const __mmask16 m = (__mmask16)((1u << R) - 1);
+        uint8_t *gb = (uint8_t *)dst + (size_t)g0 * rowb;
+        for (int64_t i = 0; i < nsb; i++) {
+            uint8_t *o = gb + (size_t)i * R * clex_kpack_bytes(type);
+            __m512i u[16][4], t[16], c[16];
+            __m512 sv[2][16];
+            for (int r = 0; r < 16; r++) {
+                if (r < R) {
+                    __m512 s2[2];
+                    kpack_one((const uint8_t *)w + (g0 + r) * wstride, i, type, u[r], s2);
+                    sv[0][r] = s2[0], sv[1][r] = s2[1];
+                } else {
+                    CLEX_UNROLL for (int k = 0; k < 4; k++) u[r][k] = _mm512_setzero_si512();
+                    sv[0][r] = sv[1][r] = _mm512_setzero_ps();
+                }
+            }
+            CLEX_UNROLL for (int q = 0; q < 4; q++) {
+                CLEX_UNROLL for (int r = 0; r < 16; r++) c[r] = u[r][q];
+                kpack_tr16(c, t);
+                CLEX_UNROLL for (int k = 0; k < 16; k++) _mm512_mask_storeu_epi32(o + (16 * q + k) * vs, m, t[k]);
+            }
+            o += 64 * vs;
+            for (int h = 0; h < (nvec + 15) / 16; h++) {
+                CLEX_UNROLL for (int r = 0; r < 16; r++) c[r] = _mm512_castps_si512(sv[h][r]);
+                kpack_tr16(c, t);
+                for (int k = 0; k < 16 && 16 * h + k < nvec; k++) _mm512_mask_storeu_epi32(o + (16 * h + k) * vs, m, t[k]);
+            }
+        }
     }
 }
 
 #define KPACK_DEFINE(PFX, T)                                                                     \
     void PFX##_kpack_##T(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst) {     \
-        const int64_t nsb = n / QK_K;                                                             \
-        for (int64_t r = 0; r < rows; r++)                                                        \
-            for (int64_t i = 0; i < nsb; i++)                                                     \
-                kpack_one((const uint8_t *)w + r * wstride, i, CLEX_TYPE_##T, (clex_kpack *)dst + r * nsb + i); \
+        kpack_rows(n, w, wstride, rows, dst, CLEX_TYPE_##T);                                      \
     }
 CLEX_X86_KPACK_TYPES(clex_avx512vnni, KPACK_DEFINE)
 KPACK_DEFINE(clex_avx512vnni, IQ4_XS)

@@ -1,9 +1,10 @@
 /* AVX-512 + VNNI tile kernels for prefill (internal.h's clex_tile_set): many tokens against the
  * same weight rows, the weights' unpacking done once per call instead of once per four tokens.
- * Tiles of 16 weight rows x 16 tokens, the tokens in the lanes of the rows' accumulators: the
- * signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL against Q8_0 activations; their section says
- * how), Q4_1 and Q5_1 (against Q8_1: the same with the minimums' term) and the K-quants Q2_K ..
- * Q6_K and IQ4_XS (against Q8_K) alike. */
+ * Tiles of 16 weight rows x 16 tokens. The signed 32-value types (Q8_0, Q4_0, Q5_0, IQ4_NL
+ * against Q8_0 activations; their section says how), Q4_1 and Q5_1 (against Q8_1: the same with
+ * the minimums' term) put the tokens in the lanes of the rows' accumulators, their activations
+ * transposed once per call; the K-quants Q2_K .. Q6_K and IQ4_XS (against Q8_K) put the weight
+ * rows in the lanes and broadcast the activations from where they lie (their section says why). */
 #if defined(__x86_64__) || defined(__i386__)
 
 #if defined(__clang__)
@@ -276,108 +277,152 @@ S32_PACK(IQ4_NL, W_IQ4_NL)
 
 /* ------------------------------------------------------------------ K-quants */
 
-/* Super-blocks packed by avx512_k.c (x86_k.h's clex_kpack) in the same scheme as the 32-value
- * types: 16 tokens in the lanes, their Q8_K codes transposed once per super-block (64 registers,
- * plus 128), the weights' four-byte groups as broadcasts; per row and sub-block (16 or 32
- * values) four or eight vpdpbusd from -128 * the sub-block's weight sum give each token's exact
- * sub-block sum, then one conversion, one multiply of the token's scale by d * the sub-block's
- * scale and one FMA; the minimums' term (-dmin * m times the token's sum of the sub-block's
- * activations, from the bsums, times its scale, prepared once) one FMA more. */
+/* Groups of 16 weight rows packed by avx512_k.c (x86_k.h's layout): here the weight rows are in the
+ * lanes and the tokens are broadcast, so the activations need no transposing: each token's Q8_K
+ * codes arrive four at a time as broadcasts from its own row (signed, the operand vpdpbusd takes
+ * from memory) against a register of 16 rows' unsigned codes. Per super-block, eight registers of
+ * codes (32 values of 16 rows) serve 16 tokens in turn: eight vpdpbusd (two chains of four for
+ * sub-blocks of 16) give each row's exact integer sub-block sum, started from -offset * the
+ * sub-block's activation sum (the codes' offset, prepared per token from the bsums); one
+ * conversion and one FMA by the rows' d * scale add it to the token's super-block sum, the
+ * minimums' term (-dmin * m times the activation sum, prepared as a float) one FMA more; the
+ * token's scale multiplies the super-block sum once, into the token's accumulator. The rows'
+ * sums of a token are one register: stored as they are into its row of y. */
 
-enum { KQ_XB = 64 * 64 + 64 + 16 * 64, KQ_MAX_N = 8 * QK_K };
+enum { KQ_T = 16, KQ_MAX_N = 8 * QK_K, KQ_QS = offsetof(block_q8_K, qs), KQ_PRE = 128, KQ_H = 8 };
 
-static size_t kq_bytes(int64_t n) { return (size_t)(n / QK_K) * sizeof(clex_kpack); }
+static size_t kq_bytes16(int64_t n) { return (size_t)(n / QK_K) * clex_kpack_bytes(CLEX_TYPE_Q4_K); }
+static size_t kq_bytes32(int64_t n) { return (size_t)(n / QK_K) * clex_kpack_bytes(CLEX_TYPE_Q2_K); }
+static size_t kq_bytes8(int64_t n) { return (size_t)(n / QK_K) * clex_kpack_bytes(CLEX_TYPE_IQ4_XS); }
 
-/* nsb super-blocks of ntok (<= 16) tokens' Q8_K rows into KQ_XB bytes each: the transposed codes
- * plus 128, the tokens' scales, and (mins) each sub-block's activation sums times the scale */
-INLINE void kq_prep(int64_t nsb, const uint8_t *x, size_t xstride, int ntok, int sub16, int mins, uint8_t *out) {
-    const uint8_t *tp[TV_T];
-    int32_t off[TV_T];
-    tv_rows(x, xstride, ntok, tp, off);
-    const __m512i vindex = _mm512_loadu_si512(off);
-    const __mmask16 live = (__mmask16)((1u << ntok) - 1);
-    for (int64_t sb = 0; sb < nsb; sb++, out += KQ_XB) {
-        const size_t base = (size_t)sb * sizeof(block_q8_K);
-        CLEX_UNROLL for (int g = 0; g < 8; g++) {
-            __m512i xk[8];
-            tv_transpose(tp, base + offsetof(block_q8_K, qs) + 32 * g, xk);
-            CLEX_UNROLL for (int k = 0; k < 8; k++)
-                _mm512_storeu_si512(out + 64 * (8 * g + k), _mm512_xor_si512(xk[k], _mm512_set1_epi8((char)0x80)));
+/* per token (KQ_T of them, x0 + t * xs) and super-block, KQ_PRE bytes at pre + (sb * KQ_T + t) *
+ * KQ_PRE: 16 int32, each sub-block's activation sum (sub-blocks of 16 or 32) times -off (0 with
+ * minimums, whose chains start from 0), then with minimums the sums as 16 floats */
+INLINE void kq_prep(int64_t nsb, const uint8_t *x0, size_t xs, int sub16, int mins, int off, uint8_t *pre) {
+    for (int t = 0; t < KQ_T; t++)
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            const __m256i b16 = ld32(x0 + t * xs + sb * sizeof(block_q8_K) + offsetof(block_q8_K, bsums));
+            const __m512i b = sub16 ? _mm512_cvtepi16_epi32(b16)
+                                    : _mm512_zextsi256_si512(_mm256_madd_epi16(b16, _mm256_set1_epi16(1)));
+            uint8_t *o = pre + (sb * KQ_T + t) * KQ_PRE;
+            _mm512_storeu_si512(o, _mm512_mullo_epi32(b, _mm512_set1_epi32(-off)));
+            if (mins) _mm512_storeu_ps(o + 64, _mm512_cvtepi32_ps(b));
         }
-        const __m512 dc = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, vindex, x + base, 1);
-        _mm512_storeu_ps(out + 4096, dc);
-        if (!mins) continue;
-        CLEX_UNROLL for (int m = 0; m < 8; m++) {   /* bsums 2m, 2m + 1 of each token */
-            const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, vindex,
-                                                          x + base + offsetof(block_q8_K, bsums) + 4 * m, 1);
-            const __m512i lo = _mm512_srai_epi32(_mm512_slli_epi32(g, 16), 16), hi = _mm512_srai_epi32(g, 16);
-            float *bs = (float *)(out + 4160);
-            if (sub16) {
-                _mm512_storeu_ps(bs + 16 * (2 * m), _mm512_mul_ps(_mm512_cvtepi32_ps(lo), dc));
-                _mm512_storeu_ps(bs + 16 * (2 * m + 1), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), dc));
-            } else {
-                _mm512_storeu_ps(bs + 16 * m, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)), dc));
-            }
-        }
-    }
 }
 
-/* acc[r] += packed row wr[r] . the 16 prepared tokens, over nsb super-blocks */
-INLINE void kq_tile(int sub16, int mins, int64_t nsb, const clex_kpack *const wr[TV_R], const uint8_t *px,
-                    __m512 acc[TV_R]) {
-    const int chunks = sub16 ? 4 : 8, nsub = sub16 ? 16 : 8;
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *xs = px + sb * KQ_XB;
-        const __m512 dc = _mm512_loadu_ps(xs + 4096);
-        for (int j = 0; j < nsub; j++) {
-            __m512i xk[8];
-            CLEX_UNROLL for (int k = 0; k < chunks; k++) xk[k] = ld64(xs + 64 * (chunks * j + k));
-            const __m512 bs = mins ? _mm512_loadu_ps(xs + 4160 + 64 * j) : _mm512_setzero_ps();
-            CLEX_UNROLL for (int r = 0; r < TV_R; r++) {
-                const clex_kpack *p = wr[r] + sb;
-                __m512i t = _mm512_set1_epi32(p->corr[j]);
-                CLEX_UNROLL for (int k = 0; k < chunks; k++)
-                    t = _mm512_dpbusd_epi32(t, xk[k], _mm512_set1_epi32(ld_i32(p->w + 4 * (chunks * j + k))));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dc, _mm512_set1_ps(p->dsc[j])), acc[r]);
-                if (mins) acc[r] = _mm512_fmadd_ps(bs, _mm512_set1_ps(p->dm[j]), acc[r]);
+INLINE __m512i bc32(const uint8_t *p) { return _mm512_set1_epi32(ld_i32(p)); }
+
+/* c + the unsigned bytes of w . the four signed bytes at p broadcast, the broadcast embedded in
+ * the instruction (one fused uop; compilers otherwise load it into a register first) */
+INLINE __m512i dpbusd_bc(__m512i c, __m512i w, const uint8_t *p) {
+#if defined(__GNUC__)
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(c) : "v"(w), "m"(*(const int32_t *)p));
+    return c;
+#else
+    return _mm512_dpbusd_epi32(c, w, bc32(p));
+#endif
+}
+
+/* acc[t] (+)= the group's R rows (lanes) . token t, over nsb super-blocks; acc in memory, 16
+ * floats a token */
+INLINE void kq_group(int sub16, int mins, int nvec, int64_t nsb, const uint8_t *gw, int R, const uint8_t *x0, size_t xs,
+                     const uint8_t *pre, float *acc) {
+    const size_t vs = 4 * (size_t)R, sbb = (size_t)(64 + nvec) * vs;
+    const __mmask16 m = (__mmask16)((1u << R) - 1);
+    for (int64_t sb = 0; sb < nsb; sb++)
+        for (int th = 0; th < KQ_T; th += KQ_H) {   /* eight tokens at a time */
+            const uint8_t *ws = gw + sb * sbb, *xsb = x0 + (th * xs + sb * sizeof(block_q8_K));
+            const uint8_t *ps = pre + (sb * KQ_T + th) * KQ_PRE;
+            __m512 as[KQ_H];
+            CLEX_UNROLL for (int t = 0; t < KQ_H; t++) as[t] = _mm512_setzero_ps();
+            for (int g = 0; g < 8; g++) {   /* 32 values: eight registers of codes */
+                __m512i w[8];
+                CLEX_UNROLL for (int k = 0; k < 8; k++) w[k] = _mm512_maskz_loadu_epi32(m, ws + (8 * g + k) * vs);
+                const int j0 = sub16 ? 2 * g : g, mv = sub16 ? 16 : 8;   /* first sub-block; minimums' vectors */
+                const __m512 s0 = _mm512_maskz_loadu_ps(m, ws + (64 + j0) * vs);
+                const __m512 s1 = sub16 ? _mm512_maskz_loadu_ps(m, ws + (64 + j0 + 1) * vs) : s0;
+                const __m512 m0 = mins ? _mm512_maskz_loadu_ps(m, ws + (64 + mv + j0) * vs) : s0;
+                const __m512 m1 = mins && sub16 ? _mm512_maskz_loadu_ps(m, ws + (64 + mv + j0 + 1) * vs) : s0;
+                const uint8_t *xq = xsb + KQ_QS + 32 * g;
+                /* eight chains of vpdpbusd side by side (their latency hidden): eight tokens' sub-blocks
+                 * of 32, or four tokens' two of 16 each; each chain starts from its int32 in pre */
+                const int tpc = sub16 ? 4 : 8;
+                CLEX_UNROLL for (int t0 = 0; t0 < KQ_H; t0 += tpc) {
+                    __m512i c[8];
+                    CLEX_UNROLL for (int u = 0; u < 8; u++) {
+                        const int t = t0 + (sub16 ? u >> 1 : u), h = sub16 ? u & 1 : 0;
+                        c[u] = mins ? _mm512_setzero_si512() : bc32(ps + t * KQ_PRE + 4 * (j0 + h));
+                    }
+                    CLEX_UNROLL for (int k = 0; k < 8; k++) {
+                        if (sub16 && k >= 4) break;
+                        CLEX_UNROLL for (int u = 0; u < 8; u++) {
+                            const int t = t0 + (sub16 ? u >> 1 : u), h = sub16 ? u & 1 : 0;
+                            c[u] = dpbusd_bc(c[u], w[4 * h + k], xq + t * xs + 16 * h + 4 * k);
+                        }
+                    }
+                    CLEX_UNROLL for (int u = 0; u < 8; u++) {
+                        const int t = t0 + (sub16 ? u >> 1 : u), h = sub16 ? u & 1 : 0;
+                        as[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[u]), h ? s1 : s0, as[t]);
+                        if (mins)
+                            as[t] = _mm512_fmadd_ps(h ? m1 : m0, _mm512_set1_ps(ld_f32(ps + t * KQ_PRE + 64 + 4 * (j0 + h))),
+                                                    as[t]);
+                    }
+                }
+            }
+            CLEX_UNROLL for (int t = 0; t < KQ_H; t++) {   /* times the token's d */
+                float *a = acc + 16 * (th + t);
+                _mm512_storeu_ps(a, _mm512_fmadd_ps(as[t], _mm512_set1_ps(ld_f32(xsb + t * xs)), _mm512_loadu_ps(a)));
             }
         }
-    }
 }
 
 INLINE void kq_gemm(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y,
-                    int64_t ystride, int accumulate, int sub16, int mins) {
+                    int64_t ystride, int accumulate, int sub16, int mins, int off, int nvec) {
     const int64_t nsb = n / QK_K;
-    _Alignas(64) uint8_t xt[(KQ_MAX_N / QK_K) * KQ_XB];
-    for (int64_t t0 = 0; t0 < ntok; t0 += TV_T) {
-        const int nt = ntok - t0 < TV_T ? (int)(ntok - t0) : TV_T;
-        kq_prep(nsb, (const uint8_t *)x + (uint64_t)t0 * xstride, xstride, nt, sub16, mins, xt);
-        for (int64_t r0 = 0; r0 < rows; r0 += TV_R) {
-            const int R = rows - r0 < TV_R ? (int)(rows - r0) : TV_R;
-            const clex_kpack *wr[TV_R];   /* the rows past the last repeat it; their sums are not stored */
-            for (int r = 0; r < TV_R; r++) wr[r] = (const clex_kpack *)pw + (r0 + (r < R ? r : R - 1)) * nsb;
-            __m512 acc[TV_R];
-            CLEX_UNROLL for (int r = 0; r < TV_R; r++) acc[r] = _mm512_setzero_ps();
-            kq_tile(sub16, mins, nsb, wr, xt, acc);
-            tv_store(acc, R, nt, y + t0 * ystride + r0, ystride, accumulate);
+    const size_t rowb = (size_t)nsb * (256 + 4 * (size_t)nvec), xrow = (size_t)nsb * sizeof(block_q8_K);
+    _Alignas(64) uint8_t pre[(KQ_MAX_N / QK_K) * KQ_T * KQ_PRE];
+    _Alignas(64) float acc[KQ_T * 16];
+    _Alignas(64) uint8_t xl[KQ_T * (KQ_MAX_N / QK_K) * sizeof(block_q8_K)];   /* a last group of fewer
+                                                                                than 16 tokens: copied, the rest zero */
+    for (int64_t t0 = 0; t0 < ntok; t0 += KQ_T) {
+        const int nt = ntok - t0 < KQ_T ? (int)(ntok - t0) : KQ_T;
+        const uint8_t *xg = (const uint8_t *)x + (uint64_t)t0 * xstride;
+        size_t xs = xstride;
+        if (nt < KQ_T) {
+            memset(xl, 0, KQ_T * xrow);
+            for (int t = 0; t < nt; t++) memcpy(xl + t * xrow, xg + t * xstride, xrow);
+            xg = xl, xs = xrow;
+        }
+        kq_prep(nsb, xg, xs, sub16, mins, off, pre);
+        for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+            const int R = rows - r0 < 16 ? (int)(rows - r0) : 16;
+            memset(acc, 0, sizeof(acc));
+            kq_group(sub16, mins, nvec, nsb, (const uint8_t *)pw + r0 * rowb, R, xg, xs, pre, acc);
+            const __mmask16 m = (__mmask16)((1u << R) - 1);
+            for (int t = 0; t < nt; t++) {
+                float *yt = y + (t0 + t) * ystride + r0;
+                const __m512 v = _mm512_loadu_ps(acc + 16 * t);
+                _mm512_mask_storeu_ps(yt, m, accumulate ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, yt)) : v);
+            }
         }
     }
 }
 
-/* sub-blocks of 16 with offsets (Q3_K, Q6_K), of 16 with minimums (Q2_K), of 32 with minimums
- * (Q4_K, Q5_K), of 32 without (IQ4_XS) */
-#define KQ_GEMM(NAME, SUB16, MINS)                                                                \
+/* sub-blocks of 16 with offsets (Q3_K: 4, Q6_K: 32), of 16 with minimums (Q2_K), of 32 with
+ * minimums (Q4_K, Q5_K), of 32 with IQ4_XS's offset 128 */
+#define KQ_GEMM(NAME, SUB16, MINS, OFF, NVEC)                                                     \
     static void NAME(int64_t n, const void *pw, int64_t rows, const void *x, size_t xstride, int64_t ntok, float *y, \
                      int64_t ystride, int accumulate) {                                            \
-        kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, SUB16, MINS);               \
+        kq_gemm(n, pw, rows, x, xstride, ntok, y, ystride, accumulate, SUB16, MINS, OFF, NVEC);    \
     }
-KQ_GEMM(kq_gemm_off16, 1, 0)
-KQ_GEMM(kq_gemm_min16, 1, 1)
-KQ_GEMM(kq_gemm_min32, 0, 1)
-KQ_GEMM(kq_gemm_lv32, 0, 0)   /* IQ4_XS: signed levels, sub-blocks of 32 */
+KQ_GEMM(kq_gemm_q3k, 1, 0, 4, 16)
+KQ_GEMM(kq_gemm_q6k, 1, 0, 32, 16)
+KQ_GEMM(kq_gemm_min16, 1, 1, 0, 32)
+KQ_GEMM(kq_gemm_min32, 0, 1, 0, 16)
+KQ_GEMM(kq_gemm_lv32, 0, 0, 128, 8)
 
 /* from 12 tokens on (with fewer, the 16 lanes are too empty to beat the four-row kernels) */
-#define KQ_TILES(T, GEMM) [CLEX_TYPE_##T] = {kq_bytes, clex_avx512vnni_kpack_##T, GEMM, KQ_MAX_N, 12}
+#define KQ_TILES(T, BYTES, GEMM) [CLEX_TYPE_##T] = {BYTES, clex_avx512vnni_kpack_##T, GEMM, KQ_MAX_N, 12}
 
 /* from 6 tokens on (measured against the four-row kernels) */
 #define S32_TILES(T) [CLEX_TYPE_##T] = {s32_bytes, pack_##T, s32_gemm, S32_MAX_N, 6}
@@ -386,8 +431,9 @@ const clex_tile_set clex_avx512vnni_tiles = {{
     S32_TILES(Q8_0), S32_TILES(Q4_0), S32_TILES(Q5_0), S32_TILES(IQ4_NL),
     [CLEX_TYPE_Q4_1] = {u32_bytes, pack_Q4_1, u32_gemm, S32_MAX_N, 6},
     [CLEX_TYPE_Q5_1] = {u32_bytes, pack_Q5_1, u32_gemm, S32_MAX_N, 6},
-    KQ_TILES(Q2_K, kq_gemm_min16), KQ_TILES(Q4_K, kq_gemm_min32), KQ_TILES(Q5_K, kq_gemm_min32),
-    KQ_TILES(Q3_K, kq_gemm_off16), KQ_TILES(Q6_K, kq_gemm_off16), KQ_TILES(IQ4_XS, kq_gemm_lv32),
+    KQ_TILES(Q2_K, kq_bytes32, kq_gemm_min16), KQ_TILES(Q4_K, kq_bytes16, kq_gemm_min32),
+    KQ_TILES(Q5_K, kq_bytes16, kq_gemm_min32), KQ_TILES(Q3_K, kq_bytes16, kq_gemm_q3k),
+    KQ_TILES(Q6_K, kq_bytes16, kq_gemm_q6k), KQ_TILES(IQ4_XS, kq_bytes8, kq_gemm_lv32),
 }};
 
 #if defined(__clang__)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "../../../include/quant.h"
+#include "../../../include/clexrt.h"
 
 #define CLEX_X86_K_KERNELS(PFX, X) \
     X(PFX, Q5_0) X(PFX, Q5_1) X(PFX, IQ4_NL) X(PFX, Q2_K) X(PFX, Q3_K) X(PFX, Q4_K) X(PFX, Q5_K) \
@@ -37,19 +38,22 @@ CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
 extern const clex_tile_set clex_avx2_tiles;
 extern const clex_tile_set clex_avx512vnni_tiles;
 
-/* A super-block of a K-quant weight row as the AVX-512 tile kernels take it (packed by
- * avx512_k.c, which has the unpacking, multiplied by avx512_tile.c): the 256 weights as signed
- * bytes in the activations' order (the code minus its offset: Q6_K's 32, Q3_K's 4, none for the
- * types with minimums; IQ4_XS's levels); per sub-block j (16 of 16 values, or 8 of 32 for Q4_K,
- * Q5_K and IQ4_XS)
- * -128 * the sum of its weights, d * its scale, and -dmin * its minimum (0 without). */
-typedef struct {
-    int8_t w[256];
-    int32_t corr[16];
-    float dsc[16];
-    float dm[16];
-} clex_kpack;
-_Static_assert(sizeof(clex_kpack) == 448, "clex_kpack: whole cache lines");
+/* K-quant weight rows as the AVX-512 tile kernels take them (packed by avx512_k.c, which has the
+ * unpacking, multiplied by avx512_tile.c): groups of 16 rows (the last group of a call holds the
+ * R = rows mod 16 left, if any), the weight rows in the lanes. Per super-block, a group of R rows
+ * is 64 + nvec vectors of R dwords (4R bytes) each: vector k (k < 64) holds every row's codes
+ * 4k .. 4k + 3 (the activations' order) as unsigned bytes, row r in dword r; then the scale
+ * vectors, floats: d * the scale of sub-block j in vector 64 + j (16 sub-blocks of 16 values, or
+ * 8 of 32 for Q4_K, Q5_K, IQ4_XS), and -dmin * the minimum of sub-block j in vector 64 + 8 + j
+ * (Q4_K, Q5_K) or 64 + 16 + j (Q2_K). The unsigned codes carry an offset: Q6_K's 32, Q3_K's 4,
+ * 128 on IQ4_XS's signed levels, none for the types with minimums (the kernels take it out
+ * through the activations' bsums). nvec: 16, or 32 for Q2_K, 8 for IQ4_XS; a full group's
+ * super-block is whole cache lines. */
+static inline int clex_kpack_nvec(int32_t type) {
+    return type == CLEX_TYPE_Q2_K ? 32 : type == CLEX_TYPE_IQ4_XS ? 8 : 16;
+}
+/* bytes per row and super-block */
+static inline size_t clex_kpack_bytes(int32_t type) { return 256 + 4 * (size_t)clex_kpack_nvec(type); }
 
 /* The same for the AVX2 tile kernels (packed by avx2_k.c, multiplied by avx2_tile.c): the codes
  * 32 to a register, v[j] the int16 scales of register j's 16 pair sums after maddubs (the madd
