@@ -52,8 +52,12 @@ clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
 
 #define ROW_BLOCK 16   /* weight rows kept hot in L1 while every token of the batch passes */
 /* The tile kernels' blocking: packed weight rows (as many as fit here) stay in L2 while up to
- * TILE_TOKENS tokens pass, so that the tokens' activations and outputs stay in L2 as well. */
-#define TILE_SCRATCH (64u << 10)
+ * TILE_TOKENS tokens pass, so that the tokens' activations and outputs stay in L2 as well. A
+ * gemm call transposes each 16 tokens' activations once for all the rows it is given, so the
+ * more rows a call has the less that costs: at 64 KiB a 2048-wide K-quant row block was 16 rows
+ * and the transposes about a third of the tile's work; 512 KiB (of a 1-2 MiB L2) gives a call
+ * the whole row chunk of the scheduler for most matrices. */
+#define TILE_SCRATCH (512u << 10)
 #define TILE_TOKENS 512
 
 /* One weight matrix against prepared activations, everything the row loops need looked up once
@@ -100,6 +104,7 @@ static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_to
     const size_t pb = tk->bytes(kc);
     int64_t nr = (int64_t)(TILE_SCRATCH / pb) / 16 * 16;
     if (nr < 16) nr = 16;
+    if (nr > (r1 - r0 + 15) / 16 * 16) nr = (r1 - r0 + 15) / 16 * 16;   /* no more than the rows asked for */
     void *buf = aligned_alloc(64, ((size_t)nr * pb + 63) / 64 * 64);
     if (!buf) return 0;
     for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {
