@@ -380,8 +380,13 @@ def test_attention_kernels_reject_bad_arguments():
 # TILE_SCRATCH); tokens past one block of 512 (TILE_TOKENS) and past one group of 16; row and
 # token counts not multiples of the tile; token counts on both sides of each min_tok.
 TILE_TYPES = ["q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"]
-TILE_SHAPES_32 = [(1, 5, 8), (1, 4, 5), (1, 3, 6), (3, 6, 13), (18, 61, 9), (67, 37, 11), (18, 10, 37), (2, 3, 517)]
-TILE_SHAPES_256 = [(1, 5, 13), (1, 3, 11), (1, 2, 8), (3, 6, 12), (17, 37, 14), (6, 45, 13), (2, 6, 37), (1, 2, 517)]
+# (The packed block is at most 1 MiB of rows: a 2048-wide row of a 32-value type packs into
+# 2.5-3 KiB, a super-block type's into 3.5-4.5, so (64, 900, _) and (8, 600, _) give each of the
+# two threads' halves more rows than one block.)
+TILE_SHAPES_32 = [(1, 5, 8), (1, 4, 5), (1, 3, 6), (3, 6, 13), (18, 61, 9), (67, 37, 11), (18, 10, 37), (2, 3, 517),
+                  (64, 900, 7)]
+TILE_SHAPES_256 = [(1, 5, 13), (1, 3, 11), (1, 2, 8), (3, 6, 12), (17, 37, 14), (6, 45, 13), (2, 6, 37), (1, 2, 517),
+                   (8, 600, 13)]
 
 
 def _matmul(t, Wq, N, K, X, threads):

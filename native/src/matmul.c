@@ -3,7 +3,9 @@
  * else the four-row kernels where it has those; a lone token, as in decoding, four weight rows at
  * a time where the type has vec_dot4w), the forward pass's dynamic row scheduling, and
  * the standalone clex_matmul (tests, tools). */
+#include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "model.h"
 
@@ -51,9 +53,29 @@ clex_acts clex_acts_from(const clex_acts *a, int64_t t0) {
 /* ------------------------------------------------------------------ row products */
 
 #define ROW_BLOCK 16   /* weight rows kept hot in L1 while every token of the batch passes */
-/* The tile kernels' blocking: packed weight rows (as many as fit here) stay in L2 while up to
- * TILE_TOKENS tokens pass, so that the tokens' activations and outputs stay in L2 as well. */
-#define TILE_SCRATCH (64u << 10)
+/* The tile kernels' blocking: packed weight rows (as many as fit in the tile scratch) stay in
+ * L2 while up to TILE_TOKENS tokens pass, so that the tokens' activations and outputs stay in
+ * L2 as well. A gemm call transposes each 16 tokens' activations once for all the rows it is
+ * given, so the more rows a call has the less that costs: at 64 KiB a 2048-wide K-quant row
+ * block was 16 rows and the transposes about a third of the tile's own work (pp512 of a 1B
+ * model gained 20-40% at 512 KiB on a 2 MiB L2; 1.5 MiB gained nothing more). The scratch is a
+ * quarter of the L2, within [64 KiB, 1 MiB]; 256 KiB where the system does not say. */
+static size_t g_tile_scratch;
+static pthread_once_t g_tile_once = PTHREAD_ONCE_INIT;
+
+static void tile_scratch_init(void) {
+    long l2 = -1;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    const size_t s = l2 > 0 ? (size_t)l2 / 4 : (size_t)256 << 10;
+    g_tile_scratch = s < ((size_t)64 << 10) ? (size_t)64 << 10 : s > ((size_t)1 << 20) ? (size_t)1 << 20 : s;
+}
+
+static size_t tile_scratch(void) {
+    pthread_once(&g_tile_once, tile_scratch_init);
+    return g_tile_scratch;
+}
 #define TILE_TOKENS 512
 
 /* One weight matrix against prepared activations, everything the row loops need looked up once
@@ -87,7 +109,7 @@ static const clex_tile_kernel *tile_for(const clex_tensor *w, const row_op *op, 
 }
 
 /* Rows [r0, r1) against every token with the tile kernels, TILE_TOKENS tokens at a time: the
- * weights packed a block of rows at a time (as many as TILE_SCRATCH holds, a multiple of 16), a
+ * weights packed a block of rows at a time (as many as the tile scratch holds, a multiple of 16), a
  * row longer than the kernel's max_n in pieces, each piece after the first added to y. Returns
  * 0 (nothing done) when out of memory. */
 #if defined(__GNUC__)
@@ -98,8 +120,9 @@ static int rows_tiled(const clex_tile_kernel *tk, const row_op *op, int64_t n_to
     const clex_type_traits *xt = clex_traits(op->xtype);
     const int64_t kc = op->k <= tk->max_n ? op->k : tk->max_n / op->wt->blck * op->wt->blck;
     const size_t pb = tk->bytes(kc);
-    int64_t nr = (int64_t)(TILE_SCRATCH / pb) / 16 * 16;
+    int64_t nr = (int64_t)(tile_scratch() / pb) / 16 * 16;
     if (nr < 16) nr = 16;
+    if (nr > (r1 - r0 + 15) / 16 * 16) nr = (r1 - r0 + 15) / 16 * 16;   /* no more than the rows asked for */
     void *buf = aligned_alloc(64, ((size_t)nr * pb + 63) / 64 * 64);
     if (!buf) return 0;
     for (int64_t t0 = 0; t0 < n_tok; t0 += TILE_TOKENS) {
