@@ -36,42 +36,13 @@ INLINE void rows4(const void *w, size_t ws, const uint8_t *r[4]) {
 
 /* ------------------------------------------------------------------ block scales */
 
-/* avx512_k.c's schemes for the fp16 block scales (a conversion is exact, so how the fields are
- * gathered does not change a bit): 16 at a time for the 512-bit kernels, 8 for the 256-bit */
-INLINE uint64_t half_at(const void *p, size_t stride, int k, int cnt) {
-    uint16_t h = 0;
-    if (k < cnt) memcpy(&h, (const uint8_t *)p + k * stride, 2);
-    return h;
-}
-
-INLINE uint64_t halves4(const void *p, size_t stride, int k0, int cnt) {
-    return half_at(p, stride, k0, cnt) | half_at(p, stride, k0 + 1, cnt) << 16 |
-           half_at(p, stride, k0 + 2, cnt) << 32 | half_at(p, stride, k0 + 3, cnt) << 48;
-}
-
-INLINE __m512 block_scales16(const void *p, size_t stride, int cnt) {
-    const __m128i lo = _mm_insert_epi64(_mm_cvtsi64_si128((long long)halves4(p, stride, 0, cnt)),
-                                        (long long)halves4(p, stride, 4, cnt), 1);
-    const __m128i hi = _mm_insert_epi64(_mm_cvtsi64_si128((long long)halves4(p, stride, 8, cnt)),
-                                        (long long)halves4(p, stride, 12, cnt), 1);
-    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
-}
-
+/* the fp16 block scales as avx512_s32.h gathers them (a conversion is exact, so how the fields
+ * are gathered does not change a bit): 16 at a time there, 8 here for the 256-bit kernels */
 INLINE __m256 block_scales8(const void *p, size_t stride, int cnt) {
     const __m128i v = _mm_insert_epi64(_mm_cvtsi64_si128((long long)halves4(p, stride, 0, cnt)),
                                        (long long)halves4(p, stride, 4, cnt), 1);
     return _mm256_cvtph_ps(v);
 }
-
-/* the scale of pair p (blocks 2p, 2p + 1 of 16) in lanes 0..7 and 8..15 */
-static const int32_t pair_idx4w[8][16] __attribute__((aligned(64))) = {
-#define PAIR_IDX(p) {2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, \
-                     2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1}
-    PAIR_IDX(0), PAIR_IDX(1), PAIR_IDX(2), PAIR_IDX(3), PAIR_IDX(4), PAIR_IDX(5), PAIR_IDX(6), PAIR_IDX(7),
-#undef PAIR_IDX
-};
-
-INLINE __m512 pair_scale(__m512 d16, int p) { return _mm512_permutexvar_ps(_mm512_load_si512(pair_idx4w[p]), d16); }
 
 INLINE float hsum8(__m256 v) {   /* avx512_k.c's order */
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -1,4 +1,5 @@
-/* The signed 32-value types' weights two blocks to a 512-bit register (avx512_k.c's kernels):
+/* The signed 32-value types' weights two blocks to a 512-bit register, and their fp16 block scales
+ * 16 at a time (avx512_k.c's and avx512_dot4w.c's kernels):
  * included after INLINE, ld16 and ld32 are defined, with AVX-512 BW enabled. */
 /* the nibbles of blocks a and b: [a low | a high | b low | b high], 16 bytes each */
 INLINE __m512i nibbles2(const uint8_t *a, const uint8_t *b) {
@@ -37,4 +38,45 @@ INLINE __m512i signed_weights2(const void *vw, int64_t i, int64_t i1, int wt) {
         return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(ld16(clex_iq4nl_levels)), nibbles2(b[i].qs, b[i1].qs));
     }
     }
+}
+
+/* The scales d(w) * d(x) of 16 blocks at a time: the fp16 fields gathered four to a 64-bit word
+ * in general-purpose registers (no vector port), converted with one instruction, multiplied
+ * once; each pair of blocks then takes its two with one permute. */
+
+/* the fp16 fields at p + k * stride, k < cnt (zero beyond), as 16 halves; no early exit, so
+ * that with a constant cnt the loop unrolls into straight code */
+INLINE uint64_t half_at(const void *p, size_t stride, int k, int cnt) {
+    uint16_t h = 0;
+    if (k < cnt) memcpy(&h, (const uint8_t *)p + k * stride, 2);
+    return h;
+}
+
+/* four halves k0 .. k0 + 3 in one word */
+INLINE uint64_t halves4(const void *p, size_t stride, int k0, int cnt) {
+    return half_at(p, stride, k0, cnt) | half_at(p, stride, k0 + 1, cnt) << 16 |
+           half_at(p, stride, k0 + 2, cnt) << 32 | half_at(p, stride, k0 + 3, cnt) << 48;
+}
+
+INLINE __m256i halves16(const void *p, size_t stride, int cnt) {
+    const __m128i lo = _mm_insert_epi64(_mm_cvtsi64_si128((long long)halves4(p, stride, 0, cnt)),
+                                        (long long)halves4(p, stride, 4, cnt), 1);
+    const __m128i hi = _mm_insert_epi64(_mm_cvtsi64_si128((long long)halves4(p, stride, 8, cnt)),
+                                        (long long)halves4(p, stride, 12, cnt), 1);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+INLINE __m512 block_scales16(const void *p, size_t stride, int cnt) { return _mm512_cvtph_ps(halves16(p, stride, cnt)); }
+
+/* the scale of pair p (blocks 2p, 2p + 1 of the 16) in lanes 0..7 and 8..15 (the permute
+ * indices from memory: loads are cheaper than building them) */
+static const int32_t pair_idx[8][16] __attribute__((aligned(64))) = {
+#define PAIR_IDX(p) {2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, \
+                     2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1}
+    PAIR_IDX(0), PAIR_IDX(1), PAIR_IDX(2), PAIR_IDX(3), PAIR_IDX(4), PAIR_IDX(5), PAIR_IDX(6), PAIR_IDX(7),
+#undef PAIR_IDX
+};
+
+INLINE __m512 pair_scale(__m512 d16, int p) {
+    return _mm512_permutexvar_ps(_mm512_load_si512(pair_idx[p]), d16);
 }
