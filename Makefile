@@ -69,7 +69,7 @@ stress-ctrl-c:
 
 # The C core under AddressSanitizer + UBSan, with the tests that drive it (CI runs this).
 ASAN_TESTS ?= tests/test_kernels.py tests/test_kquants.py tests/test_forward.py tests/test_gguf_fuzz.py tests/test_robustness.py \
-              tests/test_batch_decode.py tests/test_state.py tests/test_kv_q8.py tests/test_dot4w.py
+              tests/test_tiles.py tests/test_batch_decode.py tests/test_state.py tests/test_kv_q8.py tests/test_dot4w.py
 asan: $(STAMP)
 	@mkdir -p build
 	$(VPY) tools/asan_build.py > build/asan.path

@@ -97,11 +97,14 @@ def _check_ppl(ours: list[float], kind: str, rel: float) -> None:
 
 
 def test_perplexity_q4_k_m_is_llama_perplexity(gemma3, text):
-    # 1%: on this file's 8-bit (Q8_K) activations, changes at the level of float rounding move a
-    # 2-chunk perplexity by up to ~0.9% (the vectorized GELU, within 3 ulp of tanhf per element,
-    # moved chunk 1 from within 0.5% to 0.85% below llama.cpp's), and ggml's own GELU reads an
-    # f16 table; the F32 file below holds the arithmetic to 0.05%
-    _check_ppl(_ppl("gemma3", text), "q4_k_m", 0.01)
+    # 1.5%: on this file's 8-bit (Q8_K) activations, changes at the level of float rounding move a
+    # 2-chunk perplexity by over 1% either way. Measured (chunk 1 / chunk 2 against llama.cpp's):
+    # the scalar kernels 0.10% / 0.74% above, AVX2 0.69% below / 0.00%, the earlier AVX-512 tiles
+    # 0.46% below / 0.55% above, the AVX-512 K-quant tiles with rows in the lanes 1.19% below /
+    # 0.18% above, though their products are the closest to float64 of the SIMD sets (rms error
+    # 5e-9 of sum |w x|, as the scalar kernels; the earlier tiles 1.2e-8); ggml's own GELU reads
+    # an f16 table. The F32 file below holds the arithmetic itself to 0.05%.
+    _check_ppl(_ppl("gemma3", text), "q4_k_m", 0.015)
 
 
 def test_perplexity_f32_is_llama_perplexity(gemma3_f32, text):
