@@ -43,6 +43,18 @@ def _matmul(t, Wq, N, K, X, threads):
     return Y
 
 
+def _scalar_and_tiles(t, at, Wq, N, K, X, isa):
+    """The scalar kernels' product (one thread), the ISA's (two threads, the tiles), the float64
+    product of the dequantized weights and activations, and the tolerance bound per output."""
+    _lib.set_isa("scalar")
+    ref = _matmul(t, Wq, N, K, X, 1)
+    _lib.set_isa(isa)
+    got = _matmul(t, Wq, N, K, X, 2)
+    Wd = dequantize(Wq, t, N * K).reshape(N, K).astype(np.float64)
+    Xd = np.stack([dequantize(quantize(X[i], at), at, K) for i in range(X.shape[0])]).astype(np.float64)
+    return ref, got, Xd @ Wd.T, 1e-5 * (np.abs(Xd) @ np.abs(Wd).T) + 1e-6
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", TILE_TYPES)
 def test_tile_kernels_match_scalar(isa, name):
@@ -57,15 +69,9 @@ def test_tile_kernels_match_scalar(isa, name):
         K = nb * blck
         Wq = weight_rows(name, rng, N, K)
         X = rng.standard_normal((T, K)).astype(np.float32)
-        _lib.set_isa("scalar")
-        ref = _matmul(t, Wq, N, K, X, 1)
-        _lib.set_isa(isa)
-        got = _matmul(t, Wq, N, K, X, 2)
-        Wd = dequantize(Wq, t, N * K).reshape(N, K).astype(np.float64)
-        Xd = np.stack([dequantize(quantize(X[i], at), at, K) for i in range(T)]).astype(np.float64)
-        bound = 1e-5 * (np.abs(Xd) @ np.abs(Wd).T) + 1e-6
+        ref, got, exact, bound = _scalar_and_tiles(t, at, Wq, N, K, X, isa)
         assert (np.abs(got - ref) <= bound).all(), (isa, name, nb, N, T, np.abs(got - ref).max())
-        assert (np.abs(ref - Xd @ Wd.T) <= bound).all(), (name, nb, N, T)
+        assert (np.abs(ref - exact) <= bound).all(), (name, nb, N, T)
 
 
 # The code bytes of each super-block type's block (ggml's layout), for the extreme-code test.
@@ -98,13 +104,7 @@ def test_tile_kernels_extreme_codes(isa, name):
         W = tm.scaled_blocks(QT(t), N, K, rng, 1.0).reshape(-1, bb).copy()
         W[:, lo:hi] = fill
         Wq = W.reshape(-1)
-        _lib.set_isa("scalar")
-        ref = _matmul(t, Wq, N, K, X, 1)
-        _lib.set_isa(isa)
-        got = _matmul(t, Wq, N, K, X, 2)
-        Wd = dequantize(Wq, t, N * K).reshape(N, K).astype(np.float64)
-        Xd = np.stack([dequantize(quantize(X[i], at), at, K) for i in range(T)]).astype(np.float64)
-        bound = 1e-5 * (np.abs(Xd) @ np.abs(Wd).T) + 1e-6
+        ref, got, exact, bound = _scalar_and_tiles(t, at, Wq, N, K, X, isa)
         assert np.abs(ref).max() > 0, (name, fill)
         assert (np.abs(got - ref) <= bound).all(), (isa, name, fill, np.abs(got - ref).max())
-        assert (np.abs(ref - Xd @ Wd.T) <= bound).all(), (name, fill)
+        assert (np.abs(ref - exact) <= bound).all(), (name, fill)
