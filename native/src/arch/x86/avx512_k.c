@@ -230,6 +230,7 @@ INLINE __m256i s32_dot(const s32w *w, const int8_t *x) {
 
 #include "signed32_body.h"
 #include "avx512_s32.h"
+#include "avx512_tr16.h"
 
 /* acc += d * (|w| . (x with w's signs)) for the pair of activation blocks at xa, xb; the upper
  * half only where keep says (a lone last block) */
@@ -363,31 +364,6 @@ INLINE void kpack_one(const void *vw, int64_t i, int32_t type, __m512i u[4], __m
     }
 }
 
-/* v[r] dword l -> o[l] dword r (16 x 16: dword and qword interleaves, then 128-bit chunks) */
-INLINE void kpack_tr16(const __m512i v[16], __m512i o[16]) {
-    __m512i a[16], b[16];
-    CLEX_UNROLL for (int i = 0; i < 8; i++) {
-        a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    CLEX_UNROLL for (int i = 0; i < 4; i++) {
-        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
-        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-    }
-    CLEX_UNROLL for (int j = 0; j < 4; j++) {
-        const __m512i c0 = _mm512_shuffle_i32x4(b[j], b[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
-        const __m512i c1 = _mm512_shuffle_i32x4(b[j], b[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
-        const __m512i c2 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
-        const __m512i c3 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
-        o[j] = _mm512_shuffle_i32x4(c0, c2, _MM_SHUFFLE(2, 0, 2, 0));
-        o[4 + j] = _mm512_shuffle_i32x4(c0, c2, _MM_SHUFFLE(3, 1, 3, 1));
-        o[8 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(2, 0, 2, 0));
-        o[12 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(3, 1, 3, 1));
-    }
-}
-
 /* rows of n values into groups of 16 rows (the last one R = rows mod 16 if not 0), x86_k.h's
  * layout: each super-block's 16 rows unpacked, then their codes and scale vectors transposed 16 x
  * 16 (rows into the lanes) and stored R dwords to a vector */
@@ -416,13 +392,13 @@ INLINE void kpack_rows(int64_t n, const void *w, size_t wstride, int64_t rows, v
             }
             CLEX_UNROLL for (int q = 0; q < 4; q++) {
                 CLEX_UNROLL for (int r = 0; r < 16; r++) c[r] = u[r][q];
-                kpack_tr16(c, t);
+                tr16_epi32(c, t);
                 CLEX_UNROLL for (int k = 0; k < 16; k++) _mm512_mask_storeu_epi32(o + (16 * q + k) * vs, m, t[k]);
             }
             o += 64 * vs;
             for (int h = 0; h < (nvec + 15) / 16; h++) {
                 CLEX_UNROLL for (int r = 0; r < 16; r++) c[r] = _mm512_castps_si512(sv[h][r]);
-                kpack_tr16(c, t);
+                tr16_epi32(c, t);
                 for (int k = 0; k < 16 && 16 * h + k < nvec; k++) _mm512_mask_storeu_epi32(o + (16 * h + k) * vs, m, t[k]);
             }
         }

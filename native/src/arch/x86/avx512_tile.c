@@ -32,6 +32,7 @@ INLINE __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)
 INLINE __m256i ld(const void *p) { return ld32(p); }
 
 #include "signed32_weights.h"
+#include "avx512_tr16.h"
 
 /* ------------------------------------------------------------------ signed 32-value types */
 
@@ -164,39 +165,10 @@ INLINE void s32_tile(int mins, int64_t nb, const uint8_t *const wr[TV_R], const 
     }
 }
 
-/* v[r] lane l -> o[l] lane r (16 x 16 floats: 32-bit and 64-bit interleaves, then 128-bit chunks) */
-INLINE void transpose16(const __m512 v[16], __m512 o[16]) {
-    __m512 a[16], b[16];
-    CLEX_UNROLL for (int i = 0; i < 8; i++) {
-        a[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-    }
-#define PD(x) _mm512_castps_pd(x)
-#define PS(x) _mm512_castpd_ps(x)
-    CLEX_UNROLL for (int i = 0; i < 4; i++) {
-        b[4 * i] = PS(_mm512_unpacklo_pd(PD(a[4 * i]), PD(a[4 * i + 2])));
-        b[4 * i + 1] = PS(_mm512_unpackhi_pd(PD(a[4 * i]), PD(a[4 * i + 2])));
-        b[4 * i + 2] = PS(_mm512_unpacklo_pd(PD(a[4 * i + 1]), PD(a[4 * i + 3])));
-        b[4 * i + 3] = PS(_mm512_unpackhi_pd(PD(a[4 * i + 1]), PD(a[4 * i + 3])));
-    }
-#undef PD
-#undef PS
-    CLEX_UNROLL for (int j = 0; j < 4; j++) {
-        const __m512 c0 = _mm512_shuffle_f32x4(b[j], b[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
-        const __m512 c1 = _mm512_shuffle_f32x4(b[j], b[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
-        const __m512 c2 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
-        const __m512 c3 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
-        o[j] = _mm512_shuffle_f32x4(c0, c2, _MM_SHUFFLE(2, 0, 2, 0));
-        o[4 + j] = _mm512_shuffle_f32x4(c0, c2, _MM_SHUFFLE(3, 1, 3, 1));
-        o[8 + j] = _mm512_shuffle_f32x4(c1, c3, _MM_SHUFFLE(2, 0, 2, 0));
-        o[12 + j] = _mm512_shuffle_f32x4(c1, c3, _MM_SHUFFLE(3, 1, 3, 1));
-    }
-}
-
 /* acc[r] lane l -> y[l * ystride + r] for r < R, l < ntok (added to y when accumulate) */
 INLINE void tv_store(const __m512 acc[TV_R], int R, int ntok, float *y, int64_t ystride, int accumulate) {
     __m512 o[TV_T];
-    transpose16(acc, o);
+    tr16_ps(acc, o);
     const __mmask16 m = (__mmask16)((1u << R) - 1);
     for (int l = 0; l < ntok; l++) {
         float *yl = y + l * ystride;
