@@ -93,7 +93,10 @@ def test_markdown_is_llama_bench_table(tiny):
     assert cells[0] == ["model", "size", "params", "backend", "threads", "test", "t/s"]
     assert rule.startswith("| ------------------------------ | ---------: | ---------: | ")
     assert rule.endswith(" | ------: | --------------: | -------------------: |")
-    assert len({len(line) for line in [head, rule] + body}) == 1                  # aligned columns
+    # aligned columns; the last, t/s, is 20 wide as llama-bench's and, as there, a wider figure (a
+    # tiny model's pp past 100000 t/s with its spread) overflows it rather than shifting the others
+    assert len({len(line.rsplit("|", 2)[0]) for line in [head, rule] + body}) == 1
+    assert all(len(line.rsplit("|", 2)[1]) >= 22 for line in [head, rule] + body)
     assert [c[5] for c in cells[1:]] == LABELS
     assert [c[4] for c in cells[1:]] == ["1"] * 6 + ["2"] * 6
     for c in cells[1:]:
