@@ -52,7 +52,7 @@ class Llama:
     """
 
     def __init__(self, model_path: str, *, n_ctx: int = 0, n_threads: int | None = None,
-                 n_batch: int = 512, seed: int = LLAMA_DEFAULT_SEED, verbose: bool = False,
+                 n_batch: int | None = None, seed: int = LLAMA_DEFAULT_SEED, verbose: bool = False,
                  vocab_only: bool = False, last_n_tokens_size: int = 64, rope: str = "auto",
                  clex_mode: str | None = None, kv_policy: str | None = None,
                  context_shift: bool = False, n_keep: int = 1, kv_type: str = "f32",

@@ -162,7 +162,7 @@ def model_fields(model, path: str, batch: int) -> dict:
     return {"cpu_info": cpu_info(), "backends": "CPU", "isa": _lib.isa(),
             "model_filename": os.path.abspath(path), "model_type": f"{hp.arch} {label} {file_type_name(g)}",
             "model_size": sum(ti.nbytes for ti in g.tensors.values()), "model_n_params": n_params,
-            "n_batch": batch, "n_threads": model.n_threads,
+            "n_batch": model.n_batch, "n_threads": model.n_threads,
             "type_k": model.kv_type, "type_v": model.kv_type, "kv_type": model.kv_type,
             "kv_bytes": model.kv_bytes,
             "weight_bytes_per_token": decode_bytes_per_token(g, hp.n_expert, hp.n_expert_used)}
@@ -265,7 +265,8 @@ def notes(rows: list[dict], schedule) -> list[str]:
 @click.option("-r", "--reps", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("-d", "--depth", default="0", show_default=True, type=IntList(0, 1 << 24),
               help="Tokens already in the KV cache before each test (comma-separated).")
-@click.option("-b", "--batch", default=512, show_default=True, type=click.IntRange(1, 1 << 16))
+@click.option("-b", "--batch", default=None, type=click.IntRange(1, 1 << 16),
+              help="Tokens per evaluation step (default: 512, fewer where the batch scratch would pass 16 MiB).")
 @click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default=None,
               help="md (default): llama-bench's table (backend: CPU and the instruction set the kernels "
                    "use, e.g. 'CPU (avx512)'), then tg's bandwidth, the rope state and a table change's cost; "

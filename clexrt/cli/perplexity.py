@@ -162,7 +162,8 @@ def _plot(rows: list[PplResult], path: str, title: str, train_length: int | None
 @click.option("--chunks", type=int, default=-1, show_default=True,
               help="Chunks per row; -1: as many as the text holds.")
 @click.option("-t", "--threads", type=int, default=None, help="Threads (default: physical cores).")
-@click.option("-b", "--batch", type=click.IntRange(1, 1 << 16), default=512, show_default=True)
+@click.option("-b", "--batch", type=click.IntRange(1, 1 << 16), default=None,
+              help="Tokens per evaluation step (default: 512, fewer where the batch scratch would pass 16 MiB).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row on stdout.")
 @click.option("--plot", "plot_path", default=None, metavar="OUT.png",
               help="Plot perplexity against context length (needs matplotlib: pip install 'clexrt[plot]').")

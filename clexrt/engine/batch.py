@@ -79,7 +79,10 @@ class SlotPool:
         if int(n_slots) < 1:
             raise ModelError(f"n_slots must be at least 1, got {n_slots}")
         # any slot may run a batch of every slot: its scratch must hold n_slots tokens
-        model_kwargs["n_batch"] = max(int(model_kwargs.get("n_batch", 512)), int(n_slots))
+        # (None: the model's own choice, which is at least 32 tokens)
+        n_batch = model_kwargs.get("n_batch")
+        if n_batch is not None or int(n_slots) > 32:
+            model_kwargs["n_batch"] = max(int(n_batch or 0), int(n_slots))
         kw = dict(model_kwargs, n_ctx=n_ctx, n_threads=n_threads)
         self.slots: list[Slot] = []
         try:

@@ -27,7 +27,7 @@ import numpy as np
 from .. import rope as rope_mod
 from ..errors import ClexError, ContextFullError, ModelError
 from ..gguf import GGUFFile, HParams, validate_model
-from .native import KV_TYPES, check, ffi, lib, physical_cores, supported_weight_types
+from .native import KV_TYPES, check, default_batch, ffi, lib, physical_cores, supported_weight_types
 from .weights import NativeWeights
 
 ROPES = ("auto",) + rope_mod.METHODS
@@ -75,24 +75,22 @@ def log_scale_choice(hp: HParams, want: bool | None = None) -> tuple[bool, str]:
 
 
 class Model:
-    """A GGUF model with one KV cache. Not re-entrant: calls from several threads are serialized
-    by an internal lock.
+    """A GGUF model with one KV cache. Not re-entrant: calls from several threads are serialized by an internal lock.
 
-    rope: auto | none | linear | ntk | yarn | clex (auto: clex for a GGUF with clex.* tables,
-    otherwise the table the GGUF asks for). clex_mode: ceil (the official CLEX inference) |
-    continuous (None: continuous, the better by measured perplexity). kv_policy: rerotate | recompute (None: rerotate). n_ctx = 0: L * max_factor
-    for a CLEX GGUF, the training length otherwise. context_shift: past the context (or past
-    L * max_factor for CLEX), drop the older half of the tokens after the first n_keep instead
-    of raising ContextFullError. rope_steps: continuous mode moves t in steps of 1/rope_steps
-    (None: rope.default_steps(L), 16 where L >= 4096; 0: t = N/L exactly, a new table every
-    token). kv_type: f32 (the default: exact) | f16 (half the KV cache's memory, keys and values
-    rounded to half when stored, as llama.cpp's default cache is) | q8_0 (34/128 of f32's memory:
-    keys and values quantized to Q8_0 blocks when stored, attention scores against the query
-    quantized to Q8_0, as llama.cpp's -ctk/-ctv q8_0; head_dim must be a multiple of 32). log_scale: the official flash
-    path's q *= log(n_kv)/log(L) (None: the file's clex.log_scale where the official code applies it)."""
+    rope: auto | none | linear | ntk | yarn | clex (auto: clex for a GGUF with clex.* tables, otherwise the table
+    the GGUF asks for). clex_mode: ceil (the official CLEX inference) | continuous (None: continuous, the better by
+    measured perplexity). kv_policy: rerotate | recompute (None: rerotate). n_ctx = 0: L * max_factor for a CLEX
+    GGUF, the training length otherwise. context_shift: past the context (or past L * max_factor for CLEX), drop the
+    older half of the tokens after the first n_keep instead of raising ContextFullError. rope_steps: continuous mode
+    moves t in steps of 1/rope_steps (None: rope.default_steps(L), 16 where L >= 4096; 0: t = N/L exactly, a new
+    table every token). kv_type: f32 (the default: exact) | f16 (half the KV cache's memory, keys and values rounded
+    to half when stored, as llama.cpp's default cache is) | q8_0 (34/128 of f32's memory: keys and values quantized
+    to Q8_0 blocks when stored, attention scores against the query quantized to Q8_0, as llama.cpp's -ctk/-ctv q8_0;
+    head_dim must be a multiple of 32). log_scale: the official flash path's q *= log(n_kv)/log(L) (None: the file's
+    clex.log_scale where the official code applies it). n_batch: tokens a step (None: engine.native.default_batch)."""
 
     def __init__(self, path, n_ctx: int = 0, n_threads: int | None = None, rope: str = "auto",
-                 clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int = 512,
+                 clex_mode: str | None = None, kv_policy: str | None = None, n_batch: int | None = None,
                  context_shift: bool = False, n_keep: int = 1, rope_steps: int | None = None,
                  kv_type: str = "f32", check_tensors: bool = False, log_scale: bool | None = None):
         self.path = os.fspath(path)
@@ -177,12 +175,15 @@ class Model:
             have = f"; {avail / 2**30:.1f} GiB is available" if avail is not None else ""
             raise ModelError(f"n_ctx {n_ctx} needs a {kv_bytes / 2**30:.1f} GiB KV cache{have}: "
                              f"choose a smaller n_ctx")
+        if n_batch is None:
+            n_batch = default_batch(self._model, n_threads)
         pc = ffi.new("clex_ctx **")
         check(lib.clex_ctx_create(self._model, n_ctx, max(1, int(n_batch)), int(n_threads),
                                      type_id, pc), where=self.path)
         self._ctx = ffi.gc(pc[0], lib.clex_ctx_free)
         self.n_ctx = n_ctx
         self.n_threads = int(lib.clex_ctx_n_threads(self._ctx))
+        self.n_batch = min(max(1, int(n_batch)), n_ctx)   # the core's own cap: no batch past the context
 
     def _schedule(self, rope, clex_mode, steps) -> rope_mod.RopeSchedule:
         if rope not in ROPES:

@@ -251,6 +251,10 @@ void clex_model_free(clex_model *m);
  * logits: it reads every byte of t. */
 int64_t clex_tensor_nonfinite_row(const clex_tensor *t);
 uint64_t clex_model_n_params(const clex_model *m);
+/* Bytes of a context's batch scratch per token of n_batch (activations of every product, the
+ * attention's and the FFN's buffers) with n_threads threads (0: the physical cores); the KV
+ * cache is apart. For choosing n_batch under a memory budget; 0 for a NULL model. */
+uint64_t clex_batch_token_bytes(const clex_model *m, int32_t n_threads);
 
 /* ---- context ---- */
 /* n_ctx: KV cache capacity in tokens; n_batch: tokens per internal step (scratch size);

@@ -400,11 +400,8 @@ static void note_act_row(const clex_tensor *w, int64_t maxk[CLEX_ACT_N]) {
     if (s >= 0 && w->ne[0] > maxk[s]) maxk[s] = w->ne[0];
 }
 
-/* Each activation type's scratch: B rows of the longest row of the weights paired with it (the
- * model's products only), nothing for a type no weight reads. */
-static void alloc_acts(clex_ctx *c, int *fail) {
-    const clex_model *m = c->m;
-    int64_t maxk[CLEX_ACT_N] = {0};
+/* maxk[s]: the longest row of the weights whose activations are of slot s (the model's products only) */
+static void act_rows(const clex_model *m, int64_t maxk[CLEX_ACT_N]) {
     note_act_row(&m->output, maxk);
     for (int l = 0; l < m->hp.n_layer; l++) {
         const clex_layer *L = &m->layers[l];
@@ -412,6 +409,13 @@ static void alloc_acts(clex_ctx *c, int *fail) {
                                    &L->ffn_gate_inp, &L->ffn_gate_exps, &L->ffn_up_exps, &L->ffn_down_exps};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) note_act_row(ws[i], maxk);
     }
+}
+
+/* Each activation type's scratch: B rows of the longest row of the weights paired with it,
+ * nothing for a type no weight reads. */
+static void alloc_acts(clex_ctx *c, int *fail) {
+    int64_t maxk[CLEX_ACT_N] = {0};
+    act_rows(c->m, maxk);
     for (int s = 0; s < CLEX_ACT_N; s++) {
         if (!maxk[s]) continue;
         const clex_type_traits *t = clex_traits(clex_act_type(s));
@@ -419,10 +423,35 @@ static void alloc_acts(clex_ctx *c, int *fail) {
     }
 }
 
+/* The batch scratch's floats per token: q, k, v and att, or the FFN's gate (one shared block). */
+static size_t shared_block_floats(const clex_hparams *hp) {
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t att_phase = 2 * qd + 2 * kvd, ffn_phase = (size_t)hp->n_ff;
+    return att_phase > ffn_phase ? att_phase : ffn_phase;
+}
+
+uint64_t clex_batch_token_bytes(const clex_model *m, int32_t n_threads) {
+    if (!m) return 0;
+    const clex_hparams *hp = &m->hp;
+    const uint64_t E = (uint64_t)hp->n_embd, S = (uint64_t)m->n_sets, P = (uint64_t)(hp->n_rot / 2);
+    if (n_threads <= 0) n_threads = clex_physical_cores();
+    /* ctx_alloc's terms that grow with n_batch, in its order */
+    uint64_t f = 2 * E + shared_block_floats(hp) + S * P * 2;
+    if (hp->ffn_kind != CLEX_FFN_GELU) f += (uint64_t)n_threads * CLEX_UP_ROWS;
+    if (hp->parallel_residual) f += E;
+    if (hp->n_expert > 0) f += 3 * (uint64_t)hp->n_expert + 2 * (uint64_t)hp->n_expert_used + E;   /* 4-byte items */
+    uint64_t bytes = f * sizeof(float);
+    int64_t maxk[CLEX_ACT_N] = {0};
+    act_rows(m, maxk);
+    for (int s = 0; s < CLEX_ACT_N; s++)
+        if (maxk[s]) bytes += row_bytes(clex_traits(clex_act_type(s)), maxk[s]);
+    return bytes;
+}
+
 /* the KV cache and the scratch for batches of n_batch tokens; 0 when an allocation failed */
 static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
     const clex_hparams *hp = &c->m->hp;
-    const size_t B = (size_t)c->n_batch, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    const size_t B = (size_t)c->n_batch, E = (size_t)hp->n_embd;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     int fail = 0;
     const size_t S = (size_t)c->m->n_sets;
@@ -435,8 +464,7 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
     /* The attention's q, k, v, att and the FFN's gate never live at once (a layer's attention
      * has been projected out before its FFN starts, and the FFN's output is in x or par before
      * the next attention), so they share one block: the larger of the two phases. */
-    const size_t att_phase = 2 * qd + 2 * kvd, ffn_phase = F;
-    c->q = xcalloc(B * (att_phase > ffn_phase ? att_phase : ffn_phase), sizeof(float), &fail);
+    c->q = xcalloc(B * shared_block_floats(hp), sizeof(float), &fail);
     if (c->q) {
         c->k = c->q + B * qd;
         c->v = c->k + B * kvd;
