@@ -430,17 +430,32 @@ static size_t shared_block_floats(const clex_hparams *hp) {
     return att_phase > ffn_phase ? att_phase : ffn_phase;
 }
 
+/* The batch scratch in 4-byte items per token of n_batch: ctx_alloc allocates n_batch times each,
+ * clex_batch_token_bytes adds them up. 0: a buffer this model does not have (left NULL). */
+typedef struct {
+    size_t x, xn, block, up, cs, par, router, sel, selw, etok, eslot, xe;
+} batch_items;
+
+static batch_items batch_per_token(const clex_model *m, int32_t n_threads) {
+    const clex_hparams *hp = &m->hp;
+    const size_t E = (size_t)hp->n_embd, moe = hp->n_expert > 0;
+    const size_t NE = moe ? (size_t)hp->n_expert : 0, K = moe ? (size_t)hp->n_expert_used : 0;
+    const batch_items b = {
+        .x = E, .xn = E, .block = shared_block_floats(hp),
+        /* a gated FFN's up rows, a thread's slice at a time (forward.c's CLEX_UP_ROWS) */
+        .up = hp->ffn_kind != CLEX_FFN_GELU ? (size_t)n_threads * CLEX_UP_ROWS : 0,
+        .cs = (size_t)m->n_sets * (size_t)(hp->n_rot / 2) * 2, .par = hp->parallel_residual ? E : 0,
+        .router = NE, .sel = K, .selw = K, .etok = NE, .eslot = NE, .xe = moe ? E : 0};
+    return b;
+}
+
 uint64_t clex_batch_token_bytes(const clex_model *m, int32_t n_threads) {
     if (!m) return 0;
-    const clex_hparams *hp = &m->hp;
-    const uint64_t E = (uint64_t)hp->n_embd, S = (uint64_t)m->n_sets, P = (uint64_t)(hp->n_rot / 2);
     if (n_threads <= 0) n_threads = clex_physical_cores();
-    /* ctx_alloc's terms that grow with n_batch, in its order */
-    uint64_t f = 2 * E + shared_block_floats(hp) + S * P * 2;
-    if (hp->ffn_kind != CLEX_FFN_GELU) f += (uint64_t)n_threads * CLEX_UP_ROWS;
-    if (hp->parallel_residual) f += E;
-    if (hp->n_expert > 0) f += 3 * (uint64_t)hp->n_expert + 2 * (uint64_t)hp->n_expert_used + E;   /* 4-byte items */
-    uint64_t bytes = f * sizeof(float);
+    const batch_items b = batch_per_token(m, n_threads);
+    const size_t *item = (const size_t *)&b;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < sizeof b / sizeof *item; i++) bytes += 4 * (uint64_t)item[i];
     int64_t maxk[CLEX_ACT_N] = {0};
     act_rows(m, maxk);
     for (int s = 0; s < CLEX_ACT_N; s++)
@@ -451,7 +466,7 @@ uint64_t clex_batch_token_bytes(const clex_model *m, int32_t n_threads) {
 /* the KV cache and the scratch for batches of n_batch tokens; 0 when an allocation failed */
 static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
     const clex_hparams *hp = &c->m->hp;
-    const size_t B = (size_t)c->n_batch, E = (size_t)hp->n_embd;
+    const size_t B = (size_t)c->n_batch;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     int fail = 0;
     const size_t S = (size_t)c->m->n_sets;
@@ -459,33 +474,31 @@ static int ctx_alloc(clex_ctx *c, uint64_t kv_rows) {
     /* calloc of a large block maps zero pages lazily: only the positions used become resident */
     c->k_cache = xcalloc(kv_rows, c->kv_row, &fail);
     c->v_cache = xcalloc(kv_rows, c->kv_row, &fail);
-    c->x = xcalloc(B * E, sizeof(float), &fail);
-    c->xn = xcalloc(B * E, sizeof(float), &fail);
+    const batch_items bt = batch_per_token(c->m, clex_pool_size(c->pool));
+    c->x = xcalloc(B * bt.x, sizeof(float), &fail);
+    c->xn = xcalloc(B * bt.xn, sizeof(float), &fail);
     /* The attention's q, k, v, att and the FFN's gate never live at once (a layer's attention
      * has been projected out before its FFN starts, and the FFN's output is in x or par before
      * the next attention), so they share one block: the larger of the two phases. */
-    c->q = xcalloc(B * shared_block_floats(hp), sizeof(float), &fail);
+    c->q = xcalloc(B * bt.block, sizeof(float), &fail);
     if (c->q) {
         c->k = c->q + B * qd;
         c->v = c->k + B * kvd;
         c->att = c->v + B * kvd;
         c->gate = c->q;
     }
-    /* a gated FFN's up rows, a thread's slice at a time (forward.c's UP_ROWS) */
-    if (hp->ffn_kind != CLEX_FFN_GELU)
-        c->up = xcalloc((size_t)clex_pool_size(c->pool) * B * CLEX_UP_ROWS, sizeof(float), &fail);
+    if (bt.up) c->up = xcalloc(B * bt.up, sizeof(float), &fail);
     alloc_acts(c, &fail);
-    c->cs = xcalloc(S * B * (size_t)c->n_pairs * 2, sizeof(float), &fail);
-    if (hp->parallel_residual) c->par = xcalloc(B * E, sizeof(float), &fail);
+    c->cs = xcalloc(B * bt.cs, sizeof(float), &fail);
+    if (bt.par) c->par = xcalloc(B * bt.par, sizeof(float), &fail);
     if (hp->n_expert > 0) {
-        const size_t NE = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
-        c->router = xcalloc(B * NE, sizeof(float), &fail);
-        c->sel = xcalloc(B * K, sizeof(int32_t), &fail);
-        c->selw = xcalloc(B * K, sizeof(float), &fail);
-        c->etok = xcalloc(NE * B, sizeof(int32_t), &fail);
-        c->eslot = xcalloc(NE * B, sizeof(int32_t), &fail);
-        c->ecount = xcalloc(NE, sizeof(int32_t), &fail);
-        c->xe = xcalloc(B * E, sizeof(float), &fail);
+        c->router = xcalloc(B * bt.router, sizeof(float), &fail);
+        c->sel = xcalloc(B * bt.sel, sizeof(int32_t), &fail);
+        c->selw = xcalloc(B * bt.selw, sizeof(float), &fail);
+        c->etok = xcalloc(B * bt.etok, sizeof(int32_t), &fail);
+        c->eslot = xcalloc(B * bt.eslot, sizeof(int32_t), &fail);
+        c->ecount = xcalloc((size_t)hp->n_expert, sizeof(int32_t), &fail);
+        c->xe = xcalloc(B * bt.xe, sizeof(float), &fail);
     }
     /* a GQA group's heads take one run of keys together (attn.c): n_ctx scores for each */
     const size_t grp = (size_t)(hp->n_head / hp->n_head_kv);
@@ -546,6 +559,7 @@ int clex_ctx_reserve_part(clex_ctx *c, int32_t n) {
 
 int32_t clex_ctx_n_ctx(const clex_ctx *c) { return c ? c->n_ctx : 0; }
 int32_t clex_ctx_n_threads(const clex_ctx *c) { return c ? clex_pool_size(c->pool) : 0; }
+int32_t clex_ctx_n_batch(const clex_ctx *c) { return c ? c->n_batch : 0; }
 uint64_t clex_ctx_kv_bytes(const clex_ctx *c) { return c ? c->kv_bytes : 0; }
 int32_t clex_ctx_kv_type(const clex_ctx *c) { return c ? c->kv_type : -1; }
 
