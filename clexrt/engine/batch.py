@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ClexError, ContextFullError, ModelError
 from ..gguf import HParams
 from .model import Model
-from .native import check, ffi, lib
+from .native import MIN_BATCH, check, ffi, lib
 
 __all__ = ["Slot", "SlotPool", "hidden_states", "get_state", "set_state", "model_identity"]
 
@@ -79,9 +79,9 @@ class SlotPool:
         if int(n_slots) < 1:
             raise ModelError(f"n_slots must be at least 1, got {n_slots}")
         # any slot may run a batch of every slot: its scratch must hold n_slots tokens
-        # (None: the model's own choice, which is at least 32 tokens)
+        # (None: the model's own choice, which is at least MIN_BATCH tokens)
         n_batch = model_kwargs.get("n_batch")
-        if n_batch is not None or int(n_slots) > 32:
+        if n_batch is not None or int(n_slots) > MIN_BATCH:
             model_kwargs["n_batch"] = max(int(n_batch or 0), int(n_slots))
         kw = dict(model_kwargs, n_ctx=n_ctx, n_threads=n_threads)
         self.slots: list[Slot] = []

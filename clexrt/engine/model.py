@@ -183,7 +183,7 @@ class Model:
         self._ctx = ffi.gc(pc[0], lib.clex_ctx_free)
         self.n_ctx = n_ctx
         self.n_threads = int(lib.clex_ctx_n_threads(self._ctx))
-        self.n_batch = min(max(1, int(n_batch)), n_ctx)   # the core's own cap: no batch past the context
+        self.n_batch = int(lib.clex_ctx_n_batch(self._ctx))
 
     def _schedule(self, rope, clex_mode, steps) -> rope_mod.RopeSchedule:
         if rope not in ROPES:

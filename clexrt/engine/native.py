@@ -103,10 +103,10 @@ def physical_cores() -> int:
 # scratch would pass BATCH_SCRATCH_BUDGET. A 1B-class model then takes about 320 at a time: a
 # 512-token prompt reads the weights twice, about 1% of its prefill (docs/performance.md), and the
 # peak memory stays within the file, the KV cache and 64 MiB. A small model keeps 512.
-DEFAULT_BATCH, BATCH_SCRATCH_BUDGET = 512, 16 << 20
+DEFAULT_BATCH, MIN_BATCH, BATCH_SCRATCH_BUDGET = 512, 32, 16 << 20
 
 
 def default_batch(model, n_threads: int) -> int:
     """The n_batch that keeps a context's batch scratch for `model` (a clex_model *) in the budget."""
     per_token = max(1, int(lib.clex_batch_token_bytes(model, int(n_threads))))
-    return max(32, min(DEFAULT_BATCH, BATCH_SCRATCH_BUDGET // per_token // 32 * 32))
+    return max(MIN_BATCH, min(DEFAULT_BATCH, BATCH_SCRATCH_BUDGET // per_token // 32 * 32))

@@ -269,6 +269,7 @@ int clex_kv_type_supported(int32_t type);       /* 1 for the KV cache types clex
 void clex_ctx_free(clex_ctx *c);
 int32_t clex_ctx_n_ctx(const clex_ctx *c);
 int32_t clex_ctx_n_threads(const clex_ctx *c);
+int32_t clex_ctx_n_batch(const clex_ctx *c);    /* n_batch as created (at most n_ctx) */
 uint64_t clex_ctx_kv_bytes(const clex_ctx *c);
 int32_t clex_ctx_kv_type(const clex_ctx *c);
 /* The rope table: n_rot/2 inverse frequencies; pair i of every head is rotated by
