@@ -250,6 +250,104 @@ SCORES(scores16_avx2, clex_fp16, ld16, clex_scores16_generic)
 WSUM(wsum32_avx2, float, ld32, clex_wsum32_generic)
 WSUM(wsum16_avx2, clex_fp16, ld16, clex_wsum16_generic)
 
+/* The GQA group's kernels (internal.h clex_gscores32_fn ...): up to three heads at a time against
+ * each key (value) row, loaded and converted once (three heads' four keys are twelve of the
+ * sixteen registers). Each head's arithmetic is SCORES' (WSUM's) step for step: the same FMA chain
+ * per lane, hsum4 per four keys, hsum_ps for the last n % 4; so the bits are the per-head kernel's. */
+static inline int head_step3(int64_t left) { return left == 4 ? 2 : left > 3 ? 3 : (int)left; }
+
+#define GSCORES_BODY(NAME, T, LD)                                                              \
+static inline __attribute__((always_inline)) void NAME(int G, int64_t n, int64_t D, const float *q, \
+                                                       const T *K, float scale, float *s, int64_t sstride) { \
+    const __m128 vs = _mm_set1_ps(scale);                                                       \
+    int64_t p = 0;                                                                              \
+    for (; p + 4 <= n; p += 4) {                                                                \
+        const T *k0 = K + p * D;                                                                \
+        __m256 a[3][4];                                                                         \
+        CLEX_UNROLL for (int h = 0; h < G; h++)                                                 \
+            CLEX_UNROLL for (int j = 0; j < 4; j++) a[h][j] = _mm256_setzero_ps();              \
+        for (int64_t i = 0; i < D; i += 8)                                                      \
+            CLEX_UNROLL for (int j = 0; j < 4; j++) {                                           \
+                const __m256 kv = LD(k0 + j * D + i);                                           \
+                CLEX_UNROLL for (int h = 0; h < G; h++)                                         \
+                    a[h][j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * D + i), kv, a[h][j]);     \
+            }                                                                                   \
+        CLEX_UNROLL for (int h = 0; h < G; h++)                                                 \
+            _mm_storeu_ps(s + h * sstride + p, _mm_mul_ps(hsum4(a[h][0], a[h][1], a[h][2], a[h][3]), vs)); \
+    }                                                                                           \
+    for (; p < n; p++) {                                                                        \
+        __m256 a[3];                                                                            \
+        CLEX_UNROLL for (int h = 0; h < G; h++) a[h] = _mm256_setzero_ps();                     \
+        for (int64_t i = 0; i < D; i += 8) {                                                    \
+            const __m256 kv = LD(K + p * D + i);                                                \
+            CLEX_UNROLL for (int h = 0; h < G; h++) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * D + i), kv, a[h]); \
+        }                                                                                       \
+        CLEX_UNROLL for (int h = 0; h < G; h++) s[h * sstride + p] = hsum_ps(a[h]) * scale;     \
+    }                                                                                           \
+}
+
+#define G3_CASES(CALL, B) \
+    switch (G) { case 3: CALL(B, 3); break; case 2: CALL(B, 2); break; default: CALL(B, 1); break; }
+
+#define GSCORES(NAME, BODY, T, REF)                                                            \
+static void NAME(int64_t g, int64_t n, int64_t D, const float *q, const T *K, float scale, float *s) { \
+    if (D % 8) { for (int64_t h = 0; h < g; h++) REF(n, D, q + h * D, K, scale, s + h * n); return; } \
+    for (int64_t h = 0; h < g;) {                                                               \
+        const int G = head_step3(g - h);                                                        \
+        G3_CASES(GS_CALL, BODY)                                                                       \
+        h += G;                                                                                 \
+    }                                                                                           \
+}
+#define GS_CALL(B, GG) B(GG, n, D, q + h * D, K, scale, s + h * n, n)
+
+/* G heads' outputs over values [d0, d0 + 8 m) of the row (m up to 4: twelve accumulators, the
+ * three weights and the value vector): o[h][j] += w[h][p] * V[p][...], as WSUM adds them */
+#define GWSUM_BODY(NAME, T, LD)                                                                \
+static inline __attribute__((always_inline)) void NAME(int G, int m, int64_t n, int64_t D, int64_t d0, \
+                                                       const float *w, const T *V, float *out, int64_t ostride) { \
+    __m256 o[3][4];                                                                             \
+    CLEX_UNROLL for (int h = 0; h < G; h++)                                                     \
+        CLEX_UNROLL for (int j = 0; j < m; j++) o[h][j] = _mm256_loadu_ps(out + h * ostride + d0 + 8 * j); \
+    for (int64_t p = 0; p < n; p++) {                                                           \
+        const T *v = V + p * D + d0;                                                            \
+        __m256 wp[3];                                                                           \
+        CLEX_UNROLL for (int h = 0; h < G; h++) wp[h] = _mm256_set1_ps(w[h * n + p]);           \
+        CLEX_UNROLL for (int j = 0; j < m; j++) {                                               \
+            const __m256 x = LD(v + 8 * j);                                                     \
+            CLEX_UNROLL for (int h = 0; h < G; h++) o[h][j] = _mm256_fmadd_ps(wp[h], x, o[h][j]); \
+        }                                                                                       \
+    }                                                                                           \
+    CLEX_UNROLL for (int h = 0; h < G; h++)                                                     \
+        CLEX_UNROLL for (int j = 0; j < m; j++) _mm256_storeu_ps(out + h * ostride + d0 + 8 * j, o[h][j]); \
+}
+
+#define GWSUM(NAME, BODY, T, REF)                                                              \
+static void NAME(int64_t g, int64_t n, int64_t D, const float *w, const T *V, float *out, int64_t ostride) { \
+    if (D % 8) { for (int64_t h = 0; h < g; h++) REF(n, D, w + h * n, V, out + h * ostride); return; } \
+    for (int64_t h = 0; h < g;) {                                                               \
+        const int G = head_step3(g - h);                                                        \
+        for (int64_t d0 = 0; d0 < D; d0 += 32) {                                                \
+            switch (D - d0 < 32 ? (D - d0) / 8 : 4) {                                           \
+            case 4: { const int m = 4; G3_CASES(GW_CALL, BODY) } break;                               \
+            case 3: { const int m = 3; G3_CASES(GW_CALL, BODY) } break;                               \
+            case 2: { const int m = 2; G3_CASES(GW_CALL, BODY) } break;                               \
+            default: { const int m = 1; G3_CASES(GW_CALL, BODY) } break;                              \
+            }                                                                                   \
+        }                                                                                       \
+        h += G;                                                                                 \
+    }                                                                                           \
+}
+#define GW_CALL(B, GG) B(GG, m, n, D, d0, w + h * n, V, out + h * ostride, ostride)
+
+GSCORES_BODY(gscores32_body, float, ld32)
+GSCORES_BODY(gscores16_body, clex_fp16, ld16)
+GSCORES(gscores32_avx2, gscores32_body, float, clex_scores32_generic)
+GSCORES(gscores16_avx2, gscores16_body, clex_fp16, clex_scores16_generic)
+GWSUM_BODY(gwsum32_body, float, ld32)
+GWSUM_BODY(gwsum16_body, clex_fp16, ld16)
+GWSUM(gwsum32_avx2, gwsum32_body, float, clex_wsum32_generic)
+GWSUM(gwsum16_avx2, gwsum16_body, clex_fp16, clex_wsum16_generic)
+
 /* The softmax step (internal.h clex_softmax_fn), as avx512.c's: the max, e^(s - max) by exp8
  * (0 below -87, NaN kept), each vector's lanes added in double; the last n % 8 by the reference's
  * expf, into the same double sum. */
@@ -331,6 +429,10 @@ static const clex_kernels avx2_set = {
     .scores16 = scores16_avx2,
     .wsum32 = wsum32_avx2,
     .wsum16 = wsum16_avx2,
+    .gscores32 = gscores32_avx2,
+    .gscores16 = gscores16_avx2,
+    .gwsum32 = gwsum32_avx2,
+    .gwsum16 = gwsum16_avx2,
     .to_f16 = to_f16_avx2,
     .from_f16 = from_f16_avx2,
     .act = act_avx2,

@@ -109,9 +109,118 @@ static void wsum_q8_avx2(int64_t n, int64_t D, const float *w, const block_q8_0 
     }
 }
 
+/* The GQA group's kernels (internal.h clex_gscores_q8_fn, clex_gwsum_q8_fn): up to three heads
+ * against each key (value) block, whose codes are loaded and made unsigned (converted) and whose
+ * scale is converted once. Each head's arithmetic is the per-head kernel's step for step:
+ * block_lanes' chain per key over the blocks, totals4 per four keys, total for the last n % 4;
+ * so the same bits. */
+static inline int head_step3(int64_t left) { return left == 4 ? 2 : left > 3 ? 3 : (int)left; }
+
+#define G3_CASES(CALL) \
+    switch (G) { case 3: CALL(3); break; case 2: CALL(2); break; default: CALL(1); break; }
+
+/* one key block against G heads' query blocks b (rows nb blocks apart): a[h] += its lanes */
+#define GBLOCK(G, kb, q, nb, b, a)                                                              \
+    do {                                                                                        \
+        const __m256i kq_ = _mm256_loadu_si256((const __m256i *)(kb)->qs);                     \
+        const __m256i ku_ = _mm256_abs_epi8(kq_);                                               \
+        const float dk_ = _cvtsh_ss((kb)->d);                                                   \
+        UNROLL8 for (int h_ = 0; h_ < (G); h_++) {                                              \
+            const block_q8_0 *qb_ = (q) + h_ * (nb) + (b);                                      \
+            const __m256i qv_ = _mm256_loadu_si256((const __m256i *)qb_->qs);                   \
+            const __m256i p16_ = _mm256_maddubs_epi16(ku_, _mm256_sign_epi8(qv_, kq_));         \
+            const __m256i p32_ = _mm256_madd_epi16(p16_, _mm256_set1_epi16(1));                 \
+            (a)[h_] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32_), _mm256_set1_ps(dk_ * _cvtsh_ss(qb_->d)), (a)[h_]); \
+        }                                                                                       \
+    } while (0)
+
+static inline __attribute__((always_inline)) void gscores_q8_body(int G, int64_t n, int64_t nb, const block_q8_0 *q,
+                                                                   const block_q8_0 *K, float scale, float *s,
+                                                                   int64_t sstride) {
+    const __m128 vs = _mm_set1_ps(scale);
+    int64_t p = 0;
+    for (; p + 4 <= n; p += 4) {
+        const block_q8_0 *k = K + p * nb;
+        __m256 a[4][3];   /* [key][head] */
+        UNROLL8 for (int j = 0; j < 4; j++)
+            UNROLL8 for (int h = 0; h < G; h++) a[j][h] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++)
+            UNROLL8 for (int j = 0; j < 4; j++) GBLOCK(G, k + j * nb + b, q, nb, b, a[j]);
+        UNROLL8 for (int h = 0; h < G; h++)
+            _mm_storeu_ps(s + h * sstride + p, _mm_mul_ps(totals4(a[0][h], a[1][h], a[2][h], a[3][h]), vs));
+    }
+    for (; p < n; p++) {
+        __m256 a[3];
+        UNROLL8 for (int h = 0; h < G; h++) a[h] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) GBLOCK(G, K + p * nb + b, q, nb, b, a);
+        UNROLL8 for (int h = 0; h < G; h++) s[h * sstride + p] = total(a[h]) * scale;
+    }
+}
+
+static void gscores_q8_avx2(int64_t g, int64_t n, int64_t D, const block_q8_0 *q, const block_q8_0 *K, float scale,
+                            float *s) {
+    const int64_t nb = D / QK;
+    for (int64_t h = 0; h < g;) {
+        const int G = head_step3(g - h);
+        const block_q8_0 *qh = q + h * nb;
+        float *sh = s + h * n;
+        if (nb == 2) {   /* head_dim 64, 128: constant block counts */
+#define GQ8_CALL(GG) gscores_q8_body(GG, n, 2, qh, K, scale, sh, n)
+            G3_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        } else if (nb == 4) {
+#define GQ8_CALL(GG) gscores_q8_body(GG, n, 4, qh, K, scale, sh, n)
+            G3_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        } else {
+#define GQ8_CALL(GG) gscores_q8_body(GG, n, nb, qh, K, scale, sh, n)
+            G3_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        }
+        h += G;
+    }
+}
+
+/* G heads' outputs over block b of the rows (32 values, four vectors): its codes converted once,
+ * added with weight w[h][p] * its scale, as wsum_q8_run adds them */
+static inline __attribute__((always_inline)) void gwsum_q8_body(int G, int64_t n, int64_t nb, const float *w,
+                                                                 const block_q8_0 *V, float *out, int64_t ostride) {
+    __m256 o[3][4];
+    UNROLL8 for (int h = 0; h < G; h++)
+        UNROLL8 for (int j = 0; j < 4; j++) o[h][j] = _mm256_loadu_ps(out + h * ostride + 8 * j);
+    for (int64_t p = 0; p < n; p++) {
+        const block_q8_0 *v = V + p * nb;
+        const float d = _cvtsh_ss(v->d);
+        __m256 a[3];
+        UNROLL8 for (int h = 0; h < G; h++) a[h] = _mm256_set1_ps(w[h * n + p] * d);
+        UNROLL8 for (int j = 0; j < 4; j++) {
+            const __m256 x = codes8(v->qs + 8 * j);
+            UNROLL8 for (int h = 0; h < G; h++) o[h][j] = _mm256_fmadd_ps(a[h], x, o[h][j]);
+        }
+    }
+    UNROLL8 for (int h = 0; h < G; h++)
+        UNROLL8 for (int j = 0; j < 4; j++) _mm256_storeu_ps(out + h * ostride + 8 * j, o[h][j]);
+}
+
+static void gwsum_q8_avx2(int64_t g, int64_t n, int64_t D, const float *w, const block_q8_0 *V, float *out,
+                          int64_t ostride) {
+    const int64_t nb = D / QK;
+    for (int64_t h = 0; h < g;) {
+        const int G = head_step3(g - h);
+        for (int64_t b = 0; b < nb; b++) {
+#define GQ8_CALL(GG) gwsum_q8_body(GG, n, nb, w + h * n, V + b, out + h * ostride + b * QK, ostride)
+            G3_CASES(GQ8_CALL)
+#undef GQ8_CALL
+        }
+        h += G;
+    }
+}
+
 static const clex_kernels avx2_attn = {
     .scores_q8 = scores_q8_avx2,
     .wsum_q8 = wsum_q8_avx2,
+    .gscores_q8 = gscores_q8_avx2,
+    .gwsum_q8 = gwsum_q8_avx2,
 };
 
 const clex_kernels *clex_kernels_avx2_attn(void) { return &avx2_attn; }
