@@ -12,8 +12,8 @@
  * keys) at a time, the query heads of a GQA group taking turns over the same run of cached keys
  * and values. Decoding one token splits each head's keys into chunks (so every thread has work
  * when there are few KV heads) and combines the chunks' partial softmaxes afterwards. Prefill
- * of an f32 or f16 cache where the instruction set has the blocked kernel (clex_k.fattn: 16
- * tokens of one query head per call) takes that instead; a Q8_0 cache takes the per-token path. */
+ * where the instruction set has the blocked kernel (clex_k.fattn: 16 tokens of one query head
+ * per call, any of the three cache types) takes that instead. */
 #include <math.h>
 #include <string.h>
 
@@ -306,7 +306,7 @@ static int attention_blocked(clex_ctx *c, int l, int64_t T, const clex_route *r,
     const clex_hparams *hp = &c->m->hp;
     const int64_t D = hp->head_dim, H = hp->n_head, grp = H / hp->n_head_kv, qd = H * D;
     if (!clex_k.fattn || r->ctx || T < FATTN_MIN_TOKENS || hp->attn_softcap > 0.0f || D % 16 || D > CLEX_FATTN_MAX_D ||
-        (c->kv_type != CLEX_TYPE_F32 && c->kv_type != CLEX_TYPE_F16))
+        D % clex_traits(c->kv_type)->blck)
         return 0;
     const int32_t n_swa = c->m->layers[l].n_swa;
     const int64_t blocks = (T + 15) / 16;
@@ -319,7 +319,7 @@ static int attention_blocked(clex_ctx *c, int l, int64_t T, const clex_route *r,
             hi[i] = pos + 1;
         }
         const kv_head kv = kv_head_at(c, l, h / grp);
-        const clex_fattn_job job = {D, (int32_t)nt, kv.type == CLEX_TYPE_F16, c->q + t0 * qd + h * D, qd,
+        const clex_fattn_job job = {D, (int32_t)nt, kv.type, c->q + t0 * qd + h * D, qd,
                                     kv.k, kv.v, lo, hi, scale, c->att + t0 * qd + h * D, qd};
         clex_k.fattn(&job);
     }

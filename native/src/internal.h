@@ -81,12 +81,13 @@ typedef void (*clex_softmax_fn)(int64_t n, float *s, int normalize, float *max, 
 typedef void (*clex_act_fn)(int32_t kind, int64_t n, float *g, const float *u);
 /* Prefill attention of one query head over nt (<= 16) consecutive tokens of a batch: token t
  * (query q + t * q_stride, scaled by `scale`) attends to keys [k_lo[t], k_hi[t]) of its KV
- * head's cache rows k, v ([n_ctx, D], f32, or f16 when f16), softmax in float32, the result to
- * out + t * out_stride. D a multiple of 16, at most CLEX_FATTN_MAX_D. NULL: the per-token path. */
+ * head's cache rows k, v ([n_ctx, D] of the cache's type: f32, f16 or Q8_0, whose queries are
+ * quantized to Q8_0 as decoding's are), softmax in float32, the result to out + t * out_stride.
+ * D a multiple of 16 (Q8_0: of 32), at most CLEX_FATTN_MAX_D. NULL: the per-token path. */
 #define CLEX_FATTN_MAX_D 256
 typedef struct {
     int64_t D;
-    int32_t nt, f16;
+    int32_t nt, type;   /* type: the cache's, a CLEX_TYPE_* */
     const float *q;
     int64_t q_stride;
     const void *k, *v;

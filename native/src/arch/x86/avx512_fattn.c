@@ -1,7 +1,7 @@
 /* AVX-512 prefill attention (internal.h's clex_fattn_fn): one query head over up to 16
- * consecutive tokens of a batch, against its KV head's cached keys, in blocks of 16 keys with
- * the running (online) softmax, so each block of keys and values is read once for 16 tokens
- * instead of once per token.
+ * consecutive tokens of a batch, against its KV head's cached keys (f32, f16 or Q8_0, converted
+ * to f32 a block at a time), in blocks of 16 keys with the running (online) softmax, so each
+ * block of keys and values is read once for 16 tokens instead of once per token.
  *
  * The tokens sit in the lanes: the queries are transposed once (qt[d], lane t: token t's
  * component d, times the scale), a key's 16 scores are then D FMAs of qt[d] with the key's
@@ -27,12 +27,36 @@
 
 enum { FT = 16, FK = 16 };   /* tokens per call (lanes), keys per block */
 
-/* rows [k0, k0 + nk) of a cache head (f32 or f16 rows of D) as f32, in buf when converted */
+/* rows [k0, k0 + nk) of a cache head (rows of D: f32, f16 or Q8_0) as f32, in buf when converted */
 static const float *key_rows(const clex_fattn_job *j, const void *base, int64_t k0, int nk, float *buf) {
-    if (!j->f16) return (const float *)base + k0 * j->D;
-    const clex_fp16 *h = (const clex_fp16 *)base + k0 * j->D;
-    for (int64_t i = 0; i < (int64_t)nk * j->D; i += 16)
-        _mm512_storeu_ps(buf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    const int64_t n = (int64_t)nk * j->D;
+    if (j->type == CLEX_TYPE_F16) {
+        const clex_fp16 *h = (const clex_fp16 *)base + k0 * j->D;
+        for (int64_t i = 0; i < n; i += 16)
+            _mm512_storeu_ps(buf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+        return buf;
+    }
+    if (j->type == CLEX_TYPE_Q8_0) {   /* each block's codes times its scale, as its to_float */
+        const block_q8_0 *b = (const block_q8_0 *)base + k0 * (j->D / QK);
+        for (int64_t i = 0; i < n; i += QK, b++) {
+            const __m512 d = _mm512_set1_ps(_cvtsh_ss(b->d));
+            for (int u = 0; u < QK; u += 16)
+                _mm512_storeu_ps(buf + i + u, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                                _mm_loadu_si128((const __m128i *)(b->qs + u)))), d));
+        }
+        return buf;
+    }
+    return (const float *)base + k0 * j->D;
+}
+
+/* token t's query as the scores see it: a Q8_0 cache's quantized to Q8_0 as decoding quantizes it
+ * (attn.c), back in floats; the others' as they are */
+static const float *query_row(const clex_fattn_job *j, int t, float *buf) {
+    const float *q = j->q + t * j->q_stride;
+    if (j->type != CLEX_TYPE_Q8_0) return q;
+    block_q8_0 qb[CLEX_FATTN_MAX_D / QK];
+    clex_k.from_float[CLEX_TYPE_Q8_0](q, qb, j->D);
+    clex_traits(CLEX_TYPE_Q8_0)->to_float(qb, buf, j->D);
     return buf;
 }
 
@@ -76,12 +100,12 @@ void clex_avx512_fattn(const clex_fattn_job *j) {
     const int64_t D = j->D;
     const int nt = j->nt;
     _Alignas(64) float qt[CLEX_FATTN_MAX_D * FT], ot[CLEX_FATTN_MAX_D * FT];
-    _Alignas(64) float kbuf[FK * CLEX_FATTN_MAX_D], vbuf[FK * CLEX_FATTN_MAX_D];
+    _Alignas(64) float kbuf[FK * CLEX_FATTN_MAX_D], vbuf[FK * CLEX_FATTN_MAX_D], qbuf[CLEX_FATTN_MAX_D];
     int32_t lo[FT], hi[FT];   /* token t sees keys [lo, hi) */
     int64_t kmin = INT64_MAX, kmax = 0;
     for (int t = 0; t < FT; t++) {
         const int tt = t < nt ? t : nt - 1;   /* missing lanes repeat the last token; not stored */
-        const float *q = j->q + tt * j->q_stride;
+        const float *q = query_row(j, tt, qbuf);
         for (int64_t d = 0; d < D; d++) qt[16 * d + t] = q[d] * j->scale;
         lo[t] = (int32_t)j->k_lo[tt];
         hi[t] = (int32_t)j->k_hi[tt];
