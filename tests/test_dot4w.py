@@ -3,6 +3,9 @@ against one activation row) against the same instruction set's one-row kernel, b
 row, and against the scalar reference within test_kernels.py's summation-order tolerance; and
 clex_matmul with one token (the decoding path: rows in fours, the rest one by one) against the
 one-row kernel, bit for bit."""
+import os
+import platform
+
 import numpy as np
 import pytest
 
@@ -116,12 +119,21 @@ def test_dot4w_rejects_bad_arguments():
             assert lib.clex_vec_dot4w(2, 33, ptr(buf), 18, ptr(buf), ptr(out, "float *")) == lib.CLEX_E_INVALID
 
 
+@pytest.fixture
+def restore_rows():
+    before = _lib.decode_rows()
+    yield
+    _lib.set_decode_rows(before)
+
+
+@pytest.mark.parametrize("rows", [4, 1])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
-def test_one_token_matmul_equals_one_row_kernel(isa, name):
-    """clex_matmul with one token, as decoding runs it (rows in blocks of 16, four at a time,
-    the rest one by one; 3 threads split the rows unevenly): every output bit for bit the
-    one-row kernel's"""
+def test_one_token_matmul_equals_one_row_kernel(isa, name, rows, restore_rows):
+    """clex_matmul with one token, as decoding runs it (rows in blocks of 16, four at a time where
+    decoding takes four, the rest one by one; 3 threads split the rows unevenly): every output bit
+    for bit the one-row kernel's, whichever the decode rows"""
+    _lib.set_decode_rows(rows)
     rng = np.random.default_rng(42)
     t = ALL[name]
     at = lib.clex_type_vec_dot_type(t)
@@ -141,3 +153,23 @@ def test_one_token_matmul_equals_one_row_kernel(isa, name):
             _lib.check(lib.clex_vec_dot(t, K, ptr(Wq[r]), ptr(xq), out))
             one[r] = out[0]
         assert np.array_equal(Y[0].view(np.uint32), one.view(np.uint32)), (isa, name, K)
+
+
+def test_decode_rows_from_the_environment():
+    """CLEXRT_DECODE_ROWS4=0|1 decides the decode rows at start-up; without it, one row on AMD's
+    CPUs and four elsewhere (core.c's measurements); a bad value for the setter is refused"""
+    import subprocess
+    import sys
+    code = "from clexrt.engine import native; print(native.decode_rows())"
+    env = {k: v for k, v in os.environ.items() if k != "CLEXRT_DECODE_ROWS4"}
+    got = {}
+    for val in ("0", "1", None):
+        e = dict(env, **({"CLEXRT_DECODE_ROWS4": val} if val else {}))
+        got[val] = int(subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                                      check=True).stdout)
+    amd = "AuthenticAMD" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
+    assert got["0"] == 1 and got["1"] == 4
+    assert got[None] == (1 if (x86 and amd) else 4)
+    for bad in (0, 2, -4):
+        assert lib.clex_set_decode_rows(bad) == lib.CLEX_E_INVALID

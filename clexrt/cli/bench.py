@@ -21,6 +21,7 @@ from itertools import groupby
 import click
 import numpy as np
 
+from ..engine import native
 from ..engine.bandwidth import decode_bytes_per_token, read_bandwidth
 from ..gguf.constants import FILE_TYPES, GGML_TYPES
 from .bench_report import FORMATS, Printer, label_of
@@ -229,7 +230,10 @@ def notes(rows: list[dict], schedule) -> list[str]:
     out = []
     tg = [r for r in rows if "read_gbps" in r]
     if tg:
-        out.append(f"tg streams {tg[0]['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token:")
+        rows4 = native.decode_rows()
+        out.append(f"tg streams {tg[0]['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token, "
+                   f"{'four weight rows' if rows4 == 4 else 'one weight row'} per kernel call "
+                   f"(CLEXRT_DECODE_ROWS4={1 if rows4 == 4 else 0}):")
         for r in tg:
             out.append(f"  {label_of(r['n_prompt'], r['n_gen'], r['n_depth'])}: {r['tg_weight_gbps']:.1f} GB/s, "
                        f"{r['tg_bandwidth_pct']:.0f}% of the {r['read_gbps']:.1f} GB/s a plain read reaches with "

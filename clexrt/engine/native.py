@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 13
+EXPECTED_ABI = 14
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).
@@ -97,6 +97,15 @@ def set_isa(name: str) -> None:
 
 def physical_cores() -> int:
     return int(lib.clex_physical_cores())
+
+
+def decode_rows() -> int:
+    """weight rows per kernel call when decoding: 4 or 1 (CLEXRT_DECODE_ROWS4=0|1 decides)"""
+    return int(lib.clex_decode_rows())
+
+
+def set_decode_rows(rows: int) -> None:
+    check(lib.clex_set_decode_rows(rows))
 
 
 # n_batch=None: DEFAULT_BATCH tokens a step, fewer (a multiple of 32, at least 32) where the batch

@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 13
+#define CLEX_ABI_VERSION 14
 
 enum {
     CLEX_OK = 0,
@@ -178,6 +178,11 @@ int clex_isa_supported(int isa);
 int clex_set_isa(int isa);
 const char *clex_isa_name(int isa);
 int clex_physical_cores(void);
+/* Weight rows per kernel call when decoding one token: 4 (the four-weight-row kernels, where the
+ * type has one) or 1. Decided at start-up from the CPU (core.c says why), or by the environment
+ * variable CLEXRT_DECODE_ROWS4=0|1, or clex_set_decode_rows. The sums are the same bits either way; only the speed differs. */
+int clex_decode_rows(void);
+int clex_set_decode_rows(int rows);   /* 1 or 4; else CLEX_E_INVALID */
 /* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of
  * `bytes` (<= 0: 4 x the last-level cache, 256 MiB..2 GiB; a plain sum of 64-bit words), the
  * best of `passes`. The buffer is freed before it

@@ -91,6 +91,29 @@ const clex_kernels clex_kernels_scalar = {
 
 clex_kernels clex_k;
 
+/* The four-weight-row kernels share one activation row's loads among four weight rows, and read
+ * the four rows side by side. On the 2-core Xeon VM they were written on that paid (the Q8_0 one,
+ * which did not, was left out). On a 2-core AMD EPYC (Zen 4) VM it does not: decoding the 1.1B
+ * synthetic model, 2 threads, one row at a time against four (`CLEXRT_DECODE_ROWS4=0|1 clexrt
+ * bench -p 0 -n 32`, interleaved): Q4_K_M 29.4 and 31.1 t/s against 19.3 and 18.6, Q6_K 26.8-29.2
+ * against 15.1-17.2, Q4_0 25.2 and 26.4 against 20.3 and 22.3; AVX2 the same. In cache the four-row
+ * kernels are still the faster (make kbench 0.5), from memory (kbench 64) they are 0.24-0.35x, so
+ * the side-by-side streams are what that CPU's prefetching handles badly. Hence: four rows on
+ * CPUs other than AMD's, one row on AMD's, and CLEXRT_DECODE_ROWS4=0 or 1 to decide otherwise. The
+ * sums are the same bits either way (tests/test_dot4w.py). */
+int clex_decode_rows4 = 1;
+
+static void choose_decode_rows4(void) {
+    const char *env = getenv("CLEXRT_DECODE_ROWS4");
+    if (env && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0)) {
+        clex_decode_rows4 = env[0] == '1';
+        return;
+    }
+#ifdef CLEX_X86
+    clex_decode_rows4 = !__builtin_cpu_is("amd");
+#endif
+}
+
 void clex_kernels_install(clex_kernels *dst, const clex_kernels *src) {
     for (int t = 0; t < CLEX_TYPE_COUNT; t++) {
         if (src->vec_dot[t]) dst->vec_dot[t] = src->vec_dot[t];
@@ -178,11 +201,24 @@ static void init_impl(void) {
         for (int i = 0; i <= CLEX_ISA_NEON; i++)
             if (strcmp(env, g_isa_names[i]) == 0 && clex_isa_supported(i)) isa = i;
     }
+    choose_decode_rows4();
     apply_isa(isa);
 }
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 void clex_init_once(void) { pthread_once(&g_once, init_impl); }
+
+int clex_decode_rows(void) {
+    clex_init_once();
+    return clex_decode_rows4 ? 4 : 1;
+}
+
+int clex_set_decode_rows(int rows) {
+    clex_init_once();
+    if (rows != 1 && rows != 4) return clex_fail(CLEX_E_INVALID, "decode rows must be 1 or 4, not %d", rows);
+    clex_decode_rows4 = rows == 4;
+    return CLEX_OK;
+}
 
 int clex_isa(void) {
     clex_init_once();
