@@ -121,19 +121,19 @@ def test_dot4w_rejects_bad_arguments():
 
 @pytest.fixture
 def restore_rows():
-    before = _lib.decode_rows()
+    before = _lib.decode_rows4_bytes()
     yield
-    _lib.set_decode_rows(before)
+    _lib.set_decode_rows4_bytes(before)
 
 
-@pytest.mark.parametrize("rows", [4, 1])
+@pytest.mark.parametrize("rows4_bytes", [-1, 0, 512])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
-def test_one_token_matmul_equals_one_row_kernel(isa, name, rows, restore_rows):
+def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, restore_rows):
     """clex_matmul with one token, as decoding runs it (rows in blocks of 16, four at a time where
     decoding takes four, the rest one by one; 3 threads split the rows unevenly): every output bit
-    for bit the one-row kernel's, whichever the decode rows"""
-    _lib.set_decode_rows(rows)
+    for bit the one-row kernel's, whether every row, none or the short ones go in fours"""
+    _lib.set_decode_rows4_bytes(rows4_bytes)
     rng = np.random.default_rng(42)
     t = ALL[name]
     at = lib.clex_type_vec_dot_type(t)
@@ -155,21 +155,22 @@ def test_one_token_matmul_equals_one_row_kernel(isa, name, rows, restore_rows):
         assert np.array_equal(Y[0].view(np.uint32), one.view(np.uint32)), (isa, name, K)
 
 
-def test_decode_rows_from_the_environment():
-    """CLEXRT_DECODE_ROWS4=0|1 decides the decode rows at start-up; without it, one row on AMD's
-    CPUs and four elsewhere (core.c's measurements); a bad value for the setter is refused"""
+def test_decode_rows4_bytes_from_the_environment():
+    """CLEXRT_DECODE_ROWS4_MAX=<bytes> decides at start-up which rows decoding takes four at a time;
+    without it (or with a value that is not an integer >= -1), every row except on AMD's CPUs,
+    where rows up to 512 bytes (core.c's measurements); the setter refuses below -1"""
     import subprocess
     import sys
-    code = "from clexrt.engine import native; print(native.decode_rows())"
-    env = {k: v for k, v in os.environ.items() if k != "CLEXRT_DECODE_ROWS4"}
+    code = "from clexrt.engine import native; print(native.decode_rows4_bytes())"
+    env = {k: v for k, v in os.environ.items() if k != "CLEXRT_DECODE_ROWS4_MAX"}
     got = {}
-    for val in ("0", "1", None):
-        e = dict(env, **({"CLEXRT_DECODE_ROWS4": val} if val else {}))
+    for val in ("0", "-1", "700", "x", "-2", None):
+        e = dict(env, **({"CLEXRT_DECODE_ROWS4_MAX": val} if val else {}))
         got[val] = int(subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
                                       check=True).stdout)
-    amd = "AuthenticAMD" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    amd = os.path.exists("/proc/cpuinfo") and "AuthenticAMD" in open("/proc/cpuinfo").read()
     x86 = platform.machine() in ("x86_64", "AMD64", "i686")
-    assert got["0"] == 1 and got["1"] == 4
-    assert got[None] == (1 if (x86 and amd) else 4)
-    for bad in (0, 2, -4):
-        assert lib.clex_set_decode_rows(bad) == lib.CLEX_E_INVALID
+    default = 512 if (x86 and amd) else -1
+    assert (got["0"], got["-1"], got["700"]) == (0, -1, 700)
+    assert got[None] == got["x"] == got["-2"] == default
+    assert lib.clex_set_decode_rows4_bytes(-2) == lib.CLEX_E_INVALID

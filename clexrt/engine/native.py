@@ -99,13 +99,14 @@ def physical_cores() -> int:
     return int(lib.clex_physical_cores())
 
 
-def decode_rows() -> int:
-    """weight rows per kernel call when decoding: 4 or 1 (CLEXRT_DECODE_ROWS4=0|1 decides)"""
-    return int(lib.clex_decode_rows())
+def decode_rows4_bytes() -> int:
+    """decoding takes weight rows of at most this many bytes four per kernel call (-1: every row;
+    CLEXRT_DECODE_ROWS4_MAX=<bytes> decides at start-up)"""
+    return int(lib.clex_decode_rows4_bytes())
 
 
-def set_decode_rows(rows: int) -> None:
-    check(lib.clex_set_decode_rows(rows))
+def set_decode_rows4_bytes(max_bytes: int) -> None:
+    check(lib.clex_set_decode_rows4_bytes(max_bytes))
 
 
 # n_batch=None: DEFAULT_BATCH tokens a step, fewer (a multiple of 32, at least 32) where the batch

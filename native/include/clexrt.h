@@ -178,11 +178,13 @@ int clex_isa_supported(int isa);
 int clex_set_isa(int isa);
 const char *clex_isa_name(int isa);
 int clex_physical_cores(void);
-/* Weight rows per kernel call when decoding one token: 4 (the four-weight-row kernels, where the
- * type has one) or 1. Decided at start-up from the CPU (core.c says why), or by the environment
- * variable CLEXRT_DECODE_ROWS4=0|1, or clex_set_decode_rows. The sums are the same bits either way; only the speed differs. */
-int clex_decode_rows(void);
-int clex_set_decode_rows(int rows);   /* 1 or 4; else CLEX_E_INVALID */
+/* Decoding one token takes weight rows of at most this many bytes four per kernel call (the
+ * four-weight-row kernels, where the type has one), longer rows one at a time; -1: every row.
+ * Decided at start-up from the CPU (core.c says why: -1, or 512 on AMD's), or by the environment
+ * variable CLEXRT_DECODE_ROWS4_MAX=<bytes>; clex_set_decode_rows4_bytes sets it (-1 or more, else
+ * CLEX_E_INVALID). The sums are the same bits either way; only the speed differs. */
+int64_t clex_decode_rows4_bytes(void);
+int clex_set_decode_rows4_bytes(int64_t max_bytes);
 /* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of
  * `bytes` (<= 0: 4 x the last-level cache, 256 MiB..2 GiB; a plain sum of 64-bit words), the
  * best of `passes`. The buffer is freed before it

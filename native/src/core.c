@@ -92,25 +92,34 @@ const clex_kernels clex_kernels_scalar = {
 clex_kernels clex_k;
 
 /* The four-weight-row kernels share one activation row's loads among four weight rows, and read
- * the four rows side by side. On the 2-core Xeon VM they were written on that paid (the Q8_0 one,
- * which did not, was left out). On a 2-core AMD EPYC (Zen 4) VM it does not: decoding the 1.1B
- * synthetic model, 2 threads, one row at a time against four (`CLEXRT_DECODE_ROWS4=0|1 clexrt
- * bench -p 0 -n 32`, interleaved): Q4_K_M 29.4 and 31.1 t/s against 19.3 and 18.6, Q6_K 26.8-29.2
- * against 15.1-17.2, Q4_0 25.2 and 26.4 against 20.3 and 22.3; AVX2 the same. In cache the four-row
- * kernels are still the faster (make kbench 0.5), from memory (kbench 64) they are 0.24-0.35x, so
- * the side-by-side streams are what that CPU's prefetching handles badly. Hence: four rows on
- * CPUs other than AMD's, one row on AMD's, and CLEXRT_DECODE_ROWS4=0 or 1 to decide otherwise. The
+ * the four rows side by side. On the 2-core Xeon VM they were written on that paid at every row
+ * length (the Q8_0 one, which did not, was left out). On a 2-core AMD EPYC (Zen 4) VM it pays only
+ * for short rows. Decoding the 1.1B synthetic model (rows of 2048 values: 1152 bytes of Q4_0), 2
+ * threads, clexrt bench -p 0 -n 32 interleaved, one row at a time against four: Q4_K_M 29.4 and
+ * 31.1 t/s against 19.3 and 18.6, Q6_K 26.8-29.2 against 15.1-17.2, Q4_0 25.2 and 26.4 against 20.3
+ * and 22.3; AVX2 alike. A 256 MiB product, one token, 2 threads (GB/s, one row / four): Q4_0 9.4 /
+ * 22.2 at 324-byte rows, 15.6 / 13.5 at 576, 11.3 / 9.2 at 864; Q5_0 7.5 / 18.5 at 396, 12.3 / 12.5
+ * at 704, 12.7 / 8.8 at 1056. In cache the four-row kernels are faster at every length (make kbench
+ * 0.5), so it is the four side-by-side streams of long rows that this CPU's prefetching handles
+ * badly; a short row's call costs more than that. Hence: four rows at every length on CPUs other
+ * than AMD's, on AMD's only for rows of at most 512 bytes (SmolLM2's 576-wide Q5_0 and Q4_0
+ * rows), and CLEXRT_DECODE_ROWS4_MAX=<bytes> (-1: every row, 0: none) to decide otherwise. The
  * sums are the same bits either way (tests/test_dot4w.py). */
-int clex_decode_rows4 = 1;
+#define ROWS4_SHORT_AMD 512
+int64_t clex_decode_rows4_max = -1;
 
 static void choose_decode_rows4(void) {
-    const char *env = getenv("CLEXRT_DECODE_ROWS4");
-    if (env && (strcmp(env, "0") == 0 || strcmp(env, "1") == 0)) {
-        clex_decode_rows4 = env[0] == '1';
-        return;
+    const char *env = getenv("CLEXRT_DECODE_ROWS4_MAX");
+    if (env && *env) {
+        char *end;
+        const long long v = strtoll(env, &end, 10);
+        if (*end == '\0' && v >= -1) {
+            clex_decode_rows4_max = v;
+            return;
+        }
     }
 #ifdef CLEX_X86
-    clex_decode_rows4 = !__builtin_cpu_is("amd");
+    if (__builtin_cpu_is("amd")) clex_decode_rows4_max = ROWS4_SHORT_AMD;
 #endif
 }
 
@@ -208,15 +217,16 @@ static void init_impl(void) {
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 void clex_init_once(void) { pthread_once(&g_once, init_impl); }
 
-int clex_decode_rows(void) {
+int64_t clex_decode_rows4_bytes(void) {
     clex_init_once();
-    return clex_decode_rows4 ? 4 : 1;
+    return clex_decode_rows4_max;
 }
 
-int clex_set_decode_rows(int rows) {
+int clex_set_decode_rows4_bytes(int64_t max_bytes) {
     clex_init_once();
-    if (rows != 1 && rows != 4) return clex_fail(CLEX_E_INVALID, "decode rows must be 1 or 4, not %d", rows);
-    clex_decode_rows4 = rows == 4;
+    if (max_bytes < -1) return clex_fail(CLEX_E_INVALID, "decode rows4 bytes must be -1 (every row) or more, not %lld",
+                                         (long long)max_bytes);
+    clex_decode_rows4_max = max_bytes;
     return CLEX_OK;
 }
 

@@ -185,9 +185,10 @@ extern const clex_kernels clex_kernels_scalar;
 extern clex_kernels clex_k;
 void clex_kernels_install(clex_kernels *dst, const clex_kernels *src);   /* src's non-NULL slots */
 void clex_init_once(void);
-/* Whether decoding takes weight rows in fours through vec_dot4w where the set has it (core.c says
- * when it does), else one row at a time; the kernels stay in clex_k either way (tests, kbench). */
-extern int clex_decode_rows4;
+/* Decoding takes weight rows in fours through vec_dot4w, where the set has it, for rows of at
+ * most this many bytes (-1: every row; core.c says why), else one row at a time; the kernels stay
+ * in clex_k either way (tests, kbench). */
+extern int64_t clex_decode_rows4_max;
 
 /* The arch sets. Each returns the table to lay over the one below it (its choice may depend on
  * the CPU: VNNI, dotprod), and is only called after clex_isa_supported said yes. */

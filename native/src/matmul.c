@@ -96,8 +96,9 @@ static row_op row_op_for(const clex_tensor *w, const clex_acts *a) {
     const int s = clex_act_slot(tr->vec_dot_type);
     row_op op = {w->data, s < 0 ? (const uint8_t *)a->f32 : (const uint8_t *)a->q[s], row_bytes(tr, w->ne[0]),
                  s < 0 ? (uint64_t)a->k * sizeof(float) : act_row_bytes(s, a->k), w->ne[0],
-                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], clex_decode_rows4 ? clex_k.vec_dot4w[w->type] : NULL, tr,
+                 clex_k.vec_dot[w->type], clex_k.vec_dot4[w->type], NULL, tr,
                  s < 0 ? -1 : tr->vec_dot_type};
+    if (clex_decode_rows4_max < 0 || op.rb <= (uint64_t)clex_decode_rows4_max) op.dot4w = clex_k.vec_dot4w[w->type];
     return op;
 }
 
