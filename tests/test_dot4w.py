@@ -121,19 +121,22 @@ def test_dot4w_rejects_bad_arguments():
 
 @pytest.fixture
 def restore_rows():
-    before = _lib.decode_rows4_bytes()
+    before = _lib.decode_rows4_bytes(), _lib.decode_prefetch_bytes()
     yield
-    _lib.set_decode_rows4_bytes(before)
+    _lib.set_decode_rows4_bytes(before[0])
+    _lib.set_decode_prefetch_bytes(before[1])
 
 
-@pytest.mark.parametrize("rows4_bytes", [-1, 0, 512])
+@pytest.mark.parametrize("rows4_bytes,prefetch", [(-1, 4096), (0, 0), (512, 4096)])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
-def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, restore_rows):
+def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch, restore_rows):
     """clex_matmul with one token, as decoding runs it (rows in blocks of 16, four at a time where
     decoding takes four, the rest one by one; 3 threads split the rows unevenly): every output bit
-    for bit the one-row kernel's, whether every row, none or the short ones go in fours"""
+    for bit the one-row kernel's, whether every row, none or the short ones go in fours, with the
+    weights prefetched or not"""
     _lib.set_decode_rows4_bytes(rows4_bytes)
+    _lib.set_decode_prefetch_bytes(prefetch)
     rng = np.random.default_rng(42)
     t = ALL[name]
     at = lib.clex_type_vec_dot_type(t)
@@ -174,3 +177,22 @@ def test_decode_rows4_bytes_from_the_environment():
     assert (got["0"], got["-1"], got["700"]) == (0, -1, 700)
     assert got[None] == got["x"] == got["-2"] == default
     assert lib.clex_set_decode_rows4_bytes(-2) == lib.CLEX_E_INVALID
+
+
+def test_decode_prefetch_from_the_environment():
+    """CLEXRT_DECODE_PREFETCH=<bytes> sets decoding's weight prefetch distance at start-up; without
+    it (or with a value that is not an integer >= 0), 4096 bytes, except 0 on AMD's CPUs"""
+    import subprocess
+    import sys
+    code = "from clexrt.engine import native; print(native.decode_prefetch_bytes())"
+    env = {k: v for k, v in os.environ.items() if k != "CLEXRT_DECODE_PREFETCH"}
+    got = {}
+    for val in ("0", "8192", "-1", "4k", None):
+        e = dict(env, **({"CLEXRT_DECODE_PREFETCH": val} if val else {}))
+        got[val] = int(subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                                      check=True).stdout)
+    amd = os.path.exists("/proc/cpuinfo") and "AuthenticAMD" in open("/proc/cpuinfo").read()
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
+    assert (got["0"], got["8192"]) == (0, 8192)
+    assert got[None] == got["-1"] == got["4k"] == (0 if (x86 and amd) else 4096)
+    assert lib.clex_set_decode_prefetch_bytes(-1) == lib.CLEX_E_INVALID

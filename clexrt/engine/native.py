@@ -109,6 +109,16 @@ def set_decode_rows4_bytes(max_bytes: int) -> None:
     check(lib.clex_set_decode_rows4_bytes(max_bytes))
 
 
+def decode_prefetch_bytes() -> int:
+    """how far ahead decoding prefetches the weights, in bytes (0: not at all;
+    CLEXRT_DECODE_PREFETCH=<bytes> decides at start-up)"""
+    return int(lib.clex_decode_prefetch_bytes())
+
+
+def set_decode_prefetch_bytes(n: int) -> None:
+    check(lib.clex_set_decode_prefetch_bytes(n))
+
+
 # n_batch=None: DEFAULT_BATCH tokens a step, fewer (a multiple of 32, at least 32) where the batch
 # scratch would pass BATCH_SCRATCH_BUDGET. A 1B-class model then takes about 320 at a time: a
 # 512-token prompt reads the weights twice, about 1% of its prefill (docs/performance.md), and the

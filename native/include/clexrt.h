@@ -185,6 +185,11 @@ int clex_physical_cores(void);
  * CLEX_E_INVALID). The sums are the same bits either way; only the speed differs. */
 int64_t clex_decode_rows4_bytes(void);
 int clex_set_decode_rows4_bytes(int64_t max_bytes);
+/* Decoding one token asks for the weight bytes this far ahead of the rows it reads (software
+ * prefetch; 0: none). 4096, or 0 on AMD's CPUs (core.c says why); CLEXRT_DECODE_PREFETCH=<bytes>
+ * at start-up, or clex_set_decode_prefetch_bytes (0 or more, else CLEX_E_INVALID). */
+int64_t clex_decode_prefetch_bytes(void);
+int clex_set_decode_prefetch_bytes(int64_t bytes);
 /* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of
  * `bytes` (<= 0: 4 x the last-level cache, 256 MiB..2 GiB; a plain sum of 64-bit words), the
  * best of `passes`. The buffer is freed before it

@@ -157,15 +157,15 @@ static void rows_x4(const row_op *op, int64_t t, float *y, int64_t ystride, int 
     }
 }
 
-/* Decoding streams each weight row once, from memory: the hardware prefetchers alone leave one
- * thread well under a plain read's bandwidth (kbench, 512 MiB of Q8_0 on a 2-core Xeon VM: 7.0
- * GB/s without, 9.8 with). So before a lone token's rows [r, r + g) are read, the bytes that lie
- * PREFETCH_AHEAD further on (the rows a few calls later) are asked for, up to the matrix's end. */
-#define PREFETCH_AHEAD 4096
-
+/* Decoding streams each weight row once, from memory: on the 2-core Xeon VM the hardware
+ * prefetchers alone left one thread well under a plain read's bandwidth (kbench, 512 MiB of Q8_0:
+ * 7.0 GB/s without, 9.8 with). So before a lone token's rows [r, r + g) are read, the bytes that
+ * lie clex_decode_prefetch further on (the rows a few calls later) are asked for, up to the
+ * matrix's end; 0 (AMD's CPUs, where it costs: core.c) asks for nothing. */
 static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, const uint8_t *end) {
 #if defined(__GNUC__)
-    uintptr_t p = (uintptr_t)(op->base + (uint64_t)r * op->rb) + PREFETCH_AHEAD, e = p + (uint64_t)g * op->rb;
+    uintptr_t p = (uintptr_t)(op->base + (uint64_t)r * op->rb) + (uint64_t)clex_decode_prefetch,
+              e = p + (uint64_t)g * op->rb;
     if (e > (uintptr_t)end) e = (uintptr_t)end;
     for (p &= ~(uintptr_t)63; p < e; p += 64) __builtin_prefetch((const void *)p, 0, 3);
 #else
@@ -180,7 +180,7 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
     if (tk && rows_tiled(tk, &op, n_tok, y, ystride, accumulate, r0, r1)) return;
     /* only a lone token streams the rows from memory; a batch's leftover tokens (after its
      * groups of four) find them in cache, where the prefetches are wasted instructions */
-    const uint8_t *const pf_end = n_tok == 1 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
+    const uint8_t *const pf_end = n_tok == 1 && clex_decode_prefetch > 0 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
         int64_t t = 0;
