@@ -53,13 +53,10 @@ INLINE float hsum8(__m256 v) {   /* avx512_k.c's order */
 
 /* ------------------------------------------------------------------ Q4_0, Q5_0 */
 
-/* the unsigned codes of blocks i, i1: Q4_0's nibbles, Q5_0's nibble + 16 where the fifth bit is
- * set (the weights are these minus 8, 16) */
+/* the unsigned codes of blocks i, i1: Q4_0's as q4_0_codes2 lays them out, Q5_0's nibble + 16
+ * where the fifth bit is set (the weights are these minus their offsets) */
 INLINE __m512i ucodes2(const uint8_t *vw, int64_t i, int64_t i1, int wt) {
-    if (wt == W_Q4_0) {
-        const block_q4_0 *b = (const block_q4_0 *)vw;
-        return nibbles2(b[i].qs, b[i1].qs);
-    }
+    if (wt == W_Q4_0) return q4_0_codes2((const block_q4_0 *)vw + i, (const block_q4_0 *)vw + i1);
     const block_q5_0 *b = (const block_q5_0 *)vw;
     const __m512i nib = nibbles2(b[i].qs, b[i1].qs);
     return _mm512_mask_add_epi8(nib, bits2(b[i].qh, b[i1].qh), nib, _mm512_set1_epi8(16));
@@ -72,7 +69,7 @@ INLINE void u32_group4w(const uint8_t *const w[4], int64_t i0, int cnt, int wt, 
     const __m512 xd = block_scales16(&x[i0].d, sizeof(block_q8_0), cnt);
     __m512 d16[4];
     CLEX_UNROLL for (int r = 0; r < 4; r++) d16[r] = _mm512_mul_ps(block_scales16(w[r] + i0 * ws, ws, cnt), xd);
-    const __m512i off = _mm512_set1_epi8(wt == W_Q4_0 ? 8 : 16);
+    const __m512i off = wt == W_Q4_0 ? q4_0_offsets2() : _mm512_set1_epi8(16);
     CLEX_UNROLL for (int p = 0; p < 8; p++) {
         if (2 * p < cnt) {
             const int64_t i = i0 + 2 * p, i1 = 2 * p + 1 < cnt ? i + 1 : i;
@@ -103,6 +100,7 @@ INLINE void u32_rows4w(int64_t n, float s[4], const void *vw, size_t ws, const v
             u32_group4w(w, i0, g, wt, x, acc);
             i0 += g;
         }
+    if (wt == W_Q4_0) CLEX_UNROLL for (int r = 0; r < 4; r++) acc[r] = q4_0_down(acc[r]);
     finish(s, acc, 4);
 }
 

@@ -242,6 +242,14 @@ INLINE __m512 signed_pair_row(__m512 acc, __m512i aw, __mmask64 neg, const int8_
     return _mm512_mask3_fmadd_ps(d, prod, acc, keep);
 }
 
+/* acc += d * sum((codes - 8) x) for the pair of activation blocks at xa, xb (keep as above) */
+INLINE __m512 q4_0_pair_row(__m512 acc, __m512i codes, const int8_t *xa, const int8_t *xb, __m512 d, __mmask16 keep) {
+    const __m512i xq = load2(xa, xb);
+    const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xq);
+    const __m512i u = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q4_0_offsets2(), xq);
+    return _mm512_mask3_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(t, u)), acc, keep);
+}
+
 /* blocks i0 .. i0 + cnt - 1 (cnt <= 16) of every row */
 INLINE void signed32_group512(const void *w, int64_t i0, int cnt, int wt, const block_q8_0 *const *x, int R,
                               __m512 *acc) {
@@ -253,6 +261,12 @@ INLINE void signed32_group512(const void *w, int64_t i0, int cnt, int wt, const 
         if (2 * p < cnt) {
             const int64_t i = i0 + 2 * p, i1 = 2 * p + 1 < cnt ? i + 1 : i;
             const __mmask16 keep = 2 * p + 1 < cnt ? 0xFFFF : 0x00FF;
+            if (wt == W_Q4_0) {
+                const __m512i codes = q4_0_codes2((const block_q4_0 *)w + i, (const block_q4_0 *)w + i1);
+                CLEX_UNROLL for (int j = 0; j < R; j++)
+                    acc[j] = q4_0_pair_row(acc[j], codes, x[j][i].qs, x[j][i1].qs, pair_scale(d16[j], p), keep);
+                continue;
+            }
             const __m512i wq = signed_weights2(w, i, i1, wt);
             const __m512i aw = _mm512_abs_epi8(wq);
             const __mmask64 neg = _mm512_movepi8_mask(wq);
@@ -274,6 +288,7 @@ INLINE void signed32_rows512(int64_t n, float *s, const void *w, const block_q8_
             signed32_group512(w, i0, g, wt, x, R, acc);
             i0 += g;
         }
+    if (wt == W_Q4_0) CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = q4_0_down(acc[j]);
     finish(s, acc, R);
 }
 

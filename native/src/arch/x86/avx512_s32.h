@@ -12,6 +12,31 @@ INLINE __m512i load2(const void *a, const void *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(ld32(a)), ld32(b), 1);
 }
 
+/* Q4_0 without unpacking: each block's 16 bytes of codes are broadcast to two quarters of the
+ * register and masked with 0x0F and 0xF0, so the low quarter holds the codes of values 0..15 and
+ * the high one 16 x those of 16..31, both unsigned, in the activations' order. dpbusd takes them
+ * against the activations, a second dpbusd takes away the offset (8 x the activations' sum, 128 x
+ * in the high quarters), and the high quarters' lanes come down by 1/16 before the final sum
+ * (a power of two: the same bits as summing the true values). Fewer operations than nibbles2
+ * and the sign trick, which left avx512_k.c's one-row kernel compute-bound. */
+INLINE __m512i q4_0_codes2(const block_q4_0 *a, const block_q4_0 *b) {
+    const __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld16(a->qs)), 0xFF00, ld16(b->qs));
+    const long long lo = 0x0F0F0F0F0F0F0F0FLL, hi = (long long)0xF0F0F0F0F0F0F0F0ULL;
+    return _mm512_and_si512(q, _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo));
+}
+
+/* the offsets of q4_0_codes2's quarters: 8, 16 x 8, 8, 16 x 8 */
+INLINE __m512i q4_0_offsets2(void) {
+    const long long lo = 0x0808080808080808LL, hi = (long long)0x8080808080808080ULL;
+    return _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo);
+}
+
+/* an accumulator of q4_0_codes2's lanes with its high quarters brought down by 1/16 */
+INLINE __m512 q4_0_down(__m512 acc) {
+    return _mm512_mul_ps(acc, _mm512_setr_ps(1, 1, 1, 1, 0.0625f, 0.0625f, 0.0625f, 0.0625f,
+                                             1, 1, 1, 1, 0.0625f, 0.0625f, 0.0625f, 0.0625f));
+}
+
 /* the fifth bits of blocks a and b as a byte mask (bit j of qh is value j's) */
 INLINE __mmask64 bits2(const uint8_t *qa, const uint8_t *qb) {
     uint32_t a, b;
