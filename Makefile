@@ -55,11 +55,13 @@ bench: $(STAMP)
 bench-1b: $(STAMP)
 	$(BENCH) --tinyllama $(SYNTH_DIR) $(BENCH_ARGS)
 
-# Kernels in isolation: GB/s of weights streamed per type and instruction set.
+# Kernels in isolation: GB/s of weights streamed per type and instruction set (KBENCH_ARGS: types
+# and k=N, the row length, e.g. KBENCH_ARGS="Q4_0 k=2048").
+KBENCH_ARGS ?=
 kbench:
 	@mkdir -p build
 	$(CC) -O2 -std=c11 -D_GNU_SOURCE -pthread -Inative/include tools/kbench.c native/src/*.c native/src/arch/x86/*.c native/src/arch/arm/*.c -lm -o build/kbench
-	build/kbench 0.5 && build/kbench 64
+	build/kbench 0.5 $(KBENCH_ARGS) && build/kbench 64 $(KBENCH_ARGS)
 
 # Ctrl-C in `clexrt chat` under CPU load (after make install): tests/test_chat_sigint.py 50 times in
 # a row (RUNS=n for another count), each run with its own busy loop per core; every Ctrl-C at a

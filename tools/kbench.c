@@ -6,8 +6,11 @@
  * over the whole matrix, one row per call against four rows per call (vec_dot4w), in GB/s; then
  * the activation quantizers, ns per 256 values.
  * Rows are 576 values (SmolLM2's width) for the 32-value types, 1536 (its FFN width, a multiple
- * of 256) for the super-block types. Each figure is the fastest of the runs in half a second.
- * Build: make kbench; run: build/kbench [MiB] [TYPE ...] (e.g. build/kbench 8 Q4_K Q6_K). */
+ * of 256) for the super-block types, or k=N values (a 1B model's 2048, 5632: from memory, AMD's
+ * prefetchers lose the four-row kernel's four streams once rows pass ~700 bytes, which is why
+ * decoding there takes longer rows one at a time). Each figure is the fastest of the runs in
+ * half a second.
+ * Build: make kbench; run: build/kbench [MiB] [TYPE ...] [k=N] (e.g. build/kbench 8 Q4_K Q6_K k=2048). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,8 +96,13 @@ static void bench_rows(int t, const unsigned char *w, int64_t N, int64_t K, int6
     free(xq);
 }
 
-static void bench_type(int t, double mib, const float *x, const float *row, int yardstick) {
-    const int64_t blck = clex_type_block_size(t), K = blck == 256 ? 1536 : 576;
+static void bench_type(int t, double mib, const float *x, const float *row, int yardstick, int64_t k) {
+    const int64_t blck = clex_type_block_size(t), K = k ? k : blck == 256 ? 1536 : 576;
+    if (K % blck) {
+        printf("%-6s k=%lld is not a multiple of its %lld-value blocks: skipped\n", clex_type_name(t), (long long)K,
+               (long long)blck);
+        return;
+    }
     const int64_t rb = K / blck * clex_type_block_bytes(t);
     const int64_t N = (int64_t)(mib * 1048576 / rb);
     unsigned char *w = malloc(N * rb);
@@ -147,19 +155,42 @@ int main(int argc, char **argv) {
     static const int all[] = {CLEX_TYPE_Q4_1, CLEX_TYPE_Q8_0, CLEX_TYPE_Q4_0, CLEX_TYPE_F16, CLEX_TYPE_Q4_K,
                               CLEX_TYPE_Q6_K, CLEX_TYPE_Q5_0, CLEX_TYPE_Q5_K, CLEX_TYPE_Q3_K, CLEX_TYPE_Q2_K,
                               CLEX_TYPE_IQ4_XS, CLEX_TYPE_IQ4_NL, CLEX_TYPE_Q5_1};
-    const int64_t K = 1536;
+    if (argc > 1 && !(mib > 0)) {
+        fprintf(stderr, "kbench: MiB must be a positive number, not %s\n", argv[1]);
+        return 2;
+    }
+    /* the arguments after MiB: type names and k=N; anything else is an error */
+    int64_t k = 0, ntypes = 0;
+    for (int a = 2; a < argc; a++) {
+        if (strncmp(argv[a], "k=", 2) == 0) {
+            k = atoll(argv[a] + 2);
+            if (k < 256 || k > (1 << 20)) {
+                fprintf(stderr, "kbench: k=N takes a row length of 256 to 1048576 values, not %s\n", argv[a] + 2);
+                return 2;
+            }
+            continue;
+        }
+        int known = 0;
+        for (size_t ti = 0; ti < sizeof all / sizeof all[0]; ti++) known |= strcmp(argv[a], clex_type_name(all[ti])) == 0;
+        if (!known) {
+            fprintf(stderr, "kbench: unknown type %s\n", argv[a]);
+            return 2;
+        }
+        ntypes++;
+    }
+    const int64_t K = k > 1536 ? k : 1536;
     float *x = malloc(K * T * 4), *row = malloc(K * 4);
     for (int i = 0; i < K * T; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
     for (int i = 0; i < K; i++) row[i] = (float)rand() / RAND_MAX - 0.5f;
     int first = 1;
     for (size_t ti = 0; ti < sizeof all / sizeof all[0]; ti++) {
-        int want = argc <= 2;
+        int want = ntypes == 0;
         for (int a = 2; a < argc; a++) want |= strcmp(argv[a], clex_type_name(all[ti])) == 0;
         if (!want) continue;
-        bench_type(all[ti], mib, x, row, first);
+        bench_type(all[ti], mib, x, row, first, k);
         first = 0;
     }
-    if (argc <= 2) bench_act(x);
+    if (ntypes == 0 && !k) bench_act(x);
     free(x);
     free(row);
     return 0;
