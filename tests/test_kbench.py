@@ -38,6 +38,9 @@ def test_row_length_and_types(kbench):
     assert lines and all(re.search(r"\d+\.\d+ GB/s", ln) for ln in lines)
     assert any(" scalar " in ln for ln in lines)
     assert "rows: one-row" in r.stdout and "plain read" in r.stdout
+    # the yardstick also as the 2048-value Q4_0 rows (1152 bytes) read 1, 2 and 4 side by side
+    assert re.search(r"rows of 1152 bytes side by side:  1: +\d+\.\d+ GB/s  2: +\d+\.\d+ GB/s  4: +\d+\.\d+ GB/s",
+                     r.stdout), r.stdout
     assert not re.search(r"^Q4_1 |^act ", r.stdout, re.M)   # only the type asked for, no quantizers
 
 

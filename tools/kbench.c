@@ -3,8 +3,10 @@
  * values, or 256 for the K-quants and IQ4_XS); then the same matrix (at most 4 MiB of it) against
  * batches of 4 tokens (the four-row kernels) and of 64 (prefill: the tile kernels, where the type
  * and ISA have them), as ns per weight block per token; under each, decoding's row kernels alone
- * over the whole matrix, one row per call against four rows per call (vec_dot4w), in GB/s; then
- * the activation quantizers, ns per 256 values.
+ * over the whole matrix, one row per call against four rows per call (vec_dot4w), neighbours and
+ * then rows a quarter of the matrix apart, in GB/s; then the activation quantizers, ns per 256
+ * values. After the first type, a plain read of its bytes as the yardstick, whole and as its
+ * rows read 1, 2 and 4 side by side.
  * Rows are 576 values (SmolLM2's width) for the 32-value types, 1536 (its FFN width, a multiple
  * of 256) for the super-block types, or k=N values (a 1B model's 2048, 5632: from memory, AMD's
  * prefetchers lose the four-row kernel's four streams once rows pass ~700 bytes, which is why
@@ -42,6 +44,34 @@ static void stream_read(const unsigned char *p, size_t n) {
     printf("plain read, 1 thread   %7.1f MiB  %8.3f ms  %6.2f GB/s\n", n / 1048576.0, best * 1e3, n / best / 1e9);
 }
 
+/* The same bytes read as rows of rb bytes, S rows side by side (256 bytes of each in turn), the
+ * way a kernel taking S rows a call reads them: what the CPU's prefetching makes of S streams. */
+static void side_by_side_read(const unsigned char *p, size_t n, size_t rb) {
+    printf("plain read, rows of %zu bytes side by side:", rb);
+    for (int S = 1; S <= 4; S *= 2) {
+        const size_t group = S * rb, m = n / group * group;
+        volatile uint64_t sink = 0;
+        double best = 1e9, start = now();
+        while (now() - start < 0.5) {
+            const double t0 = now();
+            uint64_t a = 0, b = 0, c = 0, d = 0;
+            for (size_t g = 0; g < m; g += group)
+                for (size_t off = 0; off < rb; off += 256) {
+                    const size_t len = rb - off < 256 ? rb - off : 256;
+                    for (int r = 0; r < S; r++) {
+                        const uint64_t *q = (const uint64_t *)(p + g + r * rb + off);
+                        for (size_t i = 0; i + 4 <= len / 8; i += 4) a += q[i], b += q[i + 1], c += q[i + 2], d += q[i + 3];
+                    }
+                }
+            sink += a + b + c + d;
+            const double dt = now() - t0;
+            if (dt < best) best = dt;
+        }
+        printf("  %d: %6.2f GB/s", S, m / best / 1e9);
+    }
+    printf("\n");
+}
+
 /* the fastest of the products of W with T tokens run in half a second */
 static double best_matmul(const clex_tensor *ct, const float *x, int64_t T, float *y) {
     clex_matmul(ct, x, T, y, 1);
@@ -68,18 +98,26 @@ static void bench_rows(int t, const unsigned char *w, int64_t N, int64_t K, int6
     const clex_vec_dot_fn dot = clex_k.vec_dot[t];
     const clex_vec_dot4w_fn dot4w = clex_k.vec_dot4w[t];
     volatile float sink = 0;
-    double best[2] = {1e9, 1e9};
-    for (int v = 0; v < (dot4w ? 2 : 1); v++) {
+    double best[3] = {1e9, 1e9, 1e9};
+    const int64_t q = N / 4;   /* v == 2: rows r, r + q, r + 2q, r + 3q a call (four far-apart streams) */
+    for (int v = 0; v < (dot4w ? 3 : 1); v++) {
         const double start = now();
         while (now() - start < 0.5) {
             const double t0 = now();
             float acc = 0, s4[4];
             int64_t r = 0;
-            if (v)
+            if (v == 1)
                 for (; r + 4 <= N; r += 4) {
                     dot4w(K, s4, w + r * rb, (size_t)rb, xq);
                     acc += s4[0] + s4[3];
                 }
+            if (v == 2) {
+                for (; r < q; r++) {
+                    dot4w(K, s4, w + r * rb, (size_t)(q * rb), xq);
+                    acc += s4[0] + s4[3];
+                }
+                r = 4 * q;
+            }
             for (; r < N; r++) {
                 dot(K, s4, w + r * rb, xq);
                 acc += s4[0];
@@ -90,7 +128,8 @@ static void bench_rows(int t, const unsigned char *w, int64_t N, int64_t K, int6
         }
     }
     printf("       rows: one-row %6.2f GB/s", N * rb / best[0] / 1e9);
-    if (dot4w) printf("   four-row (vec_dot4w) %6.2f GB/s  x%.2f", N * rb / best[1] / 1e9, best[0] / best[1]);
+    if (dot4w) printf("   four-row (vec_dot4w) %6.2f GB/s  x%.2f   four rows from the matrix's quarters %6.2f GB/s",
+                      N * rb / best[1] / 1e9, best[0] / best[1], N * rb / best[2] / 1e9);
     else printf("   four-row: none");
     printf("\n");
     free(xq);
@@ -122,7 +161,10 @@ static void bench_type(int t, double mib, const float *x, const float *row, int 
                s * 1e9 / blocks, s4 * 1e9 / bblocks / 4, T, sb * 1e9 / bblocks / T);
         bench_rows(t, w, N, K, rb, row);
     }
-    if (yardstick) stream_read(w, (size_t)(N * rb));
+    if (yardstick) {
+        stream_read(w, (size_t)(N * rb));
+        side_by_side_read(w, (size_t)(N * rb), (size_t)rb);
+    }
     free(w);
     free(y);
 }
