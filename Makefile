@@ -58,10 +58,12 @@ bench-1b: $(STAMP)
 # Kernels in isolation: GB/s of weights streamed per type and instruction set (KBENCH_ARGS: types
 # and k=N, the row length, e.g. KBENCH_ARGS="Q4_0 k=2048").
 KBENCH_ARGS ?=
-kbench:
+kbench: build/kbench
+	build/kbench 0.5 $(KBENCH_ARGS) && build/kbench 64 $(KBENCH_ARGS)
+
+build/kbench: tools/kbench.c $(NATIVE)
 	@mkdir -p build
 	$(CC) -O2 -std=c11 -D_GNU_SOURCE -pthread -Inative/include tools/kbench.c native/src/*.c native/src/arch/x86/*.c native/src/arch/arm/*.c -lm -o build/kbench
-	build/kbench 0.5 $(KBENCH_ARGS) && build/kbench 64 $(KBENCH_ARGS)
 
 # Ctrl-C in `clexrt chat` under CPU load (after make install): tests/test_chat_sigint.py 50 times in
 # a row (RUNS=n for another count), each run with its own busy loop per core; every Ctrl-C at a

@@ -28,16 +28,21 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* the n bytes at p (whole 32-byte pieces) summed as 64-bit words, four sums at a time */
+static inline uint64_t sum_words(const unsigned char *p, size_t n) {
+    const uint64_t *q = (const uint64_t *)p;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i + 4 <= n / 8; i += 4) a += q[i], b += q[i + 1], c += q[i + 2], d += q[i + 3];
+    return a + b + c + d;
+}
+
 /* The yardstick for the GB/s above: one thread summing the same bytes as 64-bit words. */
 static void stream_read(const unsigned char *p, size_t n) {
-    const uint64_t *q = (const uint64_t *)p;
     volatile uint64_t sink = 0;
     double best = 1e9, start = now();
     while (now() - start < 0.5) {
         const double t0 = now();
-        uint64_t a = 0, b = 0, c = 0, d = 0;
-        for (size_t i = 0; i + 4 <= n / 8; i += 4) a += q[i], b += q[i + 1], c += q[i + 2], d += q[i + 3];
-        sink += a + b + c + d;
+        sink += sum_words(p, n);
         const double dt = now() - t0;
         if (dt < best) best = dt;
     }
@@ -54,16 +59,11 @@ static void side_by_side_read(const unsigned char *p, size_t n, size_t rb) {
         double best = 1e9, start = now();
         while (now() - start < 0.5) {
             const double t0 = now();
-            uint64_t a = 0, b = 0, c = 0, d = 0;
+            uint64_t sum = 0;
             for (size_t g = 0; g < m; g += group)
-                for (size_t off = 0; off < rb; off += 256) {
-                    const size_t len = rb - off < 256 ? rb - off : 256;
-                    for (int r = 0; r < S; r++) {
-                        const uint64_t *q = (const uint64_t *)(p + g + r * rb + off);
-                        for (size_t i = 0; i + 4 <= len / 8; i += 4) a += q[i], b += q[i + 1], c += q[i + 2], d += q[i + 3];
-                    }
-                }
-            sink += a + b + c + d;
+                for (size_t off = 0; off < rb; off += 256)
+                    for (int r = 0; r < S; r++) sum += sum_words(p + g + r * rb + off, rb - off < 256 ? rb - off : 256);
+            sink += sum;
             const double dt = now() - t0;
             if (dt < best) best = dt;
         }
