@@ -112,7 +112,8 @@ def test_bandwidth_lines_below_the_table_and_in_the_rows(tiny):
     assert out[0].startswith("| model") and len(out) == 2 + 3 + 3
     assert out[5].startswith("tg streams ") and " MiB of weights per token, " in out[5]
     assert re.search(r" four per kernel call \(CLEXRT_DECODE_ROWS4_MAX=-?\d+\), prefetch \d+ bytes ahead "
-                     r"\(CLEXRT_DECODE_PREFETCH\):$", out[5]), out[5]
+                     r"\(CLEXRT_DECODE_PREFETCH\), rows over 1024 bytes \d+ \(CLEXRT_DECODE_PREFETCH_LONG\):$",
+                     out[5]), out[5]
     assert out[6].startswith("  tg4: ") and out[7].startswith("  tg2: ")
     assert all("a plain read reaches with 1 threads" in line for line in out[6:])
     # the rows' figures: tests/test_bandwidth.py::test_bench_reports_tg_against_the_bandwidth

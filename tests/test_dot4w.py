@@ -121,13 +121,15 @@ def test_dot4w_rejects_bad_arguments():
 
 @pytest.fixture
 def restore_rows():
-    before = _lib.decode_rows4_bytes(), _lib.decode_prefetch_bytes()
+    before = _lib.decode_rows4_bytes(), _lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes()
     yield
     _lib.set_decode_rows4_bytes(before[0])
     _lib.set_decode_prefetch_bytes(before[1])
+    _lib.set_decode_prefetch_long_bytes(before[2])
 
 
-@pytest.mark.parametrize("rows4_bytes,prefetch", [(-1, 4096), (0, 0), (512, 4096)])
+@pytest.mark.parametrize("rows4_bytes,prefetch", [(-1, (4096, 4096)), (0, (0, 0)), (512, (4096, 1024)),
+                                                  (-1, (0, 64))])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
 def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch, restore_rows):
@@ -136,7 +138,8 @@ def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch
     for bit the one-row kernel's, whether every row, none or the short ones go in fours, with the
     weights prefetched or not"""
     _lib.set_decode_rows4_bytes(rows4_bytes)
-    _lib.set_decode_prefetch_bytes(prefetch)
+    _lib.set_decode_prefetch_bytes(prefetch[0])
+    _lib.set_decode_prefetch_long_bytes(prefetch[1])
     rng = np.random.default_rng(42)
     t = ALL[name]
     at = lib.clex_type_vec_dot_type(t)
@@ -180,19 +183,38 @@ def test_decode_rows4_bytes_from_the_environment():
 
 
 def test_decode_prefetch_from_the_environment():
-    """CLEXRT_DECODE_PREFETCH=<bytes> sets decoding's weight prefetch distance at start-up; without
-    it (or with a value that is not an integer >= 0), 4096 bytes, except 0 on AMD's CPUs"""
+    """CLEXRT_DECODE_PREFETCH=<bytes> sets decoding's weight prefetch distances (short rows', long
+    rows') at start-up, CLEXRT_DECODE_PREFETCH_LONG=<bytes> then the long rows' alone; without them
+    (or with a value that is not an integer >= 0), 4096 and 1024 bytes, except 0 and 0 on AMD's
+    CPUs; the setters refuse below 0, and the short one sets both"""
     import subprocess
     import sys
-    code = "from clexrt.engine import native; print(native.decode_prefetch_bytes())"
-    env = {k: v for k, v in os.environ.items() if k != "CLEXRT_DECODE_PREFETCH"}
+    code = ("from clexrt.engine import native; "
+            "print(native.decode_prefetch_bytes(), native.decode_prefetch_long_bytes())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEXRT_DECODE_PREFETCH")}
     got = {}
-    for val in ("0", "8192", "-1", "4k", None):
-        e = dict(env, **({"CLEXRT_DECODE_PREFETCH": val} if val else {}))
-        got[val] = int(subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
-                                      check=True).stdout)
+    cases = {"0": {"CLEXRT_DECODE_PREFETCH": "0"}, "8192": {"CLEXRT_DECODE_PREFETCH": "8192"},
+             "-1": {"CLEXRT_DECODE_PREFETCH": "-1"}, "4k": {"CLEXRT_DECODE_PREFETCH": "4k"}, None: {},
+             "both": {"CLEXRT_DECODE_PREFETCH": "2048", "CLEXRT_DECODE_PREFETCH_LONG": "512"},
+             "long": {"CLEXRT_DECODE_PREFETCH_LONG": "256"}, "badlong": {"CLEXRT_DECODE_PREFETCH_LONG": "x"}}
+    for key, extra in cases.items():
+        out = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True,
+                             text=True, check=True).stdout.split()
+        got[key] = tuple(int(v) for v in out)
     amd = os.path.exists("/proc/cpuinfo") and "AuthenticAMD" in open("/proc/cpuinfo").read()
     x86 = platform.machine() in ("x86_64", "AMD64", "i686")
-    assert (got["0"], got["8192"]) == (0, 8192)
-    assert got[None] == got["-1"] == got["4k"] == (0 if (x86 and amd) else 4096)
+    default = (0, 0) if (x86 and amd) else (4096, 1024)
+    assert (got["0"], got["8192"], got["both"]) == ((0, 0), (8192, 8192), (2048, 512))
+    assert got[None] == got["-1"] == got["4k"] == got["badlong"] == default
+    assert got["long"] == (default[0], 256)
     assert lib.clex_set_decode_prefetch_bytes(-1) == lib.CLEX_E_INVALID
+    assert lib.clex_set_decode_prefetch_long_bytes(-1) == lib.CLEX_E_INVALID
+    before = _lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes()
+    try:
+        _lib.set_decode_prefetch_bytes(300)
+        assert (_lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes()) == (300, 300)
+        _lib.set_decode_prefetch_long_bytes(100)
+        assert (_lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes()) == (300, 100)
+    finally:
+        _lib.set_decode_prefetch_bytes(before[0])
+        _lib.set_decode_prefetch_long_bytes(before[1])

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 14
+EXPECTED_ABI = 15
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).
@@ -116,7 +116,18 @@ def decode_prefetch_bytes() -> int:
 
 
 def set_decode_prefetch_bytes(n: int) -> None:
+    """sets both distances, the short rows' and the long rows'"""
     check(lib.clex_set_decode_prefetch_bytes(n))
+
+
+def decode_prefetch_long_bytes() -> int:
+    """how far ahead decoding prefetches the weights of rows longer than 1024 bytes
+    (CLEXRT_DECODE_PREFETCH_LONG=<bytes> decides at start-up)"""
+    return int(lib.clex_decode_prefetch_long_bytes())
+
+
+def set_decode_prefetch_long_bytes(n: int) -> None:
+    check(lib.clex_set_decode_prefetch_long_bytes(n))
 
 
 # n_batch=None: DEFAULT_BATCH tokens a step, fewer (a multiple of 32, at least 32) where the batch

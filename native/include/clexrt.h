@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 14
+#define CLEX_ABI_VERSION 15
 
 enum {
     CLEX_OK = 0,
@@ -186,10 +186,14 @@ int clex_physical_cores(void);
 int64_t clex_decode_rows4_bytes(void);
 int clex_set_decode_rows4_bytes(int64_t max_bytes);
 /* Decoding one token asks for the weight bytes this far ahead of the rows it reads (software
- * prefetch; 0: none). 4096, or 0 on AMD's CPUs (core.c says why); CLEXRT_DECODE_PREFETCH=<bytes>
- * at start-up, or clex_set_decode_prefetch_bytes (0 or more, else CLEX_E_INVALID). */
+ * prefetch; 0: none): rows of at most 1024 bytes 4096 ahead, longer rows 1024 (the _long pair),
+ * both 0 on AMD's CPUs (core.c says why). CLEXRT_DECODE_PREFETCH=<bytes> at start-up or
+ * clex_set_decode_prefetch_bytes sets both distances, CLEXRT_DECODE_PREFETCH_LONG=<bytes> or
+ * clex_set_decode_prefetch_long_bytes the long rows' alone (0 or more, else CLEX_E_INVALID). */
 int64_t clex_decode_prefetch_bytes(void);
 int clex_set_decode_prefetch_bytes(int64_t bytes);
+int64_t clex_decode_prefetch_long_bytes(void);
+int clex_set_decode_prefetch_long_bytes(int64_t bytes);
 /* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of
  * `bytes` (<= 0: 4 x the last-level cache, 256 MiB..2 GiB; a plain sum of 64-bit words), the
  * best of `passes`. The buffer is freed before it

@@ -113,9 +113,20 @@ int64_t clex_decode_rows4_max = -1;
  * interleaved, without against with: Q8_0 31.6 and 33.7 t/s against 20.9 and 19.7, Q6_K 37.5 and
  * 30.6 against 27.5 and 26.3, Q4_K_M 38.4 and 39.0 against 34.6 and 34.6, Q4_0 26.0 and 29.9
  * against 27.7 and 26.9 (about even). So none on AMD's CPUs; CLEXRT_DECODE_PREFETCH=<bytes>
- * (0: none) decides otherwise. */
+ * (0: none) decides otherwise.
+ *
+ * On a later 2-core Xeon VM (AVX-512 with AMX, 2026-12-03) 4096 bytes ahead cost the 1.1B model's
+ * long rows: clexrt bench -p 0 -n 32 -t 2 -r 2, two interleaved rounds, t/s at 4096 / 1024 / 512 /
+ * 0 bytes: Q8_0 (2176-byte rows and longer) 13.6, 12.9 / 19.0, 19.5 / 19.5, 18.5 / 17.8, 18.1;
+ * Q6_K 21.1, 20.5 / 21.5, 21.9 / 22.5, 21.5 / 20.2, 20.6; Q4_K_M 26.2, 26.5 / 25.9, 26.9 / 26.9,
+ * 26.7 / 25.7, 25.0; while SmolLM2 Q4_1 (rows of 360 and 960 bytes), tg128, wants the long reach:
+ * 205, 209 / 179, 172 / 159, 153 / 116, 131. So rows of more than PREFETCH_SHORT_ROW bytes look
+ * PREFETCH_AHEAD_LONG ahead, shorter ones PREFETCH_AHEAD; CLEXRT_DECODE_PREFETCH=<bytes> sets both
+ * distances, CLEXRT_DECODE_PREFETCH_LONG=<bytes> then the long rows' alone. */
 #define PREFETCH_AHEAD 4096
+#define PREFETCH_AHEAD_LONG 1024
 int64_t clex_decode_prefetch = PREFETCH_AHEAD;
+int64_t clex_decode_prefetch_long = PREFETCH_AHEAD_LONG;
 
 /* the environment variable's integer value, when it is one >= lo */
 static int env_int(const char *name, long long lo, int64_t *out) {
@@ -135,7 +146,9 @@ static void choose_decode_policy(void) {
 #endif
     if (!env_int("CLEXRT_DECODE_ROWS4_MAX", -1, &clex_decode_rows4_max) && amd)
         clex_decode_rows4_max = ROWS4_SHORT_AMD;
-    if (!env_int("CLEXRT_DECODE_PREFETCH", 0, &clex_decode_prefetch) && amd) clex_decode_prefetch = 0;
+    if (env_int("CLEXRT_DECODE_PREFETCH", 0, &clex_decode_prefetch)) clex_decode_prefetch_long = clex_decode_prefetch;
+    else if (amd) clex_decode_prefetch = clex_decode_prefetch_long = 0;
+    env_int("CLEXRT_DECODE_PREFETCH_LONG", 0, &clex_decode_prefetch_long);
 }
 
 void clex_kernels_install(clex_kernels *dst, const clex_kernels *src) {
@@ -254,7 +267,20 @@ int clex_set_decode_prefetch_bytes(int64_t bytes) {
     clex_init_once();
     if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch must be 0 (none) or more bytes, not %lld",
                                     (long long)bytes);
-    clex_decode_prefetch = bytes;
+    clex_decode_prefetch = clex_decode_prefetch_long = bytes;
+    return CLEX_OK;
+}
+
+int64_t clex_decode_prefetch_long_bytes(void) {
+    clex_init_once();
+    return clex_decode_prefetch_long;
+}
+
+int clex_set_decode_prefetch_long_bytes(int64_t bytes) {
+    clex_init_once();
+    if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch must be 0 (none) or more bytes, not %lld",
+                                    (long long)bytes);
+    clex_decode_prefetch_long = bytes;
     return CLEX_OK;
 }
 

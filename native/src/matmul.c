@@ -160,16 +160,16 @@ static void rows_x4(const row_op *op, int64_t t, float *y, int64_t ystride, int 
 /* Decoding streams each weight row once, from memory: on the 2-core Xeon VM the hardware
  * prefetchers alone left one thread well under a plain read's bandwidth (kbench, 512 MiB of Q8_0:
  * 7.0 GB/s without, 9.8 with). So before a lone token's rows [r, r + g) are read, the bytes that
- * lie clex_decode_prefetch further on (the rows a few calls later) are asked for, up to the
- * matrix's end; 0 (AMD's CPUs, where it costs: core.c) asks for nothing. */
-static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, const uint8_t *end) {
+ * lie `ahead` further on (the rows a few calls later; core.c's distance for rows of this length)
+ * are asked for, up to the matrix's end; 0 (AMD's CPUs, where it costs: core.c) asks for nothing. */
+static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, int64_t ahead, const uint8_t *end) {
 #if defined(__GNUC__)
-    uintptr_t p = (uintptr_t)(op->base + (uint64_t)r * op->rb) + (uint64_t)clex_decode_prefetch,
+    uintptr_t p = (uintptr_t)(op->base + (uint64_t)r * op->rb) + (uint64_t)ahead,
               e = p + (uint64_t)g * op->rb;
     if (e > (uintptr_t)end) e = (uintptr_t)end;
     for (p &= ~(uintptr_t)63; p < e; p += 64) __builtin_prefetch((const void *)p, 0, 3);
 #else
-    (void)op, (void)r, (void)g, (void)end;
+    (void)op, (void)r, (void)g, (void)ahead, (void)end;
 #endif
 }
 
@@ -180,7 +180,8 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
     if (tk && rows_tiled(tk, &op, n_tok, y, ystride, accumulate, r0, r1)) return;
     /* only a lone token streams the rows from memory; a batch's leftover tokens (after its
      * groups of four) find them in cache, where the prefetches are wasted instructions */
-    const uint8_t *const pf_end = n_tok == 1 && clex_decode_prefetch > 0 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
+    const int64_t ahead = op.rb > CLEX_PREFETCH_SHORT_ROW ? clex_decode_prefetch_long : clex_decode_prefetch;
+    const uint8_t *const pf_end = n_tok == 1 && ahead > 0 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
         int64_t t = 0;
@@ -193,13 +194,13 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
             if (op.dot4w)
                 for (; r + 4 <= re; r += 4) {
                     float s4[4];
-                    if (pf_end) prefetch_ahead(&op, r, 4, pf_end);
+                    if (pf_end) prefetch_ahead(&op, r, 4, ahead, pf_end);
                     op.dot4w(op.k, s4, op.base + (uint64_t)r * op.rb, (size_t)op.rb, xr);
                     for (int j = 0; j < 4; j++) yr[r + j] = accumulate ? yr[r + j] + s4[j] : s4[j];
                 }
             for (; r < re; r++) {
                 float s;
-                if (pf_end) prefetch_ahead(&op, r, 1, pf_end);
+                if (pf_end) prefetch_ahead(&op, r, 1, ahead, pf_end);
                 op.dot(op.k, &s, op.base + (uint64_t)r * op.rb, xr);
                 yr[r] = accumulate ? yr[r] + s : s;
             }
