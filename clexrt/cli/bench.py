@@ -234,7 +234,8 @@ def notes(rows: list[dict], schedule) -> list[str]:
         how = ("every row" if r4 < 0 else "no row" if r4 == 0 else f"rows up to {r4} bytes") + " four per kernel call"
         out.append(f"tg streams {tg[0]['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token, "
                    f"{how} (CLEXRT_DECODE_ROWS4_MAX={r4}), prefetch "
-                   f"{native.decode_prefetch_bytes()} bytes ahead (CLEXRT_DECODE_PREFETCH), rows over 1024 bytes "
+                   f"{native.decode_prefetch_bytes()} bytes ahead (CLEXRT_DECODE_PREFETCH), rows over "
+                   f"{native.DECODE_PREFETCH_SHORT_ROW} bytes "
                    f"{native.decode_prefetch_long_bytes()} (CLEXRT_DECODE_PREFETCH_LONG):")
         for r in tg:
             out.append(f"  {label_of(r['n_prompt'], r['n_gen'], r['n_depth'])}: {r['tg_weight_gbps']:.1f} GB/s, "

@@ -120,9 +120,13 @@ def set_decode_prefetch_bytes(n: int) -> None:
     check(lib.clex_set_decode_prefetch_bytes(n))
 
 
+# rows of more bytes than this take decoding's long prefetch distance
+DECODE_PREFETCH_SHORT_ROW = int(lib.CLEX_DECODE_PREFETCH_SHORT_ROW)
+
+
 def decode_prefetch_long_bytes() -> int:
-    """how far ahead decoding prefetches the weights of rows longer than 1024 bytes
-    (CLEXRT_DECODE_PREFETCH_LONG=<bytes> decides at start-up)"""
+    """how far ahead decoding prefetches the weights of rows longer than DECODE_PREFETCH_SHORT_ROW
+    bytes (CLEXRT_DECODE_PREFETCH_LONG=<bytes> decides at start-up)"""
     return int(lib.clex_decode_prefetch_long_bytes())
 
 

@@ -186,12 +186,14 @@ int clex_physical_cores(void);
 int64_t clex_decode_rows4_bytes(void);
 int clex_set_decode_rows4_bytes(int64_t max_bytes);
 /* Decoding one token asks for the weight bytes this far ahead of the rows it reads (software
- * prefetch; 0: none): rows of at most 1024 bytes 4096 ahead, longer rows 1024 (the _long pair),
+ * prefetch; 0: none): rows of at most CLEX_DECODE_PREFETCH_SHORT_ROW bytes 4096 ahead, longer rows
+ * 1024 (the _long pair),
  * both 0 on AMD's CPUs (core.c says why). CLEXRT_DECODE_PREFETCH=<bytes> at start-up or
  * clex_set_decode_prefetch_bytes sets both distances, CLEXRT_DECODE_PREFETCH_LONG=<bytes> or
  * clex_set_decode_prefetch_long_bytes the long rows' alone (0 or more, else CLEX_E_INVALID). */
 int64_t clex_decode_prefetch_bytes(void);
 int clex_set_decode_prefetch_bytes(int64_t bytes);
+#define CLEX_DECODE_PREFETCH_SHORT_ROW 1024   /* longer rows take the _long distance */
 int64_t clex_decode_prefetch_long_bytes(void);
 int clex_set_decode_prefetch_long_bytes(int64_t bytes);
 /* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of

@@ -120,7 +120,8 @@ int64_t clex_decode_rows4_max = -1;
  * 0 bytes: Q8_0 (2176-byte rows and longer) 13.6, 12.9 / 19.0, 19.5 / 19.5, 18.5 / 17.8, 18.1;
  * Q6_K 21.1, 20.5 / 21.5, 21.9 / 22.5, 21.5 / 20.2, 20.6; Q4_K_M 26.2, 26.5 / 25.9, 26.9 / 26.9,
  * 26.7 / 25.7, 25.0; while SmolLM2 Q4_1 (rows of 360 and 960 bytes), tg128, wants the long reach:
- * 205, 209 / 179, 172 / 159, 153 / 116, 131. So rows of more than PREFETCH_SHORT_ROW bytes look
+ * 205, 209 / 179, 172 / 159, 153 / 116, 131. So rows of more than CLEX_DECODE_PREFETCH_SHORT_ROW
+ * (clexrt.h) bytes look
  * PREFETCH_AHEAD_LONG ahead, shorter ones PREFETCH_AHEAD; CLEXRT_DECODE_PREFETCH=<bytes> sets both
  * distances, CLEXRT_DECODE_PREFETCH_LONG=<bytes> then the long rows' alone. */
 #define PREFETCH_AHEAD 4096
@@ -263,26 +264,25 @@ int64_t clex_decode_prefetch_bytes(void) {
     return clex_decode_prefetch;
 }
 
-int clex_set_decode_prefetch_bytes(int64_t bytes) {
+/* the setters' one check and store: `bytes` into the short rows' distance (when short) and the
+ * long rows' */
+static int set_prefetch(int64_t bytes, int short_too) {
     clex_init_once();
     if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch must be 0 (none) or more bytes, not %lld",
                                     (long long)bytes);
-    clex_decode_prefetch = clex_decode_prefetch_long = bytes;
+    if (short_too) clex_decode_prefetch = bytes;
+    clex_decode_prefetch_long = bytes;
     return CLEX_OK;
 }
+
+int clex_set_decode_prefetch_bytes(int64_t bytes) { return set_prefetch(bytes, 1); }
 
 int64_t clex_decode_prefetch_long_bytes(void) {
     clex_init_once();
     return clex_decode_prefetch_long;
 }
 
-int clex_set_decode_prefetch_long_bytes(int64_t bytes) {
-    clex_init_once();
-    if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch must be 0 (none) or more bytes, not %lld",
-                                    (long long)bytes);
-    clex_decode_prefetch_long = bytes;
-    return CLEX_OK;
-}
+int clex_set_decode_prefetch_long_bytes(int64_t bytes) { return set_prefetch(bytes, 0); }
 
 int clex_isa(void) {
     clex_init_once();

@@ -190,9 +190,8 @@ void clex_init_once(void);
  * in clex_k either way (tests, kbench). */
 extern int64_t clex_decode_rows4_max;
 /* Decoding asks for the weight bytes this far ahead of the rows it reads (0: none; core.c): rows
- * of at most CLEX_PREFETCH_SHORT_ROW bytes clex_decode_prefetch ahead, longer ones
- * clex_decode_prefetch_long. */
-#define CLEX_PREFETCH_SHORT_ROW 1024
+ * of at most CLEX_DECODE_PREFETCH_SHORT_ROW bytes (clexrt.h) clex_decode_prefetch ahead, longer
+ * ones clex_decode_prefetch_long. */
 extern int64_t clex_decode_prefetch, clex_decode_prefetch_long;
 
 /* The arch sets. Each returns the table to lay over the one below it (its choice may depend on

@@ -180,7 +180,7 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
     if (tk && rows_tiled(tk, &op, n_tok, y, ystride, accumulate, r0, r1)) return;
     /* only a lone token streams the rows from memory; a batch's leftover tokens (after its
      * groups of four) find them in cache, where the prefetches are wasted instructions */
-    const int64_t ahead = op.rb > CLEX_PREFETCH_SHORT_ROW ? clex_decode_prefetch_long : clex_decode_prefetch;
+    const int64_t ahead = op.rb > CLEX_DECODE_PREFETCH_SHORT_ROW ? clex_decode_prefetch_long : clex_decode_prefetch;
     const uint8_t *const pf_end = n_tok == 1 && ahead > 0 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
