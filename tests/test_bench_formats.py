@@ -111,7 +111,8 @@ def test_bandwidth_lines_below_the_table_and_in_the_rows(tiny):
     out = _run("-m", path, "-p", "8", "-n", "4,2", "-t", "1", "-r", "1").splitlines()
     assert out[0].startswith("| model") and len(out) == 2 + 3 + 3
     assert out[5].startswith("tg streams ") and " MiB of weights per token, " in out[5]
-    assert re.search(r" four per kernel call \(CLEXRT_DECODE_ROWS4_MAX=-?\d+\), prefetch \d+ bytes ahead "
+    assert re.search(r" four per kernel call(, a quarter of a thread's rows apart|, side by side)? "
+                     r"\(CLEXRT_DECODE_ROWS4_MAX=-?\d+, CLEXRT_DECODE_QUARTERS=[01]\), prefetch \d+ bytes ahead "
                      r"\(CLEXRT_DECODE_PREFETCH\), rows over 1024 bytes \d+ \(CLEXRT_DECODE_PREFETCH_LONG\):$",
                      out[5]), out[5]
     assert out[6].startswith("  tg4: ") and out[7].startswith("  tg2: ")

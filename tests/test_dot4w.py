@@ -18,7 +18,7 @@ ALL = {**TYPES, **RUN_ONLY}
 # where each instruction set has four-weight-row kernels (a missing one is a failure: the set
 # lost its kernel); AVX-512's only on a CPU with VNNI (without it its one-row kernels differ)
 HAVE = {
-    "avx512": {"q4_0", "q4_k", "q6_k", "q5_0", "q5_k"},
+    "avx512": {"q4_0", "q4_k", "q6_k", "q5_0", "q5_k", "q8_0"},
     "avx2": {"q4_0", "q4_k", "q6_k", "q5_k"},
 }
 ISAS = [i for i in _lib.supported_isas() if i in HAVE]
@@ -121,30 +121,35 @@ def test_dot4w_rejects_bad_arguments():
 
 @pytest.fixture
 def restore_rows():
-    before = _lib.decode_rows4_bytes(), _lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes()
+    before = (_lib.decode_rows4_bytes(), _lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes(),
+              _lib.decode_quarters())
     yield
     _lib.set_decode_rows4_bytes(before[0])
     _lib.set_decode_prefetch_bytes(before[1])
     _lib.set_decode_prefetch_long_bytes(before[2])
+    _lib.set_decode_quarters(before[3])
 
 
-@pytest.mark.parametrize("rows4_bytes,prefetch", [(-1, (4096, 4096)), (0, (0, 0)), (512, (4096, 1024)),
-                                                  (-1, (0, 64))])
+@pytest.mark.parametrize("rows4_bytes,prefetch,quarters", [(-1, (4096, 4096), 0), (0, (0, 0), 0),
+                                                           (512, (4096, 1024), 0), (-1, (0, 64), 0),
+                                                           (-1, (4096, 1024), 1), (-1, (0, 0), 1),
+                                                           (512, (64, 4096), 1)])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
-def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch, restore_rows):
+def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch, quarters, restore_rows):
     """clex_matmul with one token, as decoding runs it (rows in blocks of 16, four at a time where
-    decoding takes four, the rest one by one; 3 threads split the rows unevenly): every output bit
-    for bit the one-row kernel's, whether every row, none or the short ones go in fours, with the
-    weights prefetched or not"""
+    decoding takes four, side by side or a quarter of a thread's rows apart, the rest one by one;
+    3 threads split the rows unevenly, 39 and 77 rows leave 0-3 over): every output bit for bit the
+    one-row kernel's, whether every row, none or the short ones go in fours, with the weights
+    prefetched or not"""
     _lib.set_decode_rows4_bytes(rows4_bytes)
     _lib.set_decode_prefetch_bytes(prefetch[0])
     _lib.set_decode_prefetch_long_bytes(prefetch[1])
+    _lib.set_decode_quarters(quarters)
     rng = np.random.default_rng(42)
     t = ALL[name]
     at = lib.clex_type_vec_dot_type(t)
-    N = 39
-    for K in (_blocks(name)[3], _blocks(name)[-1]):
+    for N, K in ((39, _blocks(name)[3]), (39, _blocks(name)[-1]), (77, _blocks(name)[1])):
         Wq = weight_rows(name, rng, N, K).reshape(N, -1)
         X = rng.standard_normal((1, K)).astype(np.float32)
         ct = ffi.new("clex_tensor *", dict(type=t, n_dims=2, data=ptr(Wq), nbytes=Wq.nbytes))
@@ -161,23 +166,32 @@ def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch
         assert np.array_equal(Y[0].view(np.uint32), one.view(np.uint32)), (isa, name, K)
 
 
+def _at_startup(expr, prefix, cases):
+    """{key: the integers a fresh interpreter prints for native.<expr>} with each case's environment
+    variables set and every other CLEXRT_DECODE_<prefix>* variable unset"""
+    import subprocess
+    import sys
+    code = f"from clexrt.engine import native; print({expr})"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEXRT_DECODE_" + prefix)}
+    return {key: tuple(int(v) for v in subprocess.run([sys.executable, "-c", code], env=dict(env, **extra),
+                                                     capture_output=True, text=True, check=True).stdout.split())
+            for key, extra in cases.items()}
+
+
+def _amd():
+    """an AMD x86 CPU, where core.c's decode policies differ"""
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
+    return x86 and os.path.exists("/proc/cpuinfo") and "AuthenticAMD" in open("/proc/cpuinfo").read()
+
+
 def test_decode_rows4_bytes_from_the_environment():
     """CLEXRT_DECODE_ROWS4_MAX=<bytes> decides at start-up which rows decoding takes four at a time;
     without it (or with a value that is not an integer >= -1), every row except on AMD's CPUs,
     where rows up to 512 bytes (core.c's measurements); the setter refuses below -1"""
-    import subprocess
-    import sys
-    code = "from clexrt.engine import native; print(native.decode_rows4_bytes())"
-    env = {k: v for k, v in os.environ.items() if k != "CLEXRT_DECODE_ROWS4_MAX"}
-    got = {}
-    for val in ("0", "-1", "700", "x", "-2", None):
-        e = dict(env, **({"CLEXRT_DECODE_ROWS4_MAX": val} if val else {}))
-        got[val] = int(subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
-                                      check=True).stdout)
-    amd = os.path.exists("/proc/cpuinfo") and "AuthenticAMD" in open("/proc/cpuinfo").read()
-    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
-    default = 512 if (x86 and amd) else -1
-    assert (got["0"], got["-1"], got["700"]) == (0, -1, 700)
+    got = _at_startup("native.decode_rows4_bytes()", "ROWS4",
+                      {v: ({"CLEXRT_DECODE_ROWS4_MAX": v} if v else {}) for v in ("0", "-1", "700", "x", "-2", None)})
+    default = (512,) if _amd() else (-1,)
+    assert (got["0"], got["-1"], got["700"]) == ((0,), (-1,), (700,))
     assert got[None] == got["x"] == got["-2"] == default
     assert lib.clex_set_decode_rows4_bytes(-2) == lib.CLEX_E_INVALID
 
@@ -187,23 +201,12 @@ def test_decode_prefetch_from_the_environment():
     rows') at start-up, CLEXRT_DECODE_PREFETCH_LONG=<bytes> then the long rows' alone; without them
     (or with a value that is not an integer >= 0), 4096 and 1024 bytes, except 0 and 0 on AMD's
     CPUs; the setters refuse below 0, and the short one sets both"""
-    import subprocess
-    import sys
-    code = ("from clexrt.engine import native; "
-            "print(native.decode_prefetch_bytes(), native.decode_prefetch_long_bytes())")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEXRT_DECODE_PREFETCH")}
-    got = {}
     cases = {"0": {"CLEXRT_DECODE_PREFETCH": "0"}, "8192": {"CLEXRT_DECODE_PREFETCH": "8192"},
              "-1": {"CLEXRT_DECODE_PREFETCH": "-1"}, "4k": {"CLEXRT_DECODE_PREFETCH": "4k"}, None: {},
              "both": {"CLEXRT_DECODE_PREFETCH": "2048", "CLEXRT_DECODE_PREFETCH_LONG": "512"},
              "long": {"CLEXRT_DECODE_PREFETCH_LONG": "256"}, "badlong": {"CLEXRT_DECODE_PREFETCH_LONG": "x"}}
-    for key, extra in cases.items():
-        out = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True,
-                             text=True, check=True).stdout.split()
-        got[key] = tuple(int(v) for v in out)
-    amd = os.path.exists("/proc/cpuinfo") and "AuthenticAMD" in open("/proc/cpuinfo").read()
-    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
-    default = (0, 0) if (x86 and amd) else (4096, 1024)
+    got = _at_startup("native.decode_prefetch_bytes(), native.decode_prefetch_long_bytes()", "PREFETCH", cases)
+    default = (0, 0) if _amd() else (4096, 1024)
     assert (got["0"], got["8192"], got["both"]) == ((0, 0), (8192, 8192), (2048, 512))
     assert got[None] == got["-1"] == got["4k"] == got["badlong"] == default
     assert got["long"] == (default[0], 256)
@@ -218,3 +221,23 @@ def test_decode_prefetch_from_the_environment():
     finally:
         _lib.set_decode_prefetch_bytes(before[0])
         _lib.set_decode_prefetch_long_bytes(before[1])
+
+
+def test_decode_quarters_from_the_environment():
+    """CLEXRT_DECODE_QUARTERS=0|1 decides at start-up whether decoding's four rows per call lie a
+    quarter of a thread's rows apart; without it (or with another value), yes except on AMD's CPUs
+    (core.c's measurements); the setter takes 0 and 1 only"""
+    got = _at_startup("int(native.decode_quarters())", "QUARTERS",
+                      {v: ({"CLEXRT_DECODE_QUARTERS": v} if v else {}) for v in ("0", "1", "2", "-1", "yes", None)})
+    default = (0,) if _amd() else (1,)
+    assert (got["0"], got["1"]) == ((0,), (1,))
+    assert got[None] == got["2"] == got["-1"] == got["yes"] == default
+    for bad in (-1, 2):
+        assert lib.clex_set_decode_quarters(bad) == lib.CLEX_E_INVALID
+        assert "decode quarters must be 0 or 1" in _lib.last_error()
+    before = _lib.decode_quarters()
+    try:
+        _lib.set_decode_quarters(not before)
+        assert _lib.decode_quarters() == (not before)
+    finally:
+        _lib.set_decode_quarters(before)

@@ -232,8 +232,10 @@ def notes(rows: list[dict], schedule) -> list[str]:
     if tg:
         r4 = native.decode_rows4_bytes()
         how = ("every row" if r4 < 0 else "no row" if r4 == 0 else f"rows up to {r4} bytes") + " four per kernel call"
+        if r4 != 0:
+            how += (", a quarter of a thread's rows apart" if native.decode_quarters() else ", side by side")
         out.append(f"tg streams {tg[0]['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token, "
-                   f"{how} (CLEXRT_DECODE_ROWS4_MAX={r4}), prefetch "
+                   f"{how} (CLEXRT_DECODE_ROWS4_MAX={r4}, CLEXRT_DECODE_QUARTERS={int(native.decode_quarters())}), prefetch "
                    f"{native.decode_prefetch_bytes()} bytes ahead (CLEXRT_DECODE_PREFETCH), rows over "
                    f"{native.DECODE_PREFETCH_SHORT_ROW} bytes "
                    f"{native.decode_prefetch_long_bytes()} (CLEXRT_DECODE_PREFETCH_LONG):")

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 15
+EXPECTED_ABI = 16
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).
@@ -132,6 +132,16 @@ def decode_prefetch_long_bytes() -> int:
 
 def set_decode_prefetch_long_bytes(n: int) -> None:
     check(lib.clex_set_decode_prefetch_long_bytes(n))
+
+
+def decode_quarters() -> bool:
+    """whether decoding's four rows per kernel call lie a quarter of a thread's rows apart (True)
+    or side by side (CLEXRT_DECODE_QUARTERS=0|1 decides at start-up)"""
+    return bool(lib.clex_decode_quarters())
+
+
+def set_decode_quarters(on: bool) -> None:
+    check(lib.clex_set_decode_quarters(1 if on else 0))
 
 
 # n_batch=None: DEFAULT_BATCH tokens a step, fewer (a multiple of 32, at least 32) where the batch

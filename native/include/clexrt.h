@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 15
+#define CLEX_ABI_VERSION 16
 
 enum {
     CLEX_OK = 0,
@@ -196,6 +196,13 @@ int clex_set_decode_prefetch_bytes(int64_t bytes);
 #define CLEX_DECODE_PREFETCH_SHORT_ROW 1024   /* longer rows take the _long distance */
 int64_t clex_decode_prefetch_long_bytes(void);
 int clex_set_decode_prefetch_long_bytes(int64_t bytes);
+/* Where decoding takes four rows per kernel call, which four: 1, rows a quarter of a thread's
+ * share of the matrix apart (r, r + q, r + 2q, r + 3q: four streams far apart); 0, four
+ * neighbouring rows. Decided at start-up from the CPU (core.c says why: 1, or 0 on AMD's), or by
+ * CLEXRT_DECODE_QUARTERS=0|1; clex_set_decode_quarters sets it (0 or 1, else CLEX_E_INVALID). The
+ * sums are the same bits either way. */
+int clex_decode_quarters(void);
+int clex_set_decode_quarters(int on);
 /* Read bandwidth in GB/s (1e9 bytes): n_threads threads read their shares of a fresh buffer of
  * `bytes` (<= 0: 4 x the last-level cache, 256 MiB..2 GiB; a plain sum of 64-bit words), the
  * best of `passes`. The buffer is freed before it

@@ -129,6 +129,17 @@ int64_t clex_decode_rows4_max = -1;
 int64_t clex_decode_prefetch = PREFETCH_AHEAD;
 int64_t clex_decode_prefetch_long = PREFETCH_AHEAD_LONG;
 
+/* Which four rows a four-row call takes. On the Xeon VM with AMX (2026-12-03) four neighbouring
+ * rows streamed badly even with the prefetch, and rows a quarter of a thread's share apart (four
+ * streams tens of KiB apart) well: the 1.1B synthetic model, 2 threads, clexrt bench -p 0 -n 32
+ * -r 2, two interleaved rounds, t/s neighbours / quarters: Q4_0 28.5, 27.7 / 34.5, 35.1; Q4_K_M
+ * 28.0, 26.3 / 33.0, 31.5; Q6_K 21.2, 20.9 / 24.0, 24.5; Q5_K_M 22.9, 21.7 / 27.2, 26.4; and Q8_0,
+ * whose four-row kernel lost as neighbours (13.2, 13.0 against one row's 14.0, 13.8), 16.9, 16.8.
+ * On the EPYC VM (Zen 4) quarters lost (docs/performance.md: Q4_K_M 39.0 / 34.5, Q6_K 32.7 /
+ * 27.4, Q8_0 30.0 / 25.9 t/s), so there neighbours, as before. CLEXRT_DECODE_QUARTERS=0|1
+ * decides otherwise. */
+int clex_decode_quarters_on = 1;
+
 /* the environment variable's integer value, when it is one >= lo */
 static int env_int(const char *name, long long lo, int64_t *out) {
     const char *env = getenv(name);
@@ -150,6 +161,9 @@ static void choose_decode_policy(void) {
     if (env_int("CLEXRT_DECODE_PREFETCH", 0, &clex_decode_prefetch)) clex_decode_prefetch_long = clex_decode_prefetch;
     else if (amd) clex_decode_prefetch = clex_decode_prefetch_long = 0;
     env_int("CLEXRT_DECODE_PREFETCH_LONG", 0, &clex_decode_prefetch_long);
+    int64_t quarters;
+    if (env_int("CLEXRT_DECODE_QUARTERS", 0, &quarters) && quarters <= 1) clex_decode_quarters_on = (int)quarters;
+    else if (amd) clex_decode_quarters_on = 0;
 }
 
 void clex_kernels_install(clex_kernels *dst, const clex_kernels *src) {
@@ -283,6 +297,18 @@ int64_t clex_decode_prefetch_long_bytes(void) {
 }
 
 int clex_set_decode_prefetch_long_bytes(int64_t bytes) { return set_prefetch(bytes, 0); }
+
+int clex_decode_quarters(void) {
+    clex_init_once();
+    return clex_decode_quarters_on;
+}
+
+int clex_set_decode_quarters(int on) {
+    clex_init_once();
+    if (on != 0 && on != 1) return clex_fail(CLEX_E_INVALID, "decode quarters must be 0 or 1, not %d", on);
+    clex_decode_quarters_on = on;
+    return CLEX_OK;
+}
 
 int clex_isa(void) {
     clex_init_once();

@@ -193,6 +193,8 @@ extern int64_t clex_decode_rows4_max;
  * of at most CLEX_DECODE_PREFETCH_SHORT_ROW bytes (clexrt.h) clex_decode_prefetch ahead, longer
  * ones clex_decode_prefetch_long. */
 extern int64_t clex_decode_prefetch, clex_decode_prefetch_long;
+/* 1: decoding's four rows per call lie a quarter of the rows it was given apart; 0: neighbours */
+extern int clex_decode_quarters_on;
 
 /* The arch sets. Each returns the table to lay over the one below it (its choice may depend on
  * the CPU: VNNI, dotprod), and is only called after clex_isa_supported said yes. */

@@ -1,7 +1,8 @@
 /* Matrix products: activations prepared once per consumer type, rows of a weight matrix against
  * every token of a batch (the tile kernels where a type has them and the batch is long enough,
  * else the four-row kernels where it has those; a lone token, as in decoding, four weight rows at
- * a time where the type has vec_dot4w), the forward pass's dynamic row scheduling, and
+ * a time where the type has vec_dot4w, neighbours or a quarter of the rows apart), the forward
+ * pass's dynamic row scheduling, and
  * the standalone clex_matmul (tests, tools). */
 #include <pthread.h>
 #include <stdlib.h>
@@ -173,6 +174,31 @@ static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, int64_
 #endif
 }
 
+/* row r against one token's activations xr into *yr, its bytes `ahead` on asked for first (pf_end) */
+static inline void row_one(const row_op *op, int64_t r, const void *xr, float *yr, int accumulate, int64_t ahead,
+                           const uint8_t *pf_end) {
+    float s;
+    if (pf_end) prefetch_ahead(op, r, 1, ahead, pf_end);
+    op->dot(op->k, &s, op->base + (uint64_t)r * op->rb, xr);
+    *yr = accumulate ? *yr + s : s;
+}
+
+/* A lone token's rows [r0, r1) four per call, the four a quarter of the range apart (core.c says
+ * why): rows r, r + q, r + 2q, r + 3q for r in [r0, r0 + q), so that the call reads four streams
+ * far apart, each prefetched on its own; then the 0-3 rows left one at a time. */
+static void rows_quarters(const row_op *op, float *y, int accumulate, int64_t r0, int64_t r1, int64_t ahead,
+                          const uint8_t *pf_end) {
+    const int64_t q = (r1 - r0) / 4;
+    for (int64_t r = r0; r < r0 + q; r++) {
+        float s4[4];
+        if (pf_end)
+            for (int j = 0; j < 4; j++) prefetch_ahead(op, r + j * q, 1, ahead, pf_end);
+        op->dot4w(op->k, s4, op->base + (uint64_t)r * op->rb, (size_t)q * op->rb, op->x);
+        for (int j = 0; j < 4; j++) y[r + j * q] = accumulate ? y[r + j * q] + s4[j] : s4[j];
+    }
+    for (int64_t r = r0 + 4 * q; r < r1; r++) row_one(op, r, op->x, y + r, accumulate, ahead, pf_end);
+}
+
 void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
                       int accumulate, int64_t r0, int64_t r1) {
     const row_op op = row_op_for(w, a);
@@ -182,6 +208,10 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
      * groups of four) find them in cache, where the prefetches are wasted instructions */
     const int64_t ahead = op.rb > CLEX_DECODE_PREFETCH_SHORT_ROW ? clex_decode_prefetch_long : clex_decode_prefetch;
     const uint8_t *const pf_end = n_tok == 1 && ahead > 0 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
+    if (n_tok == 1 && op.dot4w && clex_decode_quarters_on) {
+        rows_quarters(&op, y, accumulate, r0, r1, ahead, pf_end);
+        return;
+    }
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
         const int64_t re = rs + ROW_BLOCK < r1 ? rs + ROW_BLOCK : r1;
         int64_t t = 0;
@@ -198,12 +228,7 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
                     op.dot4w(op.k, s4, op.base + (uint64_t)r * op.rb, (size_t)op.rb, xr);
                     for (int j = 0; j < 4; j++) yr[r + j] = accumulate ? yr[r + j] + s4[j] : s4[j];
                 }
-            for (; r < re; r++) {
-                float s;
-                if (pf_end) prefetch_ahead(&op, r, 1, ahead, pf_end);
-                op.dot(op.k, &s, op.base + (uint64_t)r * op.rb, xr);
-                yr[r] = accumulate ? yr[r] + s : s;
-            }
+            for (; r < re; r++) row_one(&op, r, xr, yr + r, accumulate, ahead, pf_end);
         }
     }
 }

@@ -132,10 +132,11 @@ INLINE void q8_group4w(const uint8_t *const w[4], int64_t i0, int cnt, const blo
     }
 }
 
-/* Not in the set: with the weight rows prefetched (matmul.c), one row at a time streamed Q8_0 from
- * memory as fast or faster (kbench, 512 MiB, seven interleaved runs each: medians 8.5 GB/s one
- * row, 7.9 four rows); kept for a machine where the balance differs. */
-__attribute__((unused)) static void dot4w_q8_0(int64_t n, float s[4], const void *vw, size_t ws, const void *vx) {
+/* As neighbours, with the weight rows prefetched (matmul.c), it lost to one row at a time (kbench,
+ * 512 MiB, seven interleaved runs each: medians 8.5 GB/s one row, 7.9 four rows; and on the Xeon
+ * VM with AMX in the model); with the four rows a quarter of the matrix apart it wins there
+ * (core.c), so it is in the set. */
+static void dot4w_q8_0(int64_t n, float s[4], const void *vw, size_t ws, const void *vx) {
     const block_q8_0 *x = vx;
     const uint8_t *w[4];
     rows4(vw, ws, w);
@@ -224,6 +225,7 @@ static const clex_kernels avx512_dot4w = {
         [CLEX_TYPE_Q6_K] = dot4w_q6_K,
         [CLEX_TYPE_Q5_0] = dot4w_q5_0,
         [CLEX_TYPE_Q5_K] = dot4w_q5_K,
+        [CLEX_TYPE_Q8_0] = dot4w_q8_0,
     },
 };
 
