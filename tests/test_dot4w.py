@@ -18,7 +18,7 @@ ALL = {**TYPES, **RUN_ONLY}
 # where each instruction set has four-weight-row kernels (a missing one is a failure: the set
 # lost its kernel); AVX-512's only on a CPU with VNNI (without it its one-row kernels differ)
 HAVE = {
-    "avx512": {"q4_0", "q4_k", "q6_k", "q5_0", "q5_k", "q8_0"},
+    "avx512": {"q4_0", "q4_k", "q6_k", "q5_0", "q5_k", "q8_0", "q4_1"},
     "avx2": {"q4_0", "q4_k", "q6_k", "q5_k"},
 }
 ISAS = [i for i in _lib.supported_isas() if i in HAVE]

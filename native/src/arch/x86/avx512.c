@@ -128,14 +128,6 @@ static void vec_dot_f16(int64_t n, float *s, const void *vw, const void *vx) {
     *s = sum;
 }
 
-/* VNNI on 128-bit halves for Q4_1 (see q4_1_body.h) */
-static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs) {
-    const __m128i acc = _mm_dpbusd_epi32(_mm_setzero_si128(), lo, _mm_loadu_si128((const __m128i *)xs));
-    return _mm_dpbusd_epi32(acc, hi, _mm_loadu_si128((const __m128i *)(xs + 16)));
-}
-
-#include "q4_1_body.h"
-
 /* ---- attention over runs of cached keys (attn.c has the reference), avx2.c's scheme with 16
  * floats per register: scores reduce eight keys at a time, weighted sums keep up to 128 output
  * values in registers; a head dimension that is an odd multiple of 8 ends in a half vector
@@ -416,13 +408,13 @@ static const clex_kernels avx512_vnni = {
         [CLEX_TYPE_F16] = vec_dot_f16,
         [CLEX_TYPE_Q8_0] = clex_avx512vnni_dot_Q8_0,
         [CLEX_TYPE_Q4_0] = clex_avx512vnni_dot_Q4_0,
-        [CLEX_TYPE_Q4_1] = vec_dot_q4_1,
+        [CLEX_TYPE_Q4_1] = clex_avx512vnni_dot_Q4_1,
         CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT)
     },
     .vec_dot4 = {
         [CLEX_TYPE_Q8_0] = clex_avx512vnni_dot4_Q8_0,
         [CLEX_TYPE_Q4_0] = clex_avx512vnni_dot4_Q4_0,
-        [CLEX_TYPE_Q4_1] = vec_dot_q4_1_x4,
+        [CLEX_TYPE_Q4_1] = clex_avx512vnni_dot4_Q4_1,
         CLEX_X86_K_KERNELS(clex_avx512vnni, CLEX_X86_K_DOT4)
     },
     ATTENTION_512,

@@ -105,6 +105,16 @@ INLINE void u32_rows4w(int64_t n, float s[4], const void *vw, size_t ws, const v
 }
 
 static void dot4w_q4_0(int64_t n, float s[4], const void *w, size_t ws, const void *x) { u32_rows4w(n, s, w, ws, x, W_Q4_0); }
+
+/* Q4_1: four weight rows against one activation row (avx512_s32.h) */
+static void dot4w_q4_1(int64_t n, float s[4], const void *w, size_t ws, const void *x) {
+    const uint8_t *r[4];
+    rows4(w, ws, r);
+    const block_q4_1 *wr[4] = {(const block_q4_1 *)r[0], (const block_q4_1 *)r[1], (const block_q4_1 *)r[2],
+                               (const block_q4_1 *)r[3]};
+    const block_q8_1 *xr[4] = {x, x, x, x};
+    q4_1_rows(n, s, wr, xr, 4);
+}
 static void dot4w_q5_0(int64_t n, float s[4], const void *w, size_t ws, const void *x) { u32_rows4w(n, s, w, ws, x, W_Q5_0); }
 
 /* ------------------------------------------------------------------ Q8_0 */
@@ -226,6 +236,7 @@ static const clex_kernels avx512_dot4w = {
         [CLEX_TYPE_Q5_0] = dot4w_q5_0,
         [CLEX_TYPE_Q5_K] = dot4w_q5_K,
         [CLEX_TYPE_Q8_0] = dot4w_q8_0,
+        [CLEX_TYPE_Q4_1] = dot4w_q4_1,
     },
 };
 

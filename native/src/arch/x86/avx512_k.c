@@ -300,6 +300,14 @@ INLINE void signed32_rows512(int64_t n, float *s, const void *w, const block_q8_
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q5_0, block_q8_0, Q5_0_ROWS)
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q8_0, block_q8_0, Q8_0_ROWS)
 CLEX_X86_K_DEFINE(clex_avx512vnni, Q4_0, block_q8_0, Q4_0_ROWS)
+
+/* Q4_1: one weight row against R activation rows (avx512_s32.h) */
+INLINE void q4_1_rows_one_w(int64_t n, float *s, const void *w, const block_q8_1 *const *x, int R) {
+    const block_q4_1 *wr[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) wr[j] = w;
+    q4_1_rows(n, s, wr, x, R);
+}
+CLEX_X86_K_DEFINE(clex_avx512vnni, Q4_1, block_q8_1, q4_1_rows_one_w)
 CLEX_X86_K_DEFINE(clex_avx512vnni, IQ4_NL, block_q8_0, IQ4_NL_ROWS)
 
 /* the d of block a in the low 8 lanes, b's in the high 8 */

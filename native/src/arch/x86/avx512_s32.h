@@ -105,3 +105,54 @@ static const int32_t pair_idx[8][16] __attribute__((aligned(64))) = {
 INLINE __m512 pair_scale(__m512 d16, int p) {
     return _mm512_permutexvar_ps(_mm512_load_si512(pair_idx[p]), d16);
 }
+
+/* ------------------------------------------------------------------ Q4_1 against Q8_1 */
+
+/* Q4_1's codes are unsigned with no offset, so q4_0_codes2's layout takes them to one dpbusd
+ * per pair of blocks; each block adds m * s besides (s: the activation block's d times the sum of
+ * its codes), 16 blocks at a time into a second accumulator. One weight row against one
+ * activation row (q4_1_rows: R such pairs), so that the one-row kernel, four activation rows
+ * against a weight row and four weight rows against an activation row sum each pair alike. */
+INLINE __m512i q4_1_codes2(const block_q4_1 *a, const block_q4_1 *b) {
+    const __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld16(a->qs)), 0xFF00, ld16(b->qs));
+    const long long lo = 0x0F0F0F0F0F0F0F0FLL, hi = (long long)0xF0F0F0F0F0F0F0F0ULL;
+    return _mm512_and_si512(q, _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo));
+}
+
+/* the float field (0: d, 1: s) of activation blocks x[0 .. cnt - 1], zero beyond */
+INLINE __m512 q8_1_field16(const block_q8_1 *x, int field, int cnt) {
+    const int st = (int)(sizeof(block_q8_1) / sizeof(float));
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(st));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)((1u << cnt) - 1), idx, (const float *)x + field, 4);
+}
+
+/* blocks i0 .. i0 + cnt - 1 (cnt <= 16) of weight row w against activation row x */
+INLINE void q4_1_group(const block_q4_1 *w, const block_q8_1 *x, int64_t i0, int cnt, __m512 *acc, __m512 *accm) {
+    const __m512 d16 = _mm512_mul_ps(block_scales16(&w[i0].d, sizeof(block_q4_1), cnt), q8_1_field16(x + i0, 0, cnt));
+    *accm = _mm512_fmadd_ps(block_scales16(&w[i0].m, sizeof(block_q4_1), cnt), q8_1_field16(x + i0, 1, cnt), *accm);
+    CLEX_UNROLL for (int p = 0; p < 8; p++) {
+        if (2 * p < cnt) {
+            const int64_t i = i0 + 2 * p, i1 = 2 * p + 1 < cnt ? i + 1 : i;
+            const __mmask16 keep = 2 * p + 1 < cnt ? 0xFFFF : 0x00FF;
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q4_1_codes2(w + i, w + i1),
+                                                  load2(x[i].qs, x[i1].qs));
+            *acc = _mm512_mask3_fmadd_ps(pair_scale(d16, p), _mm512_cvtepi32_ps(t), *acc, keep);
+        }
+    }
+}
+
+/* s[j] = w[j] . x[j] for j < R */
+INLINE void q4_1_rows(int64_t n, float *s, const block_q4_1 *const *w, const block_q8_1 *const *x, int R) {
+    const int64_t nb = n / QK;
+    __m512 acc[4], accm[4];
+    CLEX_UNROLL for (int j = 0; j < R; j++) acc[j] = accm[j] = _mm512_setzero_ps();
+    int64_t i0 = 0;
+    for (; i0 + 16 <= nb; i0 += 16) CLEX_UNROLL for (int j = 0; j < R; j++) q4_1_group(w[j], x[j], i0, 16, &acc[j], &accm[j]);
+    CLEX_UNROLL for (int g = 8; g >= 1; g /= 2)
+        if ((nb - i0) & g) {
+            CLEX_UNROLL for (int j = 0; j < R; j++) q4_1_group(w[j], x[j], i0, g, &acc[j], &accm[j]);
+            i0 += g;
+        }
+    CLEX_UNROLL for (int j = 0; j < R; j++) s[j] = _mm512_reduce_add_ps(q4_0_down(acc[j])) + _mm512_reduce_add_ps(accm[j]);
+}

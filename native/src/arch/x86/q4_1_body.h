@@ -1,7 +1,7 @@
-/* Q4_1 kernels shared by the AVX2 and AVX-512 files: each includes this after defining
+/* The AVX2 Q4_1 kernels (avx2.c includes this after defining
  *     static inline __m128i dot_u4_halves(__m128i lo, __m128i hi, const int8_t *xs);
- * (16 unsigned low nibbles . xs[0..15] + 16 high nibbles . xs[16..31], as int32x4), with its
- * own instruction set (maddubs or VNNI). Blocks are unpacked in 128-bit halves, so no
+ * (16 unsigned low nibbles . xs[0..15] + 16 high nibbles . xs[16..31], as int32x4) with
+ * maddubs; AVX-512 with VNNI has its own, avx512_s32.h). Blocks are unpacked in 128-bit halves, so no
  * cross-lane shuffle is needed; both block scales [d, m] convert with one instruction and meet
  * the activation's [d, s] pair in one multiply. */
 

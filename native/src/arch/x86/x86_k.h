@@ -33,6 +33,7 @@ CLEX_X86_K_DECLARE(clex_avx2, Q8_0)
 CLEX_X86_K_DECLARE(clex_avx2, Q4_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q8_0)
 CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_0)
+CLEX_X86_K_DECLARE(clex_avx512vnni, Q4_1)
 
 /* the tile kernels of prefill (avx2_tile.c, avx512_tile.c) */
 extern const clex_tile_set clex_avx2_tiles;
