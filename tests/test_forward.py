@@ -63,8 +63,22 @@ def test_prefill_equals_decoding(tiny_files, wtype):
         assert m.n_past == len(ids)
         m.reset()
         mixed = np.concatenate([m.eval(ids[:10], all_logits=True), m.eval(ids[10:11], all_logits=True), m.eval(ids[11:], all_logits=True)])
-    assert np.abs(full - steps).max() < 1e-4
-    assert np.abs(full - mixed).max() < 1e-4
+    if wtype == "f32":
+        assert np.abs(full - steps).max() < 1e-4
+        assert np.abs(full - mixed).max() < 1e-4
+        return
+    # Quantized weights: batches of 8 go through the tile kernels, which sum each row in another
+    # order than decoding's kernels; an activation within an ulp of a Q8_1 rounding boundary can
+    # then round to the neighbouring code (one such token here moves its logits by ~0.009 on
+    # AVX-512). So: nearly every token within 1e-4, none far off, the same argmax everywhere.
+    for other in (steps, mixed):
+        per_token = np.abs(full - other).max(-1)
+        assert (per_token < 1e-4).mean() >= 0.9 and per_token.max() < 0.05, per_token
+        assert np.array_equal(full.argmax(-1), other.argmax(-1))
+    # below the tile kernels' batch (6 tokens), the four-token kernels give decoding's bits
+    with Model(path, n_batch=4) as m:
+        small = m.logits(ids)
+    assert np.array_equal(small.view(np.uint32), steps.view(np.uint32))
 
 
 @pytest.mark.parametrize("isa", _lib.supported_isas())
