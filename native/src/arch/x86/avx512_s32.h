@@ -19,11 +19,14 @@ INLINE __m512i load2(const void *a, const void *b) {
  * in the high quarters), and the high quarters' lanes come down by 1/16 before the final sum
  * (a power of two: the same bits as summing the true values). Fewer operations than nibbles2
  * and the sign trick, which left avx512_k.c's one-row kernel compute-bound. */
-INLINE __m512i q4_0_codes2(const block_q4_0 *a, const block_q4_0 *b) {
-    const __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld16(a->qs)), 0xFF00, ld16(b->qs));
+/* (Q4_1 takes the same layout: nibble_codes2 works on any two blocks' 16 bytes of codes.) */
+INLINE __m512i nibble_codes2(const uint8_t *qa, const uint8_t *qb) {
+    const __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld16(qa)), 0xFF00, ld16(qb));
     const long long lo = 0x0F0F0F0F0F0F0F0FLL, hi = (long long)0xF0F0F0F0F0F0F0F0ULL;
     return _mm512_and_si512(q, _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo));
 }
+
+INLINE __m512i q4_0_codes2(const block_q4_0 *a, const block_q4_0 *b) { return nibble_codes2(a->qs, b->qs); }
 
 /* the offsets of q4_0_codes2's quarters: 8, 16 x 8, 8, 16 x 8 */
 INLINE __m512i q4_0_offsets2(void) {
@@ -108,16 +111,11 @@ INLINE __m512 pair_scale(__m512 d16, int p) {
 
 /* ------------------------------------------------------------------ Q4_1 against Q8_1 */
 
-/* Q4_1's codes are unsigned with no offset, so q4_0_codes2's layout takes them to one dpbusd
+/* Q4_1's codes are unsigned with no offset, so nibble_codes2's layout takes them to one dpbusd
  * per pair of blocks; each block adds m * s besides (s: the activation block's d times the sum of
  * its codes), 16 blocks at a time into a second accumulator. One weight row against one
  * activation row (q4_1_rows: R such pairs), so that the one-row kernel, four activation rows
  * against a weight row and four weight rows against an activation row sum each pair alike. */
-INLINE __m512i q4_1_codes2(const block_q4_1 *a, const block_q4_1 *b) {
-    const __m512i q = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld16(a->qs)), 0xFF00, ld16(b->qs));
-    const long long lo = 0x0F0F0F0F0F0F0F0FLL, hi = (long long)0xF0F0F0F0F0F0F0F0ULL;
-    return _mm512_and_si512(q, _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo));
-}
 
 /* the float field (0: d, 1: s) of activation blocks x[0 .. cnt - 1], zero beyond */
 INLINE __m512 q8_1_field16(const block_q8_1 *x, int field, int cnt) {
@@ -135,7 +133,7 @@ INLINE void q4_1_group(const block_q4_1 *w, const block_q8_1 *x, int64_t i0, int
         if (2 * p < cnt) {
             const int64_t i = i0 + 2 * p, i1 = 2 * p + 1 < cnt ? i + 1 : i;
             const __mmask16 keep = 2 * p + 1 < cnt ? 0xFFFF : 0x00FF;
-            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q4_1_codes2(w + i, w + i1),
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibble_codes2(w[i].qs, w[i1].qs),
                                                   load2(x[i].qs, x[i1].qs));
             *acc = _mm512_mask3_fmadd_ps(pair_scale(d16, p), _mm512_cvtepi32_ps(t), *acc, keep);
         }
