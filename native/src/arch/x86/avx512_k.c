@@ -390,10 +390,15 @@ INLINE void kpack_one(const void *vw, int64_t i, int32_t type, __m512i u[4], __m
 /* rows of n values into groups of 16 rows (the last one R = rows mod 16 if not 0), x86_k.h's
  * layout: each super-block's 16 rows unpacked, then their codes and scale vectors transposed 16 x
  * 16 (rows into the lanes) and stored R dwords to a vector */
+/* The pack reads 16 rows a super-block at a time, 16 streams a row apart: the super-block
+ * KPACK_AHEAD on in each row is asked for while this one is unpacked (pp512 of the 1.1B Q5_K_M
+ * file on the Xeon VM: about 1.5% faster; the pack is ~7% of its prefill). */
+#define KPACK_AHEAD 4
 INLINE void kpack_rows(int64_t n, const void *w, size_t wstride, int64_t rows, void *dst, int32_t type) {
     const int64_t nsb = n / QK_K;
     const int nvec = clex_kpack_nvec(type);
     const size_t rowb = (size_t)nsb * clex_kpack_bytes(type);
+    const size_t sbb = (size_t)clex_traits(type)->bytes;
     for (int64_t g0 = 0; g0 < rows; g0 += 16) {
         const int R = rows - g0 < 16 ? (int)(rows - g0) : 16;
         const size_t vs = 4 * (size_t)R;
@@ -401,6 +406,12 @@ INLINE void kpack_rows(int64_t n, const void *w, size_t wstride, int64_t rows, v
         uint8_t *gb = (uint8_t *)dst + (size_t)g0 * rowb;
         for (int64_t i = 0; i < nsb; i++) {
             uint8_t *o = gb + (size_t)i * R * clex_kpack_bytes(type);
+            if (i + KPACK_AHEAD < nsb)
+                for (int r = 0; r < R; r++) {
+                    const uint8_t *a = (const uint8_t *)w + (g0 + r) * wstride + (size_t)(i + KPACK_AHEAD) * sbb;
+                    for (size_t b = 0; b < sbb; b += 64) _mm_prefetch((const char *)a + b, _MM_HINT_T0);
+                    _mm_prefetch((const char *)a + sbb - 1, _MM_HINT_T0);
+                }
             __m512i u[16][4], t[16], c[16];
             __m512 sv[2][16];
             for (int r = 0; r < 16; r++) {
