@@ -113,7 +113,8 @@ def test_bandwidth_lines_below_the_table_and_in_the_rows(tiny):
     assert out[5].startswith("tg streams ") and " MiB of weights per token, " in out[5]
     assert re.search(r" four per kernel call(, a quarter of a thread's rows apart|, side by side)? "
                      r"\(CLEXRT_DECODE_ROWS4_MAX=-?\d+, CLEXRT_DECODE_QUARTERS=[01]\), prefetch \d+ bytes ahead "
-                     r"\(CLEXRT_DECODE_PREFETCH\), rows over 1024 bytes \d+ \(CLEXRT_DECODE_PREFETCH_LONG\):$",
+                     r"\(CLEXRT_DECODE_PREFETCH\), rows over 1024 bytes \d+ \(CLEXRT_DECODE_PREFETCH_LONG\), "
+                     r"(every line|the first \d+ bytes of each 4 KiB page) \(CLEXRT_DECODE_PREFETCH_PAGE\):$",
                      out[5]), out[5]
     assert out[6].startswith("  tg4: ") and out[7].startswith("  tg2: ")
     assert all("a plain read reaches with 1 threads" in line for line in out[6:])

@@ -122,18 +122,20 @@ def test_dot4w_rejects_bad_arguments():
 @pytest.fixture
 def restore_rows():
     before = (_lib.decode_rows4_bytes(), _lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes(),
-              _lib.decode_quarters())
+              _lib.decode_quarters(), _lib.decode_prefetch_page_bytes())
     yield
     _lib.set_decode_rows4_bytes(before[0])
     _lib.set_decode_prefetch_bytes(before[1])
     _lib.set_decode_prefetch_long_bytes(before[2])
     _lib.set_decode_quarters(before[3])
+    _lib.set_decode_prefetch_page_bytes(before[4])
 
 
-@pytest.mark.parametrize("rows4_bytes,prefetch,quarters", [(-1, (4096, 4096), 0), (0, (0, 0), 0),
-                                                           (512, (4096, 1024), 0), (-1, (0, 64), 0),
-                                                           (-1, (4096, 1024), 1), (-1, (0, 0), 1),
-                                                           (512, (64, 4096), 1)])
+# prefetch: (short rows' distance, long rows' distance, bytes of each page the long rows ask for)
+@pytest.mark.parametrize("rows4_bytes,prefetch,quarters", [(-1, (4096, 4096, 0), 0), (0, (0, 0, 512), 0),
+                                                           (512, (4096, 1024, 512), 0), (-1, (0, 64, 64), 0),
+                                                           (-1, (4096, 1024, 512), 1), (-1, (0, 0, 0), 1),
+                                                           (512, (64, 4096, 4096), 1), (-1, (64, 8192, 100), 1)])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_k", "q6_k", "q5_0", "q5_k", "q4_1"])
 def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch, quarters, restore_rows):
@@ -141,10 +143,11 @@ def test_one_token_matmul_equals_one_row_kernel(isa, name, rows4_bytes, prefetch
     decoding takes four, side by side or a quarter of a thread's rows apart, the rest one by one;
     3 threads split the rows unevenly, 39 and 77 rows leave 0-3 over): every output bit for bit the
     one-row kernel's, whether every row, none or the short ones go in fours, with the weights
-    prefetched or not"""
+    prefetched or not, every line or a page's first bytes"""
     _lib.set_decode_rows4_bytes(rows4_bytes)
     _lib.set_decode_prefetch_bytes(prefetch[0])
     _lib.set_decode_prefetch_long_bytes(prefetch[1])
+    _lib.set_decode_prefetch_page_bytes(prefetch[2])
     _lib.set_decode_quarters(quarters)
     rng = np.random.default_rng(42)
     t = ALL[name]
@@ -221,6 +224,25 @@ def test_decode_prefetch_from_the_environment():
     finally:
         _lib.set_decode_prefetch_bytes(before[0])
         _lib.set_decode_prefetch_long_bytes(before[1])
+
+
+def test_decode_prefetch_page_from_the_environment():
+    """CLEXRT_DECODE_PREFETCH_PAGE=<bytes> sets at start-up how much of each 4 KiB page a long row's
+    prefetch asks for (0: every line); without it (or with a value that is not an integer >= 0),
+    the first 512 bytes; the setter refuses below 0 and leaves the distances alone"""
+    cases = {v: ({"CLEXRT_DECODE_PREFETCH_PAGE": v} if v else {}) for v in ("0", "1024", "-5", "1k", None)}
+    got = _at_startup("native.decode_prefetch_page_bytes()", "PREFETCH", cases)
+    assert (got["0"], got["1024"]) == ((0,), (1024,))
+    assert got[None] == got["-5"] == got["1k"] == (512,)
+    assert lib.clex_set_decode_prefetch_page_bytes(-1) == lib.CLEX_E_INVALID
+    assert "page" in _lib.last_error()
+    before = _lib.decode_prefetch_page_bytes(), _lib.decode_prefetch_bytes(), _lib.decode_prefetch_long_bytes()
+    try:
+        _lib.set_decode_prefetch_page_bytes(256)
+        assert (_lib.decode_prefetch_page_bytes(), _lib.decode_prefetch_bytes(),
+                _lib.decode_prefetch_long_bytes()) == (256,) + before[1:]
+    finally:
+        _lib.set_decode_prefetch_page_bytes(before[0])
 
 
 def test_decode_quarters_from_the_environment():

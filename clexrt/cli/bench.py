@@ -226,6 +226,11 @@ def run_group(load, model_path: str, batch: int, tests: list[Test], reps: int,
 # ------------------------------------------------------------------------------------------
 # The lines below the markdown table
 # ------------------------------------------------------------------------------------------
+def page_reach(page: int) -> str:
+    """what the long rows' prefetch asks for of each page"""
+    return "every line" if page == 0 else f"the first {page} bytes of each 4 KiB page"
+
+
 def notes(rows: list[dict], schedule) -> list[str]:
     out = []
     tg = [r for r in rows if "read_gbps" in r]
@@ -238,7 +243,8 @@ def notes(rows: list[dict], schedule) -> list[str]:
                    f"{how} (CLEXRT_DECODE_ROWS4_MAX={r4}, CLEXRT_DECODE_QUARTERS={int(native.decode_quarters())}), prefetch "
                    f"{native.decode_prefetch_bytes()} bytes ahead (CLEXRT_DECODE_PREFETCH), rows over "
                    f"{native.DECODE_PREFETCH_SHORT_ROW} bytes "
-                   f"{native.decode_prefetch_long_bytes()} (CLEXRT_DECODE_PREFETCH_LONG):")
+                   f"{native.decode_prefetch_long_bytes()} (CLEXRT_DECODE_PREFETCH_LONG), "
+                   f"{page_reach(native.decode_prefetch_page_bytes())} (CLEXRT_DECODE_PREFETCH_PAGE):")
         for r in tg:
             out.append(f"  {label_of(r['n_prompt'], r['n_gen'], r['n_depth'])}: {r['tg_weight_gbps']:.1f} GB/s, "
                        f"{r['tg_bandwidth_pct']:.0f}% of the {r['read_gbps']:.1f} GB/s a plain read reaches with "

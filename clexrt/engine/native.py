@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 16
+EXPECTED_ABI = 17
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).
@@ -132,6 +132,16 @@ def decode_prefetch_long_bytes() -> int:
 
 def set_decode_prefetch_long_bytes(n: int) -> None:
     check(lib.clex_set_decode_prefetch_long_bytes(n))
+
+
+def decode_prefetch_page_bytes() -> int:
+    """of each 4 KiB page in a long row's prefetch reach, the bytes asked for (0: every cache
+    line; CLEXRT_DECODE_PREFETCH_PAGE=<bytes> decides at start-up)"""
+    return int(lib.clex_decode_prefetch_page_bytes())
+
+
+def set_decode_prefetch_page_bytes(n: int) -> None:
+    check(lib.clex_set_decode_prefetch_page_bytes(n))
 
 
 def decode_quarters() -> bool:

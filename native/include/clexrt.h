@@ -24,7 +24,7 @@ extern "C" {
 
 /* Bumped whenever this header changes in a way the Python side depends on; the Python
  * wrapper compares it with its own expectation at import (a stale build is a clear error). */
-#define CLEX_ABI_VERSION 16
+#define CLEX_ABI_VERSION 17
 
 enum {
     CLEX_OK = 0,
@@ -196,6 +196,12 @@ int clex_set_decode_prefetch_bytes(int64_t bytes);
 #define CLEX_DECODE_PREFETCH_SHORT_ROW 1024   /* longer rows take the _long distance */
 int64_t clex_decode_prefetch_long_bytes(void);
 int clex_set_decode_prefetch_long_bytes(int64_t bytes);
+/* Of each 4 KiB page within a long row's reach, the bytes asked for: the first 512 by default, the
+ * hardware prefetchers taking the rest of the page (core.c says why); 0: every cache line.
+ * CLEXRT_DECODE_PREFETCH_PAGE=<bytes> at start-up or clex_set_decode_prefetch_page_bytes (0 or
+ * more, else CLEX_E_INVALID). Short rows ask for every line. */
+int64_t clex_decode_prefetch_page_bytes(void);
+int clex_set_decode_prefetch_page_bytes(int64_t bytes);
 /* Where decoding takes four rows per kernel call, which four: 1, rows a quarter of a thread's
  * share of the matrix apart (r, r + q, r + 2q, r + 3q: four streams far apart); 0, four
  * neighbouring rows. Decided at start-up from the CPU (core.c says why: 1, or 0 on AMD's), or by

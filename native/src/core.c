@@ -129,6 +129,19 @@ int64_t clex_decode_rows4_max = -1;
 int64_t clex_decode_prefetch = PREFETCH_AHEAD;
 int64_t clex_decode_prefetch_long = PREFETCH_AHEAD_LONG;
 
+/* On the same Xeon VM perf put about half of the 1.1B model's decoding on the prefetch
+ * instructions themselves, waiting for a free fill buffer: one software request per cache line
+ * was as many requests as the core can keep in flight. Asking only for the first 512 bytes of
+ * each 4 KiB page in the reach, and leaving the rest of the page to the hardware prefetchers (which
+ * stop at a page's edge), paid on every long-row type: clexrt bench -p 0 -n 32 -t 2 -r 2, two
+ * interleaved rounds, t/s every line / a page's first 512 bytes: Q4_0 33.2, 33.6 / 36.4, 36.6;
+ * Q4_1 29.5, 27.5 / 33.6, 33.5; Q8_0 21.0, 20.3 / 23.2, 23.5; Q4_K_M 30.5, 31.0 / 34.5, 33.7;
+ * Q6_K 24.7, 24.3 / 25.7, 25.6; a page's first 256, 1024 or 2048 bytes 35.4-35.5, 34.4-35.7 and
+ * 33.3-35.2 on Q4_0. SmolLM2's short rows lost (200, 216 / 191, 206), so they ask for every line.
+ * CLEXRT_DECODE_PREFETCH_PAGE=<bytes> (0: every line) sets the long rows' share of a page. */
+#define PREFETCH_PAGE_LONG 512
+int64_t clex_decode_prefetch_page = PREFETCH_PAGE_LONG;
+
 /* Which four rows a four-row call takes. On the Xeon VM with AMX (2026-12-03) four neighbouring
  * rows streamed badly even with the prefetch, and rows a quarter of a thread's share apart (four
  * streams tens of KiB apart) well: the 1.1B synthetic model, 2 threads, clexrt bench -p 0 -n 32
@@ -161,6 +174,7 @@ static void choose_decode_policy(void) {
     if (env_int("CLEXRT_DECODE_PREFETCH", 0, &clex_decode_prefetch)) clex_decode_prefetch_long = clex_decode_prefetch;
     else if (amd) clex_decode_prefetch = clex_decode_prefetch_long = 0;
     env_int("CLEXRT_DECODE_PREFETCH_LONG", 0, &clex_decode_prefetch_long);
+    env_int("CLEXRT_DECODE_PREFETCH_PAGE", 0, &clex_decode_prefetch_page);
     int64_t quarters;
     if (env_int("CLEXRT_DECODE_QUARTERS", 0, &quarters) && quarters <= 1) clex_decode_quarters_on = (int)quarters;
     else if (amd) clex_decode_quarters_on = 0;
@@ -297,6 +311,19 @@ int64_t clex_decode_prefetch_long_bytes(void) {
 }
 
 int clex_set_decode_prefetch_long_bytes(int64_t bytes) { return set_prefetch(bytes, 0); }
+
+int64_t clex_decode_prefetch_page_bytes(void) {
+    clex_init_once();
+    return clex_decode_prefetch_page;
+}
+
+int clex_set_decode_prefetch_page_bytes(int64_t bytes) {
+    clex_init_once();
+    if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch page must be 0 (every line) or more bytes, not %lld",
+                                    (long long)bytes);
+    clex_decode_prefetch_page = bytes;
+    return CLEX_OK;
+}
 
 int clex_decode_quarters(void) {
     clex_init_once();

@@ -193,6 +193,8 @@ extern int64_t clex_decode_rows4_max;
  * of at most CLEX_DECODE_PREFETCH_SHORT_ROW bytes (clexrt.h) clex_decode_prefetch ahead, longer
  * ones clex_decode_prefetch_long. */
 extern int64_t clex_decode_prefetch, clex_decode_prefetch_long;
+/* of each 4 KiB page in a long row's reach, the bytes asked for (0: every line; core.c) */
+extern int64_t clex_decode_prefetch_page;
 /* 1: decoding's four rows per call lie a quarter of the rows it was given apart; 0: neighbours */
 extern int clex_decode_quarters_on;
 

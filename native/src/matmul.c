@@ -162,23 +162,39 @@ static void rows_x4(const row_op *op, int64_t t, float *y, int64_t ystride, int 
  * prefetchers alone left one thread well under a plain read's bandwidth (kbench, 512 MiB of Q8_0:
  * 7.0 GB/s without, 9.8 with). So before a lone token's rows [r, r + g) are read, the bytes that
  * lie `ahead` further on (the rows a few calls later; core.c's distance for rows of this length)
- * are asked for, up to the matrix's end; 0 (AMD's CPUs, where it costs: core.c) asks for nothing. */
-static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, int64_t ahead, const uint8_t *end) {
+ * are asked for, up to the matrix's end; ahead 0 (AMD's CPUs, where it costs: core.c) asks for
+ * nothing. Where `page` is not 0, only the first `page` bytes of each 4 KiB page in that reach
+ * are asked for (core.c: the long rows' default): the hardware prefetchers, which stop at a
+ * page's edge, take the rest of the page from there. */
+typedef struct {
+    int64_t ahead, page;
+    const uint8_t *end;   /* NULL: no prefetch */
+} pf_plan;
+
+#define PF_PAGE 4096
+
+static inline void prefetch_ahead(const row_op *op, int64_t r, int64_t g, const pf_plan *pf) {
 #if defined(__GNUC__)
-    uintptr_t p = (uintptr_t)(op->base + (uint64_t)r * op->rb) + (uint64_t)ahead,
+    uintptr_t p = (uintptr_t)(op->base + (uint64_t)r * op->rb) + (uint64_t)pf->ahead,
               e = p + (uint64_t)g * op->rb;
-    if (e > (uintptr_t)end) e = (uintptr_t)end;
-    for (p &= ~(uintptr_t)63; p < e; p += 64) __builtin_prefetch((const void *)p, 0, 3);
+    if (e > (uintptr_t)pf->end) e = (uintptr_t)pf->end;
+    for (p &= ~(uintptr_t)63; p < e;) {
+        if (pf->page && (int64_t)(p & (PF_PAGE - 1)) >= pf->page) {
+            p = (p | (PF_PAGE - 1)) + 1;   /* on to the next page's start */
+            continue;
+        }
+        __builtin_prefetch((const void *)p, 0, 3);
+        p += 64;
+    }
 #else
-    (void)op, (void)r, (void)g, (void)ahead, (void)end;
+    (void)op, (void)r, (void)g, (void)pf;
 #endif
 }
 
-/* row r against one token's activations xr into *yr, its bytes `ahead` on asked for first (pf_end) */
-static inline void row_one(const row_op *op, int64_t r, const void *xr, float *yr, int accumulate, int64_t ahead,
-                           const uint8_t *pf_end) {
+/* row r against one token's activations xr into *yr, its bytes ahead asked for first (pf) */
+static inline void row_one(const row_op *op, int64_t r, const void *xr, float *yr, int accumulate, const pf_plan *pf) {
     float s;
-    if (pf_end) prefetch_ahead(op, r, 1, ahead, pf_end);
+    if (pf->end) prefetch_ahead(op, r, 1, pf);
     op->dot(op->k, &s, op->base + (uint64_t)r * op->rb, xr);
     *yr = accumulate ? *yr + s : s;
 }
@@ -186,17 +202,16 @@ static inline void row_one(const row_op *op, int64_t r, const void *xr, float *y
 /* A lone token's rows [r0, r1) four per call, the four a quarter of the range apart (core.c says
  * why): rows r, r + q, r + 2q, r + 3q for r in [r0, r0 + q), so that the call reads four streams
  * far apart, each prefetched on its own; then the 0-3 rows left one at a time. */
-static void rows_quarters(const row_op *op, float *y, int accumulate, int64_t r0, int64_t r1, int64_t ahead,
-                          const uint8_t *pf_end) {
+static void rows_quarters(const row_op *op, float *y, int accumulate, int64_t r0, int64_t r1, const pf_plan *pf) {
     const int64_t q = (r1 - r0) / 4;
     for (int64_t r = r0; r < r0 + q; r++) {
         float s4[4];
-        if (pf_end)
-            for (int j = 0; j < 4; j++) prefetch_ahead(op, r + j * q, 1, ahead, pf_end);
+        if (pf->end)
+            for (int j = 0; j < 4; j++) prefetch_ahead(op, r + j * q, 1, pf);
         op->dot4w(op->k, s4, op->base + (uint64_t)r * op->rb, (size_t)q * op->rb, op->x);
         for (int j = 0; j < 4; j++) y[r + j * q] = accumulate ? y[r + j * q] + s4[j] : s4[j];
     }
-    for (int64_t r = r0 + 4 * q; r < r1; r++) row_one(op, r, op->x, y + r, accumulate, ahead, pf_end);
+    for (int64_t r = r0 + 4 * q; r < r1; r++) row_one(op, r, op->x, y + r, accumulate, pf);
 }
 
 void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, float *y, int64_t ystride,
@@ -206,10 +221,12 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
     if (tk && rows_tiled(tk, &op, n_tok, y, ystride, accumulate, r0, r1)) return;
     /* only a lone token streams the rows from memory; a batch's leftover tokens (after its
      * groups of four) find them in cache, where the prefetches are wasted instructions */
-    const int64_t ahead = op.rb > CLEX_DECODE_PREFETCH_SHORT_ROW ? clex_decode_prefetch_long : clex_decode_prefetch;
-    const uint8_t *const pf_end = n_tok == 1 && ahead > 0 ? op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb : NULL;
+    const int is_long = op.rb > CLEX_DECODE_PREFETCH_SHORT_ROW;
+    pf_plan pf = {is_long ? clex_decode_prefetch_long : clex_decode_prefetch, is_long ? clex_decode_prefetch_page : 0,
+                  NULL};
+    if (n_tok == 1 && pf.ahead > 0) pf.end = op.base + (uint64_t)(w->n_dims >= 2 ? w->ne[1] : 1) * op.rb;
     if (n_tok == 1 && op.dot4w && clex_decode_quarters_on) {
-        rows_quarters(&op, y, accumulate, r0, r1, ahead, pf_end);
+        rows_quarters(&op, y, accumulate, r0, r1, &pf);
         return;
     }
     for (int64_t rs = r0; rs < r1; rs += ROW_BLOCK) {
@@ -224,11 +241,11 @@ void clex_matmul_rows(const clex_tensor *w, const clex_acts *a, int64_t n_tok, f
             if (op.dot4w)
                 for (; r + 4 <= re; r += 4) {
                     float s4[4];
-                    if (pf_end) prefetch_ahead(&op, r, 4, ahead, pf_end);
+                    if (pf.end) prefetch_ahead(&op, r, 4, &pf);
                     op.dot4w(op.k, s4, op.base + (uint64_t)r * op.rb, (size_t)op.rb, xr);
                     for (int j = 0; j < 4; j++) yr[r + j] = accumulate ? yr[r + j] + s4[j] : s4[j];
                 }
-            for (; r < re; r++) row_one(&op, r, xr, yr + r, accumulate, ahead, pf_end);
+            for (; r < re; r++) row_one(&op, r, xr, yr + r, accumulate, &pf);
         }
     }
 }
