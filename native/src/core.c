@@ -292,25 +292,30 @@ int64_t clex_decode_prefetch_bytes(void) {
     return clex_decode_prefetch;
 }
 
-/* the setters' one check and store: `bytes` into the short rows' distance (when short) and the
- * long rows' */
-static int set_prefetch(int64_t bytes, int short_too) {
+/* the prefetch setters' one check and store: `bytes` (0 or more; `what` says what 0 means) into
+ * *a, and into *b too where b is not NULL */
+static int set_prefetch(int64_t *a, int64_t *b, int64_t bytes, const char *what) {
     clex_init_once();
-    if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch must be 0 (none) or more bytes, not %lld",
-                                    (long long)bytes);
-    if (short_too) clex_decode_prefetch = bytes;
-    clex_decode_prefetch_long = bytes;
+    if (bytes < 0) return clex_fail(CLEX_E_INVALID, "%s or more bytes, not %lld", what, (long long)bytes);
+    *a = bytes;
+    if (b) *b = bytes;
     return CLEX_OK;
 }
 
-int clex_set_decode_prefetch_bytes(int64_t bytes) { return set_prefetch(bytes, 1); }
+#define PREFETCH_DISTANCE "decode prefetch must be 0 (none)"
+
+int clex_set_decode_prefetch_bytes(int64_t bytes) {
+    return set_prefetch(&clex_decode_prefetch_long, &clex_decode_prefetch, bytes, PREFETCH_DISTANCE);
+}
 
 int64_t clex_decode_prefetch_long_bytes(void) {
     clex_init_once();
     return clex_decode_prefetch_long;
 }
 
-int clex_set_decode_prefetch_long_bytes(int64_t bytes) { return set_prefetch(bytes, 0); }
+int clex_set_decode_prefetch_long_bytes(int64_t bytes) {
+    return set_prefetch(&clex_decode_prefetch_long, NULL, bytes, PREFETCH_DISTANCE);
+}
 
 int64_t clex_decode_prefetch_page_bytes(void) {
     clex_init_once();
@@ -318,11 +323,7 @@ int64_t clex_decode_prefetch_page_bytes(void) {
 }
 
 int clex_set_decode_prefetch_page_bytes(int64_t bytes) {
-    clex_init_once();
-    if (bytes < 0) return clex_fail(CLEX_E_INVALID, "decode prefetch page must be 0 (every line) or more bytes, not %lld",
-                                    (long long)bytes);
-    clex_decode_prefetch_page = bytes;
-    return CLEX_OK;
+    return set_prefetch(&clex_decode_prefetch_page, NULL, bytes, "decode prefetch page must be 0 (every line)");
 }
 
 int clex_decode_quarters(void) {
