@@ -194,3 +194,35 @@ def test_plan_repeats_follow_llama_bench_loops():
     got = plan_tests([2, 2], [0, 8], [16, 0], [4])
     want = [Test(2, d, p, n) for _ in range(2) for d in (0, 8) for p, n in ((16, 0), (0, 4))]
     assert got == want
+
+
+def test_profile_shows_where_a_token_goes(tiny):
+    path, _ = tiny
+    args = ["-m", path, "-p", "8", "-n", "4", "-t", "2", "-r", "1", "--no-bandwidth", "--profile"]
+    res = CliRunner().invoke(bench, args + ["-o", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    pp, tg = rows
+    for row, per in ((pp, 8), (tg, 1)):
+        p = row["profile"]
+        assert p["passes"] == (1 if per == 8 else 4)
+        # the tiny model's two layers: one qkv barrier per layer per pass, per token
+        assert p["steps"]["qkv"]["barriers"] == pytest.approx(2 / per)
+        assert len(p["steps"]["gate_up"]["work_us"]) == 2
+        assert 0 < p["in_c_us"] <= p["wall_us"]
+        assert p["outside_us"] == pytest.approx(p["wall_us"] - p["in_c_us"])
+    md = CliRunner().invoke(bench, args)
+    assert md.exit_code == 0, md.output
+    lines = md.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("tg4, 2 threads, profiled once more: "))
+    assert "us a token" in lines[head] and "outside them" in lines[head]
+    qkv = next(ln for ln in lines[head:] if ln.split()[0] == "qkv").split()
+    assert float(qkv[1]) == 2.0 and len(qkv) == 6   # name, barriers, two threads' work, two waits
+    assert any(ln.startswith("pp8, 2 threads, profiled once more: ") and "us a prompt token" in ln for ln in lines)
+    csv_out = CliRunner().invoke(bench, args + ["-o", "csv"])
+    assert csv_out.exit_code == 0, csv_out.output
+    table = list(csv.DictReader(io.StringIO(csv_out.stdout)))
+    assert [float(r["profile_wall_us"]) > 0 for r in table] == [True, True]
+    for r in table:
+        assert float(r["profile_in_c_us"]) + float(r["profile_outside_us"]) == pytest.approx(
+            float(r["profile_wall_us"]), rel=1e-6)

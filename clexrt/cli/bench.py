@@ -95,21 +95,46 @@ class DepthCache:
         self.filled = depth
 
 
+def run_once(model, cache: DepthCache, test: Test, rng) -> int:
+    """Nanoseconds of one run of the test (its depth prefilled first, untimed)."""
+    cache.to(test.depth)
+    toks = rng.integers(0, model.n_vocab, max(test.n_prompt, test.n_gen))
+    t = time.perf_counter_ns()
+    if test.n_prompt:
+        model.eval(toks)
+    else:
+        for tok in toks:
+            model.eval([int(tok)])
+    return time.perf_counter_ns() - t
+
+
 def time_test(model, cache: DepthCache, test: Test, reps: int, rng) -> list[int]:
     """Nanoseconds of each of `reps` runs, after one untimed warm-up."""
-    def one():
-        cache.to(test.depth)
-        toks = rng.integers(0, model.n_vocab, max(test.n_prompt, test.n_gen))
-        t = time.perf_counter_ns()
-        if test.n_prompt:
-            model.eval(toks)
-        else:
-            for tok in toks:
-                model.eval([int(tok)])
-        return time.perf_counter_ns() - t
+    run_once(model, cache, test, rng)
+    return [run_once(model, cache, test, rng) for _ in range(reps)]
 
-    one()
-    return [one() for _ in range(reps)]
+
+def profile_test(model, cache: DepthCache, test: Test, rng) -> dict:
+    """One more run of the test with the C core's step counters on (after the timed runs, so
+    they do not touch those): where a token's time goes. Microseconds per token (a pp test: per
+    prompt token): the run's wall time, thread 0's time inside the C passes and the rest
+    (Python's eval calls), and for each step each thread's work and wait at its barriers."""
+    model.profile(True)
+    try:
+        wall = run_once(model, cache, test, rng)
+    finally:
+        model.profile(False)
+    passes, names, c = model.profile_read()
+    per = 1e3 * test.n_tokens
+    steps = {}
+    for i, name in enumerate(names):
+        work, wait, bars = c[:, i, 0], c[:, i, 1], c[:, i, 2]
+        if work.any() or wait.any():
+            steps[name] = {"work_us": [float(w) / per for w in work], "wait_us": [float(w) / per for w in wait],
+                           "barriers": float(bars[0]) * 1e3 / per}
+    in_c = float(c[0, :, :2].sum())
+    return {"passes": passes, "wall_us": wall / per, "in_c_us": in_c / per, "outside_us": (wall - in_c) / per,
+            "steps": steps}
 
 
 def table_change(model, depth: int, reps: int) -> dict | None:
@@ -193,7 +218,7 @@ def add_bandwidth(row: dict, read_gbps: float) -> None:
 
 
 def run_group(load, model_path: str, batch: int, tests: list[Test], reps: int,
-              bandwidth: bool) -> tuple[list[dict], object]:
+              bandwidth: bool, profile: bool = False) -> tuple[list[dict], object]:
     """One model load for the tests of one thread count: their rows (with the table-change cost
     at each depth, and tg's share of the read bandwidth), and the model's rope schedule."""
     n_ctx = max(t.depth + t.n_tokens for t in tests) + 1
@@ -207,6 +232,8 @@ def run_group(load, model_path: str, batch: int, tests: list[Test], reps: int,
             for test in same_depth:
                 start = time.time()
                 here.append(make_row(base, test, start, time_test(model, cache, test, reps, rng), model))
+                if profile:
+                    here[-1]["profile"] = profile_test(model, cache, test, rng)
             change = table_change(model, depth, reps)
             if change:
                 for row in here:
@@ -229,6 +256,27 @@ def run_group(load, model_path: str, batch: int, tests: list[Test], reps: int,
 def page_reach(page: int) -> str:
     """what the long rows' prefetch asks for of each page"""
     return "every line" if page == 0 else f"the first {page} bytes of each 4 KiB page"
+
+
+def profile_lines(row: dict) -> list[str]:
+    """--profile's account of one test: a token's time, then each step's share"""
+    p = row["profile"]
+    unit = "prompt token" if row["n_prompt"] else "token"
+    nth = row["n_threads"]
+    out = [f"{label_of(row['n_prompt'], row['n_gen'], row['n_depth'])}, {nth} threads, profiled once more: "
+           f"{p['wall_us']:.1f} us a {unit}, {p['in_c_us']:.1f} in the C core's passes and "
+           f"{p['outside_us']:.1f} outside them (Python's eval calls)",
+           f"  {'step':<12} {'barriers':>8}  {'work us (each thread)':>24}  {'wait us (each thread)':>24}"]
+    tot_work = [0.0] * nth
+    tot_wait = [0.0] * nth
+    for name, st in p["steps"].items():
+        tot_work = [a + b for a, b in zip(tot_work, st["work_us"])]
+        tot_wait = [a + b for a, b in zip(tot_wait, st["wait_us"])]
+        out.append(f"  {name:<12} {st['barriers']:8.1f}  {' '.join(f'{w:7.1f}' for w in st['work_us']):>24}  "
+                   f"{' '.join(f'{w:7.1f}' for w in st['wait_us']):>24}")
+    out.append(f"  {'all':<12} {sum(st['barriers'] for st in p['steps'].values()):8.1f}  "
+               f"{' '.join(f'{w:7.1f}' for w in tot_work):>24}  {' '.join(f'{w:7.1f}' for w in tot_wait):>24}")
+    return out
 
 
 def notes(rows: list[dict], schedule) -> list[str]:
@@ -263,6 +311,9 @@ def notes(rows: list[dict], schedule) -> list[str]:
             seen.add((r["n_threads"], r["n_depth"]))
             out.append(f"table change at depth {r['n_depth']}, {r['n_threads']} threads (t {ch['from_t']:g} <-> "
                        f"{ch['to_t']:g}, {ch['policy']}): {r['table_change_ms']:.2f} ± {r['table_change_ms_std']:.2f} ms")
+    for r in rows:
+        if "profile" in r:
+            out += profile_lines(r)
     return out
 
 
@@ -293,9 +344,14 @@ def notes(rows: list[dict], schedule) -> list[str]:
 @click.option("--bandwidth/--no-bandwidth", default=True, show_default=True,
               help="Measure the machine's read bandwidth with each thread count (a plain read of a buffer 4x the "
                    "last-level cache, best of 5) and show tg as weight GB/s and as a % of it.")
+@click.option("--profile", is_flag=True,
+              help="After each test's timed runs, run it once more with the C core's step counters on and "
+                   "show where a token's time goes: the time outside the C passes, and for each step of the "
+                   "forward pass (qkv, attention, gate_up, ...) the barriers a token crosses and each thread's "
+                   "microseconds of work and of waiting at them (the rows' \"profile\" field in json).")
 @rope_options
 @log_scale_option
-def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, fmt, as_json, bandwidth, rope, clex_mode,
+def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, fmt, as_json, bandwidth, profile, rope, clex_mode,
         kv_policy, kv_type, clex_log_scale):
     """Measure prompt-processing (pp) and generation (tg) tokens per second."""
     from ..engine.model import Model
@@ -317,7 +373,7 @@ def cmd(model_path, n_prompt, n_gen, threads, reps, depth, batch, fmt, as_json, 
     printer = Printer(fmt, kv_columns=kv_type != "f32")
     rows, schedule = [], None
     for _, group in groupby(tests, key=lambda x: x.threads):
-        got, schedule = run_group(load, model_path, batch, list(group), reps, bandwidth)
+        got, schedule = run_group(load, model_path, batch, list(group), reps, bandwidth, profile)
         printer.print_rows(got)
         rows += got
     printer.finish()

@@ -18,8 +18,9 @@ import click
 FORMATS = ("md", "json", "jsonl", "csv")
 
 # The CSV columns, in order: every scalar field of a row, with the rope state's main entries
-# flattened (rope_method, ...); the lists (samples_*) and objects stay JSON-only, as llama-bench
-# leaves its samples out of its CSV.
+# flattened (rope_method, ...), and --profile's totals (profile_wall_us, ...; its steps stay
+# JSON-only); the lists (samples_*) and objects stay JSON-only, as llama-bench leaves its
+# samples out of its CSV.
 CSV_FIELDS = (
     "cpu_info", "backends", "isa", "model_filename", "model_type", "model_size", "model_n_params",
     "n_batch", "n_threads", "type_k", "type_v", "kv_type", "n_prompt", "n_gen", "n_depth",
@@ -27,8 +28,10 @@ CSV_FIELDS = (
     "weight_bytes_per_token", "read_gbps", "tg_weight_gbps", "tg_bandwidth_pct",
     "rope_method", "rope_mode", "rope_t", "rope_kv_policy", "rope_log_scale",
     "table_change_ms", "table_change_ms_std",
+    "profile_wall_us", "profile_in_c_us", "profile_outside_us",
 )
 ROPE_CSV = ("method", "mode", "t", "kv_policy", "log_scale")
+PROFILE_CSV = ("wall_us", "in_c_us", "outside_us")
 
 # markdown columns: (display name, width; negative = left-aligned), llama-bench's widths
 _MD_COLUMNS = [("model", -30), ("size", 10), ("params", 10), ("backend", -12), ("threads", 7)]
@@ -95,11 +98,14 @@ class Printer:
 
 
 def csv_values(row: dict) -> dict:
-    """A row's CSV fields: its scalars, and rope_* from its rope state."""
+    """A row's CSV fields: its scalars, rope_* from its rope state, profile_* from its profile."""
     out = {k: v for k, v in row.items() if k in CSV_FIELDS}
     for k in ROPE_CSV:
         if k in row.get("rope", {}):
             out[f"rope_{k}"] = row["rope"][k]
+    for k in PROFILE_CSV:
+        if k in row.get("profile", {}):
+            out[f"profile_{k}"] = row["profile"][k]
     return out
 
 

@@ -28,6 +28,7 @@ from .. import rope as rope_mod
 from ..errors import ClexError, ContextFullError, ModelError
 from ..gguf import GGUFFile, HParams, validate_model
 from .native import KV_TYPES, check, default_batch, ffi, lib, physical_cores, supported_weight_types
+from .profile import Profiling
 from .weights import NativeWeights
 
 ROPES = ("auto",) + rope_mod.METHODS
@@ -74,7 +75,7 @@ def log_scale_choice(hp: HParams, want: bool | None = None) -> tuple[bool, str]:
     return not why, why or "the file's clex.log_scale, as the official LLaMA applies it"
 
 
-class Model:
+class Model(Profiling):
     """A GGUF model with one KV cache. Not re-entrant: calls from several threads are serialized by an internal lock.
 
     rope: auto | none | linear | ntk | yarn | clex (auto: clex for a GGUF with clex.* tables, otherwise the table
@@ -237,8 +238,7 @@ class Model:
 
     @property
     def rope_state(self) -> dict:
-        """The RoPE scaling in force: method, factor t, schedule mode, KV policy, how many times
-        the table changed, and the length at which it changes next (None: never)."""
+        """The RoPE scaling in force: method, t, mode, KV policy, table changes, next change's length (None: never)."""
         s, c = self.schedule, self._choice
         st = {"method": s.method, "t": c.t, "mode": s.mode, "kv_policy": self.kv_policy,
               "table_changes": self.table_changes, "train_length": s.train_length,

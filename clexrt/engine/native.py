@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClexError, ContextFullError, ModelError, NativeError
 
-EXPECTED_ABI = 17
+EXPECTED_ABI = 18
 
 # CLEXRT_NATIVE_LIB=/path/to/_native*.so loads another build of the core (make asan uses it to
 # run the tests against the sanitized build).

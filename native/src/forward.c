@@ -50,9 +50,28 @@ typedef struct {
     int ith, nth;
     int step;             /* row-scheduled products so far (clex_sched_begin) */
     clex_acts a;          /* the prepared input of the next product */
+    uint64_t *prof;       /* profiling: this thread's counters (clex_ctx_profile), else NULL */
+    uint64_t last;        /* when its last note was taken */
 } fwd;
 
-static void sync(const fwd *f) { clex_pool_barrier(f->c->pool); }
+/* profiling: the time since the last note was work of `step` */
+static inline void note_work(fwd *f, int step) {
+    if (!f->prof) return;
+    const uint64_t now = clex_now_ns();
+    f->prof[step * 3] += now - f->last;
+    f->last = now;
+}
+
+/* the barrier that ends a step (profiling: its work, then its wait) */
+static void sync(fwd *f, int step) {
+    note_work(f, step);
+    clex_pool_barrier(f->c->pool);
+    if (!f->prof) return;
+    const uint64_t now = clex_now_ns();
+    f->prof[step * 3 + 1] += now - f->last;
+    f->prof[step * 3 + 2]++;
+    f->last = now;
+}
 
 static const float *opt(const clex_tensor *t) { return (const float *)t->data; }
 
@@ -155,7 +174,7 @@ static void embed(fwd *f) {
             rope_angles(tc->inv_freq + (int64_t)s * c->n_pairs, c->n_pairs, (float)route_pos(&f->fa->route, t),
                         set_angles(c, s, t));
     }
-    sync(f);
+    sync(f, PROF_EMBED);
 }
 
 /* Decoding one token, each thread prepares a product's whole input itself, into its own row
@@ -166,8 +185,8 @@ static int own_rows(const fwd *f) { return f->T == 1 && f->c->n_batch >= f->nth;
 
 /* xn = norm(x) for tokens [t0, T), prepared for the products that read it (cons). only_cons:
  * nothing but those products reads xn, so one token's row may be each thread's own. */
-static void norm_step(fwd *f, const clex_tensor *w_norm, const clex_tensor *b_norm, const clex_tensor *const *cons,
-                      int ncons, int64_t t0, int only_cons) {
+static void norm_step(fwd *f, int step, const clex_tensor *w_norm, const clex_tensor *b_norm,
+                      const clex_tensor *const *cons, int ncons, int64_t t0, int only_cons) {
     clex_ctx *c = f->c;
     const int64_t E = f->hp->n_embd;
     unsigned need = 0;
@@ -176,13 +195,14 @@ static void norm_step(fwd *f, const clex_tensor *w_norm, const clex_tensor *b_no
         float *xn = c->xn + f->ith * E;
         norm_row(f->hp, xn, c->x, opt(w_norm), opt(b_norm));
         clex_prepare_row(&f->a, xn, E, f->ith, need, c->act);
+        note_work(f, step);
         return;
     }
     int64_t lo, hi;
     split(f->T - t0, f->ith, f->nth, &lo, &hi);
     for (int64_t t = t0 + lo; t < t0 + hi; t++) norm_row(f->hp, c->xn + t * E, c->x + t * E, opt(w_norm), opt(b_norm));
     clex_prepare_acts(&f->a, c->xn, E, t0 + lo, t0 + hi, need, c->act);
-    sync(f);
+    sync(f, step);
 }
 
 /* y (+)= w a (+ b) for n_tok tokens into rows of `rows` floats, the rows shared out dynamically */
@@ -200,8 +220,8 @@ static void product(fwd *f, const clex_tensor *w, const clex_tensor *b, const cl
  * stream (dst: x, or the parallel residual's buffer, which accumulate = 0 overwrites). Without
  * a post-norm the product accumulates into dst directly; with one it goes through xn (free
  * here: the block's input was read) and each token's row is normalised and added. */
-static void project_out(fwd *f, const clex_tensor *w, const clex_tensor *b, const clex_tensor *post, const float *in,
-                        int64_t k, float *dst, int accumulate) {
+static void project_out(fwd *f, int step, const clex_tensor *w, const clex_tensor *b, const clex_tensor *post,
+                        const float *in, int64_t k, float *dst, int accumulate) {
     clex_ctx *c = f->c;
     const int64_t E = f->hp->n_embd;
     int64_t lo, hi;
@@ -210,21 +230,21 @@ static void project_out(fwd *f, const clex_tensor *w, const clex_tensor *b, cons
         clex_prepare_row(&f->a, in, k, f->ith, clex_act_need(w), c->act);
     } else {
         clex_prepare_acts(&f->a, in, k, lo, hi, clex_act_need(w), c->act);
-        sync(f);
+        sync(f, step);
     }
     if (!post->data) {
         product(f, w, b, &f->a, f->T, dst, E, accumulate);
-        sync(f);
+        sync(f, step);
         return;
     }
     product(f, w, b, &f->a, f->T, c->xn, E, 0);
-    sync(f);
+    sync(f, step);
     for (int64_t t = lo; t < hi; t++) {
         float *y = c->xn + t * E, *d = dst + t * E;
         rmsnorm(y, y, opt(post), E, f->hp->rms_eps);
         for (int64_t i = 0; i < E; i++) d[i] = accumulate ? d[i] + y[i] : y[i];
     }
-    sync(f);
+    sync(f, step);
 }
 
 /* q, k, v = wq n + bq, wk n + bk, wv n + bv, the three matrices' rows one space under one schedule */
@@ -252,7 +272,7 @@ static void qkv_step(fwd *f, const clex_layer *L) {
             add_bias(c->v, kvd, T, opt(&L->bv), r0, r1);
         }
     }
-    sync(f);
+    sync(f, PROF_QKV);
 }
 
 /* one head of q or k: its RMS norm (if the layer has one), then the rotation */
@@ -277,13 +297,13 @@ static void rope_step(fwd *f, const clex_layer *L, int l) {
     }
     split(f->T * H, f->ith, f->nth, &lo, &hi);
     for (int64_t j = lo; j < hi; j++) head_rope(hp, c->q + j * D, opt(&L->q_norm), set_angles(c, L->rope_set, j / H), P);
-    sync(f);
+    sync(f, PROF_ROPE);
 }
 
 /* gate = act(w_gate a + b, w_up a + b_up) for n_tok tokens of acts a, the rows shared out
  * dynamically (no gate: the up projection goes into `gate` and the activation works on it alone) */
-static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w_up, const clex_tensor *b_up,
-                         int64_t T) {
+static void gate_up_step(fwd *f, int step, const clex_tensor *w_gate, const clex_tensor *w_up,
+                         const clex_tensor *b_up, int64_t T) {
     clex_ctx *c = f->c;
     const int64_t F = f->hp->n_ff;
     const int gated = f->hp->ffn_kind != CLEX_FFN_GELU;
@@ -308,7 +328,7 @@ static void gate_up_step(fwd *f, const clex_tensor *w_gate, const clex_tensor *w
             for (int64_t t = 0; t < T; t++) clex_k.act(f->hp->ffn_kind, n, c->gate + t * F + r0, up + t * n);
         }
     }
-    sync(f);
+    sync(f, step);
 }
 
 /* ------------------------------------------------------------------ mixture of experts */
@@ -351,11 +371,11 @@ static void route_step(fwd *f, const clex_layer *L) {
     clex_ctx *c = f->c;
     const int32_t NE = f->hp->n_expert, K = f->hp->n_expert_used;
     product(f, &L->ffn_gate_inp, &NO_TENSOR, &f->a, f->T, c->router, NE, 0);
-    sync(f);
+    sync(f, PROF_MOE_ROUTE);
     int64_t lo, hi;
     split(f->T, f->ith, f->nth, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) select_experts(c->router + t * NE, NE, K, c->sel + t * K, c->selw + t * K);
-    sync(f);
+    sync(f, PROF_MOE_ROUTE);
     if (f->ith == 0) {
         memset(c->ecount, 0, (size_t)NE * sizeof(int32_t));
         for (int64_t t = 0; t < f->T; t++)
@@ -365,7 +385,7 @@ static void route_step(fwd *f, const clex_layer *L) {
                 c->eslot[(int64_t)e * c->n_batch + i] = j;
             }
     }
-    sync(f);
+    sync(f, PROF_MOE_ROUTE);
 }
 
 /* expert e over its tokens: gather their normalised rows, x[t] += w (down act(gate, up)) */
@@ -380,25 +400,25 @@ static void expert_step(fwd *f, const clex_layer *L, int64_t e) {
     split(n, f->ith, f->nth, &lo, &hi);
     for (int64_t i = lo; i < hi; i++) memcpy(c->xe + i * E, c->xn + (int64_t)tok[i] * E, (size_t)E * sizeof(float));
     clex_prepare_acts(&f->a, c->xe, E, lo, hi, clex_act_need(&g) | clex_act_need(&u), c->act);
-    sync(f);
-    gate_up_step(f, &g, &u, &NO_TENSOR, n);
+    sync(f, PROF_MOE_EXPERTS);
+    gate_up_step(f, PROF_MOE_EXPERTS, &g, &u, &NO_TENSOR, n);
     clex_prepare_acts(&f->a, c->gate, F, lo, hi, clex_act_need(&d), c->act);
-    sync(f);
+    sync(f, PROF_MOE_EXPERTS);
     product(f, &d, &NO_TENSOR, &f->a, n, c->xe, E, 0);
-    sync(f);
+    sync(f, PROF_MOE_EXPERTS);
     for (int64_t i = lo; i < hi; i++) {   /* a token appears once per expert: no two threads share a row */
         const float w = c->selw[tok[i] * K + slot[i]];
         float *x = c->x + (int64_t)tok[i] * E;
         for (int64_t k = 0; k < E; k++) x[k] += w * c->xe[i * E + k];
     }
-    sync(f);
+    sync(f, PROF_MOE_EXPERTS);
 }
 
 /* the FFN as a mixture of experts: every expert runs once over the tokens routed to it (a
  * batch reads each expert's weights once; decoding touches only the chosen experts) */
 static void moe_block(fwd *f, const clex_layer *L) {
     const clex_tensor *router[1] = {&L->ffn_gate_inp};   /* the experts prepare their own inputs */
-    norm_step(f, &L->ffn_norm, &L->ffn_norm_b, router, 1, 0, 0);
+    norm_step(f, PROF_FFN_NORM, &L->ffn_norm, &L->ffn_norm_b, router, 1, 0, 0);
     route_step(f, L);
     for (int64_t e = 0; e < f->hp->n_expert; e++) expert_step(f, L, e);
 }
@@ -408,13 +428,13 @@ static void moe_block(fwd *f, const clex_layer *L) {
 /* the attention block; its output goes to dst (x, accumulated; or the parallel buffer) */
 static void attention_block(fwd *f, const clex_layer *L, int l, float *dst, int accumulate) {
     const clex_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
-    norm_step(f, &L->attn_norm, &L->attn_norm_b, qkv, 3, 0, 1);
+    norm_step(f, PROF_ATTN_NORM, &L->attn_norm, &L->attn_norm_b, qkv, 3, 0, 1);
     qkv_step(f, L);
     rope_step(f, L, l);
     clex_attention(f->c, l, f->T, &f->fa->route, f->ith, f->nth);
-    sync(f);
-    project_out(f, &L->wo, &L->bo, &L->attn_post_norm, f->c->att, (int64_t)f->hp->n_head * f->hp->head_dim, dst,
-                accumulate);
+    sync(f, PROF_ATTENTION);
+    project_out(f, PROF_ATTN_OUT, &L->wo, &L->bo, &L->attn_post_norm, f->c->att,
+                (int64_t)f->hp->n_head * f->hp->head_dim, dst, accumulate);
 }
 
 static void ffn_block(fwd *f, const clex_layer *L) {
@@ -424,10 +444,10 @@ static void ffn_block(fwd *f, const clex_layer *L) {
     }
     const clex_tensor *gu[2] = {&L->w_gate, &L->w_up};
     const int own_norm = L->ffn_norm.data != NULL;   /* else (parallel residual) attn_norm's again */
-    norm_step(f, own_norm ? &L->ffn_norm : &L->attn_norm, own_norm ? &L->ffn_norm_b : &L->attn_norm_b,
+    norm_step(f, PROF_FFN_NORM, own_norm ? &L->ffn_norm : &L->attn_norm, own_norm ? &L->ffn_norm_b : &L->attn_norm_b,
               f->hp->ffn_kind == CLEX_FFN_GELU ? gu + 1 : gu, f->hp->ffn_kind == CLEX_FFN_GELU ? 1 : 2, 0, 1);
-    gate_up_step(f, &L->w_gate, &L->w_up, &L->b_up, f->T);
-    project_out(f, &L->w_down, &L->b_down, &L->ffn_post_norm, f->c->gate, f->hp->n_ff, f->c->x, 1);
+    gate_up_step(f, PROF_GATE_UP, &L->w_gate, &L->w_up, &L->b_up, f->T);
+    project_out(f, PROF_FFN_DOWN, &L->w_down, &L->b_down, &L->ffn_post_norm, f->c->gate, f->hp->n_ff, f->c->x, 1);
 }
 
 /* One layer, wired as hp->parallel_residual says: sequential (the FFN normalises the x the
@@ -447,7 +467,7 @@ static void layer(fwd *f, int l) {
     int64_t lo, hi;
     split(f->T, f->ith, f->nth, &lo, &hi);
     for (int64_t i = lo * E; i < hi * E; i++) c->x[i] += c->par[i];
-    sync(f);
+    sync(f, PROF_PAR_ADD);
 }
 
 /* every token's output-normed row (norm_step's xn) into fa->hidden */
@@ -465,9 +485,13 @@ static void output(fwd *f) {
     if (!fa->logits && !fa->hidden) return;
     const int64_t t0 = fa->all_logits ? 0 : f->T - 1, V = f->hp->n_vocab;
     const clex_tensor *ow[1] = {&f->m->output};
-    norm_step(f, &f->m->output_norm, &f->m->output_norm_b, ow, fa->logits ? 1 : 0, fa->hidden ? 0 : t0, !fa->hidden);
+    norm_step(f, PROF_OUT_NORM, &f->m->output_norm, &f->m->output_norm_b, ow, fa->logits ? 1 : 0,
+              fa->hidden ? 0 : t0, !fa->hidden);
     if (fa->hidden) copy_hidden(f);
-    if (!fa->logits) return;
+    if (!fa->logits) {
+        note_work(f, PROF_OUT_NORM);
+        return;
+    }
     const clex_acts ao = clex_acts_from(&f->a, t0);
     const float cap = f->hp->final_softcap;
     int64_t lo, hi;
@@ -479,14 +503,22 @@ static void output(fwd *f) {
             for (int64_t t = 0; t < f->T - t0; t++)
                 for (int64_t r = lo; r < hi; r++) fa->logits[t * V + r] = cap * tanhf(fa->logits[t * V + r] / cap);
     }
+    note_work(f, PROF_OUTPUT);
 }
 
 static void forward_job(void *varg, int ith, int nth) {
     const fwd_args *fa = varg;
-    fwd f = {fa->c, fa->c->m, &fa->c->m->hp, fa, fa->n_tok, ith, nth, 0, {0}};
+    clex_ctx *c = fa->c;
+    fwd f = {c, c->m, &c->m->hp, fa, fa->n_tok, ith, nth, 0, {0}, NULL, 0};
+    if (c->prof_on) {   /* a worker's start: how long after the caller began the pass */
+        f.prof = c->prof + (size_t)ith * CLEX_PROF_STEPS * 3;
+        f.last = clex_now_ns();
+        f.prof[PROF_START * 3 + 1] += f.last - c->prof_t0;
+    }
     embed(&f);
     for (int l = 0; l < f.hp->n_layer; l++) layer(&f, l);
     output(&f);
+    if (f.prof && ith == 0) c->prof_last0 = f.last;
 }
 
 /* the tokens' ids in the vocabulary, checked */
@@ -502,7 +534,13 @@ static int check_tokens(const clex_ctx *c, const int32_t *tokens, int32_t n_tok)
 static void run_forward(fwd_args *fa) {
     atomic_store(&fa->c->chunk[0], 0);
     atomic_store(&fa->c->chunk[1], 0);
-    clex_pool_run(fa->c->pool, forward_job, fa);
+    clex_ctx *c = fa->c;
+    if (c->prof_on) c->prof_t0 = clex_now_ns();
+    clex_pool_run(c->pool, forward_job, fa);
+    if (c->prof_on) {   /* the caller's wait for the workers to finish */
+        c->prof[PROF_END * 3 + 1] += clex_now_ns() - c->prof_last0;
+        c->prof_passes++;
+    }
 }
 
 /* n_tok tokens of one context from n_past, n_batch at a time (clex_eval, clex_eval_hidden) */

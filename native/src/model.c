@@ -364,7 +364,7 @@ void clex_ctx_free(clex_ctx *c) {
     clex_pool_free(c->pool);
     void *bufs[] = {c->inv_freq, c->k_cache, c->v_cache, c->x, c->xn, c->q /* and k, v, att, gate */,
                     c->up, c->cs, c->par, c->scores, c->part, c->router, c->sel, c->selw,
-                    c->etok, c->eslot, c->ecount, c->xe, c->qq};
+                    c->etok, c->eslot, c->ecount, c->xe, c->qq, c->prof};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     for (int s = 0; s < CLEX_ACT_N; s++) free(c->act[s]);
     free(c);

@@ -91,7 +91,22 @@ struct clex_ctx {
     /* row chunks of matrix products are handed out dynamically, so a thread that the OS
      * delays does not hold the others at the next barrier; step k uses counter k % 2 */
     _Atomic int64_t chunk[2];
+    /* profiling (clex_ctx_profile): [n_threads][CLEX_PROF_STEPS][work ns, wait ns, barriers],
+     * NULL until first asked for */
+    uint64_t *prof;
+    int32_t prof_on;
+    int64_t prof_passes;
+    uint64_t prof_t0;      /* when the caller started the current pass */
+    uint64_t prof_last0;   /* when thread 0 finished its part of it */
 };
+
+/* the steps a profile counts time in (clex_profile_step_name gives their names) */
+enum {
+    PROF_START, PROF_EMBED, PROF_ATTN_NORM, PROF_QKV, PROF_ROPE, PROF_ATTENTION, PROF_ATTN_OUT, PROF_FFN_NORM,
+    PROF_GATE_UP, PROF_FFN_DOWN, PROF_MOE_ROUTE, PROF_MOE_EXPERTS, PROF_PAR_ADD, PROF_OUT_NORM, PROF_OUTPUT,
+    PROF_END
+};
+uint64_t clex_now_ns(void);
 
 /* rows of a gated FFN's up projection a thread computes (and combines with gate) at a time */
 #define CLEX_UP_ROWS 256
