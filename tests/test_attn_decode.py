@@ -158,3 +158,27 @@ def test_group_kernels_reject_bad_arguments():
     assert lib.clex_attn_group_wsum(0, 2, 4, 8, ptr(f, "float *"), ptr(f), ptr(f, "float *"), 7) == lib.CLEX_E_INVALID
     assert lib.clex_attn_group_scores(8, 2, 1, 48, ptr(f), ptr(f), 1.0, ptr(f, "float *")) == lib.CLEX_E_INVALID
     assert lib.clex_attn_softmax(0, ptr(f, "float *"), 0, ffi.new("float *"), ffi.new("double *")) == lib.CLEX_E_INVALID
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "q8_0"])
+def test_decode_is_the_same_bits_whatever_the_threads(tmp_path, kv_type):
+    """Decoding shares the KV heads out among the threads in ways that depend on their number
+    (3 KV heads among 1 to 4 threads): each thread count gives every logit bit for bit while a
+    head's keys are not split. From 128 keys on they are split into chunks whose partial sums are
+    combined (a different order of summation), and then the logits agree to float rounding."""
+    import tinymodel as tm
+    from clexrt.engine.model import Model
+
+    path = tmp_path / "gqa3.gguf"
+    tm.write_tiny(path, "f32", cfg=tm.tiny_hparams(n_embd=192, n_head=6, n_head_kv=3, n_ff=256))
+    ids = [5, 17, 3, 88, 41, 2, 60, 9, 33, 71] * 16
+    runs = {}
+    for threads in (1, 2, 3, 4):
+        with Model(str(path), n_threads=threads, kv_type=kv_type) as m:
+            runs[threads] = [m.eval([t]).copy() for t in ids]
+    for threads in (2, 3, 4):
+        for pos, (a, b) in enumerate(zip(runs[1], runs[threads])):
+            if pos < 127:
+                np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads, position {pos}")
+            else:
+                np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=f"{threads} threads, position {pos}")
